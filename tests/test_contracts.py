@@ -1,0 +1,154 @@
+"""Every contract accepts a good event and rejects each kind of bad one with an actionable reason."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import jsonschema
+import orjson
+import pytest
+
+from lastmile.contracts import REASONS, ContractError, EventParser, contracts
+from tests.factories import BASE, event, packaging_return
+
+EVENT_TYPES = sorted(BASE)
+FIXED_NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def parser() -> EventParser:
+    return EventParser(now=lambda: FIXED_NOW)
+
+
+def reject(parser: EventParser, payload: bytes | dict) -> ContractError:
+    raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    with pytest.raises(ContractError) as caught:
+        parser.parse(raw)
+    assert caught.value.reason in REASONS
+    return caught.value
+
+
+def test_every_schema_file_is_a_valid_draft7_schema_with_the_envelope() -> None:
+    assert set(contracts()) == set(EVENT_TYPES)
+    for contract in contracts().values():
+        jsonschema.Draft7Validator.check_schema(contract.schema)
+        assert {"event_id", "event_type", "schema_version", "occurred_at", "source"} <= set(contract.schema["required"])
+        assert contract.order_by[-1] == "event_id", "raw tables deduplicate on event_id"
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_good_event_is_accepted(parser: EventParser, event_type: str) -> None:
+    good = event(event_type)
+    assert parser.parse(orjson.dumps(good)) == good
+
+
+def test_packaging_return_is_accepted(parser: EventParser) -> None:
+    assert parser.parse(orjson.dumps(packaging_return()))["kind"] == "packaging"
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_missing_field_names_the_field(parser: EventParser, event_type: str) -> None:
+    field = next(f for f in contracts()[event_type].schema["required"] if f not in ("event_type",))
+    error = reject(parser, event(event_type, **{field: None}))
+    assert error.reason == "missing_field"
+    assert field in str(error)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "bad"),
+    [
+        ("locker_telemetry", "temperature_c", "3.2"),
+        ("order", "items", {"sku": "x"}),
+        ("pickup", "code_verified", "yes"),
+        ("return", "amount", "12"),
+        ("review", "stars", 4.5),
+        ("identify", "identifiers", ["13800138000"]),
+    ],
+)
+def test_wrong_type_says_what_was_expected(parser: EventParser, event_type: str, field: str, bad: object) -> None:
+    error = reject(parser, event(event_type, **{field: bad}))
+    assert error.reason == "wrong_type"
+    assert field in str(error) and "must be" in str(error)
+
+
+def test_nested_wrong_type_points_into_the_item(parser: EventParser) -> None:
+    good = event("order")
+    good["items"][1]["qty"] = "two"
+    error = reject(parser, good)
+    assert error.reason == "wrong_type"
+    assert "items[1].qty" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "overrides", "words"),
+    [
+        ("review", {"stars": 6}, "<= 5"),
+        ("locker_telemetry", {"door": "ajar"}, "open, closed"),
+        ("order", {"channel": "telegram"}, "mini_program"),
+        ("order", {"items": []}, "at least 1"),
+        ("order", {"buyer": {}}, "at least 1"),
+        ("identify", {"identifiers": {"phone": "13800138000"}}, "at least 2"),
+        ("order", {"occurred_at": "20/11/2026 16:05"}, "date-time"),
+        ("order", {"occurred_at": "2026-11-20T16:05:00"}, "offset"),
+        ("order", {"schema_version": 2}, "must be 1"),
+    ],
+)
+def test_invalid_value_is_explained(parser: EventParser, event_type: str, overrides: dict, words: str) -> None:
+    error = reject(parser, event(event_type, **overrides))
+    assert error.reason == "invalid_value"
+    assert words in str(error)
+
+
+def test_claim_needs_its_order_reason_and_amount(parser: EventParser) -> None:
+    error = reject(parser, event("return", order_id=None, reason=None))
+    assert error.reason == "missing_field"
+    assert "order_id" in str(error) and "reason" in str(error)
+
+
+def test_packaging_return_needs_its_box(parser: EventParser) -> None:
+    bad = packaging_return()
+    del bad["box_id"]
+    assert reject(parser, bad).reason == "missing_field"
+
+
+def test_unexpected_field_is_named(parser: EventParser) -> None:
+    error = reject(parser, event("pickup", courier="Lao Wang"))
+    assert error.reason == "unexpected_field"
+    assert "courier" in str(error)
+
+
+def test_unknown_event_type_lists_the_known_ones(parser: EventParser) -> None:
+    bad = event("review")
+    bad["event_type"] = "rating"
+    error = reject(parser, bad)
+    assert error.reason == "unknown_event_type"
+    assert "rating" in str(error) and "review" in str(error)
+
+
+@pytest.mark.parametrize("payload", [b"{", b"not json at all", b'{"event_type": "order",', b"\xff\xfe{}"])
+def test_not_json(parser: EventParser, payload: bytes) -> None:
+    assert reject(parser, payload).reason == "not_json"
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'"order"', b"42", b"null"])
+def test_json_that_is_not_an_object(parser: EventParser, payload: bytes) -> None:
+    assert reject(parser, payload).reason == "not_an_object"
+
+
+def test_oversized_payload(parser: EventParser) -> None:
+    big = event("review", text="好" * 2000)
+    big["tags"] = ["x" * 32] * 20
+    raw = orjson.dumps(big) + b" " * 70_000
+    error = reject(parser, raw)
+    assert error.reason == "oversized"
+    assert "65536" in str(error)
+
+
+def test_timestamp_in_the_future(parser: EventParser) -> None:
+    error = reject(parser, event("order", occurred_at="2026-11-23T20:30:00+08:00"))  # 12:30 UTC > now + 5 min
+    assert error.reason == "future_timestamp"
+    assert "future" in str(error)
+
+
+def test_small_clock_skew_is_tolerated(parser: EventParser) -> None:
+    assert parser.parse(orjson.dumps(event("order", occurred_at="2026-11-23T20:03:00+08:00")))
