@@ -56,17 +56,17 @@ class Ingestor:
         batch = Batch()
         received_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         parse = self.parser.parse
+        source_json = orjson.dumps(source)
         for position, payload in records:
             batch.read += 1
             try:
                 event = parse(payload)
-                mapper = self._mappers[event["event_type"]]
-                row = mapper.row(event, source)
             except ContractError as exc:
                 batch.quarantined.append(_quarantine_line(source, position, payload, exc, received_at))
                 batch.reasons[exc.reason] += 1
                 continue
-            batch.rows.setdefault(mapper.table, []).append(orjson.dumps(row))
+            mapper = self._mappers[event["event_type"]]
+            batch.rows.setdefault(mapper.table, []).append(mapper.line(event, payload, source, source_json))
             batch.valid += 1
         return batch
 

@@ -101,8 +101,10 @@ class WriteToWarehouse(beam.DoFn):
     def setup(self) -> None:
         self.warehouse = connect(current_settings())
 
-    def process(self, batch: Batch) -> None:
-        self.written.inc(write(self.warehouse, batch))
+    def process(self, batch: Batch) -> Iterator[int]:
+        written = write(self.warehouse, batch)
+        self.written.inc(written)
+        yield written
 
 
 def build(pipeline: beam.Pipeline, root: str, pattern: str, chunk_lines: int) -> None:

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lastmile.contracts import Contract, contracts, parse_timestamp
+import orjson
+
+from lastmile.contracts import Contract, contracts
 from lastmile.warehouse.client import quote_ident
 
 #: Columns every raw table has besides the contract's fields.
@@ -127,17 +129,14 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _utc(value: str) -> str:
-    # ClickHouse's best-effort parser handles offsets too, but converting here keeps the
-    # row self-explanatory in the quarantine and lets tests compare exact values.
-    return parse_timestamp(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
 class RowMapper:
-    """Flattens valid events into raw-table rows (dicts ready for JSONEachRow).
+    """Turns valid events into raw-table rows (JSONEachRow lines).
 
-    Built once per contract so the per-event work is a loop over precomputed columns.
-    Direct identifiers pass through ``hasher`` and only their tokens reach the row.
+    A contract's top-level keys already are its column names, and ClickHouse parses the
+    JSON itself, so most of an event passes through untouched. Only identifier objects are
+    flattened (``buyer.phone`` -> ``buyer_phone``) and their values replaced by keyed
+    hashes. Contracts with no identifiers (telemetry, the bulk of the volume) skip even
+    that: the validated payload gets the ``_source`` column appended and goes as it came.
     """
 
     def __init__(self, contract: Contract, hasher: IdentifierHasher) -> None:
@@ -145,26 +144,34 @@ class RowMapper:
         self.table = contract.table
         self.columns = columns_for(contract)
         self._hasher = hasher
+        self._objects = [c.path[0] for c in self.columns if len(c.path) == 2]
+        self._objects = list(dict.fromkeys(self._objects))
+        self._pii = [c.name for c in self.columns if len(c.path) == 1 and c.kind == "pii"]
+        self.passthrough = not self._objects and not self._pii
 
     def row(self, event: dict[str, Any], source: str) -> dict[str, Any]:
-        row: dict[str, Any] = {"_source": source}
-        for col in self.columns:
-            if len(col.path) == 1:
-                value = event.get(col.path[0])
-                id_type = col.name
-            else:
-                parent = event.get(col.path[0])
-                value = parent.get(col.path[1]) if parent else None
-                id_type = col.path[1]
-            if value is None:
-                row[col.name] = None
-                continue
-            if col.kind == "timestamp":
-                value = _utc(value)
-            elif col.kind == "pii":
-                value = self._hasher(_pii_type(id_type), value)
-            row[col.name] = value
+        """The row as a dict (identifiers flattened and hashed)."""
+        row = dict(event)
+        row["_source"] = source
+        hasher = self._hasher
+        for name in self._objects:
+            found = row.pop(name, None)
+            if found:
+                for id_type, value in found.items():
+                    row[f"{name}_{id_type}"] = hasher(id_type, value)
+        for name in self._pii:
+            value = row.get(name)
+            if value is not None:
+                row[name] = hasher(_pii_type(name), value)
         return row
+
+    def line(self, event: dict[str, Any], payload: bytes, source: str, source_json: bytes) -> bytes:
+        """The row as one JSONEachRow line; ``source_json`` is ``orjson.dumps(source)``."""
+        if self.passthrough:
+            # The payload is a validated JSON object, so it ends with "}" (after blanks)
+            # and cannot already hold "_source" (contracts forbid unknown fields).
+            return payload.rstrip()[:-1] + b',"_source":' + source_json + b"}"
+        return orjson.dumps(self.row(event, source))
 
 
 def _pii_type(column: str) -> str:
