@@ -46,14 +46,14 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except (BadInput, ContractError, FileNotFoundError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False)
+            err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except WarehouseError as exc:
-            err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False)
+            err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except Exception as exc:  # clickhouse-connect's errors carry the server's message
             if type(exc).__module__.startswith("clickhouse_connect"):
-                err.print(f"[red]error:[/red] ClickHouse: {_one_line(exc)}", highlight=False)
+                err.print(f"[red]error:[/red] ClickHouse: {_one_line(exc)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             raise
 
@@ -62,7 +62,9 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return text[:500] + ("…" if len(text) > 500 else "")
+    # ClickHouse appends every token it expected; the first sentence is the useful part.
+    text = text.split(" Expected one of:")[0]
+    return text[:300] + ("…" if len(text) > 300 else "")
 
 
 @contextmanager
