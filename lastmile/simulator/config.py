@@ -1,0 +1,157 @@
+"""What to simulate: one frozen dataclass with documented defaults, and the sizing rules.
+
+Everything the simulator decides is a function of a :class:`SimulationConfig` (and nothing
+else: no wall clock, no environment), so the config *is* the data set's identity. Sizing is
+derived from ``orders`` so that one knob scales the whole world coherently: more orders means
+more residents, more communities and therefore more lockers reporting telemetry.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, replace
+from datetime import date
+from typing import Any
+
+import numpy as np
+
+#: Allowed temperature range per product class, °C (``None``: unbounded on that side).
+#: Ambient compartments have no cold-chain range, so they never have excursions.
+TEMPERATURE_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "chilled": (0.0, 4.0),
+    "frozen": (None, -18.0),
+    "ambient": (None, None),
+}
+
+#: All event times carry this offset: the business runs on China Standard Time.
+UTC_OFFSET = "+08:00"
+
+#: Event types, in the order files are written (telemetry first: it is the bulk).
+EVENT_TYPES = ("locker_telemetry", "order", "pickup", "return", "review", "identify")
+
+#: Non-telemetry events per order at default rates (orders, pickups, reviews, returns,
+#: identifies), measured on seeded runs; used only to *estimate* sizes in ``for_total_events``.
+EVENTS_PER_ORDER = 2.58
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """A simulated world and its bad-data injection. Same config => byte-identical output.
+
+    The window starts on ``start`` (a Monday) at 00:00 +08:00 and lasts ``weeks`` weeks.
+    Keep the window (plus about ten days of pickups and reviews after it) in the past: the
+    contract parser rejects events from the future, and the default window ends 2026-11-02.
+    """
+
+    seed: int = 42
+    #: Orders placed in the window; everything else is sized from it.
+    orders: int = 20_000
+    weeks: int = 8
+    start: date = date(2026, 9, 7)
+    #: One community (小区) per this many orders. With 2 lockers of 4-5 compartments each and
+    #: a reading every 5 minutes, 20k orders => ~2 communities => ~290k telemetry readings.
+    orders_per_community: int = 10_000
+    #: Average orders per ordering resident per week; sets the number of residents.
+    orders_per_person_week: float = 0.9
+    lockers_per_community: int = 2
+    #: Every compartment reports once per this many seconds.
+    telemetry_every_s: int = 300
+    #: A temperature excursion counts only if out of range for at least this long.
+    excursion_min_minutes: int = 15
+    #: Real excursions (door left open, compressor fault) per cold compartment per week.
+    excursions_per_compartment_week: float = 0.4
+    #: Power cuts per locker per week (they hit every compartment of the locker).
+    power_cuts_per_locker_week: float = 0.08
+    #: Brief door-open spikes (out of range for less than the minimum) per cold compartment per week.
+    door_spikes_per_compartment_week: float = 1.5
+    #: Share of each file's valid events that get a malformed twin line.
+    malformed_share: float = 0.005
+    #: Share of each file's events re-sent verbatim (same event_id) a little later.
+    duplicate_share: float = 0.005
+    #: Share of each file's events written far out of order (arriving late).
+    late_share: float = 0.01
+    #: Share of identifier slots in orders/pickups/returns/reviews filled with junk ("0", "null", ...).
+    junk_identifier_share: float = 0.004
+    #: Share of identifier occurrences typed in a messy but normalisable form ("138 0013 8000").
+    messy_identifier_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.orders < 1:
+            raise ValueError("orders must be >= 1")
+        if self.weeks < 1:
+            raise ValueError("weeks must be >= 1")
+        if self.start.weekday() != 0:
+            raise ValueError(f"start must be a Monday (weekly rhythms are aligned to it), got {self.start}")
+        if self.telemetry_every_s < 10:
+            raise ValueError("telemetry_every_s must be >= 10")
+        for name in ("malformed_share", "duplicate_share", "late_share", "junk_identifier_share", "messy_identifier_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 0.5:
+                raise ValueError(f"{name} must be within [0, 0.5], got {value}")
+
+    # -- derived sizes -------------------------------------------------------------------
+
+    @property
+    def n_communities(self) -> int:
+        return max(1, round(self.orders / self.orders_per_community))
+
+    @property
+    def n_persons(self) -> int:
+        return max(40, round(self.orders / (self.weeks * self.orders_per_person_week)))
+
+    @property
+    def window_ms(self) -> int:
+        return self.weeks * 7 * 86_400_000
+
+    @property
+    def telemetry_steps(self) -> int:
+        """Readings per compartment over the window."""
+        return self.weeks * 7 * 86_400 // self.telemetry_every_s
+
+    def rng(self, stream: str) -> np.random.Generator:
+        """An independent generator per concern, so changing one part leaves others unchanged."""
+        return np.random.default_rng([self.seed, zlib.crc32(stream.encode())])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["start"] = self.start.isoformat()
+        return data
+
+    # -- sizing by total events -----------------------------------------------------------
+
+    def estimated_events(self) -> int:
+        """Roughly how many lines ``simulate`` writes for this config (within a few %)."""
+        from .world import count_compartments  # late import: world imports this module
+
+        telemetry = count_compartments(self) * self.telemetry_steps
+        other = self.orders * EVENTS_PER_ORDER
+        bad = 1.0 + self.malformed_share + self.duplicate_share
+        return int((telemetry + other) * bad)
+
+    @classmethod
+    def for_total_events(cls, n: int, seed: int = 42, **overrides: Any) -> "SimulationConfig":
+        """A config whose run writes about ``n`` events in total (all files, all types).
+
+        Telemetry grows in steps (a whole community of lockers at a time, ~145k readings over
+        8 weeks), so this searches ``orders`` for the estimate closest to ``n`` and may land a
+        few % off: ``for_total_events(1_000_000)`` picks 55k orders and writes ~1.06M events.
+        """
+        if n < 1000:
+            raise ValueError("n must be >= 1000")
+        base = replace(cls(seed=seed, **overrides), orders=1000)
+        best, best_err = base, math.inf
+        lo, hi = 100, max(1000, n)
+        # estimated_events is monotone up to the community steps; bisect, then polish nearby.
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if replace(base, orders=mid).estimated_events() < n:
+                lo = mid + 1
+            else:
+                hi = mid
+        for orders in range(max(100, lo - 2000), lo + 2001, 50):
+            cfg = replace(base, orders=orders)
+            err = abs(cfg.estimated_events() - n)
+            if err < best_err:
+                best, best_err = cfg, err
+        return best
