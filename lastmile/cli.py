@@ -11,6 +11,7 @@ import csv
 import json
 import sys
 import time
+from datetime import date, timedelta
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -85,6 +86,11 @@ def _simulate(seed: int, orders: int, weeks: int, out: Path) -> Any:
     if orders <= 0 or weeks <= 0:
         raise BadInput("--orders and --weeks must be positive")
     cfg = SimulationConfig(seed=seed, orders=orders, weeks=weeks)
+    # Follow-up events (pickups, claims, reviews) trail the window by up to ~10 days, and
+    # ingest rightly quarantines events from the future.
+    ends = cfg.start + timedelta(weeks=weeks, days=12)
+    if ends > date.today():
+        raise BadInput(f"{weeks} weeks from {cfg.start} would simulate events after today ({date.today()}); use fewer --weeks")
     with _progress() as progress:
         tasks: dict[str, Any] = {}
 
