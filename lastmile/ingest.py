@@ -19,8 +19,10 @@ from datetime import datetime, timezone
 import orjson
 
 from lastmile.contracts import ContractError, EventParser
+from lastmile.identity.links import IDENTIFIER_OBJECT, Link
+from lastmile.privacy import Identifiers
 from lastmile.warehouse import Warehouse
-from lastmile.warehouse.tables import IdentifierHasher, RowMapper, mappers
+from lastmile.warehouse.tables import RowMapper, mappers
 
 #: Quarantine keeps payloads up to this size; larger ones are cut (and the cut is said).
 MAX_QUARANTINE_PAYLOAD = 1 << 20
@@ -32,6 +34,7 @@ class Batch:
 
     rows: dict[str, list[bytes]] = field(default_factory=dict)  # raw table -> JSONEachRow lines
     quarantined: list[bytes] = field(default_factory=list)  # quarantine JSONEachRow lines
+    links: list[bytes] = field(default_factory=list)  # identity_links JSONEachRow lines
     read: int = 0
     valid: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -42,14 +45,16 @@ class Batch:
 
 
 class Ingestor:
-    """Validates payloads against the contracts and maps them to rows.
+    """Validates payloads against the contracts, maps them to rows and extracts identity evidence.
 
-    ``hasher`` turns direct identifiers into keyed tokens before anything is stored.
+    ``identifiers`` turns direct identifiers into keyed tokens before anything is stored,
+    and yields the OneID links of each event with the same tokens.
     """
 
-    def __init__(self, hasher: IdentifierHasher, parser: EventParser | None = None) -> None:
+    def __init__(self, identifiers: Identifiers, parser: EventParser | None = None) -> None:
         self.parser = parser or EventParser()
-        self._mappers: dict[str, RowMapper] = mappers(hasher)
+        self.identifiers = identifiers
+        self._mappers: dict[str, RowMapper] = mappers(identifiers.token)
 
     def process(self, source: str, records: Iterable[tuple[int, bytes]]) -> Batch:
         """Ingest ``(position, payload)`` records read from ``source`` (a file or a topic)."""
@@ -65,10 +70,21 @@ class Ingestor:
                 batch.quarantined.append(_quarantine_line(source, position, payload, exc, received_at))
                 batch.reasons[exc.reason] += 1
                 continue
-            mapper = self._mappers[event["event_type"]]
+            event_type = event["event_type"]
+            mapper = self._mappers[event_type]
             batch.rows.setdefault(mapper.table, []).append(mapper.line(event, payload, source, source_json))
             batch.valid += 1
+            if event_type in IDENTIFIER_OBJECT:
+                batch.links.extend(_link_line(link) for link in self.identifiers.links(event))
         return batch
+
+
+def _link_line(link: Link) -> bytes:
+    return orjson.dumps({
+        "event_id": link.event_id, "event_type": link.event_type, "role": link.role,
+        "a_type": link.a_type, "a_token": link.a_token, "b_type": link.b_type or "", "b_token": link.b_token or "",
+        "occurred_at_ms": link.occurred_at_ms, "reason": link.reason or "", "detail": link.detail or "",
+    })
 
 
 def _quarantine_line(source: str, position: int, payload: bytes, exc: ContractError, received_at: str) -> bytes:
@@ -106,4 +122,5 @@ def write(warehouse: Warehouse, batch: Batch) -> int:
     for table, lines in batch.rows.items():
         written += warehouse.insert_json_lines(table, lines)
     warehouse.insert_json_lines("quarantine", batch.quarantined)
+    warehouse.insert_json_lines("identity_links", batch.links)
     return written

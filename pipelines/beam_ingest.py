@@ -9,11 +9,16 @@ The story of one run:
 3. ``ValidateAndMap`` judges every line against its contract (``lastmile.ingest``): valid
    events become raw-table rows with direct identifiers already hashed; the rest become
    quarantine records with the reason. Nothing is dropped: read = valid + quarantined.
-4. ``WriteToWarehouse`` inserts each chunk's rows in one large block. Raw tables are
+4. ``WriteToWarehouse`` inserts each chunk's rows in one large block, with the chunk's
+   identity evidence (which hashed identifiers were seen together). Raw tables are
    ReplacingMergeTrees keyed on ``event_id``, so re-running over the same files, or files
    that overlap, never double-counts.
+5. Once every chunk is written, ``ResolveIdentities`` folds the new evidence into the OneID
+   graph kept in the warehouse (``lastmile.identity.store``): profiles merge under the
+   rules in ``lastmile/identity/rules.toml``, whatever order the files came in.
 
-Beam counters (``lastmile.ingest``: read, valid, quarantined, written) tell what happened.
+Beam counters (``lastmile.ingest``: read, valid, quarantined, written, links) tell what
+happened.
 
 The runner is an ordinary pipeline option: DirectRunner here, ``--runner FlinkRunner`` or
 ``DataflowRunner`` at scale with a ClickHouse server (``LASTMILE_CLICKHOUSE_URL``). With the
@@ -39,8 +44,10 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lastmile.config import Settings, settings as current_settings
+from lastmile.identity.rules import Rules
+from lastmile.identity.store import ResolveOutcome, resolve_pending
 from lastmile.ingest import Batch, Ingestor, write
-from lastmile.privacy import identifier_hasher
+from lastmile.privacy import Identifiers
 from lastmile.warehouse import connect, migrate
 
 NAMESPACE = "lastmile.ingest"
@@ -79,7 +86,7 @@ class ValidateAndMap(beam.DoFn):
         self.quarantined = Metrics.counter(NAMESPACE, "quarantined")
 
     def setup(self) -> None:
-        self.ingestor = Ingestor(identifier_hasher(current_settings()))
+        self.ingestor = Ingestor(Identifiers(current_settings()))
 
     def process(self, chunk: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Batch]:
         source, records = chunk
@@ -97,6 +104,7 @@ class WriteToWarehouse(beam.DoFn):
 
     def __init__(self) -> None:
         self.written = Metrics.counter(NAMESPACE, "written")
+        self.links = Metrics.counter(NAMESPACE, "links")
 
     def setup(self) -> None:
         self.warehouse = connect(current_settings())
@@ -104,7 +112,27 @@ class WriteToWarehouse(beam.DoFn):
     def process(self, batch: Batch) -> Iterator[int]:
         written = write(self.warehouse, batch)
         self.written.inc(written)
+        self.links.inc(len(batch.links))
         yield written
+
+
+class ResolveIdentities(beam.DoFn):
+    """After the last write: resolve the new identity evidence into OneID profiles.
+
+    Its input is the global sum of rows written, so it runs once, after every chunk is in
+    the warehouse. Resolution is one graph computation (vectorised, millions of links per
+    second), not a per-element step: at scale it runs on one worker.
+    """
+
+    def setup(self) -> None:
+        self.warehouse = connect(current_settings())
+
+    def process(self, rows_written: int) -> Iterator[ResolveOutcome]:
+        rules = Rules.load()
+        identifiers = Identifiers(current_settings(), rules)
+        outcome = resolve_pending(self.warehouse, rules, rules.blocked_tokens(identifiers.hasher))
+        Metrics.counter(NAMESPACE, "profiles").inc(outcome.report.profiles)
+        yield outcome
 
 
 def build(pipeline: beam.Pipeline, root: str, pattern: str, chunk_lines: int) -> None:
@@ -116,6 +144,8 @@ def build(pipeline: beam.Pipeline, root: str, pattern: str, chunk_lines: int) ->
         | "ReadEventChunks" >> beam.ParDo(ReadEventChunks(root, chunk_lines))
         | "ValidateAndMap" >> beam.ParDo(ValidateAndMap())
         | "WriteToWarehouse" >> beam.ParDo(WriteToWarehouse())
+        | "AllWritten" >> beam.CombineGlobally(sum)
+        | "ResolveIdentities" >> beam.ParDo(ResolveIdentities())
     )
 
 
@@ -127,6 +157,8 @@ class IngestReport:
     valid: int = 0
     quarantined: int = 0
     written: int = 0
+    links: int = 0
+    profiles: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 

@@ -20,7 +20,7 @@ from tests.test_identity_support import HASHER
 TIGHT = Rules.default().with_changes(
     max_per_profile={"unionid": 1, "openid": 2, "phone": 1, "member_card": 1, "device_id": 2},
     max_merges=4,
-    max_strong_neighbours={"phone": 2, "device_id": 2, "member_card": 3, "openid": 3, "unionid": 3},
+    max_identities={"phone": 2, "device_id": 2, "member_card": 3, "openid": 3, "unionid": 3},
 )
 POOL = [(TYPE_NAMES[i % 5], HASHER.token(TYPE_NAMES[i % 5], f"v{i}")) for i in range(14)]
 
@@ -70,12 +70,24 @@ def reference(rows: list[dict], blocked: frozenset[str], rules: Rules) -> dict[s
             key = tuple(sorted((r["a_token"], r["b_token"])))
             edges[key] = min(edges.get(key, 1 << 62), r["occurred_at_ms"])
     usable = {e: t for e, t in edges.items() if not (set(e) & blocked)}
+    # identities: strong identifiers linked directly to each other are one person
+    identity = {tok: tok for tok in kind}
+
+    def root(x: str) -> str:
+        while identity[x] != x:
+            x = identity[x]
+        return x
+
+    for a, b in usable:
+        if kind[a] in rules.strong_types and kind[b] in rules.strong_types:
+            identity[root(a)] = root(b)
     strong_neighbours: dict[str, set[str]] = {}
     for a, b in usable:
         for x, y in ((a, b), (b, a)):
             if kind[y] in rules.strong_types:
-                strong_neighbours.setdefault(x, set()).add(y)
-    shared = {x for x, ns in strong_neighbours.items() if len(ns) > rules.max_strong_neighbours[kind[x]]}
+                # a strong identifier counts its neighbours; a weak one, their identities
+                strong_neighbours.setdefault(x, set()).add(y if kind[x] in rules.strong_types else root(y))
+    shared = {x for x, ns in strong_neighbours.items() if len(ns) > rules.max_identities[kind[x]]}
     usable = {e: t for e, t in usable.items() if not (set(e) & shared)}
     s = rules.strength
 

@@ -99,8 +99,10 @@ SCENARIOS = [
     Scenario("diamond", [("add", [order(0, **ids(O1, P1)), order(1, **ids(O1, M1)), identify(2, **ids(P1, U1)),
                                   identify(3, "issue_member_card", **ids(M1, U1))])], [[O1, P1, M1, U1]]),
     Scenario("disjoint", [("add", [order(0, **ids(O1, P1)), order(0, **ids(O2, P2))])], [[O1, P1], [O2, P2]]),
+    # A device between two strong identifiers never seen together would look like a household
+    # tablet (rules: device_id = 1 identity), so here the review shows the card with the openid.
     Scenario("long_chain", [("add", [order(0, **ids(O1, P1)), identify(1, **ids(P1, U1)), identify(2, "issue_member_card", **ids(U1, M1)),
-                                     pickup(3, **ids(M1, D1)), review(4, **ids(D1, O2)), claim(5, **ids(O2, M2)),
+                                     pickup(3, **ids(M1, D1)), review(4, **ids(M1, D1, O2)), claim(5, **ids(O2, M2)),
                                      order(6, **ids(M2, P2)), pickup(7, **ids(P2, D2))])],
              [[O1, P1, U1, M1, D1, O2, M2, P2, D2]], named_after=[O1]),
     Scenario("late_identify_after_orders",

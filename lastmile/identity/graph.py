@@ -228,6 +228,30 @@ def _limited_pass(edges: np.ndarray, u: np.ndarray, v: np.ndarray, node_type: np
     return {n: find(n) for n in parent}
 
 
+def strong_identities(n: int, u: np.ndarray, v: np.ndarray, ok: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """How many distinct people each identifier is linked to, judged by strong identifiers.
+
+    For a weak identifier (a phone, a device) its strong neighbours are grouped into
+    identities: strong identifiers linked to each other directly (an openid and the unionid
+    it came with) are one person. A household tablet seen with two people's WeChat accounts
+    counts 2; one person's phone seen with their unionid, openid and member card counts 1
+    when those were ever seen together. A strong identifier's own neighbours all share its
+    identity by construction, so for strong types this counts distinct strong neighbours.
+    """
+    both = ok & strong[u] & strong[v]
+    _, identity = connected_components(
+        csr_matrix((np.ones(int(both.sum()), dtype=np.int8), (u[both], v[both])), shape=(n, n)), directed=False)
+    to_strong_v, to_strong_u = ok & strong[v], ok & strong[u]
+    node = np.concatenate([u[to_strong_v], v[to_strong_u]])
+    # strong nodes: count neighbours themselves; weak nodes: count their neighbours' identities
+    seen_as = np.concatenate([v[to_strong_v], u[to_strong_u]])
+    group = np.where(strong[node], seen_as, n + identity[seen_as])
+    if not len(node):
+        return np.zeros(n, dtype=np.int64)
+    pairs = np.unique(node.astype(np.int64) * (2 * n + 1) + group)
+    return np.bincount(pairs // (2 * n + 1), minlength=n)
+
+
 def resolve_graph(node_type: np.ndarray, node_first_seen: np.ndarray, tokens: pa.Array,
                   blocked: np.ndarray, u: np.ndarray, v: np.ndarray, edge_first_seen: np.ndarray,
                   rules: Rules) -> GraphResolution:
@@ -245,8 +269,7 @@ def resolve_graph(node_type: np.ndarray, node_first_seen: np.ndarray, tokens: pa
     if m:
         ok = status == USED
         strong = rules.strong_by_code()[node_type]
-        strong_deg = np.bincount(u[ok & strong[v]], minlength=n) + np.bincount(v[ok & strong[u]], minlength=n)
-        shared = strong_deg > rules.shared_threshold_by_code()[node_type]
+        shared = strong_identities(n, u, v, ok, strong) > rules.shared_threshold_by_code()[node_type]
         status[ok & (shared[u] | shared[v])] = SHARED
     ok = status == USED
     graph = csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (u[ok], v[ok])), shape=(n, n))

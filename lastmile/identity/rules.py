@@ -59,7 +59,7 @@ class Rules:
     )
     max_merges: int = 10
     strong_types: frozenset[str] = frozenset({"unionid", "openid", "member_card"})
-    max_strong_neighbours: Mapping[str, int] = field(
+    max_identities: Mapping[str, int] = field(
         default_factory=lambda: {"phone": 6, "device_id": 3, "member_card": 6, "openid": 8, "unionid": 8}
     )
 
@@ -113,7 +113,7 @@ class Rules:
             max_per_profile={**base.max_per_profile, **dict(limits.get("max_per_profile", {}))},
             max_merges=int(limits.get("max_merges", base.max_merges)),
             strong_types=frozenset(shared.get("strong_types", base.strong_types)),
-            max_strong_neighbours={**base.max_strong_neighbours, **dict(shared.get("max_strong_neighbours", {}))},
+            max_identities={**base.max_identities, **dict(shared.get("max_identities", {}))},
         )
         rules.validate()
         return rules
@@ -121,7 +121,7 @@ class Rules:
     def validate(self) -> None:
         """Refuse rules that name unknown types or make no sense (limits below one)."""
         for name, table in (("strength", self.strength), ("limits.max_per_profile", self.max_per_profile),
-                            ("shared.max_strong_neighbours", self.max_strong_neighbours)):
+                            ("shared.max_identities", self.max_identities)):
             unknown = set(table) - set(TYPE_NAMES)
             if unknown:
                 raise ValueError(f"{name} has unknown identifier types: {sorted(unknown)}")
@@ -164,9 +164,9 @@ class Rules:
         return np.array([self.max_per_profile[t] for t in TYPE_NAMES], dtype=np.int64)
 
     def shared_threshold_by_code(self) -> np.ndarray:
-        """``max_strong_neighbours[type_code]`` as an array (absent types: never shared)."""
+        """``max_identities[type_code]`` as an array (absent types: never shared)."""
         big = np.iinfo(np.int64).max
-        return np.array([self.max_strong_neighbours.get(t, big) for t in TYPE_NAMES], dtype=np.int64)
+        return np.array([self.max_identities.get(t, big) for t in TYPE_NAMES], dtype=np.int64)
 
     def strong_by_code(self) -> np.ndarray:
         """Boolean mask ``is_strong[type_code]``."""

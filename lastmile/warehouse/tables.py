@@ -39,7 +39,7 @@ INGEST_COLUMNS = (
 )
 
 #: Hashes an identifier: (id_type, raw value) -> token, or None when the value is blocked.
-IdentifierHasher = Callable[[str, str], "str | None"]
+TokenFor = Callable[[str, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class RowMapper:
     that: the validated payload gets the ``_source`` column appended and goes as it came.
     """
 
-    def __init__(self, contract: Contract, hasher: IdentifierHasher) -> None:
+    def __init__(self, contract: Contract, hasher: TokenFor) -> None:
         self.contract = contract
         self.table = contract.table
         self.columns = columns_for(contract)
@@ -179,6 +179,6 @@ def _pii_type(column: str) -> str:
     return "phone" if column.endswith("phone") else column
 
 
-def mappers(hasher: IdentifierHasher) -> dict[str, RowMapper]:
+def mappers(hasher: TokenFor) -> dict[str, RowMapper]:
     """A :class:`RowMapper` per event type."""
     return {event_type: RowMapper(c, hasher) for event_type, c in contracts().items()}

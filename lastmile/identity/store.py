@@ -1,0 +1,304 @@
+"""OneID state in the warehouse: kept evidence, incremental resolution, per-event OneIDs.
+
+Three layers, each a set of ClickHouse tables:
+
+* **Evidence** — ``identity_links``: every identity observation extracted from an event
+  (hashed tokens only), written by whichever pipeline ingested the event. A row is keyed on
+  its event, so re-ingesting a file or replaying a topic changes nothing; its version keeps
+  the *first* ingestion time, which is how a resolve finds what is new since the last one.
+* **State** — ``identity_nodes``, ``identity_edges``, ``identity_oneids``,
+  ``identity_refusals``, ``identity_changes`` (see :mod:`lastmile.identity.state`), plus
+  ``identity_runs``: the resolver's graph and names, versioned by run, so a new process
+  continues where the last stopped.
+* **Use** — the view ``event_oneid``: the OneID of the person behind each event, which dbt
+  and the feature store join on. It is a view, so a merge or split shows at once.
+
+Resolution is incremental: load the state, add the links ingested since the last run,
+resolve (rules apply to the whole graph, so the result does not depend on batching), write
+the state back. ``rebuild`` re-resolves all kept links under the current rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from lastmile.identity.links import Link
+from lastmile.identity.resolver import IdentityResolver, ResolveReport
+from lastmile.identity.rules import Rules
+from lastmile.identity.state import TABLES
+from lastmile.warehouse import Warehouse
+from lastmile.warehouse.migrations import Migration, register
+
+#: identity_links columns, in the order ingest writes them.
+LINK_FIELDS = ("a_type", "a_token", "b_type", "b_token", "occurred_at_ms", "event_id", "event_type", "role", "reason", "detail")
+
+_DDL = [
+    """
+CREATE TABLE IF NOT EXISTS identity_links (
+    event_id String COMMENT 'Event the observation comes from.',
+    event_type LowCardinality(String),
+    role LowCardinality(String) COMMENT 'Which identifier object of the event (buyer, collector, claimant, reviewer, identifiers).',
+    a_type LowCardinality(String),
+    a_token String COMMENT 'Keyed hash of the identifier; empty when the value itself was refused.',
+    b_type LowCardinality(String) COMMENT 'Empty for a sighting (the event had one usable identifier).',
+    b_token String,
+    occurred_at_ms Int64 COMMENT 'Event time, UTC epoch milliseconds.',
+    reason LowCardinality(String) COMMENT 'Empty for usable observations; else why the value was refused at extraction.',
+    detail String,
+    _ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    _first_ingested UInt64 DEFAULT 9000000000000 - toUnixTimestamp64Milli(_ingested_at)
+        COMMENT 'Version that keeps the earliest ingestion: re-ingestion never makes evidence look new.'
+)
+ENGINE = ReplacingMergeTree(_first_ingested)
+ORDER BY (event_id, role, a_type, a_token, b_type, b_token, reason)
+COMMENT 'Identity evidence: identifiers seen together in one event (hashed). The resolver input, kept for rebuilds.'
+""",
+    """
+CREATE TABLE IF NOT EXISTS identity_nodes (
+    token String, id_type LowCardinality(String), first_seen_ms Int64, last_seen_ms Int64,
+    oneid String COMMENT 'Profile of this identifier; empty when blocked.',
+    shared Bool COMMENT 'Linked to too many people to merge on (a leader phone, a household tablet).',
+    run UInt64
+) ENGINE = ReplacingMergeTree(run) ORDER BY token
+COMMENT 'Every identifier (hashed) and its OneID.'
+""",
+    """
+CREATE TABLE IF NOT EXISTS identity_edges (
+    token_a String, type_a LowCardinality(String), token_b String, type_b LowCardinality(String),
+    first_seen_ms Int64, last_seen_ms Int64, count UInt64, first_event_id String, first_event_type LowCardinality(String),
+    status LowCardinality(String) COMMENT 'used, or the rule that refused the link (shared_identifier, type_limit, merge_cap, blocked_value).',
+    run UInt64
+) ENGINE = ReplacingMergeTree(run) ORDER BY (token_a, token_b)
+COMMENT 'Distinct links between identifiers, with the decision taken on each.'
+""",
+    """
+CREATE TABLE IF NOT EXISTS identity_oneids (
+    oneid String, origin_token String, survivor String COMMENT 'OneID standing for this one now (itself while alive; empty when gone).',
+    run UInt64
+) ENGINE = ReplacingMergeTree(run) ORDER BY oneid
+COMMENT 'Every OneID ever issued and where it lives on after merges.'
+""",
+    """
+CREATE TABLE IF NOT EXISTS identity_refusals (
+    event_id String, event_type LowCardinality(String), occurred_at_ms Int64, role LowCardinality(String),
+    id_type LowCardinality(String), token String, reason LowCardinality(String), detail String
+) ENGINE = ReplacingMergeTree ORDER BY (event_id, role, id_type, token, reason)
+COMMENT 'Identifier values refused at extraction (blocked, malformed, self-links), without the raw value.'
+""",
+    """
+CREATE TABLE IF NOT EXISTS identity_changes (
+    run UInt64, kind LowCardinality(String) COMMENT 'merge, split or removed',
+    from_oneid String, to_oneid String, identifiers UInt64
+) ENGINE = ReplacingMergeTree ORDER BY (run, kind, from_oneid, to_oneid)
+COMMENT 'Change log of profiles, so downstream tables can remap OneIDs.'
+""",
+    """
+CREATE TABLE IF NOT EXISTS identity_runs (
+    run UInt64, at DateTime64(3, 'UTC') DEFAULT now64(3), kind LowCardinality(String) COMMENT 'resolve or rebuild',
+    resolved_through DateTime64(3, 'UTC') COMMENT 'Evidence ingested up to this time is in the state.',
+    links_added UInt64, profiles UInt64, identifiers UInt64, used UInt64, refused UInt64, merges UInt64, splits UInt64
+) ENGINE = MergeTree ORDER BY run
+COMMENT 'One row per identity resolution.'
+""",
+]
+
+register(Migration(10, "identity_tables", lambda: [s.strip() for s in _DDL]))
+
+_STATE_SCHEMA: dict[str, list[str]] = {
+    "identity_nodes": ["token", "id_type", "first_seen_ms", "last_seen_ms", "oneid", "shared"],
+    "identity_edges": ["token_a", "type_a", "token_b", "type_b", "first_seen_ms", "last_seen_ms", "count",
+                       "first_event_id", "first_event_type", "status"],
+    "identity_oneids": ["oneid", "origin_token", "survivor"],
+    "identity_refusals": ["event_id", "event_type", "occurred_at_ms", "role", "id_type", "token", "reason", "detail"],
+    "identity_changes": ["run", "kind", "from_oneid", "to_oneid", "identifiers"],
+}
+_VERSIONED = ("identity_nodes", "identity_edges", "identity_oneids")
+
+
+def event_oneid_sql(rules: Rules) -> str:
+    """The ``event_oneid`` view: each event's person is its strongest non-shared identifier's profile.
+
+    A group-chat order typed with the leader's phone and the neighbour's openid belongs to the
+    neighbour: the leader's phone is shared, so it loses to any unshared identifier.
+    """
+    types = list(rules.strength)
+    strengths = [int(rules.strength[t]) for t in types]
+    return f"""
+CREATE OR REPLACE VIEW event_oneid AS
+SELECT event_type, event_id,
+       argMax(n.oneid, (NOT n.shared, transform(t.id_type, {types!r}, {strengths!r}, 0), t.token)) AS oneid
+FROM (
+    SELECT event_type, event_id, a_token AS token, a_type AS id_type FROM identity_links FINAL WHERE reason = '' AND a_token != ''
+    UNION ALL
+    SELECT event_type, event_id, b_token, b_type FROM identity_links FINAL WHERE reason = '' AND b_token != ''
+) AS t
+INNER JOIN (SELECT token, oneid, shared FROM identity_nodes FINAL WHERE oneid != '') AS n ON n.token = t.token
+GROUP BY event_type, event_id
+"""
+
+
+#: Evidence across events: a pickup made by the buyer links the identifiers shown at the
+#: locker (usually a phone) with those the order was placed with (an openid, or a member
+#: card in a store). This is how "ordered in the mini-program, picked up with a phone"
+#: becomes one person. Collections by family, neighbours or the leader link nothing.
+PICKUP_BY_BUYER_SQL = """
+INSERT INTO identity_links (event_id, event_type, role, a_type, a_token, b_type, b_token, occurred_at_ms, reason, detail)
+SELECT p.event_id, 'pickup', 'collector=buyer', p.id.1, p.id.2, o.id.1, o.id.2, p.occurred_at_ms, '', concat('order ', p.order_id)
+FROM (
+    SELECT l.event_id, r.order_id, l.occurred_at_ms,
+           arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
+    FROM identity_links AS l FINAL
+    INNER JOIN (SELECT event_id, order_id FROM raw_pickup FINAL WHERE collector_role = 'buyer') AS r ON r.event_id = l.event_id
+    WHERE l.reason = '' AND l.role = 'collector'
+) AS p
+INNER JOIN (
+    SELECT DISTINCT r.order_id, arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
+    FROM identity_links AS l FINAL
+    INNER JOIN (SELECT event_id, order_id FROM raw_order FINAL) AS r ON r.event_id = l.event_id
+    WHERE l.reason = '' AND l.role = 'buyer'
+) AS o ON o.order_id = p.order_id
+WHERE p.id.2 != o.id.2
+"""
+
+
+def derive_cross_event_links(warehouse: Warehouse) -> None:
+    """Add evidence that spans events (see :data:`PICKUP_BY_BUYER_SQL`); idempotent.
+
+    Re-deriving writes the same keys again; ``identity_links`` keeps their first ingestion,
+    so only evidence that is really new (a late order or pickup) counts as new.
+    """
+    warehouse.command(PICKUP_BY_BUYER_SQL)
+
+
+@dataclass
+class ResolveOutcome:
+    """What one resolution did, for the CLI and the run summary."""
+
+    run: int
+    links_added: int
+    report: ResolveReport
+
+    @property
+    def merges(self) -> int:
+        return sum(1 for c in self.report.changes if c.kind == "merge")
+
+    @property
+    def splits(self) -> int:
+        return sum(1 for c in self.report.changes if c.kind == "split")
+
+
+#: Sort order when reading state back: the resolver numbers nodes in read order, so a fixed
+#: order makes a restored resolver the same object whatever the storage returned.
+_READ_ORDER = {"identity_nodes": "token", "identity_edges": "token_a, token_b", "identity_oneids": "oneid"}
+
+
+def _read(warehouse: Warehouse, table: str, columns: list[str]) -> pd.DataFrame:
+    cols = ", ".join(columns)
+    order = f" ORDER BY {_READ_ORDER[table]}" if table in _READ_ORDER else ""
+    frame = warehouse.client.query_df(f"SELECT {cols} FROM {table} FINAL{order}")
+    return frame if len(frame.columns) else pd.DataFrame(columns=columns)
+
+
+def _canonical_edges(edges: pd.DataFrame) -> pd.DataFrame:
+    """token_a < token_b, so an edge has one key in ``identity_edges`` whichever way it was built."""
+    swap = (edges["token_a"] > edges["token_b"]).to_numpy()
+    if swap.any():
+        edges = edges.copy()
+        for left, right in (("token_a", "token_b"), ("type_a", "type_b")):
+            a, b = edges[left].to_numpy(copy=True), edges[right].to_numpy(copy=True)
+            edges[left] = pd.Series(a).where(~swap, b).to_numpy()
+            edges[right] = pd.Series(b).where(~swap, a).to_numpy()
+    return edges
+
+
+def load_state(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str]) -> IdentityResolver:
+    """The resolver as the last run left it (empty on a new warehouse)."""
+    rows = {t: _read(warehouse, t, cols) for t, cols in _STATE_SCHEMA.items()}
+    if rows["identity_nodes"].empty:
+        return IdentityResolver(rules, blocked_tokens)
+    return IdentityResolver.from_rows(rows, rules, blocked_tokens)
+
+
+def save_state(warehouse: Warehouse, resolver: IdentityResolver, run: int) -> None:
+    """Write the state back; versioned tables replace their rows, the logs deduplicate."""
+    for table, frame in resolver.to_rows().items():
+        if table not in TABLES or frame.empty:
+            continue
+        frame = frame[_STATE_SCHEMA[table]].copy()
+        if table == "identity_edges":
+            frame = _canonical_edges(frame)
+        if table in _VERSIONED:
+            frame["run"] = run
+        warehouse.client.insert_df(table, frame)
+
+
+def _links_since(warehouse: Warehouse, since: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
+    where = "" if since is None else "WHERE _ingested_at > {since:DateTime64(3, 'UTC')}"
+    frame = warehouse.client.query_df(
+        f"SELECT {', '.join(LINK_FIELDS)}, _ingested_at FROM identity_links FINAL {where}",
+        parameters={"since": since} if since is not None else None,
+    )
+    if frame.empty:
+        return frame, since
+    return frame, frame["_ingested_at"].max().to_pydatetime()
+
+
+def _as_links(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Link]]:
+    """Split evidence rows into the usable frame and refusals (as :class:`Link`)."""
+    usable = frame[frame["reason"] == ""].copy()
+    sighting = (usable["b_token"] == "").to_numpy()
+    for column in ("b_type", "b_token"):  # a sighting has no second identifier: None, not ""
+        values = usable[column].astype(object).to_numpy()
+        values[sighting] = None
+        usable[column] = values
+    refused = [
+        Link(r.a_type, r.a_token, None, None, int(r.occurred_at_ms), r.event_id, r.event_type, r.role, r.reason, r.detail or None)
+        for r in frame[frame["reason"] != ""].itertuples(index=False)
+    ]
+    return usable, refused
+
+
+def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str]) -> ResolveOutcome:
+    """Resolve the evidence ingested since the last run into the kept state."""
+    last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
+    run, since = (int(last[0][0]), last[0][1]) if last else (0, None)
+    derive_cross_event_links(warehouse)
+    frame, through = _links_since(warehouse, since)
+    resolver = load_state(warehouse, rules, blocked_tokens)
+    usable, refused = _as_links(frame) if not frame.empty else (frame, [])
+    if not usable.empty:
+        resolver.add(usable)
+    if refused:
+        resolver.add(refused)
+    report = resolver.resolve()
+    run += 1
+    save_state(warehouse, resolver, run)
+    _record(warehouse, run, "resolve", through, len(frame), report)
+    warehouse.command(event_oneid_sql(rules))
+    return ResolveOutcome(run, len(frame), report)
+
+
+def rebuild(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str]) -> ResolveOutcome:
+    """Re-resolve every kept link under ``rules``; the change log records merges and splits."""
+    resolver = load_state(warehouse, rules, blocked_tokens)
+    report = resolver.rebuild(rules, blocked_tokens)
+    last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
+    run = (int(last[0][0]) if last else 0) + 1
+    save_state(warehouse, resolver, run)
+    _record(warehouse, run, "rebuild", last[0][1] if last else None, 0, report)
+    warehouse.command(event_oneid_sql(rules))
+    return ResolveOutcome(run, 0, report)
+
+
+def _record(warehouse: Warehouse, run: int, kind: str, through: datetime | None, added: int, report: ResolveReport) -> None:
+    merges = sum(1 for c in report.changes if c.kind == "merge")
+    splits = sum(1 for c in report.changes if c.kind == "split")
+    warehouse.insert_rows(
+        "identity_runs",
+        [(run, kind, through or datetime(1970, 1, 1), added, report.profiles, report.identifiers, report.used,
+          sum(report.refused.values()), merges, splits)],
+        ["run", "kind", "resolved_through", "links_added", "profiles", "identifiers", "used", "refused", "merges", "splits"],
+    )
