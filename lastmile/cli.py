@@ -149,6 +149,7 @@ def ingest_cmd(
 
 def _ingest_dict(report: Any) -> dict[str, Any]:
     return {"read": report.read, "valid": report.valid, "quarantined": report.quarantined, "written": report.written,
+            "identity_links": report.links, "profiles": report.profiles,
             "quarantined_by_reason": report.reasons, "seconds": round(report.seconds, 2), "events_per_s": round(report.events_per_s)}
 
 
@@ -168,7 +169,7 @@ def run_cmd(
     weeks: int = typer.Option(8, help="Weeks of activity."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest → summary. Re-running gives the same counts."""
+    """The main job: simulate → ingest (with OneID) → profiles → evaluation → summary. Re-running gives the same counts."""
     from lastmile.summary import summarize
     from lastmile.warehouse import connect
 
@@ -179,12 +180,22 @@ def run_cmd(
     timings["simulate"] = round(time.perf_counter() - start, 2)
     with _stage("ingest (Apache Beam)", timings):
         report = _ingest(cfg.events_dir)
+    with _stage("profiles", timings):
+        from lastmile.identity.profiles import build_profiles
+
+        profiles = build_profiles(connect(cfg))
+    with _stage("identity evaluation", timings):
+        quality = _evaluate(cfg.home / "truth" / "identifiers.jsonl")
     with _stage("summary", timings):
         summary = summarize(connect(cfg))
     if as_json:
-        print(json.dumps({"ingest": _ingest_dict(report), "warehouse": summary.as_dict(), "seconds": timings}))
+        print(json.dumps({"ingest": _ingest_dict(report), "warehouse": summary.as_dict(), "profiles": profiles,
+                          "identity": quality.as_dict(), "seconds": timings}))
         return
     _print_ingest(report, False)
+    console.print(f"OneID: {profiles:,} profiles; against ground truth pairwise precision {quality.pairwise_precision:.4f}, "
+                  f"recall {quality.pairwise_recall:.4f}; largest profile {quality.largest_cluster} identifiers "
+                  f"({quality.largest_cluster_persons} real person{'s' if quality.largest_cluster_persons != 1 else ''})")
     table = Table(title=f"warehouse ({'embedded chDB' if cfg.embedded else cfg.clickhouse_url})")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -254,6 +265,126 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON
     for reason, n in summary.quarantined.items():
         table.add_row(f"quarantine: {reason}", f"{n:,}")
     console.print(table)
+
+
+identity_app = typer.Typer(help="OneID: evaluate, audit and rebuild identity resolution.", no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
+
+
+def _evaluate(truth: Path) -> Any:
+    from lastmile.identity.evaluate import evaluate, load_truth
+    from lastmile.privacy import Identifiers
+    from lastmile.warehouse import connect
+
+    if not truth.is_file():
+        raise BadInput(f"no truth file at {truth}; `lastmile simulate` writes truth/identifiers.jsonl")
+    cfg = settings()
+    return evaluate(connect(cfg), load_truth(truth, Identifiers(cfg)))
+
+
+@identity_app.command("evaluate")
+@friendly
+def identity_evaluate_cmd(
+    truth: Optional[Path] = typer.Option(None, help="Ground truth (default $LASTMILE_HOME/truth/identifiers.jsonl)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Pairwise precision and recall of the profiles against a ground truth."""
+    result = _evaluate(truth or settings().home / "truth" / "identifiers.jsonl")
+    if as_json:
+        print(json.dumps(result.as_dict()))
+        return
+    table = Table("measure", "value", title="OneID against ground truth")
+    for key, value in result.as_dict().items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+    console.print(table)
+
+
+@identity_app.command("audit")
+@friendly
+def identity_audit_cmd(
+    top: int = typer.Option(10, help="How many of the most connected identifiers to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Profiles, cluster sizes, most connected and shared identifiers, refused links, last changes."""
+    from lastmile.identity.audit import audit
+    from lastmile.warehouse import connect
+
+    result = audit(connect(), top=top)
+    if as_json:
+        print(json.dumps(result.as_dict(), default=str))
+        return
+    console.print(f"profiles {result.profiles:,} holding {result.identifiers:,} identifiers; identifiers per profile "
+                  f"p50 {result.cluster_p50:g}, p99 {result.cluster_p99:g}, max {result.cluster_max}")
+    console.print("shared identifiers: " + (", ".join(f"{k} {v:,}" for k, v in result.shared_identifiers.items()) or "none"))
+    console.print("refused links: " + (", ".join(f"{k} {v:,}" for k, v in result.refused_by_reason.items()) or "none"))
+    table = Table("type", "token", "links", "shared", title="most connected identifiers")
+    for row in result.most_connected:
+        table.add_row(str(row["id_type"]), str(row["token"]), f"{row['links']:,}", "yes" if row["shared"] else "")
+    console.print(table)
+    if result.last_run:
+        run = result.last_run
+        console.print(f"last run {run['run']} ({run['kind']}): {run['merges']} merges, {run['splits']} splits, "
+                      f"{run['links_added']:,} new links")
+
+
+@identity_app.command("rebuild")
+@friendly
+def identity_rebuild_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Re-resolve every kept link under the current rules (rules.toml); logs merges and splits."""
+    from lastmile.identity.profiles import build_profiles
+    from lastmile.identity.rules import Rules
+    from lastmile.identity.store import rebuild
+    from lastmile.privacy import Identifiers
+    from lastmile.warehouse import connect, migrate
+
+    cfg = settings()
+    warehouse = connect(cfg)
+    migrate(warehouse)
+    rules = Rules.load()
+    outcome = rebuild(warehouse, rules, rules.blocked_tokens(Identifiers(cfg, rules).hasher))
+    build_profiles(warehouse)
+    figures = {"run": outcome.run, "profiles": outcome.report.profiles, "merges": outcome.merges, "splits": outcome.splits}
+    if as_json:
+        print(json.dumps(figures))
+        return
+    console.print(f"run {outcome.run}: {outcome.report.profiles:,} profiles; {outcome.merges} merges, {outcome.splits} splits "
+                  "(see identity_changes to remap OneIDs)")
+
+
+ID_TYPES = ("phone", "unionid", "openid", "member_card", "device_id")
+
+
+@app.command("forget")
+@friendly
+def forget_cmd(
+    phone: Optional[str] = typer.Option(None, help="Forget the person with this phone."),
+    unionid: Optional[str] = typer.Option(None, help="... with this WeChat unionid."),
+    openid: Optional[str] = typer.Option(None, help="... with this WeChat openid."),
+    member_card: Optional[str] = typer.Option(None, help="... with this member card."),
+    device_id: Optional[str] = typer.Option(None, help="... with this device id."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was touched as JSON."),
+) -> None:
+    """Remove a person from profiles and identity tables and anonymise their events (PIPL, GDPR)."""
+    from lastmile.identity.forget import forget
+    from lastmile.privacy import Identifiers
+    from lastmile.warehouse import connect, migrate
+
+    given = {k: v for k, v in zip(ID_TYPES, (phone, unionid, openid, member_card, device_id)) if v}
+    if len(given) != 1:
+        raise BadInput("give exactly one identifier, e.g. --phone 13800138000")
+    (id_type, value), = given.items()
+    cfg = settings()
+    warehouse = connect(cfg)
+    migrate(warehouse)
+    report = forget(warehouse, Identifiers(cfg), id_type, value)
+    if as_json:
+        print(json.dumps({"oneid": report.oneid, "identifiers": report.identifiers, "touched": report.touched}))
+        return
+    if not report.anything:
+        console.print(f"nothing found for that {id_type}: nothing to forget (already forgotten, or never seen)")
+        return
+    console.print(f"forgot profile {report.oneid or '(none)'}: {report.identifiers} identifiers; rows touched: "
+                  + ", ".join(f"{k} {v:,}" for k, v in report.touched.items() if v))
 
 
 @app.command("config")

@@ -67,6 +67,8 @@ class Ingestor:
             try:
                 event = parse(payload)
             except ContractError as exc:
+                if self.identifiers.mentions_forgotten(payload):
+                    payload = b"(withheld: the payload names a person who asked to be forgotten)"
                 batch.quarantined.append(_quarantine_line(source, position, payload, exc, received_at))
                 batch.reasons[exc.reason] += 1
                 continue

@@ -11,6 +11,7 @@ warehouse columns and the OneID graph always agree on tokens.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lastmile.config import Settings
@@ -20,13 +21,18 @@ from lastmile.identity.rules import Rules
 
 _CACHE_LIMIT = 500_000
 
+#: An identifier field in raw (possibly broken) JSON: "phone": "138 0013 8000".
+_FIELD = re.compile(rb'"(phone|previous_phone|unionid|openid|member_card|device_id)"\s*:\s*"([^"]{1,64})"')
+
 
 class Identifiers:
     """Tokens for identifier values, and identity links for events, under one key and one rule set."""
 
-    def __init__(self, cfg: Settings, rules: Rules | None = None) -> None:
+    def __init__(self, cfg: Settings, rules: Rules | None = None, forgotten: frozenset[str] = frozenset()) -> None:
         self.rules = rules or Rules.load()
         self.hasher = IdentifierHasher(cfg.hash_key_bytes())
+        #: Tokens of people who asked to be forgotten: they never reach storage again.
+        self.forgotten = forgotten
         self._cache: dict[tuple[str, str], str | None] = {}
 
     def token(self, id_type: str, raw: str) -> str | None:
@@ -39,6 +45,8 @@ class Identifiers:
             return found  # type: ignore[return-value]
         value = normalize(id_type, raw, self.rules.blocklist)
         result = self.hasher.token(id_type, value) if value is not None else None
+        if result in self.forgotten:
+            result = None
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = result
@@ -46,9 +54,27 @@ class Identifiers:
 
     __call__ = token
 
+    def mentions_forgotten(self, payload: bytes) -> bool:
+        """Does a raw payload (valid JSON or not) carry an identifier of a forgotten person?
+
+        Quarantine keeps payloads as received, so a replayed file could otherwise bring a
+        forgotten phone number back through a malformed line.
+        """
+        if not self.forgotten:
+            return False
+        for name, value in _FIELD.findall(payload):
+            id_type = "phone" if name.endswith(b"phone") else name.decode()
+            normalized = normalize(id_type, value.decode("utf-8", "replace"), self.rules.blocklist)
+            if normalized is not None and self.hasher.token(id_type, normalized) in self.forgotten:
+                return True
+        return False
+
     def links(self, event: dict[str, Any]) -> list[Link]:
         """The identity evidence of a valid event (hashed; refusals carry their reason)."""
-        return extract_links(event, self.hasher, self.rules.blocklist)
+        links = extract_links(event, self.hasher, self.rules.blocklist)
+        if self.forgotten:
+            links = [l for l in links if l.a_token not in self.forgotten and l.b_token not in self.forgotten]
+        return links
 
 
 def identifier_hasher(cfg: Settings) -> Identifiers:

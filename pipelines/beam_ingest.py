@@ -44,6 +44,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lastmile.config import Settings, settings as current_settings
+from lastmile.identity.forget import forgotten_tokens
 from lastmile.identity.rules import Rules
 from lastmile.identity.store import ResolveOutcome, resolve_pending
 from lastmile.ingest import Batch, Ingestor, write
@@ -86,7 +87,8 @@ class ValidateAndMap(beam.DoFn):
         self.quarantined = Metrics.counter(NAMESPACE, "quarantined")
 
     def setup(self) -> None:
-        self.ingestor = Ingestor(Identifiers(current_settings()))
+        cfg = current_settings()
+        self.ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten_tokens(connect(cfg))))
 
     def process(self, chunk: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Batch]:
         source, records = chunk

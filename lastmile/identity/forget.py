@@ -1,0 +1,119 @@
+"""Right to be forgotten (PIPL art. 47, GDPR art. 17): remove a person, keep the business facts.
+
+``forget`` takes any one identifier of a person, finds their whole profile, and:
+
+1. removes every identifier of the profile from the identity state and evidence, and adds
+   their tokens to ``identity_forgotten`` — the suppression list that ingest consults, so a
+   replayed file or topic cannot bring the person back;
+2. anonymises their events: identifier columns holding those tokens become NULL (the order
+   still counts in sales, but belongs to nobody);
+3. deletes quarantined payloads that contain the raw identifier (they are raw JSON);
+4. rebuilds the profiles, and logs what it touched in ``forget_log``.
+
+Running it again finds nothing left to touch and says so: it is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from lastmile.contracts import contracts
+from lastmile.identity.identifiers import check
+from lastmile.identity.profiles import build_profiles
+from lastmile.privacy import Identifiers
+from lastmile.warehouse import Warehouse, quote_ident
+from lastmile.warehouse.migrations import Migration, register
+from lastmile.warehouse.tables import columns_for
+
+register(Migration(11, "forget_tables", lambda: [
+    "CREATE TABLE IF NOT EXISTS identity_forgotten (token String, forgotten_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+    "ENGINE = ReplacingMergeTree ORDER BY token "
+    "COMMENT 'Tokens of forgotten people: ingest drops them, so replays cannot bring a person back.'",
+    "CREATE TABLE IF NOT EXISTS forget_log (at DateTime64(3, 'UTC') DEFAULT now64(3), request_token String, "
+    "oneid String, identifiers UInt64, touched Map(String, UInt64)) ENGINE = MergeTree ORDER BY at "
+    "COMMENT 'One row per forget request (the requesting identifier only as a token) and what it touched.'",
+]))
+
+#: State tables and the token columns that name an identifier in them.
+_IDENTITY_COLUMNS = {
+    "identity_links": ("a_token", "b_token"),
+    "identity_nodes": ("token",),
+    "identity_edges": ("token_a", "token_b"),
+    "identity_refusals": ("token",),
+}
+
+
+@dataclass
+class ForgetReport:
+    oneid: str
+    identifiers: int
+    touched: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def anything(self) -> bool:
+        return self.identifiers > 0 or any(self.touched.values())
+
+
+def forgotten_tokens(warehouse: Warehouse) -> frozenset[str]:
+    """The suppression list (empty before the first forget)."""
+    if "identity_forgotten" not in warehouse.tables():
+        return frozenset()
+    return frozenset(t for (t,) in warehouse.rows("SELECT token FROM identity_forgotten FINAL"))
+
+
+def _count(warehouse: Warehouse, table: str, where: str, tokens: list[str]) -> int:
+    return int(warehouse.scalar(f"SELECT count() FROM {quote_ident(table)} FINAL WHERE {where}", {"t": tokens}))
+
+
+def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: str) -> ForgetReport:
+    """Forget the person behind ``id_type=value`` everywhere lastmile keeps them."""
+    normalized = check(id_type, value, identifiers.rules.blocklist)
+    if normalized.value is None:
+        raise ValueError(f"{id_type} {value!r} is not a usable identifier ({normalized.reason}); nothing to forget")
+    token = identifiers.hasher.token(id_type, normalized.value)
+    found = warehouse.rows("SELECT oneid FROM identity_nodes FINAL WHERE token = {t:String} AND oneid != ''", {"t": token})
+    oneid = found[0][0] if found else ""
+    tokens = sorted({token} | {t for (t,) in warehouse.rows(
+        "SELECT token FROM identity_nodes FINAL WHERE oneid = {o:String} AND oneid != ''", {"o": oneid})})
+    report = ForgetReport(oneid=oneid, identifiers=len(tokens) if oneid else 0)
+
+    warehouse.insert_rows("identity_forgotten", [(t,) for t in tokens], ["token"])
+    for table, cols in _IDENTITY_COLUMNS.items():
+        where = " OR ".join(f"{c} IN {{t:Array(String)}}" for c in cols)
+        n = _count(warehouse, table, where, tokens)
+        if n:
+            warehouse.command(f"DELETE FROM {table} WHERE {where}", {"t": tokens})
+        report.touched[table] = n
+    if oneid:
+        warehouse.command("ALTER TABLE identity_oneids UPDATE origin_token = '', survivor = '' WHERE oneid = {o:String} "
+                          "SETTINGS mutations_sync = 1", {"o": oneid})
+
+    for contract in contracts().values():
+        pii = [c.name for c in columns_for(contract) if c.kind == "pii"]
+        if not pii:
+            continue
+        where = " OR ".join(f"{quote_ident(c)} IN {{t:Array(String)}}" for c in pii)
+        n = _count(warehouse, contract.table, where, tokens)
+        if n:
+            sets = ", ".join(f"{quote_ident(c)} = if({quote_ident(c)} IN {{t:Array(String)}}, NULL, {quote_ident(c)})" for c in pii)
+            warehouse.command(f"ALTER TABLE {quote_ident(contract.table)} UPDATE {sets} WHERE {where} SETTINGS mutations_sync = 1",
+                              {"t": tokens})
+        report.touched[contract.table] = n
+
+    needles = sorted({value, normalized.value, normalized.value.lstrip("+").removeprefix("86")} - {""})
+    where = " OR ".join(f"position(payload, {{n{i}:String}}) > 0" for i in range(len(needles)))
+    params = {f"n{i}": n for i, n in enumerate(needles)}
+    n = int(warehouse.scalar(f"SELECT count() FROM quarantine WHERE {where}", params))
+    if n:
+        warehouse.command(f"DELETE FROM quarantine WHERE {where}", params)
+    report.touched["quarantine"] = n
+
+    if "profiles" in warehouse.tables():
+        build_profiles(warehouse)
+    warehouse.insert_rows(
+        "forget_log",
+        [(datetime.now(timezone.utc), token, oneid, report.identifiers, report.touched)],
+        ["at", "request_token", "oneid", "identifiers", "touched"],
+    )
+    return report
