@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, lru_cache
@@ -186,6 +187,16 @@ class EventParser:
         self.max_clock_skew = max_clock_skew
         self._now = now
         self._contracts = contracts()
+        self._limit_ts = 0.0
+        self._limit_checked = -1.0
+
+    def _future_limit(self) -> float:
+        """now + allowed skew, as epoch seconds; recomputed at most once a second (hot path)."""
+        tick = time.monotonic()
+        if tick - self._limit_checked >= 1.0:
+            self._limit_ts = (self._now() + self.max_clock_skew).timestamp()
+            self._limit_checked = tick
+        return self._limit_ts
 
     def parse(self, raw: bytes | str) -> dict[str, Any]:
         """Decode, validate and return one event; raise :class:`ContractError` if it is bad."""
@@ -223,8 +234,7 @@ class EventParser:
                 f"got {event['occurred_at']!r}",
                 event_type,
             ) from None
-        limit = self._now() + self.max_clock_skew
-        if occurred > limit:
+        if occurred.timestamp() > self._future_limit():
             raise ContractError(
                 "future_timestamp",
                 f"{event_type}: occurred_at {event['occurred_at']} is in the future "

@@ -16,7 +16,7 @@ from typing import Any
 
 from lastmile.config import Settings
 from lastmile.identity.identifiers import IdentifierHasher, normalize
-from lastmile.identity.links import Link, extract_links
+from lastmile.identity.links import Link, Observations, extract_links
 from lastmile.identity.rules import Rules
 
 _CACHE_LIMIT = 500_000
@@ -34,6 +34,7 @@ class Identifiers:
         #: Tokens of people who asked to be forgotten: they never reach storage again.
         self.forgotten = forgotten
         self._cache: dict[tuple[str, str], str | None] = {}
+        self._observations: Observations = {}
 
     def token(self, id_type: str, raw: str) -> str | None:
         """``(id_type, raw value) -> token``; ``None`` for a blocked or unusable value."""
@@ -71,7 +72,7 @@ class Identifiers:
 
     def links(self, event: dict[str, Any]) -> list[Link]:
         """The identity evidence of a valid event (hashed; refusals carry their reason)."""
-        links = extract_links(event, self.hasher, self.rules.blocklist)
+        links = extract_links(event, self.hasher, self.rules.blocklist, self._observations)
         if self.forgotten:
             links = [l for l in links if l.a_token not in self.forgotten and l.b_token not in self.forgotten]
         return links

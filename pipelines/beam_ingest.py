@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +44,9 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from lastmile.config import Settings, settings as current_settings
 from lastmile.identity.forget import forgotten_tokens
@@ -102,7 +107,15 @@ class ValidateAndMap(beam.DoFn):
 
 
 class WriteToWarehouse(beam.DoFn):
-    """Insert a batch's rows (one block per table) and its quarantine records."""
+    """Insert a batch's rows (one block per table), its quarantine records and identity evidence.
+
+    Inserts run on a background thread: ClickHouse releases the GIL while it parses a block,
+    so the next chunk is validated on one core while the last one is written on the other.
+    At most two batches wait in flight (bounded memory), and a bundle completes only once all
+    its writes have landed, so Beam's retry semantics hold.
+    """
+
+    MAX_IN_FLIGHT = 2
 
     def __init__(self) -> None:
         self.written = Metrics.counter(NAMESPACE, "written")
@@ -110,12 +123,29 @@ class WriteToWarehouse(beam.DoFn):
 
     def setup(self) -> None:
         self.warehouse = connect(current_settings())
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-writer")
+
+    def start_bundle(self) -> None:
+        self.in_flight: deque[tuple[Future[int], int]] = deque()
+
+    def _landed(self) -> int:
+        future, links = self.in_flight.popleft()
+        written = future.result()  # re-raises a failed insert here, failing the bundle
+        self.written.inc(written)
+        self.links.inc(links)
+        return written
 
     def process(self, batch: Batch) -> Iterator[int]:
-        written = write(self.warehouse, batch)
-        self.written.inc(written)
-        self.links.inc(len(batch.links))
-        yield written
+        self.in_flight.append((self.pool.submit(write, self.warehouse, batch), len(batch.links)))
+        while len(self.in_flight) > self.MAX_IN_FLIGHT:
+            yield self._landed()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self.in_flight:
+            yield WindowedValue(self._landed(), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def teardown(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class ResolveIdentities(beam.DoFn):

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from itertools import combinations
 from typing import Any, Iterable, Mapping
 
-from lastmile.identity.identifiers import TYPE_CODES, TYPE_NAMES, Blocklist, IdentifierHasher, check
+from lastmile.identity.identifiers import TYPE_CODES, TYPE_NAMES, Blocklist, IdentifierHasher, Normalized, check
 
 #: Which field holds the person's identifiers, per event type. locker_telemetry has none.
 IDENTIFIER_OBJECT: dict[str, str] = {
@@ -74,8 +74,13 @@ def epoch_ms(timestamp: str | datetime) -> int:
 
 
 
+#: (id_type, raw value) -> (check result, token or None); see ``cache`` in :func:`extract_links`.
+Observations = dict[tuple[str, Any], tuple[Normalized, "str | None"]]
+_CACHE_LIMIT = 500_000
+
+
 def _observed(values: Mapping[str, Any], role: str, blocklist: Blocklist, hasher: IdentifierHasher,
-              stamp: tuple[int, str, str]) -> tuple[list[tuple[str, str, str]], list[Link]]:
+              stamp: tuple[int, str, str], cache: Observations | None) -> tuple[list[tuple[str, str, str]], list[Link]]:
     """Usable (type, token, role) triples of one identifier object, plus refusals."""
     usable: list[tuple[str, str, str]] = []
     refused: list[Link] = []
@@ -83,9 +88,18 @@ def _observed(values: Mapping[str, Any], role: str, blocklist: Blocklist, hasher
     for id_type in TYPE_NAMES:  # fixed order: links come out canonical whatever the JSON key order
         if id_type not in values:
             continue
-        result = check(id_type, values[id_type], blocklist)
-        if result.ok:
-            usable.append((id_type, hasher.token(id_type, result.value or ""), role))
+        raw = values[id_type]
+        hit = cache.get((id_type, raw)) if cache is not None and isinstance(raw, str) else None
+        if hit is None:
+            checked = check(id_type, raw, blocklist)
+            hit = (checked, hasher.token(id_type, checked.value or "") if checked.ok else None)
+            if cache is not None and isinstance(raw, str):
+                if len(cache) > _CACHE_LIMIT:
+                    cache.clear()
+                cache[(id_type, raw)] = hit
+        result, token = hit
+        if token is not None:
+            usable.append((id_type, token, role))
         else:
             refused.append(Link(id_type, "", None, None, occurred, event_id, event_type, role,
                                 result.reason, result.detail))
@@ -93,13 +107,14 @@ def _observed(values: Mapping[str, Any], role: str, blocklist: Blocklist, hasher
 
 
 def extract_links(event: Mapping[str, Any], hasher: IdentifierHasher,
-                  blocklist: Blocklist | None = None) -> list[Link]:
+                  blocklist: Blocklist | None = None, cache: Observations | None = None) -> list[Link]:
     """Identity observations of one validated event (any type; none for locker telemetry).
 
     All usable identifiers of the event's identifier object are linked pairwise; an
     ``identify`` with ``previous_phone`` (a number change) links the old number to each of
     them too, so history follows the person. Pass the rules' ``blocklist`` so refusals follow
-    the configured policy.
+    the configured policy. ``cache`` (a dict the caller keeps, for one hasher and blocklist)
+    saves normalising and hashing the same value again: people repeat their identifiers.
     """
     event_type = str(event.get("event_type", ""))
     field_name = IDENTIFIER_OBJECT.get(event_type)
@@ -107,9 +122,9 @@ def extract_links(event: Mapping[str, Any], hasher: IdentifierHasher,
         return []
     blocklist = blocklist or Blocklist()
     stamp = (epoch_ms(event["occurred_at"]), str(event["event_id"]), event_type)
-    usable, links = _observed(event[field_name], field_name, blocklist, hasher, stamp)
+    usable, links = _observed(event[field_name], field_name, blocklist, hasher, stamp, cache)
     if event_type == "identify" and "previous_phone" in event:
-        previous, refused = _observed({"phone": event["previous_phone"]}, "previous_phone", blocklist, hasher, stamp)
+        previous, refused = _observed({"phone": event["previous_phone"]}, "previous_phone", blocklist, hasher, stamp, cache)
         usable += previous
         links += refused
     seen: dict[tuple[str, str], str] = {}

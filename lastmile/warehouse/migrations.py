@@ -14,6 +14,7 @@ message asking for a numbered migration, rather than guessed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,6 +78,14 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+#: Modules that register migrations of their own tables when imported. ``migrate`` imports
+#: them all first, so the warehouse is complete whichever command opened it.
+MIGRATION_MODULES = (
+    "lastmile.identity.store",
+    "lastmile.identity.forget",
+)
+
+
 def register(migration: Migration) -> None:
     """Add a migration (later modules register theirs when imported)."""
     if any(m.version == migration.version for m in MIGRATIONS):
@@ -95,6 +104,8 @@ def applied(warehouse: Warehouse) -> dict[int, str]:
 
 def migrate(warehouse: Warehouse) -> list[str]:
     """Apply pending migrations, then add new contract fields as columns. Returns what ran."""
+    for module in MIGRATION_MODULES:
+        importlib.import_module(module)
     done = applied(warehouse)
     ran: list[str] = []
     for migration in MIGRATIONS:
