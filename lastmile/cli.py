@@ -387,6 +387,15 @@ def forget_cmd(
                   + ", ".join(f"{k} {v:,}" for k, v in report.touched.items() if v))
 
 
+# The real-time path (lastmile/streaming): broker, produce, stream, warehouse serve.
+from lastmile.streaming.commands import broker, produce, stream, warehouse_app  # noqa: E402
+
+app.command("broker")(friendly(broker))
+app.command("produce")(friendly(produce))
+app.command("stream")(friendly(stream))
+app.add_typer(warehouse_app, name="warehouse")
+
+
 @app.command("config")
 def config_cmd() -> None:
     """Show the configuration variables, their defaults and current values."""

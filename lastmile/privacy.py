@@ -77,7 +77,3 @@ class Identifiers:
             links = [l for l in links if l.a_token not in self.forgotten and l.b_token not in self.forgotten]
         return links
 
-
-def identifier_hasher(cfg: Settings) -> Identifiers:
-    """The :class:`Identifiers` for ``cfg`` (callable as ``(id_type, raw) -> token``)."""
-    return Identifiers(cfg)

@@ -47,3 +47,65 @@ def test_named_volumes_are_declared() -> None:
             source = mount.split(":", 1)[0]
             if not source.startswith((".", "/")):
                 assert source in declared, f"volume {source} is not declared"
+
+
+def _lastmile_services(spec: dict) -> dict[str, dict]:
+    """Services built from this repository (they run the lastmile CLI)."""
+    return {name: s for name, s in spec["services"].items() if s.get("build")}
+
+
+def _container_port(mapping: str) -> str:
+    return mapping.split(":")[-1].split("/")[0]
+
+
+def test_the_full_stack_is_there() -> None:
+    services = compose()["services"]
+    for name in ("kafka", "clickhouse", "redis", "flink-jobmanager", "flink-taskmanager", "worker", "api", "lastmile"):
+        assert name in services, f"{name} is missing from the stack"
+    kafka_env = services["kafka"]["environment"]
+    assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"] and not any("ZOOKEEPER" in k for k in kafka_env), "KRaft, no ZooKeeper"
+    assert services["worker"]["command"][0] == "stream"
+    assert services["api"]["command"][0] == "serve"
+    assert any(_container_port(p) == "8000" for p in services["api"]["ports"])
+    assert "8000" in " ".join(services["api"]["healthcheck"]["test"])
+
+
+def test_every_lastmile_service_reads_known_variables_pointing_at_the_stack() -> None:
+    spec = compose()
+    services = spec["services"]
+    ports = {name: {_container_port(p) for p in s.get("ports", [])} for name, s in services.items()}
+    ports["kafka"] |= {listener.rsplit(":", 1)[1] for listener in services["kafka"]["environment"]["KAFKA_LISTENERS"].split(",")}
+    for name, service in _lastmile_services(spec).items():
+        env = service["environment"]
+        assert set(env) <= set(VARIABLES), f"{name}: unknown variables {set(env) - set(VARIABLES)}"
+        assert env["LASTMILE_CLICKHOUSE_URL"] == "http://clickhouse:8123", name
+        host, port = env["LASTMILE_KAFKA_BOOTSTRAP"].split(":")
+        assert host in services and port in ports[host], f"{name}: {env['LASTMILE_KAFKA_BOOTSTRAP']} is not a service port"
+        assert "clickhouse" in service["depends_on"], f"{name} must wait for ClickHouse"
+    kafka_listeners = services["kafka"]["environment"]["KAFKA_LISTENERS"]
+    assert "PLAINTEXT://:9092" in kafka_listeners
+
+
+def test_files_mounted_from_the_repository_exist() -> None:
+    for name, service in compose()["services"].items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":", 1)[0]
+            if source.startswith("."):
+                assert (ROOT / source).is_file() or (ROOT / source).is_dir(), f"{name} mounts missing {source}"
+    build = ROOT / "Dockerfile"
+    assert build.is_file()
+
+
+def test_analyst_user_can_only_read() -> None:
+    import xml.etree.ElementTree as ET
+
+    mounts = compose()["services"]["clickhouse"]["volumes"]
+    source = next(m.split(":")[0] for m in mounts if "users.d" in m)
+    root = ET.parse(ROOT / source).getroot()
+    analyst = root.find("users/analyst")
+    assert analyst is not None
+    profile = root.find(f"profiles/{analyst.findtext('profile')}")
+    assert profile is not None and profile.findtext("readonly") == "1"
+    assert [q.text for q in analyst.findall("grants/query")] == ["GRANT SELECT ON lastmile.*"]
+    password_env = analyst.find("password").get("from_env")
+    assert password_env in compose()["services"]["clickhouse"]["environment"]

@@ -1,0 +1,135 @@
+"""Benchmark: the real-time path - events/s through the Faust worker and produce→warehouse freshness.
+
+On the development broker (tansu, loopback) and a fresh embedded warehouse:
+
+1. **Throughput.** A backlog of simulated events is published first; then ``lastmile stream``
+   starts (as a subprocess, as in production) and drains it. ``events_per_s`` is events
+   read over the time from its first to its last batch (faust start-up excluded: ~10 s,
+   paid once per deploy, not per event).
+2. **Freshness.** With the worker idle and caught up, the rest of the events are published
+   at a steady rate (half the measured throughput, so the worker is not saturated) and
+   each event's freshness is ``_ingested_at`` (set by ClickHouse when the row is inserted)
+   minus the wall-clock time the producer handed it to the client. p50 and p95 are over
+   every valid event of that phase.
+
+``feature_freshness_p95_s`` is ``null``: the Feast push is a later step; until it is a
+batch handler of the worker there is no feature to time.
+
+Targets (issue 7): >= 20,000 events/s and p95 freshness <= 2 s.
+Usage: ``python bench/stream.py [--orders 6000] [--seed 5]``. Keep it small on shared machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _status(home: Path) -> dict:
+    try:
+        return json.loads((home / "stream" / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _wait(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: float) -> list[tuple[float, int]]:
+    """Poll the worker's counters until it read ``at_least``; returns (time, read) samples."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _status(home)
+        if status and (not samples or samples[-1][1] != status["read"]):
+            samples.append((status["updated_at"], status["read"]))
+        if status.get("read", 0) >= at_least:
+            return samples
+        if worker.poll() is not None:
+            raise SystemExit(f"worker exited with {worker.returncode}; see {home / 'worker.log'}")
+        time.sleep(0.1)
+    raise SystemExit(f"worker read {_status(home).get('read', 0)} of {at_least} within {timeout_s:.0f} s")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=6000, help="simulated orders (events scale with it)")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--freshness-events", type=int, default=15_000)
+    args = parser.parse_args()
+
+    from lastmile.simulator import SimulationConfig, simulate
+    from lastmile.streaming.broker import dev_broker
+    from lastmile.streaming.produce import ensure_topics, event_stream, publish
+
+    work = Path(tempfile.mkdtemp(prefix="lastmile-bench-stream-"))
+    home = work / "home"
+    sim = simulate(SimulationConfig(seed=args.seed, orders=args.orders, weeks=2, telemetry_every_s=900), work / "sim")
+    total = sim.total_events
+    backlog = max(1, total - args.freshness_events)
+    print(f"simulated {total:,} events; backlog {backlog:,}, freshness phase {total - backlog:,}")
+
+    with dev_broker(log_path=work / "broker.log") as broker:
+        stream = event_stream(work / "sim" / "events")
+        asyncio.run(ensure_topics(broker.bootstrap))
+        first = asyncio.run(publish(broker.bootstrap, itertools.islice(stream, backlog)))
+        print(f"produce:  backlog of {first.published:,} events in {first.seconds:.1f} s ({first.events_per_s:,.0f}/s)")
+
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LASTMILE_")},
+               "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": "bench-key", "LASTMILE_KAFKA_BOOTSTRAP": broker.bootstrap}
+        home.mkdir(parents=True)
+        started = time.monotonic()
+        worker = subprocess.Popen([sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", "bench"],
+                                  cwd=ROOT, env=env, stdout=open(home / "worker.log", "wb"), stderr=subprocess.STDOUT)
+        try:
+            samples = _wait(home, worker, first.published, 600)
+            (t0, r0), (t1, r1) = samples[0], samples[-1]
+            events_per_s = (r1 - r0) / (t1 - t0) if t1 > t0 else float("nan")
+            print(f"worker:   first batch {t0 - time.time() + time.monotonic() - started:.1f} s after start; "
+                  f"drained {r1 - r0:,} events in {t1 - t0:.1f} s = {events_per_s:,.0f} events/s")
+
+            rate = max(200.0, min(events_per_s / 2, 10_000.0))
+            second = asyncio.run(publish(broker.bootstrap, stream, rate=rate, record_sent=True))
+            print(f"produce:  {second.published:,} events at {rate:,.0f}/s for freshness ({second.seconds:.1f} s)")
+            _wait(home, worker, first.published + second.published, 300)
+            time.sleep(1.0)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+
+    os.environ.update(LASTMILE_HOME=str(home), LASTMILE_HASH_KEY="bench-key")
+    os.environ.pop("LASTMILE_CLICKHOUSE_URL", None)
+    from lastmile.config import settings
+    from lastmile.warehouse import connect
+
+    warehouse = connect(settings())
+    ingested: dict[str, int] = {}
+    for table in [t for t in warehouse.tables() if t.startswith("raw_")]:
+        for event_id, at_ms in warehouse.rows(f"SELECT event_id, toUnixTimestamp64Milli(min(_ingested_at)) FROM {table} GROUP BY event_id"):
+            ingested[event_id] = int(at_ms)
+    lags = [ingested[e] / 1000 - sent for e, sent in second.sent_at.items() if e in ingested]
+    p50, p95 = (_percentile(lags, 0.5), _percentile(lags, 0.95)) if lags else (float("nan"), float("nan"))
+    print(f"freshness produce→warehouse row over {len(lags):,} events: p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(lags):.2f} s")
+    print(f"targets: >= 20,000 events/s: {'met' if events_per_s >= 20_000 else 'NOT met'}; "
+          f"p95 <= 2 s: {'met' if p95 <= 2 else 'NOT met'}")
+    print("feature freshness: null (the Feast push is not a worker batch handler yet)")
+    print(json.dumps({"events_per_s": round(events_per_s), "warehouse_freshness_p95_s": round(p95, 3),
+                      "feature_freshness_p95_s": None}))
+
+
+if __name__ == "__main__":
+    main()

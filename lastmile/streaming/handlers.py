@@ -1,0 +1,55 @@
+"""Batch handlers of the worker: what happens to a batch after its warehouse write.
+
+Each handler is ``async (WrittenBatch) -> None`` and must be idempotent (a batch is
+handled again after a crash). The worker runs them in order and acknowledges the batch's
+offsets only when all returned. Later steps (OneID profile updates, the Feast push) add
+their handler to the list; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from lastmile.streaming import seen
+from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
+from lastmile.streaming.topics import ACTIONS_TOPIC, QUARANTINE_TOPIC
+from lastmile.streaming.triggers import Welcomes, compensations
+
+#: Publishes ``(key, value)`` messages to a topic and returns once the broker acknowledged them.
+Publisher = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
+
+
+def quarantine_topic(publish: Publisher) -> BatchHandler:
+    """Copy each quarantine record (reason, error, payload) to ``lastmile.quarantine``.
+
+    The table is the durable record; the topic lets operations alert on bad producers in
+    real time. Keyed by source partition, so one partition's rejects stay in order.
+    """
+    import orjson
+
+    async def handle(batch: WrittenBatch) -> None:
+        if batch.batch.quarantined:
+            messages = [(orjson.loads(line)["source"].encode(), line) for line in batch.batch.quarantined]
+            await publish(QUARANTINE_TOPIC, messages)
+
+    return handle
+
+
+def triggers(sink: StreamSink, publish: Publisher, known: set[str] | None = None) -> BatchHandler:
+    """Compensation and welcome actions to ``lastmile.actions``; then remember the new identifiers.
+
+    The order matters: actions are published before the new tokens are stored, so a crash
+    in between repeats a welcome (same ``action_id``) instead of losing it.
+    """
+    welcomes = Welcomes(known if known is not None else seen.load(sink.warehouse))
+
+    async def handle(batch: WrittenBatch) -> None:
+        actions = compensations(batch)
+        welcome_actions, new_rows = welcomes.decide(batch)
+        actions += welcome_actions
+        if actions:
+            await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in actions])
+        if new_rows:
+            await sink.run_blocking(seen.record, sink.warehouse, new_rows)
+
+    return handle

@@ -1,0 +1,158 @@
+"""From consumed records to warehouse rows: the engine-agnostic heart of the stream.
+
+The Faust worker hands over a batch of Kafka records; this module judges them with the
+same :class:`~lastmile.ingest.Ingestor` the Beam backfill uses, writes rows and quarantine
+records in one insert per table, and then runs the batch handlers (triggers, the
+quarantine topic, later OneID and Feast) on what was written. Only when all of that has
+returned may the caller acknowledge the records, so an offset is never committed for an
+event that is not in the warehouse.
+
+Redelivery is harmless by construction: raw tables collapse on ``event_id`` and quarantine
+records on ``(source, position, payload)``, where the source names the topic partition
+and the position is the Kafka offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import orjson
+
+from lastmile.ingest import Batch, Ingestor, write
+from lastmile.warehouse import Warehouse
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record (the engine's message, reduced to what ingest needs)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    timestamp_ms: int | None = None
+
+
+def source_name(topic: str, partition: int) -> str:
+    """What ``_source`` and the quarantine ``source`` say for a record: ``kafka:<topic>/<partition>``."""
+    return f"kafka:{topic}/{partition}"
+
+
+@dataclass
+class WrittenBatch:
+    """A batch after its warehouse write: the ingest outcome plus lazily parsed rows."""
+
+    batch: Batch
+    records: int
+    oldest_timestamp_ms: int | None = None
+    write_seconds: float = 0.0
+    _parsed: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """The written rows of a raw table as dicts (identifiers already hashed), in batch order."""
+        parsed = self._parsed
+        if table not in parsed:
+            parsed[table] = [orjson.loads(line) for line in self.batch.rows.get(table, ())]
+        return parsed[table]
+
+    def quarantine_records(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.batch.quarantined]
+
+
+#: Runs after each batch is in the warehouse and before its offsets are acknowledged.
+#: Handlers must be idempotent: after a crash the same batch is handled again.
+BatchHandler = Callable[[WrittenBatch], Awaitable[None]]
+
+
+def ingest_records(ingestor: Ingestor, records: Sequence[Record]) -> Batch:
+    """Judge records partition by partition (positions are offsets within a partition)."""
+    by_source: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+    for record in records:
+        by_source.setdefault((record.topic, record.partition), []).append((record.offset, record.value))
+    merged = Batch()
+    for (topic, partition), items in by_source.items():
+        merge_into(merged, ingestor.process(source_name(topic, partition), items))
+    return merged
+
+
+def merge_into(merged: Batch, part: Batch) -> None:
+    """Add ``part`` to ``merged`` field by field (lists extend, counters add), whatever fields Batch grows."""
+    for spec in fields(Batch):
+        mine, theirs = getattr(merged, spec.name), getattr(part, spec.name)
+        if isinstance(mine, Counter):
+            mine.update(theirs)
+        elif isinstance(mine, list):
+            mine.extend(theirs)
+        elif isinstance(mine, dict):
+            for key, values in theirs.items():
+                mine.setdefault(key, []).extend(values)
+        elif isinstance(mine, int):
+            setattr(merged, spec.name, mine + theirs)
+
+
+@dataclass
+class StreamStats:
+    """Running counters of a worker, for logs and the benchmark."""
+
+    batches: int = 0
+    read: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, batch: Batch) -> None:
+        self.batches += 1
+        self.read += batch.read
+        self.valid += batch.valid
+        self.quarantined += batch.quarantine_count
+
+
+class StreamSink:
+    """Validate → write → handlers, one batch at a time.
+
+    Warehouse calls are blocking (chDB runs in-process; a server is a blocking HTTP call),
+    so they run on one dedicated thread: the event loop keeps fetching and heartbeating
+    while a batch is inserted, and writes stay in order. ``lock`` is held around every
+    write so an HTTP server in the same process (``lastmile stream --serve-port``) can share
+    the embedded warehouse safely.
+    """
+
+    def __init__(self, warehouse: Warehouse, ingestor: Ingestor, handlers: Sequence[BatchHandler] = (),
+                 lock: threading.Lock | None = None) -> None:
+        self.warehouse = warehouse
+        self.ingestor = ingestor
+        self.handlers: list[BatchHandler] = list(handlers)
+        self.lock = lock or threading.Lock()
+        self.stats = StreamStats()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-warehouse")
+
+    async def run_blocking(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a warehouse call on the writer thread, under the warehouse lock."""
+
+        def locked() -> Any:
+            with self.lock:
+                return func(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, locked)
+
+    async def handle(self, records: Sequence[Record]) -> WrittenBatch:
+        """Ingest ``records``; when this returns, they are written and every handler has run."""
+        batch = ingest_records(self.ingestor, records)
+        began = time.perf_counter()
+        await self.run_blocking(write, self.warehouse, batch)
+        stamps = [r.timestamp_ms for r in records if r.timestamp_ms]
+        written = WrittenBatch(batch, len(records), min(stamps) if stamps else None, time.perf_counter() - began)
+        for handler in self.handlers:
+            await handler(written)
+        self.stats.add(batch)
+        return written
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)

@@ -1,0 +1,120 @@
+"""Triggers for marketing automation, decided from what a batch wrote.
+
+Two rules, each a plain function of the batch's rows (identifiers already hashed):
+
+* **Cold-chain compensation** - a claim (``return`` with kind=claim) whose reason is
+  ``temperature``: the neighbour says the chilled or frozen goods arrived warm. The action
+  asks marketing automation to compensate (a voucher, a refund); whether the compartment
+  really left its range is the telemetry job's finding, joined later, not this trigger's.
+* **Welcome a new neighbour** - the first event carrying a person's identifiers when none
+  of them was seen before (see :mod:`lastmile.streaming.seen`).
+
+A replenishment nudge ("you buy eggs every Tuesday") is deliberately not here yet: it needs
+per-person purchase history across weeks and a clock-driven check ("not yet this week"),
+which belongs with the feature store rather than a per-batch rule.
+
+Actions are at-least-once: a crash between publishing and committing re-sends them. Each
+has a deterministic ``action_id`` (one compensation per order, one welcome per person's
+strongest identifier), so consumers deduplicate on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from lastmile.identity.identifiers import TYPE_NAMES
+from lastmile.streaming.seen import PersonColumns, person_columns
+from lastmile.streaming.sink import WrittenBatch
+
+COMPENSATE = "compensate_cold_chain"
+WELCOME = "welcome_neighbour"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One message on ``lastmile.actions``."""
+
+    action_id: str
+    action: str
+    event_id: str
+    event_type: str
+    occurred_at: str
+    person: str | None  # token of the strongest identifier, when the event names a person
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> bytes:
+        return self.action_id.encode()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+def _rank(id_type: str) -> int:
+    return TYPE_NAMES.index(id_type) if id_type in TYPE_NAMES else len(TYPE_NAMES)
+
+
+def person_tokens(row: dict[str, Any], person: PersonColumns) -> list[tuple[str, str]]:
+    """``(id_type, token)`` of a row's person identifiers, strongest first (blocked values skipped)."""
+    found = [(id_type, row[column]) for column, id_type in person.columns if row.get(column)]
+    return sorted(found, key=lambda item: _rank(item[0]))
+
+
+def compensations(batch: WrittenBatch) -> list[Action]:
+    """A compensation for every temperature claim in the batch (one per order)."""
+    actions: dict[str, Action] = {}
+    claimant = person_columns().get("raw_return")
+    for row in batch.rows("raw_return"):
+        if row.get("kind") != "claim" or row.get("reason") != "temperature":
+            continue
+        tokens = person_tokens(row, claimant) if claimant else []
+        subject = row.get("order_id") or row["event_id"]
+        action_id = f"compensate:{subject}"
+        actions.setdefault(action_id, Action(
+            action_id=action_id, action=COMPENSATE, event_id=row["event_id"], event_type="return",
+            occurred_at=row["occurred_at"], person=tokens[0][1] if tokens else None,
+            details={"order_id": row.get("order_id"), "amount": row.get("amount"),
+                     "community_id": row.get("community_id"), "evidence": row.get("evidence") or []},
+        ))
+    return list(actions.values())
+
+
+@dataclass
+class Welcomes:
+    """The welcome rule over a set of seen tokens (updated as events are judged)."""
+
+    seen: set[str]
+
+    def decide(self, batch: WrittenBatch) -> tuple[list[Action], list[tuple[str, str, str, str]]]:
+        """Welcomes for the batch, and the ``(token, id_type, event_id, occurred_at)`` rows newly seen.
+
+        Events are taken in event-time order across tables, so a person's order and their
+        identify in one batch give one welcome, on whichever happened first.
+        """
+        candidates: list[tuple[str, str, dict[str, Any], PersonColumns]] = []
+        for table, person in person_columns().items():
+            for row in batch.rows(table):
+                candidates.append((row.get("occurred_at") or "", table, row, person))
+        candidates.sort(key=lambda c: (c[0], c[2].get("event_id", "")))
+        actions: list[Action] = []
+        new_rows: list[tuple[str, str, str, str]] = []
+        seen = self.seen
+        for occurred_at, _, row, person in candidates:
+            tokens = person_tokens(row, person)
+            if not tokens:
+                continue
+            fresh = [(id_type, token) for id_type, token in tokens if token not in seen]
+            if len(fresh) == len(tokens):
+                id_type, token = tokens[0]
+                actions.append(Action(
+                    action_id=f"welcome:{token}", action=WELCOME, event_id=row["event_id"],
+                    event_type=person.event_type, occurred_at=occurred_at, person=token,
+                    details={"id_type": id_type, "community_id": row.get("community_id"),
+                             "channel": row.get("channel") or row.get("source")},
+                ))
+            for id_type, token in fresh:
+                seen.add(token)
+                new_rows.append((token, id_type, row["event_id"], occurred_at))
+        return actions, new_rows

@@ -1,0 +1,106 @@
+"""The real-time path's pure parts: topic keys, batch merging, triggers, write-before-handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import orjson
+
+from lastmile.config import settings
+from lastmile.ingest import Batch, Ingestor
+from lastmile.privacy import Identifiers
+from lastmile.streaming.sink import Record, StreamSink, WrittenBatch, ingest_records, merge_into
+from lastmile.streaming.topics import event_topics, message_key, topic_for
+from lastmile.streaming.triggers import COMPENSATE, WELCOME, Welcomes, compensations
+
+ENVELOPE = {"schema_version": 1, "occurred_at": "2026-10-05T08:00:00+08:00", "source": "mini_program"}
+
+
+def _ingestor(tmp_path) -> Ingestor:
+    return Ingestor(Identifiers(replace(settings(), home=tmp_path, hash_key="unit")))
+
+
+def _return(event_id: str, order_id: str, reason: str, phone: str = "13800138000") -> bytes:
+    return orjson.dumps({**ENVELOPE, "event_id": event_id, "event_type": "return", "kind": "claim", "order_id": order_id,
+                         "reason": reason, "amount": 12.5, "claimant": {"phone": phone}})
+
+
+def _identify(event_id: str, at: str, **identifiers: str) -> bytes:
+    return orjson.dumps({**ENVELOPE, "occurred_at": at, "event_id": event_id, "event_type": "identify",
+                         "identifiers": identifiers, "reason": "register"})
+
+
+def test_topics_and_keys_follow_what_order_matters_for() -> None:
+    assert topic_for("order") == "lastmile.order" and "lastmile.locker_telemetry" in event_topics()
+    assert message_key("pickup", {"order_id": "o-1"}) == b"o-1"
+    assert message_key("locker_telemetry", {"compartment_id": "c-9"}) == b"c-9"
+    key = message_key("identify", {"identifiers": {"device_id": "d", "unionid": "u"}})
+    assert key == message_key("identify", {"identifiers": {"unionid": "u"}}), "keyed by the strongest identifier"
+    assert b"u" != key and len(key) == 32, "a digest, never the identifier itself"
+    assert message_key("return", {"claimant": {"phone": "138"}}) is not None  # packaging returns: by claimant
+    assert message_key("order", {}) is None
+
+
+def test_batches_are_judged_per_partition_and_merged_whole(tmp_path) -> None:
+    ingestor = _ingestor(tmp_path)
+    records = [Record("lastmile.return", 0, 7, _return("ret-00001", "o-1", "temperature")),
+               Record("lastmile.return", 1, 7, b"{not json"),
+               Record("lastmile.identify", 2, 3, _identify("idf-00001", ENVELOPE["occurred_at"], phone="13900139000", unionid="u1"))]
+    batch = ingest_records(ingestor, records)
+    assert (batch.read, batch.valid, batch.quarantine_count) == (3, 2, 1)
+    quarantined = orjson.loads(batch.quarantined[0])
+    assert (quarantined["source"], quarantined["position"], quarantined["reason"]) == ("kafka:lastmile.return/1", 7, "not_json")
+    assert batch.links, "identity evidence survives the merge"
+    total = Batch()
+    merge_into(total, batch)
+    merge_into(total, batch)
+    assert (total.read, len(total.links), total.reasons["not_json"]) == (6, 2 * len(batch.links), 2)
+
+
+def test_temperature_claims_compensate_once_per_order(tmp_path) -> None:
+    ingestor = _ingestor(tmp_path)
+    batch = ingestor.process("t", [(1, _return("ret-00001", "o-1", "temperature")), (2, _return("ret-00002", "o-1", "temperature")),
+                                    (3, _return("ret-00003", "o-2", "damaged"))])
+    actions = compensations(WrittenBatch(batch, 3))
+    assert [(a.action, a.action_id, a.details["order_id"]) for a in actions] == [(COMPENSATE, "compensate:o-1", "o-1")]
+    assert actions[0].person and "138" not in actions[0].person
+
+
+def test_welcome_only_when_every_identifier_is_new(tmp_path) -> None:
+    ingestor = _ingestor(tmp_path)
+    first = ingestor.process("t", [(1, _identify("idf-00002", "2026-10-05T09:00:00+08:00", phone="13900139000", device_id="d1")),
+                                   (2, _identify("idf-00001", "2026-10-05T08:00:00+08:00", phone="13900139000", unionid="u1"))])
+    welcomes = Welcomes(set())
+    actions, new_rows = welcomes.decide(WrittenBatch(first, 2))
+    assert [(a.action, a.event_id) for a in actions] == [(WELCOME, "idf-00001")], "earliest event wins, one welcome"
+    assert len(new_rows) == 3 and actions[0].action_id == f"welcome:{actions[0].person}"
+    again, _ = welcomes.decide(WrittenBatch(first, 2))
+    assert again == [], "replaying a batch welcomes nobody twice"
+    stranger = ingestor.process("t", [(3, _identify("idf-00003", "2026-10-06T08:00:00+08:00", phone="13700137000", unionid="u9"))])
+    assert len(welcomes.decide(WrittenBatch(stranger, 1))[0]) == 1
+
+
+class _Recorder:
+    """A warehouse stand-in that records what was inserted, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def insert_json_lines(self, table: str, lines) -> int:
+        if lines:
+            self.calls.append(f"insert {table}")
+        return len(lines)
+
+
+def test_handlers_run_only_after_the_write(tmp_path) -> None:
+    warehouse = _Recorder()
+    sink = StreamSink(warehouse, _ingestor(tmp_path))  # type: ignore[arg-type]
+
+    async def handler(batch: WrittenBatch) -> None:
+        warehouse.calls.append(f"handler saw {batch.records}")
+
+    sink.handlers.append(handler)
+    asyncio.run(sink.handle([Record("lastmile.return", 0, 1, _return("ret-00001", "o-1", "quality"))]))
+    sink.close()
+    assert warehouse.calls[0] == "insert raw_return" and warehouse.calls[-1] == "handler saw 1"
