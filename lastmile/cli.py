@@ -169,7 +169,9 @@ def run_cmd(
     weeks: int = typer.Option(8, help="Weeks of activity."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (with OneID) → profiles → evaluation → summary. Re-running gives the same counts."""
+    """The main job: simulate → ingest (Beam, with OneID) → cold chain (PyFlink) → profiles → evaluation → summary.
+
+    Re-running gives the same counts."""
     from lastmile.summary import summarize
     from lastmile.warehouse import connect
 
@@ -180,6 +182,8 @@ def run_cmd(
     timings["simulate"] = round(time.perf_counter() - start, 2)
     with _stage("ingest (Apache Beam)", timings):
         report = _ingest(cfg.events_dir)
+    with _stage("cold chain (PyFlink)", timings):
+        telemetry = _telemetry(cfg.events_dir)
     with _stage("profiles", timings):
         from lastmile.identity.profiles import build_profiles
 
@@ -190,9 +194,11 @@ def run_cmd(
         summary = summarize(connect(cfg))
     if as_json:
         print(json.dumps({"ingest": _ingest_dict(report), "warehouse": summary.as_dict(), "profiles": profiles,
+                          "cold_chain": _telemetry_dict(telemetry),
                           "identity": quality.as_dict(), "seconds": timings}))
         return
     _print_ingest(report, False)
+    _print_telemetry(telemetry)
     console.print(f"OneID: {profiles:,} profiles; against ground truth pairwise precision {quality.pairwise_precision:.4f}, "
                   f"recall {quality.pairwise_recall:.4f}; largest profile {quality.largest_cluster} identifiers "
                   f"({quality.largest_cluster_persons} real person{'s' if quality.largest_cluster_persons != 1 else ''})")
@@ -209,6 +215,42 @@ def run_cmd(
         reasons.add_row(reason, f"{n:,}")
     console.print(reasons)
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+def _telemetry(events: Path) -> Any:
+    from pipelines import flink_telemetry
+
+    if not (events / "locker_telemetry.jsonl").is_file() and not settings().flink_jobmanager:
+        raise BadInput(f"no locker_telemetry.jsonl in {events}; run `lastmile simulate` first")
+    return flink_telemetry.run(events)
+
+
+def _telemetry_dict(report: Any) -> dict[str, Any]:
+    keys = ("readings", "windows_1m", "windows_5m", "excursions", "silences", "incidents", "claims_auto_approved",
+            "claims_matched", "claims_review", "late", "duplicates", "skipped")
+    return {k: getattr(report, k) for k in keys} | {"seconds": round(report.seconds, 2), "jvm_start_s": round(report.jvm_start_s, 2)}
+
+
+def _print_telemetry(report: Any) -> None:
+    console.print(f"cold chain (PyFlink): {report.readings:,} readings → {report.excursions} excursions, "
+                  f"{report.silences} silences, {report.incidents} incidents; claims auto-approved "
+                  f"{report.claims_auto_approved}, matched {report.claims_matched}, for review {report.claims_review}; "
+                  f"late readings kept aside {report.late:,}")
+
+
+@app.command("telemetry")
+@friendly
+def telemetry_cmd(
+    events: Optional[Path] = typer.Option(None, help="Directory holding locker_telemetry.jsonl (default $LASTMILE_HOME/events)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counters as JSON."),
+) -> None:
+    """Cold chain on PyFlink: windows, excursions, silences, incidents and automatic claims (idempotent)."""
+    with console.status("running the telemetry job on PyFlink…"):
+        report = _telemetry(events or settings().events_dir)
+    if as_json:
+        print(json.dumps(_telemetry_dict(report)))
+        return
+    _print_telemetry(report)
 
 
 @app.command("sql")

@@ -22,9 +22,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_HASH_KEY": ("", "Secret key for the keyed hashes of direct identifiers. Empty: generated once into $LASTMILE_HOME/hash.key."),
     "LASTMILE_BEAM_RUNNER": ("DirectRunner", "Beam runner for ingest (DirectRunner, FlinkRunner, DataflowRunner)."),
     "LASTMILE_INGEST_BATCH_ROWS": ("20000", "Rows per warehouse insert in the ingest pipeline."),
+    "LASTMILE_INGEST_WORKERS": ("0", "Processes validating events in the Beam ingest; 0 = one per core for inputs over 32 MiB, else in-process."),
     "LASTMILE_MAX_EVENT_BYTES": ("65536", "Largest accepted event payload; larger ones are quarantined."),
     "LASTMILE_MAX_CLOCK_SKEW_S": ("300", "How far in the future an event's occurred_at may be before it is quarantined."),
     "LASTMILE_KAFKA_BOOTSTRAP": ("", "Empty: the development broker on loopback. host:port selects real Kafka."),
+    "LASTMILE_FLINK_JOBMANAGER": ("", "Empty: PyFlink's embedded mini-cluster. host:port submits the telemetry job to a Flink cluster."),
+    "LASTMILE_FLINK_KAFKA_JAR": ("", "Path or URL of flink-sql-connector-kafka 4.0.x, needed when the telemetry job reads Kafka on a cluster."),
 }
 
 
@@ -44,9 +47,12 @@ class Settings:
     hash_key: str
     beam_runner: str
     ingest_batch_rows: int
+    ingest_workers: int
     max_event_bytes: int
     max_clock_skew_s: int
     kafka_bootstrap: str
+    flink_jobmanager: str
+    flink_kafka_jar: str
 
     @property
     def embedded(self) -> bool:
@@ -89,9 +95,12 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         hash_key=env["LASTMILE_HASH_KEY"],
         beam_runner=env["LASTMILE_BEAM_RUNNER"],
         ingest_batch_rows=int(env["LASTMILE_INGEST_BATCH_ROWS"]),
+        ingest_workers=int(env["LASTMILE_INGEST_WORKERS"]),
         max_event_bytes=int(env["LASTMILE_MAX_EVENT_BYTES"]),
         max_clock_skew_s=int(env["LASTMILE_MAX_CLOCK_SKEW_S"]),
         kafka_bootstrap=env["LASTMILE_KAFKA_BOOTSTRAP"],
+        flink_jobmanager=env["LASTMILE_FLINK_JOBMANAGER"],
+        flink_kafka_jar=env["LASTMILE_FLINK_KAFKA_JAR"],
     )
 
 

@@ -11,13 +11,17 @@ the loop below is kept short and rows are handed to ClickHouse as JSONEachRow fo
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import orjson
 
+from lastmile.config import Settings
 from lastmile.contracts import ContractError, EventParser
 from lastmile.identity.links import IDENTIFIER_OBJECT, Link
 from lastmile.privacy import Identifiers
@@ -126,3 +130,54 @@ def write(warehouse: Warehouse, batch: Batch) -> int:
     warehouse.insert_json_lines("quarantine", batch.quarantined)
     warehouse.insert_json_lines("identity_links", batch.links)
     return written
+
+
+# -- validating on several cores -------------------------------------------------------------
+
+#: Inputs smaller than this are validated in-process: starting worker processes costs more.
+POOL_THRESHOLD_BYTES = 32 << 20
+
+_worker_ingestor: Ingestor | None = None
+
+
+def _start_worker(cfg: Settings, forgotten: frozenset[str]) -> None:
+    global _worker_ingestor
+    _worker_ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten))
+
+
+def _process_in_worker(source: str, records: list[tuple[int, bytes]]) -> Batch:
+    assert _worker_ingestor is not None, "worker not initialised"
+    return _worker_ingestor.process(source, records)
+
+
+def worker_count(configured: int, input_bytes: int) -> int:
+    """How many validation processes to use: ``configured``, or (0 = auto) one per core for big inputs."""
+    if configured > 0:
+        return configured
+    if input_bytes < POOL_THRESHOLD_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+class IngestPool:
+    """Validates chunks on worker processes, for a pipeline confined to one process.
+
+    Validation is pure Python and holds the GIL, so one process uses one core. When the
+    warehouse is embedded (chDB: one process per data directory) the pipeline itself must
+    stay in one process, so this pool spreads just the CPU-bound judging over local cores
+    while the owning process writes. Workers are spawned, not forked: the parent holds
+    ClickHouse's threads, which must not be copied into a child.
+    """
+
+    def __init__(self, cfg: Settings, forgotten: frozenset[str], workers: int) -> None:
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(cfg, forgotten),
+        )
+
+    def submit(self, source: str, records: list[tuple[int, bytes]]) -> Future[Batch]:
+        return self._pool.submit(_process_in_worker, source, records)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -52,7 +52,7 @@ from lastmile.config import Settings, settings as current_settings
 from lastmile.identity.forget import forgotten_tokens
 from lastmile.identity.rules import Rules
 from lastmile.identity.store import ResolveOutcome, resolve_pending
-from lastmile.ingest import Batch, Ingestor, write
+from lastmile.ingest import Batch, IngestPool, Ingestor, worker_count, write
 from lastmile.privacy import Identifiers
 from lastmile.warehouse import connect, migrate
 
@@ -84,26 +84,51 @@ class ReadEventChunks(beam.DoFn):
 
 
 class ValidateAndMap(beam.DoFn):
-    """Judge each payload against its contract; rows for the valid, reasons for the rest."""
+    """Judge each payload against its contract; rows for the valid, reasons for the rest.
 
-    def __init__(self) -> None:
+    With ``workers`` > 1 the judging runs on local worker processes (``IngestPool``), a few
+    chunks in flight, results in order; the bundle completes only when all are back.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
         self.read = Metrics.counter(NAMESPACE, "read")
         self.valid = Metrics.counter(NAMESPACE, "valid")
         self.quarantined = Metrics.counter(NAMESPACE, "quarantined")
 
     def setup(self) -> None:
         cfg = current_settings()
-        self.ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten_tokens(connect(cfg))))
+        forgotten = forgotten_tokens(connect(cfg))
+        self.pool = IngestPool(cfg, forgotten, self.workers) if self.workers > 1 else None
+        self.ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten))
 
-    def process(self, chunk: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Batch]:
-        source, records = chunk
-        batch = self.ingestor.process(source, records)
+    def start_bundle(self) -> None:
+        self.in_flight: deque[Future[Batch]] = deque()
+
+    def _counted(self, batch: Batch) -> Batch:
         self.read.inc(batch.read)
         self.valid.inc(batch.valid)
         self.quarantined.inc(batch.quarantine_count)
         for reason, count in batch.reasons.items():
             Metrics.counter(NAMESPACE, f"quarantined.{reason}").inc(count)
-        yield batch
+        return batch
+
+    def process(self, chunk: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Batch]:
+        source, records = chunk
+        if self.pool is None:
+            yield self._counted(self.ingestor.process(source, records))
+            return
+        self.in_flight.append(self.pool.submit(source, records))
+        while len(self.in_flight) > 2 * self.workers:
+            yield self._counted(self.in_flight.popleft().result())
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self.in_flight:
+            yield WindowedValue(self._counted(self.in_flight.popleft().result()), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
 
 class WriteToWarehouse(beam.DoFn):
@@ -167,14 +192,14 @@ class ResolveIdentities(beam.DoFn):
         yield outcome
 
 
-def build(pipeline: beam.Pipeline, root: str, pattern: str, chunk_lines: int) -> None:
+def build(pipeline: beam.Pipeline, root: str, pattern: str, chunk_lines: int, workers: int = 1) -> None:
     """Wire the ingest transforms onto ``pipeline``."""
     (
         pipeline
         | "MatchFiles" >> fileio.MatchFiles(str(Path(root) / pattern))
         | "ReadMatches" >> fileio.ReadMatches()
         | "ReadEventChunks" >> beam.ParDo(ReadEventChunks(root, chunk_lines))
-        | "ValidateAndMap" >> beam.ParDo(ValidateAndMap())
+        | "ValidateAndMap" >> beam.ParDo(ValidateAndMap(workers))
         | "WriteToWarehouse" >> beam.ParDo(WriteToWarehouse())
         | "AllWritten" >> beam.CombineGlobally(sum)
         | "ResolveIdentities" >> beam.ParDo(ResolveIdentities())
@@ -215,8 +240,10 @@ def run(events_dir: Path, pattern: str = "*.jsonl", cfg: Settings | None = None,
     migrate(warehouse)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
+    input_bytes = sum(p.stat().st_size for p in Path(root).glob(pattern) if p.is_file())
+    workers = worker_count(cfg.ingest_workers, input_bytes)
     with beam.Pipeline(options=pipeline_options(cfg, beam_args)) as pipeline:
-        build(pipeline, root, pattern, cfg.ingest_batch_rows)
+        build(pipeline, root, pattern, cfg.ingest_batch_rows, workers)
     result = pipeline.result
     report = IngestReport(seconds=time.perf_counter() - clock)
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:

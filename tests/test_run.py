@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 
 from typer.testing import CliRunner
 
@@ -14,7 +15,9 @@ runner = CliRunner()
 
 def run_json(*args: str) -> dict:
     result = runner.invoke(app, ["run", "--json", *args])
-    assert result.exit_code == 0, result.output
+    if result.exc_info and not isinstance(result.exception, SystemExit):
+        traceback.print_exception(*result.exc_info)  # shows in pytest's captured output
+    assert result.exit_code == 0, (result.output, repr(result.exception))
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -28,10 +31,14 @@ def test_run_is_idempotent_and_counts_add_up(home: Settings) -> None:
     # The simulator injects exact re-sends: the warehouse holds each event once.
     assert warehouse["total_rows"] < ingest["valid"]
     assert warehouse["total_quarantined"] == ingest["quarantined"] > 0
-    assert set(first["seconds"]) >= {"simulate", "ingest (Apache Beam)"}
+    assert set(first["seconds"]) >= {"simulate", "ingest (Apache Beam)", "cold chain (PyFlink)"}
+    cold_chain = first["cold_chain"]
+    assert cold_chain["readings"] > 10_000 and cold_chain["excursions"] >= 1
 
     second = run_json("--orders", "1000", "--weeks", "2", "--seed", "7")
     assert second["warehouse"] == warehouse
+    assert {k: second["cold_chain"][k] for k in ("excursions", "incidents", "claims_auto_approved")} == \
+        {k: cold_chain[k] for k in ("excursions", "incidents", "claims_auto_approved")}
 
 
 def test_run_refuses_a_window_that_ends_in_the_future(home: Settings) -> None:

@@ -83,6 +83,8 @@ MIGRATIONS: list[Migration] = [
 MIGRATION_MODULES = (
     "lastmile.identity.store",
     "lastmile.identity.forget",
+    "lastmile.coldchain.tables",
+    "lastmile.streaming.seen",
 )
 
 
