@@ -4,8 +4,9 @@ On the development broker (tansu, loopback) and a fresh embedded warehouse:
 
 1. **Throughput.** A backlog of simulated events is published first; then ``lastmile stream``
    starts (as a subprocess, as in production) and drains it. ``events_per_s`` is events
-   read over the time from its first to its last batch (faust start-up excluded: ~10 s,
-   paid once per deploy, not per event).
+   read over the time from the first record reaching the worker to the status written
+   after the batch that completed the backlog (start-up excluded: paid once per deploy;
+   OneID resolution runs meanwhile, as in production).
 2. **Freshness.** With the worker idle and caught up, the rest of the events are published
    at a steady rate (half the measured throughput, so the worker is not saturated) and
    each event's freshness is ``_ingested_at`` (set by ClickHouse when the row is inserted)
@@ -16,7 +17,7 @@ On the development broker (tansu, loopback) and a fresh embedded warehouse:
 batch handler of the worker there is no feature to time.
 
 Targets (issue 7): >= 20,000 events/s and p95 freshness <= 2 s.
-Usage: ``python bench/stream.py [--orders 6000] [--seed 5]``. Keep it small on shared machines.
+Usage: ``python bench/stream.py [--orders 20000] [--seed 5]``. Keep it small on shared machines.
 """
 
 from __future__ import annotations
@@ -44,14 +45,41 @@ def _status(home: Path) -> dict:
         return {}
 
 
-def _wait(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: float) -> list[tuple[float, int]]:
-    """Poll the worker's counters until it read ``at_least``; returns (time, read) samples."""
-    samples: list[tuple[float, int]] = []
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system, all threads) used so far by a process and by its live descendants (Linux /proc)."""
+
+    def own(p: int) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def children(p: int) -> list[int]:
+        found: list[int] = []
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                found += [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                pass
+        return found
+
+    descendants, todo = 0.0, children(pid)
+    while todo:
+        child = todo.pop()
+        descendants += own(child)
+        todo += children(child)
+    return own(pid), descendants
+
+
+def _wait(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: float) -> list[tuple[float, int, tuple[float, float]]]:
+    """Poll the worker's counters until it read ``at_least``; returns (time, read, CPU s of worker and judges) samples."""
+    samples: list[tuple[float, int, tuple[float, float]]] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = _status(home)
         if status and (not samples or samples[-1][1] != status["read"]):
-            samples.append((status["updated_at"], status["read"]))
+            samples.append((status["updated_at"], status["read"], _cpu_s(worker.pid)))
         if status.get("read", 0) >= at_least:
             return samples
         if worker.poll() is not None:
@@ -67,9 +95,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=6000, help="simulated orders (events scale with it)")
+    parser.add_argument("--orders", type=int, default=20_000, help="simulated orders (~7 events each with telemetry)")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--freshness-events", type=int, default=15_000)
+    parser.add_argument("--log-level", default="WARNING", help="worker log level (INFO shows OneID runs)")
+    parser.add_argument("--identity-seconds", type=float, default=5.0, help="worker's OneID resolve interval (0: off)")
+    parser.add_argument("--profiles-seconds", type=float, default=30.0, help="worker's profiles rebuild interval (0: off)")
     args = parser.parse_args()
 
     from lastmile.simulator import SimulationConfig, simulate
@@ -93,14 +124,25 @@ def main() -> None:
                "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": "bench-key", "LASTMILE_KAFKA_BOOTSTRAP": broker.bootstrap}
         home.mkdir(parents=True)
         started = time.monotonic()
-        worker = subprocess.Popen([sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", "bench"],
+        worker = subprocess.Popen([sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", "bench",
+                                   "--log-level", args.log_level, "--identity-seconds", str(args.identity_seconds),
+                                   "--profiles-seconds", str(args.profiles_seconds)],
                                   cwd=ROOT, env=env, stdout=open(home / "worker.log", "wb"), stderr=subprocess.STDOUT)
         try:
             samples = _wait(home, worker, first.published, 600)
-            (t0, r0), (t1, r1) = samples[0], samples[-1]
-            events_per_s = (r1 - r0) / (t1 - t0) if t1 > t0 else float("nan")
-            print(f"worker:   first batch {t0 - time.time() + time.monotonic() - started:.1f} s after start; "
-                  f"drained {r1 - r0:,} events in {t1 - t0:.1f} s = {events_per_s:,.0f} events/s")
+            t0 = _status(home)["first_record_at"]  # the first record reached the worker
+            t1, r1, cpu1 = samples[-1]  # the status written after the batch that completed the backlog
+            events_per_s = r1 / (t1 - t0) if t1 > t0 else float("nan")
+            print(f"worker:   first record {t0 - time.time() + time.monotonic() - started:.1f} s after start; "
+                  f"drained {r1:,} events in {t1 - t0:.1f} s = {events_per_s:,.0f} events/s "
+                  f"({len(samples)} status samples)")
+            if len(samples) > 1:  # CPU per event from the first batch on: start-up excluded, load-independent
+                _, r0, cpu0 = samples[0]
+                main, judges = ((cpu1[i] - cpu0[i]) / (r1 - r0) for i in (0, 1))
+                print(f"worker:   CPU per event {main * 1e6:,.0f} µs in the worker process (all threads) + "
+                      f"{judges * 1e6:,.0f} µs in judge processes = {(main + judges) * 1e6:,.0f} µs: "
+                      f"{1 / (main + judges):,.0f} events/s per fully available core; "
+                      f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
             rate = max(200.0, min(events_per_s / 2, 10_000.0))
             second = asyncio.run(publish(broker.bootstrap, stream, rate=rate, record_sent=True))

@@ -80,11 +80,11 @@ def _env(home: Path, bootstrap: str) -> dict[str, str]:
     return {**env, "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": HASH_KEY, "LASTMILE_KAFKA_BOOTSTRAP": bootstrap}
 
 
-def _start_worker(home: Path, bootstrap: str, group: str) -> subprocess.Popen:
+def _start_worker(home: Path, bootstrap: str, group: str, batch_rows: int = 400) -> subprocess.Popen:
     log = open(home.parent / f"{home.name}-worker.log", "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", group, "--batch-rows", "400",
-         "--flush-seconds", "0.3", "--commit-seconds", "0.5"],
+        [sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", group, "--batch-rows", str(batch_rows),
+         "--flush-seconds", "0.3", "--identity-seconds", "1", "--profiles-seconds", "2"],
         cwd=ROOT, env=_env(home, bootstrap), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -96,14 +96,14 @@ def _status(home: Path) -> dict:
         return {}
 
 
-def _wait_read(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: float) -> dict:
+def _wait_read(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: float, poll_s: float = 0.2) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = _status(home)
         if status.get("read", 0) >= at_least:
             return status
         assert worker.poll() is None, f"worker exited with {worker.returncode}; see {home.parent / (home.name + '-worker.log')}"
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise AssertionError(f"worker read {_status(home).get('read', 0)} of {at_least} in {timeout_s:.0f} s")
 
 
@@ -130,15 +130,44 @@ def _stop(worker: subprocess.Popen) -> None:
 
 
 def _warehouse_counts(home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], Counter]:
-    monkeypatch.setenv("LASTMILE_HOME", str(home))
-    monkeypatch.setenv("LASTMILE_HASH_KEY", HASH_KEY)
-    monkeypatch.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-    close_all()
-    warehouse = connect(settings())
+    warehouse = _open(home, monkeypatch)
     tables = {t: warehouse.count(t) for t in warehouse.tables() if t.startswith("raw_")}
     reasons = Counter(dict(warehouse.rows("SELECT reason, count() FROM quarantine FINAL GROUP BY reason")))
     close_all()
     return tables, reasons
+
+
+def _open(home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LASTMILE_HOME", str(home))
+    monkeypatch.setenv("LASTMILE_HASH_KEY", HASH_KEY)
+    monkeypatch.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
+    close_all()
+    return connect(settings())
+
+
+@dataclass
+class OneIdState:
+    runs: int
+    orders: set[str]  # every order event in raw_order
+    orders_with_evidence: set[str]  # ... that names at least one usable (not blocked) identifier
+    orders_with_oneid: set[str]  # ... that event_oneid gives a OneID
+    profiles: int
+    oneids: int  # distinct live OneIDs in identity_nodes
+
+
+def _oneid_state(home: Path, monkeypatch: pytest.MonkeyPatch) -> OneIdState:
+    warehouse = _open(home, monkeypatch)
+    ids = lambda sql: {r[0] for r in warehouse.rows(sql)}  # noqa: E731
+    state = OneIdState(
+        runs=int(warehouse.scalar("SELECT count() FROM identity_runs")),
+        orders=ids("SELECT event_id FROM raw_order FINAL"),
+        orders_with_evidence=ids("SELECT event_id FROM identity_links FINAL WHERE event_type = 'order' AND reason = ''"),
+        orders_with_oneid=ids("SELECT event_id FROM event_oneid WHERE event_type = 'order' AND oneid != ''"),
+        profiles=int(warehouse.scalar("SELECT count() FROM profiles")),
+        oneids=int(warehouse.scalar("SELECT uniqExact(oneid) FROM identity_nodes FINAL WHERE oneid != ''")),
+    )
+    close_all()
+    return state
 
 
 async def _read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, dict]]:
@@ -178,6 +207,13 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     assert Counter(record["reason"] for _, record in quarantine) == produced.quarantined
     assert all(record["error"] and record["source"].startswith("kafka:lastmile.") for _, record in quarantine)
 
+    # OneID: the stream resolved its evidence with the batch path's resolver (and once more on stop).
+    oneid = _oneid_state(home, monkeypatch)
+    assert oneid.runs >= 1
+    assert oneid.orders_with_oneid == oneid.orders_with_evidence, "every order naming a usable identifier has a OneID"
+    assert len(oneid.orders - oneid.orders_with_evidence) <= len(oneid.orders) // 100, "only blocked identifiers go without"
+    assert oneid.profiles == oneid.oneids > 0, "profiles rebuilt after the last resolution"
+
     actions = [a for _, a in asyncio.run(_read_topic(produced.bootstrap, ACTIONS_TOPIC))]
     compensations = {a["action_id"]: a for a in actions if a["action"] == "compensate_cold_chain"}
     assert {a["details"]["order_id"] or a["event_id"] for a in compensations.values()} == produced.temperature_claim_orders
@@ -190,10 +226,11 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
 def test_killed_worker_restarts_without_loss_or_double_counting(produced: Produced, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
-    worker = _start_worker(home, produced.bootstrap, "test-kill")
+    # Small batches keep the worker busy for a while; each batch is committed before its
+    # status is written, so read > 0 means a commit happened and the restart resumes mid-stream.
+    worker = _start_worker(home, produced.bootstrap, "test-kill", batch_rows=50)
     try:
-        first = _wait_read(home, worker, produced.published // 5, WORKER_START_S + 30)
-        time.sleep(0.7)  # one commit interval (0.5 s) and a bit: the restart then resumes mid-stream
+        first = _wait_read(home, worker, produced.published // 5, WORKER_START_S + 30, poll_s=0.02)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
@@ -201,7 +238,7 @@ def test_killed_worker_restarts_without_loss_or_double_counting(produced: Produc
     assert first["read"] <= killed_at < produced.published, "the kill must land mid-stream"
 
     (home / "stream" / "status.json").unlink()
-    worker = _start_worker(home, produced.bootstrap, "test-kill")
+    worker = _start_worker(home, produced.bootstrap, "test-kill", batch_rows=50)
     try:
         # It re-reads from the last commit; done once it has read the rest and gone quiet.
         _wait_idle(home, worker, produced.published - killed_at, WORKER_START_S + 60)
@@ -213,3 +250,6 @@ def test_killed_worker_restarts_without_loss_or_double_counting(produced: Produc
     tables, reasons = _warehouse_counts(home, monkeypatch)
     assert tables == produced.distinct_valid
     assert reasons == produced.quarantined
+    # Evidence written before the kill but not yet resolved is picked up after the restart.
+    oneid = _oneid_state(home, monkeypatch)
+    assert oneid.orders_with_oneid == oneid.orders_with_evidence

@@ -73,23 +73,27 @@ def produce(
 def stream(
     batch_rows: int = typer.Option(20_000, help="Flush a batch to the warehouse at this many events..."),
     flush_seconds: float = typer.Option(0.5, help="...or after this many seconds, whichever comes first."),
-    commit_seconds: float = typer.Option(1.0, help="How often written offsets are committed to Kafka."),
     partitions: int = typer.Option(4, help="Partitions of each topic when it has to be created."),
     serve_port: Optional[int] = typer.Option(None, help="Also serve the embedded warehouse over ClickHouse HTTP on this port."),
     serve_writable: bool = typer.Option(False, help="Let --serve-port clients write (default: read-only)."),
     group: str = typer.Option("lastmile-stream", help="Kafka consumer group (workers in one group share partitions)."),
+    judges: int = typer.Option(-1, help="Processes judging batches (validation, hashing) in parallel; 0: in the worker "
+                                      "process; -1: one per core but one, at most 4."),
+    identity_seconds: float = typer.Option(5.0, help="Resolve new identity evidence into OneIDs at most this often (0: never; "
+                                                    "with several workers, enable it on one)."),
+    profiles_seconds: float = typer.Option(30.0, help="Rebuild the profiles table at most this often (0: never)."),
     log_level: str = typer.Option("WARNING", help="faust/worker log level."),
 ) -> None:
-    """Run the Faust worker: topics → contracts → warehouse (+ quarantine) → actions, until SIGTERM.
+    """Run the worker: topics → contracts → warehouse (+ quarantine) → actions → OneID, until SIGTERM.
 
-    Offsets are committed only for events already written; a killed worker resumes from
-    the last commit and the warehouse's idempotent keys absorb the replay.
+    Each batch's offsets are committed right after it is written and handled; a killed
+    worker resumes from the last commit and the warehouse's idempotent keys absorb the replay.
     """
     from pipelines.faust_worker import StreamOptions, run
 
-    run(settings(), StreamOptions(batch_rows=batch_rows, flush_s=flush_seconds, commit_interval_s=commit_seconds,
-                                  partitions=partitions, serve_port=serve_port, serve_readonly=not serve_writable,
-                                  group_id=group),
+    run(settings(), StreamOptions(batch_rows=batch_rows, flush_s=flush_seconds, partitions=partitions,
+                                  serve_port=serve_port, serve_readonly=not serve_writable, group_id=group, judges=judges,
+                                  identity_every_s=identity_seconds, profiles_every_s=profiles_seconds),
         loglevel=log_level.upper())
 
 

@@ -1,6 +1,6 @@
 """From consumed records to warehouse rows: the engine-agnostic heart of the stream.
 
-The Faust worker hands over a batch of Kafka records; this module judges them with the
+The worker hands over a batch of Kafka records; this module judges them with the
 same :class:`~lastmile.ingest.Ingestor` the Beam backfill uses, writes rows and quarantine
 records in one insert per table, and then runs the batch handlers (triggers, the
 quarantine topic, later OneID and Feast) on what was written. Only when all of that has
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -29,9 +29,12 @@ from lastmile.ingest import Batch, Ingestor, write
 from lastmile.warehouse import Warehouse
 
 
-@dataclass(frozen=True)
-class Record:
-    """One consumed Kafka record (the engine's message, reduced to what ingest needs)."""
+class Record(NamedTuple):
+    """One consumed Kafka record (the engine's message, reduced to what ingest needs).
+
+    A named tuple rather than a frozen dataclass: one is built per record, and a tuple is
+    several times cheaper to create.
+    """
 
     topic: str
     partition: int
@@ -115,22 +118,28 @@ class StreamStats:
 
 
 class StreamSink:
-    """Validate → write → handlers, one batch at a time.
+    """Judge → write → handlers, one batch at a time, in two stages that can overlap.
 
-    Warehouse calls are blocking (chDB runs in-process; a server is a blocking HTTP call),
-    so they run on one dedicated thread: the event loop keeps fetching and heartbeating
-    while a batch is inserted, and writes stay in order. ``lock`` is held around every
-    write so an HTTP server in the same process (``lastmile stream --serve-port``) can share
-    the embedded warehouse safely.
+    :meth:`judge` (validation, mapping, hashing: Python) runs on its own thread - or in
+    child processes when ``judges`` is given (:mod:`lastmile.streaming.judges`) - and
+    :meth:`store` (the warehouse write, then the handlers) on the writer thread, so the
+    consumer can judge batch N+1 while batch N is being inserted - chDB and the HTTP
+    client release the GIL while ClickHouse parses and stores. Writes stay in order on
+    the one writer thread; ``lock`` is held around every warehouse call so an HTTP server
+    (``lastmile stream --serve-port``) and the OneID refresher can share the embedded
+    warehouse safely. The event loop stays free to fetch and heartbeat meanwhile.
     """
 
     def __init__(self, warehouse: Warehouse, ingestor: Ingestor, handlers: Sequence[BatchHandler] = (),
-                 lock: threading.Lock | None = None) -> None:
+                 lock: threading.Lock | None = None, judges: Any = None) -> None:
         self.warehouse = warehouse
         self.ingestor = ingestor
+        #: Optional :class:`~lastmile.streaming.judges.ProcessJudges`: judge in child processes instead of a thread.
+        self.judges = judges
         self.handlers: list[BatchHandler] = list(handlers)
         self.lock = lock or threading.Lock()
         self.stats = StreamStats()
+        self._judge = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-judge")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-warehouse")
 
     async def run_blocking(self, func: Callable[..., Any], *args: Any) -> Any:
@@ -142,17 +151,29 @@ class StreamSink:
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, locked)
 
-    async def handle(self, records: Sequence[Record]) -> WrittenBatch:
-        """Ingest ``records``; when this returns, they are written and every handler has run."""
-        batch = ingest_records(self.ingestor, records)
+    async def judge(self, records: Sequence[Record]) -> Batch:
+        """Validate and map ``records`` (nothing is written yet)."""
+        if self.judges is not None:
+            return await self.judges.judge(records)
+        return await asyncio.get_running_loop().run_in_executor(self._judge, ingest_records, self.ingestor, records)
+
+    async def store(self, records: Sequence[Record], batch: Batch) -> WrittenBatch:
+        """Write a judged batch, then run every handler; when this returns, the records may be committed."""
         began = time.perf_counter()
         await self.run_blocking(write, self.warehouse, batch)
-        stamps = [r.timestamp_ms for r in records if r.timestamp_ms]
+        stamps = [r.timestamp_ms for r in records if r.timestamp_ms and r.timestamp_ms > 0]
         written = WrittenBatch(batch, len(records), min(stamps) if stamps else None, time.perf_counter() - began)
         for handler in self.handlers:
             await handler(written)
         self.stats.add(batch)
         return written
 
+    async def handle(self, records: Sequence[Record]) -> WrittenBatch:
+        """:meth:`judge` then :meth:`store`, without overlap."""
+        return await self.store(records, await self.judge(records))
+
     def close(self) -> None:
+        if self.judges is not None:
+            self.judges.close()
+        self._judge.shutdown(wait=True)
         self._writer.shutdown(wait=True)

@@ -20,7 +20,7 @@ strongest identifier), so consumers deduplicate on it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -49,17 +49,22 @@ class Action:
         return self.action_id.encode()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson serialises dataclasses natively (as asdict would, without the deep copy)
 
 
 def _rank(id_type: str) -> int:
     return TYPE_NAMES.index(id_type) if id_type in TYPE_NAMES else len(TYPE_NAMES)
 
 
+_BY_STRENGTH: dict[PersonColumns, tuple[tuple[str, str], ...]] = {}
+
+
 def person_tokens(row: dict[str, Any], person: PersonColumns) -> list[tuple[str, str]]:
     """``(id_type, token)`` of a row's person identifiers, strongest first (blocked values skipped)."""
-    found = [(id_type, row[column]) for column, id_type in person.columns if row.get(column)]
-    return sorted(found, key=lambda item: _rank(item[0]))
+    columns = _BY_STRENGTH.get(person)
+    if columns is None:
+        columns = _BY_STRENGTH[person] = tuple(sorted(person.columns, key=lambda c: _rank(c[1])))
+    return [(id_type, row[column]) for column, id_type in columns if row.get(column)]
 
 
 def compensations(batch: WrittenBatch) -> list[Action]:
@@ -93,18 +98,19 @@ class Welcomes:
         Events are taken in event-time order across tables, so a person's order and their
         identify in one batch give one welcome, on whichever happened first.
         """
-        candidates: list[tuple[str, str, dict[str, Any], PersonColumns]] = []
+        seen = self.seen
+        # Only rows naming an identifier not seen before can welcome or add anything (seen
+        # only grows), so the rest - most rows, once a community is known - are not sorted.
+        candidates: list[tuple[str, str, dict[str, Any], PersonColumns, list[tuple[str, str]]]] = []
         for table, person in person_columns().items():
             for row in batch.rows(table):
-                candidates.append((row.get("occurred_at") or "", table, row, person))
-        candidates.sort(key=lambda c: (c[0], c[2].get("event_id", "")))
+                tokens = person_tokens(row, person)
+                if any(token not in seen for _, token in tokens):
+                    candidates.append((row.get("occurred_at") or "", row.get("event_id", ""), row, person, tokens))
+        candidates.sort(key=lambda c: (c[0], c[1]))
         actions: list[Action] = []
         new_rows: list[tuple[str, str, str, str]] = []
-        seen = self.seen
-        for occurred_at, _, row, person in candidates:
-            tokens = person_tokens(row, person)
-            if not tokens:
-                continue
+        for occurred_at, _, row, person, tokens in candidates:
             fresh = [(id_type, token) for id_type, token in tokens if token not in seen]
             if len(fresh) == len(tokens):
                 id_type, token = tokens[0]

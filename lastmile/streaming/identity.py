@@ -1,0 +1,167 @@
+"""OneID behind the stream: resolve new identity evidence and refresh profiles, off the hot path.
+
+Every batch the worker writes carries its identity evidence (``identity_links``, written by
+the same :class:`~lastmile.ingest.Ingestor` as the Beam backfill). This module runs the
+batch path's resolver over it - :func:`~lastmile.identity.store.resolve_pending`, then
+:func:`~lastmile.identity.profiles.build_profiles` - with two throttles, because both
+reload or rebuild whole tables and so cost far more than a batch:
+
+* resolve at most every ``resolve_every_s`` (default 5 s) when new evidence was written;
+* rebuild ``profiles`` at most every ``profiles_every_s`` (default 30 s) when new rows were
+  written (profiles aggregate orders, pickups, reviews and claims, not only identities);
+* both once more on a graceful stop, so a stopped worker leaves OneID complete.
+
+The work runs on its own thread, taking the warehouse lock for each step (chDB allows one
+writer per process; the lock also serialises it with the batch writes, which the
+resolver's "evidence ingested since" watermark relies on). The consumer does not wait for
+it: a batch is committed once written, whether or not it has been resolved yet. That is
+safe because the evidence itself is in the warehouse: whatever was written and not yet
+resolved - even across a crash - is picked up by the next resolution, here or in
+``lastmile ingest``. OneID therefore lags the raw tables by up to ``resolve_every_s`` plus
+one resolution; profiles by up to ``profiles_every_s`` plus one rebuild.
+
+A failed resolution is logged and counted (``identity_errors`` in the status file) and
+retried at the next turn; it never stops ingestion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from lastmile.identity.profiles import build_profiles
+from lastmile.identity.store import resolve_pending
+from lastmile.privacy import Identifiers
+from lastmile.streaming.sink import BatchHandler, WrittenBatch
+from lastmile.warehouse import Warehouse
+
+log = logging.getLogger("lastmile.stream.identity")
+
+
+@dataclass
+class IdentityStats:
+    """Counters for the status file."""
+
+    resolves: int = 0
+    profile_builds: int = 0
+    profiles: int = 0
+    errors: int = 0
+    last_run: int = 0  # identity_runs.run of the latest resolution
+    last_resolve_s: float = 0.0
+    last_profiles_s: float = 0.0
+
+
+class IdentityRefresher:
+    """Keeps OneID and ``profiles`` current behind the stream (see the module docstring).
+
+    ``resolve_every_s <= 0`` turns the whole thing off (profiles need OneIDs);
+    ``profiles_every_s <= 0`` resolves but never rebuilds profiles.
+    """
+
+    def __init__(self, warehouse: Warehouse, lock: threading.Lock, identifiers: Identifiers, *,
+                 resolve_every_s: float = 5.0, profiles_every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.warehouse = warehouse
+        self.lock = lock
+        self.rules = identifiers.rules
+        self.blocked = self.rules.blocked_tokens(identifiers.hasher)
+        self.resolve_every_s = resolve_every_s
+        self.profiles_every_s = profiles_every_s if resolve_every_s > 0 else 0.0
+        self.clock = clock
+        self.stats = IdentityStats()
+        self._links_pending = False  # evidence written since the running/last resolution began
+        self._rows_pending = False  # rows written since the running/last profiles build began
+        self._last_resolve = self._last_profiles = float("-inf")
+        self._running: Future | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-identity")
+
+    @property
+    def enabled(self) -> bool:
+        return self.resolve_every_s > 0
+
+    def handler(self) -> BatchHandler:
+        """The batch handler: note what the batch wrote and start a refresh if one is due. Never waits."""
+
+        async def handle(written: WrittenBatch) -> None:
+            self.note(written)
+            self.tick()
+
+        return handle
+
+    def note(self, written: WrittenBatch) -> None:
+        self._links_pending |= bool(written.batch.links)
+        self._rows_pending |= written.batch.valid > 0
+
+    def due(self) -> tuple[bool, bool]:
+        """``(resolve, profiles)``: which steps a refresh started now would run."""
+        if not self.enabled:
+            return False, False
+        now = self.clock()
+        resolve = self._links_pending and now - self._last_resolve >= self.resolve_every_s
+        profiles = (self.profiles_every_s > 0 and self._rows_pending
+                    and now - self._last_profiles >= self.profiles_every_s)
+        return resolve, profiles
+
+    def tick(self) -> bool:
+        """Start a background refresh if one is due and none runs; returns whether it started.
+
+        Called after each batch and from a timer (so evidence is resolved when the stream
+        goes quiet too).
+        """
+        if self._running is not None and not self._running.done():
+            return False
+        resolve, profiles = self.due()
+        if not (resolve or profiles):
+            return False
+        self._running = self._start(resolve, profiles)
+        return True
+
+    def _start(self, resolve: bool, profiles: bool) -> Future:
+        now = self.clock()
+        # Cleared before the work starts: anything written meanwhile sets them again.
+        if resolve:
+            self._links_pending, self._last_resolve = False, now
+        if profiles:
+            self._rows_pending, self._last_profiles = False, now
+        return self._pool.submit(self._refresh, resolve, profiles)
+
+    def _refresh(self, resolve: bool, profiles: bool) -> None:
+        """On the identity thread: each step holds the warehouse lock; batch writes wait in between."""
+        try:
+            if resolve:
+                began = time.perf_counter()
+                with self.lock:
+                    outcome = resolve_pending(self.warehouse, self.rules, self.blocked)
+                self.stats.resolves += 1
+                self.stats.last_run = outcome.run
+                self.stats.last_resolve_s = time.perf_counter() - began
+                log.info("OneID run %d: %d links added, %d profiles, %.2f s", outcome.run, outcome.links_added,
+                         outcome.report.profiles, self.stats.last_resolve_s)
+            if profiles:
+                began = time.perf_counter()
+                with self.lock:
+                    if self.stats.resolves == 0 and "event_oneid" not in self.warehouse.tables():
+                        return  # nothing resolved yet anywhere: no OneIDs to build profiles on
+                    self.stats.profiles = build_profiles(self.warehouse)
+                self.stats.profile_builds += 1
+                self.stats.last_profiles_s = time.perf_counter() - began
+        except Exception:  # noqa: BLE001 - evidence stays in the warehouse; the next turn retries
+            self.stats.errors += 1
+            self._links_pending |= resolve
+            self._rows_pending |= profiles
+            log.exception("OneID refresh failed (ingestion continues; retried at the next turn)")
+
+    async def close(self) -> None:
+        """On a graceful stop: wait for a running refresh, then resolve and rebuild what is pending."""
+        loop = asyncio.get_running_loop()
+        if self._running is not None:
+            await asyncio.wrap_future(self._running, loop=loop)
+        if self.enabled and (self._links_pending or self._rows_pending):
+            resolve, profiles = self._links_pending, self._rows_pending and self.profiles_every_s > 0
+            await asyncio.wrap_future(self._start(resolve, profiles), loop=loop)
+        self._pool.shutdown(wait=True)

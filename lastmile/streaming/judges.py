@@ -1,0 +1,90 @@
+"""Judging batches in other processes: validation, mapping and hashing off the worker's GIL.
+
+Judging an event (contract check, row mapping, identifier hashing, identity evidence) is
+pure Python, ~40 µs of CPU per event here: in the worker's own process it shares one GIL
+with the Kafka client, the handlers and the commit, which caps a worker well below 20,000
+events/s however many cores it has. :class:`ProcessJudges` runs the same
+:class:`~lastmile.ingest.Ingestor` in ``processes`` child processes instead; the worker
+only ships records out and ``Batch`` objects (already-serialised rows) back.
+
+Records are split by topic partition (a partition never straddles two chunks, so keyed
+order and per-partition positions are kept), judged in parallel, and merged back in chunk
+order. Each child builds its ``Ingestor`` from the same settings, hash key and
+suppression list as the worker, so a batch is judged exactly as it would be in-process.
+
+Children are started with ``spawn`` (the worker holds threads and an open chDB warehouse,
+which must not be forked). A child exits within a second of its worker dying, even by
+SIGKILL (it watches its parent; the pool's pipes alone do not tell it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from lastmile.config import Settings
+from lastmile.ingest import Batch, Ingestor
+from lastmile.privacy import Identifiers
+from lastmile.streaming.sink import Record, ingest_records, merge_into
+
+_ingestor: Ingestor | None = None
+
+
+def _init(cfg: Settings, forgotten: frozenset[str]) -> None:
+    global _ingestor
+    _ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten))
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="lastmile-judge-orphan", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A SIGKILLed worker cannot stop its children, and they keep their pipes open: exit once orphaned."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _judge(records: list[Record]) -> Batch:
+    assert _ingestor is not None, "judge process not initialised"
+    return ingest_records(_ingestor, records)
+
+
+def split_by_partition(records: Sequence[Record], parts: int) -> list[list[Record]]:
+    """At most ``parts`` chunks of similar size, each holding whole partitions, in first-seen order."""
+    by_partition: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        by_partition.setdefault((record.topic, record.partition), []).append(record)
+    chunks: list[list[Record]] = [[] for _ in range(max(1, parts))]
+    for group in sorted(by_partition.values(), key=len, reverse=True):  # largest first onto the lightest chunk
+        min(chunks, key=len).extend(group)
+    return [chunk for chunk in chunks if chunk]
+
+
+class ProcessJudges:
+    """``await judges.judge(records)``: the same ``Batch`` as ``ingest_records``, computed in child processes."""
+
+    def __init__(self, cfg: Settings, forgotten: frozenset[str], processes: int) -> None:
+        self.processes = processes
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init, initargs=(cfg, forgotten))
+
+    def warm_up(self) -> None:
+        """Start every child now (imports take seconds) rather than on the first batch."""
+        for future in [self._pool.submit(_judge, []) for _ in range(self.processes)]:
+            future.result()
+
+    async def judge(self, records: Sequence[Record]) -> Batch:
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, chunk)
+                                       for chunk in split_by_partition(records, self.processes)))
+        merged = Batch()
+        for part in parts:
+            merge_into(merged, part)
+        return merged
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

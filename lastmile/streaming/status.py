@@ -1,0 +1,35 @@
+"""The worker's status file: counters for the compose healthcheck, tests and the benchmark.
+
+Written atomically (``status.json``) after every committed batch and every 10 s; a
+healthcheck reads ``updated_at``. ``first_record_at`` is the wall-clock time the first
+record reached the worker (start-up excluded from throughput figures).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from lastmile.config import Settings
+from lastmile.streaming.consumer import BatchConsumer
+from lastmile.streaming.identity import IdentityRefresher
+from lastmile.streaming.sink import StreamSink
+
+
+def status_path(cfg: Settings) -> Path:
+    return cfg.home / "stream" / "status.json"
+
+
+def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refresher: IdentityRefresher) -> None:
+    stats, ids = sink.stats, refresher.stats
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({
+        "batches": stats.batches, "read": stats.read, "valid": stats.valid, "quarantined": stats.quarantined,
+        "committed_batches": consumer.committed_batches, "first_record_at": consumer.first_record_at,
+        "identity_runs": ids.resolves, "identity_last_run": ids.last_run, "identity_errors": ids.errors,
+        "identity_last_resolve_s": round(ids.last_resolve_s, 3), "profiles": ids.profiles,
+        "profiles_last_build_s": round(ids.last_profiles_s, 3), "updated_at": time.time(),
+    }))
+    tmp.replace(path)
