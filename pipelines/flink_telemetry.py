@@ -41,7 +41,7 @@ from typing import Any
 from lastmile.coldchain import incidents, load
 from lastmile.coldchain import tables as _tables  # noqa: F401  (registers migrations 20-26)
 from lastmile.coldchain.config import ColdChainConfig
-from lastmile.coldchain.flink import SINKS, Cluster, FlinkRun, run_job
+from lastmile.coldchain.flink import SINKS, Cluster, FlinkRun, run_job_isolated
 from lastmile.coldchain.sql import Source
 from lastmile.config import Settings, settings as current_settings
 from lastmile.warehouse import Warehouse, connect, migrate
@@ -145,7 +145,7 @@ def run(events_dir: Path, cfg: Settings | None = None, **options: Any) -> Teleme
     for sink in SINKS:  # a fresh output: stale part files would be loaded again
         shutil.rmtree(out_dir / sink, ignore_errors=True)
     try:
-        flink: FlinkRun = run_job(source, out_dir, cc, cluster)
+        flink: FlinkRun = run_job_isolated(source, out_dir, cc, cluster)
         report.jvm_start_s, report.flink_s, report.job_id = flink.jvm_start_s, flink.seconds, flink.job_id
         if kafka:
             report.seconds = time.perf_counter() - clock

@@ -12,6 +12,10 @@ the same statements are submitted to a cluster; reading Kafka there needs
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +107,32 @@ def output_files(out_dir: Path, sink: str) -> list[Path]:
     if not folder.exists():
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.stat().st_size)
+
+
+def run_job_isolated(source: sql.Source, out_dir: Path, cc: ColdChainConfig, cluster: Cluster = Cluster(),
+                     plain_reference: bool = False) -> FlinkRun:
+    """:func:`run_job` in a child Python process; the caller never imports PyFlink.
+
+    Why: importing PyFlink's Python runtime registers PyFlink's own operation factories in
+    Apache Beam's global transform registry (both speak Beam's Fn API). A Beam pipeline run
+    afterwards in the same process — the ingest, which shares the process that owns the
+    embedded warehouse — then builds PyFlink operations and fails (``KeyError: ''``). The job
+    only writes files, so running it next door costs a Python start-up and nothing else.
+    """
+    with tempfile.TemporaryDirectory(prefix="lastmile-flink-") as scratch:
+        request, answer = Path(scratch) / "request.pickle", Path(scratch) / "answer.pickle"
+        request.write_bytes(pickle.dumps((source, out_dir, cc, cluster, plain_reference)))
+        done = subprocess.run([sys.executable, "-m", "lastmile.coldchain.flink", str(request), str(answer)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0 or not answer.exists():
+            tail = done.stdout.decode("utf-8", "replace").strip().splitlines()[-15:]
+            raise RuntimeError("the Flink telemetry job failed:\n" + "\n".join(tail))
+        return pickle.loads(answer.read_bytes())
+
+
+if __name__ == "__main__":
+    # Use the importable module's classes, so the parent can unpickle the answer.
+    from lastmile.coldchain import flink as _module
+
+    _request, _answer = Path(sys.argv[1]), Path(sys.argv[2])
+    _answer.write_bytes(pickle.dumps(_module.run_job(*pickle.loads(_request.read_bytes()))))
