@@ -10,13 +10,14 @@ STAMP  := $(VENV)/.installed
 
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast bench lock clean
+.PHONY: install demo test test-fast bench dbt-build lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) pip install --python $(PY) --compile-bytecode --quiet -r requirements.lock
 	$(UV) pip install --python $(PY) --no-deps --quiet -e .
+	$(PY) -m lastmile.dbt_chdb install
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +37,15 @@ test-fast: install
 ## Benchmarks: each prints figures and ends with one JSON line.
 bench: install
 	$(PY) bench/ingest.py
+	$(PY) bench/identity.py
+	$(PY) bench/telemetry.py
+	$(PY) bench/dbt_build.py
+	$(PY) bench/serving.py
+	$(PY) bench/stream.py
+
+## dbt from the command line, on the embedded warehouse (or LASTMILE_CLICKHOUSE_URL).
+dbt-build: install
+	DBT_PROFILES_DIR=dbt $(VENV)/bin/dbt build --project-dir dbt
 
 ## Re-resolve the pins after changing pyproject.toml.
 lock: install

@@ -7,7 +7,9 @@ would read.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import sys
 import time
@@ -49,7 +51,7 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         except (BadInput, ContractError, FileNotFoundError, ValueError) as exc:
             err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except WarehouseError as exc:
+        except (WarehouseError, WarehouseStageFailed) as exc:
             err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except Exception as exc:  # clickhouse-connect's errors carry the server's message
@@ -161,47 +163,121 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
+RUN_STAGES = ("ingest", "cold-chain", "profiles", "transform", "quality", "features", "train")
+
+
 @app.command("run")
 @friendly
 def run_cmd(
     seed: int = typer.Option(42, help="Simulation seed."),
     orders: int = typer.Option(20_000, help="Orders to simulate."),
     weeks: int = typer.Option(8, help="Weeks of activity."),
+    through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, with OneID) → cold chain (PyFlink) → profiles → evaluation → summary.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → profiles → dbt → quality gate → features → models.
 
-    Re-running gives the same counts."""
+    Re-running gives the same counts. A failed great-expectations checkpoint stops the run
+    before any feature is published, and says which expectations failed.
+    """
     from lastmile.summary import summarize
     from lastmile.warehouse import connect
 
+    if through not in RUN_STAGES:
+        raise BadInput(f"--through must be one of {', '.join(RUN_STAGES)}, not {through!r}")
+    last = RUN_STAGES.index(through)
+    wanted = lambda stage: RUN_STAGES.index(stage) <= last  # noqa: E731
     cfg = settings()
+    out: dict[str, Any] = {}
     timings: dict[str, float] = {}
     start = time.perf_counter()
     _simulate(seed, orders, weeks, cfg.home)
     timings["simulate"] = round(time.perf_counter() - start, 2)
     with _stage("ingest (Apache Beam)", timings):
         report = _ingest(cfg.events_dir)
-    with _stage("cold chain (PyFlink)", timings):
-        telemetry = _telemetry(cfg.events_dir)
-    with _stage("profiles", timings):
+    out["ingest"] = _ingest_dict(report)
+    telemetry = None
+    if wanted("cold-chain"):
+        with _stage("cold chain (PyFlink)", timings):
+            telemetry = _telemetry(cfg.events_dir)
+        out["cold_chain"] = _telemetry_dict(telemetry)
+    quality = None
+    if wanted("profiles"):
         from lastmile.identity.profiles import build_profiles
 
-        profiles = build_profiles(connect(cfg))
-    with _stage("identity evaluation", timings):
-        quality = _evaluate(cfg.home / "truth" / "identifiers.jsonl")
+        with _stage("profiles", timings):
+            out["profiles"] = build_profiles(connect(cfg))
+        with _stage("identity evaluation", timings):
+            quality = _evaluate(cfg.home / "truth" / "identifiers.jsonl")
+        out["identity"] = quality.as_dict()
+    if wanted("transform"):
+        from lastmile.transform import build
+
+        with _stage("dbt build", timings):
+            built = build(cfg, quiet=True)
+        out["dbt"] = built.as_dict()
+        if not built.success:
+            for failure in built.failures:
+                err.print(f"{failure.status} {failure.unique_id}: {failure.message}", highlight=False, soft_wrap=True)
+            raise WarehouseStageFailed("dbt build failed; fix the models or data above (lastmile transform reruns it)")
+    if wanted("quality"):
+        from lastmile.quality import check
+
+        with _stage("quality gate (great-expectations)", timings):
+            gate = check(cfg)
+        out["quality"] = {"success": gate.success, "evaluated": gate.evaluated, "failed": [str(f) for f in gate.failed]}
+        if not gate.success:
+            for failed in gate.failed:
+                err.print(f"failed expectation: {failed}", highlight=False, soft_wrap=True)
+            raise WarehouseStageFailed(f"quality gate failed ({len(gate.failed)} expectations): features were not published")
+    if wanted("features"):
+        from lastmile.features.store import apply, materialize
+        from lastmile.models.consent import load_dietary_declarations, simulated_declarations
+
+        with _stage("features (Feast)", timings):
+            # Simulation only: the health-form declarations a real deployment would load
+            # with `lastmile consent PATH`.
+            load_dietary_declarations(cfg, simulated_declarations(cfg))
+            apply(cfg)
+            out["features"] = materialize(cfg).summary()
+    if wanted("train"):
+        from lastmile.models import recommend_command, train_command
+
+        try:
+            with _stage("train models", timings), contextlib.redirect_stdout(io.StringIO()) as printed:
+                out["models"] = train_command(cfg, refresh_features=False)
+        except ValueError as exc:  # too little history for a time split: say so, keep the rest
+            out["models_report"] = f"models not trained: {exc}"
+        else:
+            out["models_report"] = printed.getvalue()
+            top = [o for (o,) in connect(cfg).rows("SELECT oneid FROM profiles ORDER BY orders DESC NULLS LAST, oneid LIMIT 2")]
+            out["examples"] = {oneid: json.loads(recommend_command(oneid, limit=5, cfg=cfg)) for oneid in top}
     with _stage("summary", timings):
         summary = summarize(connect(cfg))
+    out["warehouse"] = summary.as_dict()
+    out["seconds"] = timings
     if as_json:
-        print(json.dumps({"ingest": _ingest_dict(report), "warehouse": summary.as_dict(), "profiles": profiles,
-                          "cold_chain": _telemetry_dict(telemetry),
-                          "identity": quality.as_dict(), "seconds": timings}))
+        print(json.dumps(out, default=str, ensure_ascii=False))
         return
     _print_ingest(report, False)
-    _print_telemetry(telemetry)
-    console.print(f"OneID: {profiles:,} profiles; against ground truth pairwise precision {quality.pairwise_precision:.4f}, "
-                  f"recall {quality.pairwise_recall:.4f}; largest profile {quality.largest_cluster} identifiers "
-                  f"({quality.largest_cluster_persons} real person{'s' if quality.largest_cluster_persons != 1 else ''})")
+    if telemetry is not None:
+        _print_telemetry(telemetry)
+    if quality is not None:
+        console.print(f"OneID: {out['profiles']:,} profiles; against ground truth pairwise precision {quality.pairwise_precision:.4f}, "
+                      f"recall {quality.pairwise_recall:.4f}; largest profile {quality.largest_cluster} identifiers "
+                      f"({quality.largest_cluster_persons} real person{'s' if quality.largest_cluster_persons != 1 else ''})")
+    if "dbt" in out:
+        console.print("dbt: " + built.summary())
+    if "quality" in out:
+        console.print(f"quality gate passed: {out['quality']['evaluated']} expectations")
+    if "features" in out:
+        console.print(f"features: {out['features']}")
+    if "models_report" in out:
+        console.print(out["models_report"].rstrip(), highlight=False)
+        for oneid, recommendation in out.get("examples", {}).items():
+            items = recommendation.get("items") or recommendation.get("recommendations") or []
+            names = ", ".join(str(i.get("name") or i.get("sku")) for i in items[:5]) if isinstance(items, list) else str(items)
+            console.print(f"example recommendations for {oneid}: {names}", highlight=False)
     table = Table(title=f"warehouse ({'embedded chDB' if cfg.embedded else cfg.clickhouse_url})")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -215,6 +291,10 @@ def run_cmd(
         reasons.add_row(reason, f"{n:,}")
     console.print(reasons)
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+class WarehouseStageFailed(Exception):
+    """A stage of the main job found the data or models wanting (exit code 1, no traceback)."""
 
 
 def _telemetry(events: Path) -> Any:
@@ -436,6 +516,147 @@ app.command("broker")(friendly(broker))
 app.command("produce")(friendly(produce))
 app.command("stream")(friendly(stream))
 app.add_typer(warehouse_app, name="warehouse")
+
+
+@app.command("transform")
+@friendly
+def transform_cmd(
+    select: Optional[str] = typer.Option(None, "--select", "-s", help="dbt selector."),
+    full_refresh: bool = typer.Option(False, "--full-refresh", help="Rebuild incremental facts."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Load reference data and run `dbt build` (models, tests, unit tests) in-process."""
+    from lastmile.transform import build
+
+    result = build(settings(), select=select, full_refresh=full_refresh, quiet=as_json)
+    if as_json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        console.print(result.summary())
+    for failure in result.failures:
+        err.print(f"{failure.status} {failure.unique_id}: {failure.message}", highlight=False, soft_wrap=True)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@app.command("dbt-docs")
+@friendly
+def dbt_docs_cmd() -> None:
+    """dbt docs generate --static; prints the HTML path."""
+    from lastmile.transform import docs
+
+    console.print(str(docs(settings())))
+
+
+@app.command("check")
+@friendly
+def check_cmd(
+    freshness_hours: float = typer.Option(48.0, help="Raw tables must have data this recent (event time vs newest event)."),
+    layer: Optional[list[str]] = typer.Option(None, help="raw and/or mart (default both)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """great-expectations checkpoint over raw tables and marts; exit 1 on failure."""
+    from lastmile.quality import check
+
+    result = check(settings(), freshness_hours=freshness_hours, layers=tuple(layer or ("raw", "mart")))
+    if as_json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False, default=str))
+    else:
+        console.print(f"{'passed' if result.success else 'FAILED'}: {result.evaluated} expectations; docs {result.data_docs}")
+        for failed in result.failed:
+            err.print(str(failed), highlight=False, soft_wrap=True)
+        for missing in result.missing:
+            err.print(f"missing: {missing}", highlight=False, soft_wrap=True)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@friendly
+def report_cmd(out: Optional[Path] = typer.Option(None, help="Default $LASTMILE_HOME/reports/report.html.")) -> None:
+    """Static HTML report from the marts (inline SVG, no CDN)."""
+    from lastmile.report import write_report
+
+    console.print(str(write_report(settings(), out)))
+
+
+features_app = typer.Typer(help="Feast feature store: apply definitions, materialize features.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("apply")
+@friendly
+def features_apply_cmd() -> None:
+    """Build the feature tables in the warehouse and register the Feast definitions."""
+    from lastmile.features import apply_command
+
+    console.print(apply_command(settings()))
+
+
+@features_app.command("materialize")
+@friendly
+def features_materialize_cmd(
+    full: bool = typer.Option(False, "--full", help="Rewrite everything (after an identity rebuild or late corrections)."),
+    feast_path: bool = typer.Option(False, "--feast-path", help="Use Feast's own (slower) materialization."),
+) -> None:
+    """Copy the latest feature values into the online store (incremental by default)."""
+    from lastmile.features import materialize_command
+
+    console.print(materialize_command(settings(), full=full, feast_path=feast_path))
+
+
+@features_app.command("env")
+def features_env_cmd() -> None:
+    """Print the environment `feast` needs to use this repository: eval "$(lastmile features env)"."""
+    from lastmile.features import env_command
+
+    print(env_command(settings()))
+
+
+@app.command("train")
+@friendly
+def train_cmd(as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON.")) -> None:
+    """Train the recommender and the spending-health model on point-in-time features; print metrics vs baselines."""
+    from lastmile.models import train_command
+
+    metrics = train_command(settings())
+    if as_json:
+        print(json.dumps(metrics, default=str))
+
+
+@app.command("recommend")
+@friendly
+def recommend_cmd(
+    oneid: str = typer.Argument(..., help="The customer's OneID (see `lastmile sql \"SELECT oneid FROM profiles LIMIT 5\"`)."),
+    limit: int = typer.Option(10, help="How many recommendations."),
+) -> None:
+    """Recommendations for one customer, as marketing automation would get them (JSON)."""
+    from lastmile.models import recommend_command
+
+    print(recommend_command(oneid, limit=limit, cfg=settings()))
+
+
+@app.command("serve")
+@friendly
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """The HTTP API for marketing automation (OpenAPI docs at /docs)."""
+    from lastmile.models import serve_command
+
+    serve_command(host=host, port=port, cfg=settings())
+
+
+@app.command("consent")
+@friendly
+def consent_cmd(path: Path = typer.Argument(..., help="JSONL of dietary-need declarations (oneid, dietary_need, declared_at, source).")) -> None:
+    """Load declared dietary needs (the medical exception to the spending-health cap)."""
+    from lastmile.models.consent import load_dietary_declarations
+
+    if not path.is_file():
+        raise BadInput(f"no declarations file at {path}")
+    console.print(f"loaded {load_dietary_declarations(settings(), path):,} declarations")
 
 
 @app.command("config")

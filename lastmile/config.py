@@ -26,6 +26,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_MAX_EVENT_BYTES": ("65536", "Largest accepted event payload; larger ones are quarantined."),
     "LASTMILE_MAX_CLOCK_SKEW_S": ("300", "How far in the future an event's occurred_at may be before it is quarantined."),
     "LASTMILE_KAFKA_BOOTSTRAP": ("", "Empty: the development broker on loopback. host:port selects real Kafka."),
+    "LASTMILE_FEAST_ONLINE_STORE": ("", "Empty: Feast online store in SQLite at $LASTMILE_HOME/feast/online.db. redis://host:6379[/db] selects Redis."),
+    "LASTMILE_FEAST_REPO": ("", "Feast repository directory. Empty: the feature_store/ shipped with lastmile."),
     "LASTMILE_FLINK_JOBMANAGER": ("", "Empty: PyFlink's embedded mini-cluster. host:port submits the telemetry job to a Flink cluster."),
     "LASTMILE_FLINK_KAFKA_JAR": ("", "Path or URL of flink-sql-connector-kafka 4.0.x, needed when the telemetry job reads Kafka on a cluster."),
 }
@@ -51,6 +53,8 @@ class Settings:
     max_event_bytes: int
     max_clock_skew_s: int
     kafka_bootstrap: str
+    feast_online_store: str
+    feast_repo: str
     flink_jobmanager: str
     flink_kafka_jar: str
 
@@ -99,6 +103,8 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         max_event_bytes=int(env["LASTMILE_MAX_EVENT_BYTES"]),
         max_clock_skew_s=int(env["LASTMILE_MAX_CLOCK_SKEW_S"]),
         kafka_bootstrap=env["LASTMILE_KAFKA_BOOTSTRAP"],
+        feast_online_store=env["LASTMILE_FEAST_ONLINE_STORE"],
+        feast_repo=env["LASTMILE_FEAST_REPO"],
         flink_jobmanager=env["LASTMILE_FLINK_JOBMANAGER"],
         flink_kafka_jar=env["LASTMILE_FLINK_KAFKA_JAR"],
     )

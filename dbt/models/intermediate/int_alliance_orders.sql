@@ -1,0 +1,43 @@
+-- Orders seen from the local merchant alliance of their community: is the fulfilling
+-- merchant in that alliance, how fresh was the stock (batch date to slot), how long until
+-- the goods were collected. A table: alliance_health_index reads it four times.
+{{ config(materialized='table', engine='MergeTree()', order_by='(alliance_id, community_id, order_week, order_id)') }}
+with orders as (
+    select * from {{ ref('int_customer_orders') }}
+),
+
+lines as (
+    select order_id, avg(dateDiff('day', batch_date, toDate(ordered_at, '{{ var("business_tz") }}'))) as batch_age_days
+    from {{ ref('fct_order_lines') }}
+    where batch_date is not null
+    group by order_id
+),
+
+communities as (
+    select community_id, alliance_id from {{ ref('stg_reference__communities') }}
+),
+
+merchants as (
+    select merchant_id, alliance_id from {{ ref('stg_reference__merchants') }}
+),
+
+final as (
+    select
+        orders.order_id as order_id,
+        orders.oneid as oneid,
+        orders.order_week as order_week,
+        orders.community_id as community_id,
+        assumeNotNull(communities.alliance_id) as alliance_id,
+        orders.merchant_id as merchant_id,
+        merchants.alliance_id = communities.alliance_id as is_in_alliance,
+        orders.total_amount_cny as total_amount_cny,
+        orders.hours_to_pickup as hours_to_pickup,
+        if(lines.order_id = '', NULL, greatest(0, lines.batch_age_days)) as batch_age_days
+    from orders
+    inner join communities on communities.community_id = orders.community_id
+    left join merchants on merchants.merchant_id = orders.merchant_id
+    left join lines on lines.order_id = orders.order_id
+    where communities.alliance_id is not null
+)
+
+select * from final

@@ -1,0 +1,50 @@
+{#- Incremental: order lines never change after the order, so only orders ingested after
+    the watermark (minus the lookback) are (re)written. -#}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete_insert',
+    unique_key='order_line_id',
+    order_by='(community_id, ordered_at, order_line_id)',
+    partition_by='toYYYYMM(ordered_at)',
+) }}
+
+with lines as (
+    select * from {{ ref('stg_lastmile__order_lines') }}
+    {{ lookback_filter() }}
+),
+
+skus as (
+    select * from {{ ref('stg_reference__skus') }}
+),
+
+final as (
+    select
+        lines.order_line_id as order_line_id,
+        lines.order_id as order_id,
+        lines.line_number as line_number,
+        lines.ordered_at as ordered_at,
+        toDate({{ business_week('lines.ordered_at') }}) as order_week,
+        lines.community_id as community_id,
+        lines.leader_id as leader_id,
+        lines.merchant_id as merchant_id,
+        lines.locker_id as locker_id,
+        lines.sku as sku,
+        lines.category as category,
+        lines.qty as qty,
+        lines.unit_price_cny as unit_price_cny,
+        lines.line_amount_cny as line_amount_cny,
+        lines.origin as origin,
+        lines.batch_id as batch_id,
+        skus.sku != '' as is_known_sku,
+        skus.is_impulse as is_impulse,
+        skus.is_healthy as is_healthy,
+        -- Traceable: origin as catalogued and a batch id of this SKU (SKU-MMDD).
+        skus.sku != '' and lines.origin = skus.catalogue_origin and startsWith(lines.batch_id, concat(lines.sku, '-')) as is_traceable,
+        -- Batch date from SKU-MMDD, in the order's year (or the year before, across New Year).
+        toDateOrNull(concat(toString(toYear(lines.ordered_at)), '-', substring(lines.batch_id, length(lines.sku) + 2, 2), '-', substring(lines.batch_id, length(lines.sku) + 4, 2))) as batch_date,
+        lines._ingested_at as _ingested_at
+    from lines
+    left join skus on skus.sku = lines.sku
+)
+
+select * from final

@@ -1,0 +1,46 @@
+-- Recency, frequency, monetary value and age per person, with the BTYD definitions of
+-- lifetimes.utils.summary_data_from_transaction_data (freq='D'), so the numbers can be fed
+-- to BG/NBD or Gamma-Gamma models and checked against that library. See docs/indices.md.
+{{ config(order_by='oneid') }}
+
+with observation as (
+    select * from {{ ref('int_observation_window') }}
+),
+
+daily as (
+    -- Transactions are bucketed into business days; several orders on one day are one period.
+    select oneid, toDate(ordered_at, '{{ var("business_tz") }}') as purchase_date, sum(total_amount_cny) as day_amount_cny
+    from {{ ref('int_customer_orders') }}
+    group by oneid, purchase_date
+),
+
+per_customer as (
+    select
+        oneid,
+        min(purchase_date) as first_purchase_date,
+        max(purchase_date) as last_purchase_date,
+        count() as purchase_days,
+        sum(day_amount_cny) as total_spend_cny,
+        -- Mean value of the repeat periods: the first purchase day is excluded.
+        (toFloat64(sum(day_amount_cny)) - toFloat64(argMin(day_amount_cny, purchase_date))) / nullIf(count() - 1, 0) as repeat_mean_cny
+    from daily
+    group by oneid
+),
+
+final as (
+    select
+        oneid,
+        first_purchase_date,
+        last_purchase_date,
+        toUInt32(purchase_days - 1) as frequency,
+        toUInt32(dateDiff('day', first_purchase_date, last_purchase_date)) as recency_days,
+        toUInt32(dateDiff('day', first_purchase_date, (select as_of_date from observation))) as t_days,
+        round(coalesce(repeat_mean_cny, 0), 4) as monetary_value_cny,
+        toUInt32(dateDiff('day', last_purchase_date, (select as_of_date from observation))) as days_since_last_purchase,
+        purchase_days,
+        total_spend_cny,
+        (select as_of_date from observation) as as_of_date
+    from per_customer
+)
+
+select * from final

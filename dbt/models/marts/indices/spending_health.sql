@@ -1,0 +1,113 @@
+-- Spending health per person: impulse share, late-night share, spend velocity against the
+-- person's own baseline, category balance, and recommendation acceptance (NULL until the
+-- recommender writes recommendation_events). See docs/indices.md.
+{{ config(order_by='oneid') }}
+
+{%- set w = var('spending_weights') %}
+
+with observation as (
+    select * from {{ ref('int_observation_window') }}
+),
+
+lines as (
+    select oneid, order_id, ordered_at, category, line_amount_cny as amount, is_impulse, is_healthy
+    from {{ ref('int_customer_order_lines') }}
+),
+
+categories as (
+    select uniqExact(category) as catalogue_categories from {{ ref('stg_reference__skus') }}
+),
+
+per_category as (
+    select oneid, category, sum(amount) as amount from lines group by oneid, category
+),
+
+balance as (
+    -- Normalised Shannon entropy of spend over categories: 1 = spread evenly over the whole
+    -- catalogue's categories, 0 = everything in one category.
+    select
+        oneid,
+        abs(sum(p * log(p))) / log((select catalogue_categories from categories)) as category_balance
+    from (
+        select oneid, amount / sum(amount) over (partition by oneid) as p
+        from per_category
+        where amount > 0
+    )
+    group by oneid
+),
+
+orders as (
+    select
+        oneid,
+        order_id,
+        any(ordered_at) as ordered_at,
+        sum(amount) as amount
+    from lines
+    group by oneid, order_id
+),
+
+per_person as (
+    select
+        oneid,
+        count() as orders,
+        sum(amount) as spend_cny,
+        countIf({{ local_hour('ordered_at') }} >= 23 or {{ local_hour('ordered_at') }} < 5) / count() as late_night_share,
+        -- Velocity: average weekly spend of the last 4 weeks over the average weekly spend of
+        -- the weeks before (the person's own baseline); NULL without 2 baseline weeks.
+        sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') > (select as_of_date from observation) - 28) / 4 as recent_weekly_spend_cny,
+        sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') <= (select as_of_date from observation) - 28)
+            / nullIf(dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) / 7, 0) as baseline_weekly_spend_cny,
+        dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) >= 14 as has_baseline
+    from orders
+    group by oneid
+),
+
+impulse as (
+    select oneid, sumIf(amount, is_impulse) / nullIf(sum(amount), 0) as impulse_share, sumIf(amount, is_healthy) / nullIf(sum(amount), 0) as healthy_share
+    from lines
+    group by oneid
+),
+
+recommendations as (
+    select oneid, count() as shown, countIf(is_accepted) as accepted
+    from {{ ref('stg_recommender__recommendation_events') }}
+    group by oneid
+),
+
+scored as (
+    select
+        per_person.oneid as oneid,
+        per_person.orders as orders,
+        round(per_person.spend_cny, 2) as spend_cny,
+        round(impulse.impulse_share, 4) as impulse_share,
+        round(impulse.healthy_share, 4) as healthy_share,
+        round(per_person.late_night_share, 4) as late_night_share,
+        round(per_person.recent_weekly_spend_cny, 2) as recent_weekly_spend_cny,
+        if(per_person.has_baseline, round(per_person.baseline_weekly_spend_cny, 2), NULL) as baseline_weekly_spend_cny,
+        if(per_person.has_baseline and per_person.baseline_weekly_spend_cny > 0,
+           round(per_person.recent_weekly_spend_cny / per_person.baseline_weekly_spend_cny, 4), NULL) as spend_velocity,
+        round(balance.category_balance, 4) as category_balance,
+        if(recommendations.oneid = '', NULL, round(recommendations.accepted / recommendations.shown, 4)) as recommendation_acceptance
+    from per_person
+    left join impulse on impulse.oneid = per_person.oneid
+    left join balance on balance.oneid = per_person.oneid
+    left join recommendations on recommendations.oneid = per_person.oneid
+),
+
+final as (
+    select
+        *,
+        {{ linear_score('impulse_share', 0.5, 0.1) }} as impulse_score,
+        {{ linear_score('late_night_share', 0.5, 0.1) }} as late_night_score,
+        {{ linear_score('spend_velocity', 3.0, 1.2) }} as velocity_score,
+        round(100 * category_balance, 2) as balance_score,
+        if(recommendation_acceptance is null, NULL, round(100 * recommendation_acceptance, 2)) as acceptance_score,
+        {{ weighted_available({
+            'impulse_score': w['impulse'], 'late_night_score': w['late_night'],
+            'velocity_score': w['velocity'], 'balance_score': w['balance'],
+            'acceptance_score': w['acceptance']}) }} as spending_health_score,
+        (select as_of_date from observation) as as_of_date
+    from scored
+)
+
+select * from final

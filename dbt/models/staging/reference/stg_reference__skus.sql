@@ -1,0 +1,19 @@
+with source as (
+    select * from {{ source('reference', 'ref_skus') }}
+),
+
+renamed as (
+    select
+        sku,
+        name as sku_name,
+        name_en as sku_name_en,
+        category,
+        origin as catalogue_origin,
+        unit_price as list_price_cny,
+        product_class,
+        is_impulse,
+        is_healthy
+    from source
+)
+
+select * from renamed

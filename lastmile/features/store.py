@@ -1,0 +1,495 @@
+"""The Feast feature store from lastmile's settings: apply, materialize, read.
+
+One ``feature_store/feature_store.yaml`` describes the store with ``${VARIABLE}``
+placeholders; :func:`feature_env` derives every variable from :class:`lastmile.config.Settings`
+(plus the two feature-store variables in :data:`VARIABLES`), :func:`repo_config` fills them in
+and :func:`get_store` returns the ``FeatureStore``. The Feast CLI reads the same file after
+``eval "$(lastmile features env)"``.
+
+Materialization has two paths:
+
+* :func:`materialize` with ``fast=False`` is Feast's own ``materialize``/``materialize_incremental``
+  (pull the latest rows per entity through the offline store, convert with pyarrow,
+  ``online_write_batch``). About 1k rows/s here.
+* ``fast=True`` (the default) asks ClickHouse for the latest row per entity in the interval
+  (``LIMIT 1 BY``), builds the protobuf values column by column and writes them through the
+  online store's own ``online_write_batch``; for SQLite it writes the same rows Feast's SQLite
+  store writes, with ``executemany`` in one transaction. It records the interval in the
+  registry exactly as Feast does, so ``materialize_incremental`` and ``feast serve`` see the
+  same state whichever path ran.
+"""
+
+from __future__ import annotations
+
+import struct
+import re
+import time
+from dataclasses import dataclass, field
+from itertools import repeat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import yaml
+
+from lastmile.config import Settings, settings as current_settings
+
+#: The Feast repository shipped with lastmile.
+FEATURE_REPO = Path(__file__).resolve().parent.parent.parent / "feature_store"
+
+class FeatureStoreError(RuntimeError):
+    """The feature store is not set up (not applied, warehouse tables missing, ...)."""
+
+
+def repo_dir(cfg: Settings | None = None) -> Path:
+    """The Feast repository: LASTMILE_FEAST_REPO, or the feature_store/ shipped with lastmile."""
+    return Path((cfg or current_settings()).feast_repo or FEATURE_REPO)
+
+
+def feast_dir(cfg: Settings) -> Path:
+    return cfg.home / "feast"
+
+
+def feature_env(cfg: Settings | None = None) -> dict[str, str]:
+    """Values for every ``${...}`` in feature_store.yaml, derived from lastmile's settings."""
+    cfg = cfg or current_settings()
+    env = {
+        "LASTMILE_FEAST_REGISTRY": str(feast_dir(cfg) / "registry.db"),
+        "LASTMILE_FEAST_ONLINE_PATH": str(feast_dir(cfg) / "online.db"),
+        "LASTMILE_CLICKHOUSE_DATABASE": cfg.clickhouse_database,
+    }
+    if cfg.embedded:
+        env.update({"LASTMILE_FEAST_CH_HOST": "chdb", "LASTMILE_FEAST_CH_PORT": "8123",
+                    "LASTMILE_FEAST_CH_USER": "default", "LASTMILE_FEAST_CH_PASSWORD": "",
+                    "LASTMILE_FEAST_CH_INTERFACE": "chdb", "LASTMILE_FEAST_CH_PATH": str(cfg.warehouse_dir)})
+    else:
+        m = re.match(r"^(https?)://([^:/]+)(?::(\d+))?", cfg.clickhouse_url)
+        if not m:
+            raise FeatureStoreError(f"cannot read host and port from LASTMILE_CLICKHOUSE_URL={cfg.clickhouse_url!r}")
+        scheme, host, port = m.groups()
+        env.update({"LASTMILE_FEAST_CH_HOST": host, "LASTMILE_FEAST_CH_PORT": port or ("8443" if scheme == "https" else "8123"),
+                    "LASTMILE_FEAST_CH_USER": cfg.clickhouse_user, "LASTMILE_FEAST_CH_PASSWORD": cfg.clickhouse_password,
+                    "LASTMILE_FEAST_CH_INTERFACE": scheme, "LASTMILE_FEAST_CH_PATH": ""})
+    return env
+
+
+def online_store_config(cfg: Settings) -> dict[str, Any] | None:
+    """The Redis online store section when LASTMILE_FEAST_ONLINE_STORE says so, else None (SQLite)."""
+    url = cfg.feast_online_store.strip()
+    if not url or url == "sqlite":
+        return None
+    m = re.match(r"^redis://([^:/]+)(?::(\d+))?(?:/(\d+))?$", url)
+    if not m:
+        raise FeatureStoreError(f"LASTMILE_FEAST_ONLINE_STORE must be empty, sqlite or redis://host:port[/db], not {url!r}")
+    host, port, db = m.groups()
+    conn = f"{host}:{port or 6379}" + (f",db={db}" if db else "")
+    return {"type": "redis", "connection_string": conn}
+
+
+def resolved_yaml(cfg: Settings | None = None) -> dict[str, Any]:
+    """feature_store.yaml with every placeholder filled in (and Redis swapped in if configured)."""
+    cfg = cfg or current_settings()
+    env = feature_env(cfg)
+    text = (repo_dir() / "feature_store.yaml").read_text()
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in env:
+            raise FeatureStoreError(f"feature_store.yaml uses ${{{name}}}, which lastmile does not set")
+        return env[name]
+
+    raw = yaml.safe_load(re.sub(r"\$\{([A-Z0-9_]+)\}", sub, text))
+    if raw["offline_store"].get("additional_client_args", {}).get("interface") != "chdb":
+        raw["offline_store"]["additional_client_args"] = {"interface": env["LASTMILE_FEAST_CH_INTERFACE"]}
+    redis = online_store_config(cfg)
+    if redis:
+        raw["online_store"] = redis
+    return raw
+
+
+def repo_config(cfg: Settings | None = None):
+    from feast.repo_config import RepoConfig
+
+    import lastmile.features.offline_store  # noqa: F401  (installs the kept-open client)
+
+    raw = resolved_yaml(cfg)
+    config = RepoConfig(**raw)
+    config.repo_path = repo_dir()
+    return config
+
+
+_stores: dict[tuple, Any] = {}
+
+
+def get_store(cfg: Settings | None = None, fresh: bool = False):
+    """The FeatureStore for these settings (one per process and configuration)."""
+    from feast import FeatureStore
+
+    cfg = cfg or current_settings()
+    key = (cfg, str(repo_dir(cfg)))
+    if fresh or key not in _stores:
+        feast_dir(cfg).mkdir(parents=True, exist_ok=True)
+        _stores[key] = FeatureStore(repo_path=str(repo_dir()), config=repo_config(cfg))
+    return _stores[key]
+
+
+@dataclass
+class Definitions:
+    entities: list
+    data_sources: list
+    feature_views: list
+    feature_services: list
+
+
+def definitions() -> Definitions:
+    """The objects declared in the repository's Python files, collected as ``feast apply`` does.
+
+    (Feast's own ``parse_repo`` insists on the working directory being the repository; this
+    loads each file by path instead, honouring ``.feastignore``.)
+    """
+    import importlib.util
+
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    ignore = set()
+    if (repo_dir() / ".feastignore").exists():
+        ignore = {line.strip() for line in (repo_dir() / ".feastignore").read_text().splitlines() if line.strip()}
+    found = Definitions([], [], [], [])
+    seen: set[int] = set()
+    for path in sorted(repo_dir().glob("*.py")):
+        if path.name in ignore or path.name.startswith("_"):
+            continue
+        spec = importlib.util.spec_from_file_location(f"lastmile_feature_repo_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        for obj in vars(module).values():
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, Entity):
+                found.entities.append(obj)
+            elif isinstance(obj, FeatureView):
+                found.feature_views.append(obj)
+                if obj.stream_source is not None:
+                    found.data_sources.append(obj.stream_source)
+                found.data_sources.append(obj.batch_source)
+            elif isinstance(obj, FeatureService):
+                found.feature_services.append(obj)
+            elif isinstance(obj, DataSource):
+                found.data_sources.append(obj)
+    names: dict[str, Any] = {}
+    for ds in found.data_sources:
+        names.setdefault(ds.name, ds)
+    found.data_sources = list(names.values())
+    return found
+
+
+@dataclass
+class ApplyReport:
+    tables: dict[str, int]
+    objects: dict[str, list[str]]
+    yaml_path: Path
+    seconds: float
+
+    def summary(self) -> str:
+        objs = ", ".join(f"{len(v)} {k}" for k, v in self.objects.items())
+        return f"feature store applied in {self.seconds:.1f} s: {objs}; feature tables: " + ", ".join(
+            f"{t} {n:,}" for t, n in self.tables.items())
+
+
+def apply(cfg: Settings | None = None, build_tables: bool = True) -> ApplyReport:
+    """`lastmile features apply`: build the feat_* tables, then register the repository.
+
+    Also writes the resolved configuration to ``$LASTMILE_HOME/feast/feature_store.yaml`` so
+    ``feast -f <that file> serve`` serves exactly this store (SQLite or Redis).
+    """
+    from lastmile.features.tables import build_feature_tables
+    from lastmile.warehouse import connect
+
+    cfg = cfg or current_settings()
+    t0 = time.perf_counter()
+    tables: dict[str, int] = {}
+    if build_tables:
+        tables = build_feature_tables(connect(cfg)).rows
+    store = get_store(cfg)
+    repo = definitions()
+    objects = [*repo.entities, *repo.data_sources, *repo.feature_views, *repo.feature_services]
+    store.apply(objects)
+    store.refresh_registry()
+    out = feast_dir(cfg) / "feature_store.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Generated by `lastmile features apply` from feature_store/feature_store.yaml.\n"
+                   + yaml.safe_dump(resolved_yaml(cfg), sort_keys=False))
+    return ApplyReport(
+        tables=tables,
+        objects={"entities": [e.name for e in repo.entities], "feature_views": [v.name for v in repo.feature_views],
+                 "feature_services": [s.name for s in repo.feature_services]},
+        yaml_path=out, seconds=time.perf_counter() - t0)
+
+
+# -- materialization ---------------------------------------------------------------------------
+
+
+@dataclass
+class MaterializeReport:
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    path: str = "fast"
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.total_rows / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"materialized {self.total_rows:,} entity rows ({self.path} path) in {self.seconds:.2f} s "
+                f"= {self.rows_per_s:,.0f} rows/s: " + ", ".join(f"{k} {v:,}" for k, v in self.rows.items()))
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def materialize(cfg: Settings | None = None, end: datetime | None = None, start: datetime | None = None,
+                views: Sequence[str] | None = None, fast: bool = True, incremental: bool = True) -> MaterializeReport:
+    """`lastmile features materialize`: load the latest feature values into the online store.
+
+    Incremental by default: each view starts where its last materialization ended (or its TTL
+    before ``end`` the first time), as ``feast materialize-incremental`` does. ``end``
+    defaults to now. Push-only data (customer_realtime) is written by the worker, not here.
+    """
+    cfg = cfg or current_settings()
+    store = get_store(cfg)
+    end = _utc(end or datetime.now(timezone.utc))
+    fvs = [fv for fv in store.list_feature_views() if fv.online and (views is None or fv.name in views)]
+    report = MaterializeReport(path="fast" if fast else "feast", start=start, end=end)
+    t0 = time.perf_counter()
+    if not fast:
+        names = [fv.name for fv in fvs]
+        if incremental and start is None:
+            store.materialize_incremental(end_date=end, feature_views=names)
+        else:
+            store.materialize(start_date=start or datetime(2000, 1, 1, tzinfo=timezone.utc), end_date=end,
+                              feature_views=names)
+        report.seconds = time.perf_counter() - t0
+        report.rows = {n: -1 for n in names}
+        return report
+    for fv in fvs:
+        fv_start = start
+        if fv_start is None:
+            if incremental and fv.most_recent_end_time is not None:
+                fv_start = fv.most_recent_end_time
+            else:
+                # First load: the latest value of every entity, however old (Feast would start
+                # at end - ttl, which leaves a replayed or historical data set empty online).
+                fv_start = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        n = _materialize_view(cfg, store, fv, _utc(fv_start), end)
+        report.rows[fv.name] = n
+        store.registry.apply_materialization(fv, store.project, _utc(fv_start), end, commit=True)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _table_of(fv) -> str:
+    source = fv.batch_source
+    table = source.get_table_query_string()
+    if table.startswith("("):
+        raise FeatureStoreError(f"fast materialization needs a table source, {fv.name} reads a query")
+    return table
+
+
+def _latest_rows(cfg: Settings, fv, start: datetime, end: datetime) -> dict[str, list[Any]]:
+    """Latest row per entity in (start, end] straight from ClickHouse, as Python lists per column."""
+    from lastmile.warehouse import connect, quote_ident
+
+    keys = list(fv.join_keys)
+    features = [f.name for f in fv.features]
+    ts = fv.batch_source.timestamp_field
+    latest = ", ".join(f"argMax({quote_ident(c)}, {quote_ident(ts)}) AS {quote_ident(c)}" for c in features)
+    sql = (f"SELECT {', '.join(quote_ident(k) for k in keys)}, {latest}, "
+           f"toInt64(toUnixTimestamp(max({quote_ident(ts)}))) AS _event_ts_s "
+           f"FROM {quote_ident(_table_of(fv))} "
+           f"WHERE {quote_ident(ts)} > fromUnixTimestamp64Milli({int(start.timestamp() * 1000)}, 'UTC') "
+           f"AND {quote_ident(ts)} <= fromUnixTimestamp64Milli({int(end.timestamp() * 1000)}, 'UTC') "
+           f"GROUP BY {', '.join(quote_ident(k) for k in keys)}")
+    table = connect(cfg).client.query_arrow(sql)
+    if table.num_rows == 0:
+        return {}
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+# Protobuf encodings of feast.types.Value, written directly (tests/test_features_units.py
+# checks them byte for byte against ValueProto.SerializeToString()).
+_DOUBLE = struct.Struct("<d")
+_U32 = struct.Struct("<I")
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_values(values: Sequence[Any], kind: str) -> list[bytes]:
+    """Serialized ``feast.types.Value`` messages for one column (None/NaN -> empty message)."""
+    if kind == "double":
+        pack = _DOUBLE.pack
+        return [b"" if v is None or v != v else b")" + pack(v) for v in values]
+    if kind == "int64":
+        return [b"" if v is None else (b" " + bytes((v,)) if 0 <= v < 128 else b" " + _varint(int(v))) for v in values]
+    if kind == "bool":
+        return [b"" if v is None else (b"8\x01" if v else b"8\x00") for v in values]
+    out = []
+    for v in values:
+        if v is None:
+            out.append(b"")
+        else:
+            raw = str(v).encode("utf8")
+            out.append(b"\x12" + _varint(len(raw)) + raw)
+    return out
+
+
+def value_texts(values: Sequence[Any], kind: str) -> list[str | None]:
+    """The ``value_text`` column Feast's SQLite store keeps next to each value."""
+    if kind == "double":
+        return [None if v is None or v != v else str(float(v)) for v in values]
+    if kind == "bool":
+        return [None if v is None else str(bool(v)) for v in values]
+    return [None if v is None else str(v) for v in values]
+
+
+def encode_entity_keys(join_keys: Sequence[str], columns: Sequence[Sequence[Any]]) -> list[bytes]:
+    """feast's ``serialize_entity_key`` (version 3) for string join keys, for many rows at once."""
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
+    head = [_U32.pack(len(join_keys))]
+    for i in order:
+        k = join_keys[i].encode("utf8")
+        head += [_U32.pack(2), _U32.pack(len(k)), k]  # 2 = ValueType.STRING
+    prefix = b"".join(head)
+    cols = [columns[i] for i in order]
+    out = []
+    for row in zip(*cols):
+        parts = [prefix]
+        for v in row:
+            raw = str(v).encode("utf8")
+            parts += [_U32.pack(2), _U32.pack(len(raw)), raw]
+        out.append(b"".join(parts))
+    return out
+
+
+def _protos(values: Iterable[Any], kind: str) -> list:
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    empty = ValueProto()
+    if kind == "double":
+        return [empty if v is None or v != v else ValueProto(double_val=v) for v in values]
+    if kind == "int64":
+        return [empty if v is None else ValueProto(int64_val=int(v)) for v in values]
+    if kind == "bool":
+        return [empty if v is None else ValueProto(bool_val=bool(v)) for v in values]
+    return [empty if v is None else ValueProto(string_val=str(v)) for v in values]
+
+
+def _kind(dtype) -> str:
+    from feast.types import Bool, Float32, Float64, Int32, Int64
+
+    if dtype in (Float64, Float32):
+        return "double"
+    if dtype in (Int64, Int32):
+        return "int64"
+    if dtype == Bool:
+        return "bool"
+    return "string"
+
+
+def _materialize_view(cfg: Settings, store, fv, start: datetime, end: datetime) -> int:
+    cols = _latest_rows(cfg, fv, start, end)
+    if not cols:
+        return 0
+    keys = list(fv.join_keys)
+    n = len(cols[keys[0]])
+    online = store._get_provider().online_store
+    config = store.config
+    if (type(online).__name__ == "SqliteOnlineStore" and not config.online_store.vector_enabled
+            and not getattr(config.online_store, "enable_openai_compatible_store", False)
+            and config.entity_key_serialization_version == 3):
+        _sqlite_bulk_write(config, online, fv, cols)
+        return n
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    names = [f.name for f in fv.features]
+    proto_cols = [_protos(cols[f.name], _kind(f.dtype)) for f in fv.features]
+    key_values = [cols[k] for k in keys]
+    ts = [datetime.fromtimestamp(t, timezone.utc) for t in cols["_event_ts_s"]]
+    data = []
+    for i in range(n):
+        ek = EntityKeyProto(join_keys=keys, entity_values=[ValueProto(string_val=str(kv[i])) for kv in key_values])
+        data.append((ek, {name: col[i] for name, col in zip(names, proto_cols)}, ts[i], None))
+    online.online_write_batch(config, fv, data, progress=None)
+    return n
+
+
+def _sqlite_bulk_write(config, online, fv, cols: dict[str, list[Any]]) -> None:
+    """The rows Feast's SqliteOnlineStore.online_write_batch writes, with one executemany.
+
+    Same table, same columns, same bytes (entity key v3, Value messages, value_text, event_ts
+    as epoch seconds, which is what Feast's registered sqlite3 datetime adapter stores).
+    """
+    from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+    conn = online._get_conn(config)
+    table = _table_id(config.project, fv, config.registry.enable_online_feature_view_versioning)
+    keys_bin = encode_entity_keys(list(fv.join_keys), [cols[k] for k in fv.join_keys])
+    ts = cols["_event_ts_s"]
+    sql = (f"INSERT INTO {_quote_id(table)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+           "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+           "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+           "created_ts = excluded.created_ts")
+    with conn:
+        for f in fv.features:
+            kind = _kind(f.dtype)
+            values = cols[f.name]
+            conn.executemany(sql, zip(keys_bin, repeat(f.name), encode_values(values, kind),
+                                      value_texts(values, kind), ts))
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def online_features(cfg: Settings | None, features: Any, entity_rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Online values for ``entity_rows`` (a feature service name or object, or feature refs)."""
+    store = get_store(cfg)
+    if isinstance(features, str):
+        features = store.get_feature_service(features)
+    return store.get_online_features(features=features, entity_rows=entity_rows).to_dict()
+
+
+def historical_features(cfg: Settings | None, features: Any, entity_df):
+    """Point-in-time correct training frame for ``entity_df`` (needs an ``event_timestamp`` column)."""
+    store = get_store(cfg)
+    if isinstance(features, str):
+        features = store.get_feature_service(features)
+    return store.get_historical_features(entity_df=entity_df, features=features).to_df()
+
+
+def shell_env(cfg: Settings | None = None) -> str:
+    """`lastmile features env`: export lines for the Feast CLI (``eval "$(lastmile features env)"``)."""
+    import shlex
+
+    env = feature_env(cfg)
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())

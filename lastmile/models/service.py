@@ -1,0 +1,109 @@
+"""Scoring at request time: online features from Feast, the saved models, the policy.
+
+Used by the HTTP API (lastmile/api.py) and by ``lastmile recommend``. Reads only the online
+store (never the warehouse) and the model files under ``$LASTMILE_HOME/models``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date, datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from lastmile.config import Settings, settings as current_settings
+from lastmile.features.tables import CATEGORIES, TZ
+from lastmile.models.policy import CapLedger, SpendingPolicy
+from lastmile.models.recommender import MODEL_NAME as RECO, RecommenderModel, candidate_features, model_dir
+from lastmile.models.spending import MODEL_NAME as SPEND, SpendingModel
+
+CUSTOMER_VIEWS = ("customer_profile", "customer_credit", "spending_health", "category_affinity",
+                  "customer_realtime", "customer_consent")
+CANDIDATE_VIEWS = ("next_purchase", "community_bestsellers", "sku_catalog")
+
+
+class UnknownCustomer(LookupError):
+    """No feature of this OneID is in the online store."""
+
+
+class ModelsMissing(RuntimeError):
+    """`lastmile train` has not been run for this data directory."""
+
+
+class ModelService:
+    def __init__(self, cfg: Settings | None = None, policy: SpendingPolicy | None = None,
+                 ledger: CapLedger | None = None) -> None:
+        from lastmile.features.store import get_store
+
+        self.cfg = cfg or current_settings()
+        self.store = get_store(self.cfg)
+        try:
+            self.reco = RecommenderModel.load(model_dir(self.cfg, RECO))
+            self.spend = SpendingModel.load(model_dir(self.cfg, SPEND))
+        except FileNotFoundError as exc:
+            raise ModelsMissing(f"no trained models under {self.cfg.home / 'models'}: run `lastmile train`") from exc
+        self.policy = policy or SpendingPolicy()
+        self.ledger = ledger or CapLedger()
+        self.customer_refs = self._refs(CUSTOMER_VIEWS)
+        self.candidate_refs = self._refs(CANDIDATE_VIEWS)
+
+    def _refs(self, views: tuple[str, ...]) -> list[str]:
+        return [f"{v}:{f.name}" for v in views for f in self.store.get_feature_view(v).features]
+
+    # -- features --------------------------------------------------------------------------
+
+    def customer_features(self, oneid: str) -> dict[str, Any]:
+        got = self.store.get_online_features(features=self.customer_refs, entity_rows=[{"oneid": oneid}]).to_dict()
+        row = {k: v[0] for k, v in got.items()}
+        if all(row.get(ref.split(":")[1]) is None for ref in self.customer_refs):
+            raise UnknownCustomer(oneid)
+        return row
+
+    def spending_health(self, oneid: str, features: dict[str, Any] | None = None) -> dict[str, Any]:
+        row = features or self.customer_features(oneid)
+        result = self.spend.assess(row)
+        result.update({"oneid": oneid, "dietary_need_declared": bool(row.get("dietary_need_declared")),
+                       "model": {"name": SPEND, "feature_service": self.spend.feature_service,
+                                 "trained_at": self.spend.trained_at}})
+        return result
+
+    # -- recommendations ------------------------------------------------------------------
+
+    def recommend(self, oneid: str, limit: int = 10, now: datetime | None = None) -> dict[str, Any]:
+        now = now or datetime.now(timezone.utc)
+        today: date = now.astimezone(ZoneInfo(TZ)).date()
+        row = self.customer_features(oneid)
+        community = row.get("home_community_id") or ""
+        scores = self.reco.candidates.score_all(oneid)
+        ranked_als = sorted(scores, key=lambda s: -scores[s])
+        rank = {s: i for i, s in enumerate(ranked_als)}
+        cands = list(dict.fromkeys(ranked_als[:25] + self.reco.popular.get(community, [])[:15]))
+        if not cands:
+            cands = list(self.reco.candidates.items)
+        got = self.store.get_online_features(
+            features=self.candidate_refs,
+            entity_rows=[{"oneid": oneid, "community_id": community, "sku": s} for s in cands]).to_dict()
+        as_of = now.timestamp()
+        items = []
+        for i, sku in enumerate(cands):
+            cand = dict(row)
+            cand.update({k: v[i] for k, v in got.items()})
+            x = candidate_features(cand, scores.get(sku, 0.0), rank.get(sku, 99), as_of)
+            score = float(self.reco.reranker.decision(x)) if x else 0.0
+            items.append({"sku": sku, "score": round(score, 4), "category": cand.get("sku_category"),
+                          "is_impulse": bool(cand.get("sku_is_impulse")), "is_healthy": bool(cand.get("sku_is_healthy")),
+                          "community_rank_28d": cand.get("cb_rank_28d"),
+                          "bought_before": int(cand.get("np_purchases") or 0)})
+        items.sort(key=lambda r: -r["score"])
+        health = self.spend.assess(row)
+        exempt = bool(row.get("dietary_need_declared"))
+        affinity = {c: float(row.get(f"aff_{c}") or 0.0) for c in CATEGORIES}
+        decision = self.policy.apply(oneid, items, health, exempt, affinity, self.ledger, today, limit)
+        return {
+            "oneid": oneid, "community_id": community, "items": decision.items, "nudges": decision.nudges,
+            "policy": {"at_risk": decision.at_risk, "risk_score": health["risk_score"], "capped": decision.capped,
+                       "daily_cap": decision.cap, "shown_today": decision.shown_today, "exempt": decision.exempt,
+                       "note": decision.note},
+            "model": {"name": RECO, "feature_service": self.reco.feature_service, "trained_at": self.reco.trained_at,
+                      "candidate_backend": self.reco.candidates.backend, "beats_baseline": self.reco.beats_baseline},
+        }

@@ -1,0 +1,245 @@
+"""Run the dbt project (dbt/) in-process: reference data, ``dbt build``, ``dbt docs``.
+
+Why in-process (dbtRunner) rather than a ``dbt`` subprocess: with the embedded warehouse,
+chDB lets one process open ``$LASTMILE_HOME/warehouse``. A ``lastmile`` command that has
+already opened it (to ingest, to load reference data, to check quality) must run dbt
+itself; a subprocess would be locked out. Inside one process, dbt's connections and
+lastmile's client share the engine (see :mod:`lastmile.dbt_chdb`).
+
+Reference data (communities, buildings, lockers, merchants, SKUs, ...) comes from the data
+directory the simulator or the business writes (``$LASTMILE_HOME/reference/*.jsonl``), not
+from committed seeds: it belongs to the data set, and a seed copy of one simulation would
+silently disagree with the next. :func:`load_reference` loads each file into a ``ref_*``
+table with a declared structure, replacing the table atomically.
+
+The dbt artefacts (``target/``, logs) go under ``$LASTMILE_HOME/dbt`` so that two data
+directories never share a partial-parse cache or a manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lastmile.config import Settings, settings as current_settings
+
+#: The dbt project shipped with lastmile.
+DBT_DIR = Path(__file__).resolve().parent.parent / "dbt"
+
+#: ref_<name> table -> (ClickHouse structure, sorting key). The structure is the contract of
+#: the reference files; a file with an unknown field fails the load instead of being guessed.
+REFERENCE_TABLES: dict[str, tuple[str, str]] = {
+    "communities": ("community_id String, name String, city String, district String, alliance_id Nullable(String), "
+                    "building_count Int64, locker_count Int64", "community_id"),
+    "buildings": ("building_id String, community_id String, name String, leader_id String, households Int64, "
+                  "residents Int64, home_locker_id String, box_id String", "building_id"),
+    "leaders": ("leader_id String, community_id String, building_id String, person_id String, retired_teacher Bool, "
+                "neighbours Int64", "leader_id"),
+    "lockers": ("locker_id String, community_id String, has_battery Bool, "
+                "compartments Array(Tuple(compartment_id String, product_class String))", "locker_id"),
+    "recycling_boxes": ("box_id String, community_id String, location String, accepts Array(String)", "box_id"),
+    "merchants": ("merchant_id String, name String, category_focus String, alliance_id Nullable(String)", "merchant_id"),
+    "skus": ("sku String, name String, name_en String, category String, origin String, unit_price Float64, "
+             "product_class String, is_impulse Bool, is_healthy Bool", "sku"),
+}
+
+
+@dataclass
+class NodeResult:
+    """One dbt node that did not succeed."""
+
+    unique_id: str
+    status: str
+    message: str
+
+
+@dataclass
+class BuildResult:
+    """What a dbt invocation did: overall success, counts per status, and the failures."""
+
+    command: str
+    success: bool
+    seconds: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    failures: list[NodeResult] = field(default_factory=list)
+    reference_rows: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"command": self.command, "success": self.success, "seconds": round(self.seconds, 2),
+                "statuses": self.statuses, "reference_rows": self.reference_rows,
+                "failures": [vars(f) for f in self.failures]}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
+        return f"dbt {self.command}: {'ok' if self.success else 'FAILED'} in {self.seconds:.1f} s ({counts})"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def load_reference(cfg: Settings | None = None, reference_dir: Path | None = None) -> dict[str, int]:
+    """Load ``reference/*.jsonl`` into ``ref_*`` tables; returns rows per table.
+
+    ``CREATE OR REPLACE ... AS SELECT`` builds the new table and swaps it in one step, so a
+    reader (BI, a concurrent dbt run on a server) never sees a half-loaded table. The data
+    travels inside the statement, which works the same on chDB and on a server (the server
+    cannot read this machine's files); reference files are small (thousands of rows).
+    """
+    from lastmile.warehouse import connect
+
+    cfg = cfg or current_settings()
+    folder = reference_dir or cfg.home / "reference"
+    missing = [n for n in REFERENCE_TABLES if not (folder / f"{n}.jsonl").exists()]
+    if missing:
+        raise FileNotFoundError(f"reference data missing in {folder}: {', '.join(f'{m}.jsonl' for m in missing)}"
+                                " (run `lastmile simulate` or publish the master data there)")
+    warehouse = connect(cfg)
+    loaded: dict[str, int] = {}
+    for name, (structure, key) in REFERENCE_TABLES.items():
+        data = (folder / f"{name}.jsonl").read_text(encoding="utf-8").strip()
+        warehouse.command(
+            f"CREATE OR REPLACE TABLE ref_{name} ENGINE = MergeTree ORDER BY {key} "
+            f"COMMENT {_sql_string(f'Reference data loaded from {name}.jsonl by lastmile.transform.load_reference.')} "
+            f"AS SELECT * FROM format(JSONEachRow, {_sql_string(structure)}, {_sql_string(data)})",
+            settings={"input_format_skip_unknown_fields": 0},
+        )
+        loaded[f"ref_{name}"] = int(warehouse.scalar(f"SELECT count() FROM ref_{name}"))
+    return loaded
+
+
+@contextmanager
+def _environment(cfg: Settings) -> Iterator[None]:
+    """Expose ``cfg`` to dbt's profile (which reads the LASTMILE_* variables) for one run."""
+    values = {
+        "LASTMILE_HOME": str(cfg.home),
+        "LASTMILE_CLICKHOUSE_URL": cfg.clickhouse_url,
+        "LASTMILE_CLICKHOUSE_USER": cfg.clickhouse_user,
+        "LASTMILE_CLICKHOUSE_PASSWORD": cfg.clickhouse_password,
+        "LASTMILE_CLICKHOUSE_DATABASE": cfg.clickhouse_database,
+        "DO_NOT_TRACK": os.environ.get("DO_NOT_TRACK", "1"),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _dbt_args(cfg: Settings, command: Sequence[str], quiet: bool = False) -> list[str]:
+    work = cfg.home / "dbt"
+    return [*(["--quiet"] if quiet else []), *command, "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
+            "--target-path", str(work / "target"), "--log-path", str(work / "logs")]
+
+
+def invoke(cfg: Settings | None, command: Sequence[str], quiet: bool = False) -> tuple[BuildResult, Any]:
+    """Run any dbt command in this process; returns the summary and dbt's own result.
+
+    ``quiet`` keeps dbt's log off stdout (errors still show), for ``--json`` output."""
+    from dbt.cli.main import dbtRunner
+
+    from lastmile import dbt_chdb
+
+    cfg = cfg or current_settings()
+    if cfg.embedded:
+        dbt_chdb.patch()
+    started = time.perf_counter()
+    with _environment(cfg):
+        outcome = dbtRunner().invoke(_dbt_args(cfg, command, quiet))
+    seconds = time.perf_counter() - started
+    statuses: Counter[str] = Counter()
+    failures: list[NodeResult] = []
+    results = getattr(outcome.result, "results", None) or []
+    for r in results:
+        status = str(getattr(r.status, "value", r.status))
+        statuses[status] += 1
+        if status in ("error", "fail", "runtime error"):
+            failures.append(NodeResult(r.node.unique_id, status, " ".join(str(r.message or "").split())[:500]))
+    if outcome.exception is not None:
+        failures.append(NodeResult("dbt", "exception", " ".join(str(outcome.exception).split())[:500]))
+    return BuildResult(" ".join(command), bool(outcome.success), seconds, dict(statuses), failures), outcome
+
+
+def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None, full_refresh: bool = False,
+          exclude: str | Sequence[str] | None = None, load_reference_data: bool = True, quiet: bool = False) -> BuildResult:
+    """Load reference data, then ``dbt build`` (models, tests, unit tests) in this process.
+
+    ``full_refresh`` rebuilds incremental facts from scratch: needed after a backfill of
+    events older than the lookback window (vars.lookback_days), or after a formula change.
+    """
+    cfg = cfg or current_settings()
+    loaded = load_reference(cfg) if load_reference_data else {}
+    command = ["build"]
+    for flag, value in (("--select", select), ("--exclude", exclude)):
+        if value:
+            command += [flag, *([value] if isinstance(value, str) else list(value))]
+    if full_refresh:
+        command.append("--full-refresh")
+    result, _ = invoke(cfg, command, quiet)
+    result.reference_rows = loaded
+    return result
+
+
+def run(cfg: Settings | None = None, select: str | Sequence[str] | None = None, full_refresh: bool = False,
+        quiet: bool = False) -> BuildResult:
+    """Load reference data, then ``dbt run`` (models only, no tests): for jobs that only need
+    fresh marts and gate them afterwards with :func:`lastmile.quality.check`."""
+    cfg = cfg or current_settings()
+    loaded = load_reference(cfg)
+    command = ["run"]
+    if select:
+        command += ["--select", *([select] if isinstance(select, str) else list(select))]
+    if full_refresh:
+        command.append("--full-refresh")
+    result, _ = invoke(cfg, command, quiet)
+    result.reference_rows = loaded
+    return result
+
+
+def docs(cfg: Settings | None = None, quiet: bool = False) -> Path:
+    """``dbt docs generate --static``: one self-contained HTML file; returns its path."""
+    cfg = cfg or current_settings()
+    result, _ = invoke(cfg, ["docs", "generate", "--static"], quiet)
+    if not result.success:
+        raise RuntimeError(result.summary() + "; " + "; ".join(f"{f.unique_id}: {f.message}" for f in result.failures))
+    path = cfg.home / "dbt" / "target" / "static_index.html"
+    if not path.exists():
+        raise RuntimeError(f"dbt docs generate succeeded but wrote no {path}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lastmile.transform [build|docs|load-reference] [--full-refresh] [--select S]``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m lastmile.transform", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["build", "docs", "load-reference"])
+    parser.add_argument("--select", "-s", default=None)
+    parser.add_argument("--exclude", default=None)
+    parser.add_argument("--full-refresh", action="store_true")
+    args = parser.parse_args(argv)
+    if args.action == "load-reference":
+        print(json.dumps(load_reference()))
+        return 0
+    if args.action == "docs":
+        print(docs())
+        return 0
+    result = build(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh)
+    print(json.dumps(result.as_dict(), ensure_ascii=False))
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

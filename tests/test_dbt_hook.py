@@ -1,0 +1,71 @@
+"""The chDB hook for dbt-clickhouse: only the sentinel host is redirected, lazily, idempotently."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import types
+from pathlib import Path
+
+from lastmile import dbt_chdb
+from lastmile.config import Settings
+
+
+def fake_httpclient() -> types.ModuleType:
+    module = types.ModuleType("fake_httpclient")
+
+    class ChHttpClient:
+        def __init__(self) -> None:
+            self._conn_settings = {"session_id": "dbt::x", "mutations_sync": "2"}
+
+        def _create_client(self, credentials):  # the original: would open an HTTP connection
+            return ("http", credentials.host)
+
+    module.ChHttpClient = ChHttpClient
+    return module
+
+
+def test_server_hosts_keep_the_original_client() -> None:
+    module = fake_httpclient()
+    dbt_chdb.patch(module)
+    creds = types.SimpleNamespace(host="clickhouse.internal")
+    assert module.ChHttpClient()._create_client(creds) == ("http", "clickhouse.internal")
+
+
+def test_patch_is_idempotent() -> None:
+    module = fake_httpclient()
+    dbt_chdb.patch(module)
+    first = module.ChHttpClient._create_client
+    dbt_chdb.patch(module)
+    assert module.ChHttpClient._create_client is first
+
+
+def test_sentinel_host_opens_the_embedded_warehouse(home: Settings) -> None:
+    module = fake_httpclient()
+    dbt_chdb.patch(module)
+    client = module.ChHttpClient()._create_client(types.SimpleNamespace(host=dbt_chdb.SENTINEL_HOST))
+    try:
+        assert client.command("SELECT 41 + 1") == 42
+        # The HTTP-only session id was dropped, the rest of dbt's settings kept.
+        assert client.get_client_setting("mutations_sync") == "2"
+        assert client.get_client_setting("session_id") is None
+        assert client.path == str(home.warehouse_dir)
+    finally:
+        client.close()
+
+
+def test_pth_line_is_guarded_and_hook_patches_dbt_on_import() -> None:
+    # A broken environment must never break Python start-up: the line swallows errors.
+    exec(compile(dbt_chdb.PTH_LINE.replace("lastmile.dbt_chdb", "lastmile.no_such_module"), "pth", "exec"), {})
+    # A clean interpreter: site-packages on the path but no .pth processed (-S), so only an
+    # explicit install_import_hook() can patch; without it dbt stays untouched.
+    root = str(Path(dbt_chdb.__file__).resolve().parent.parent)
+    prelude = f"import sys; sys.path[:0] = [{root!r}, {sysconfig.get_paths()['purelib']!r}];"
+    probe = ("import dbt.adapters.clickhouse.httpclient as h;"
+             "print(getattr(h.ChHttpClient._create_client, '_lastmile_chdb', False))")
+    hooked = prelude + "import lastmile.dbt_chdb as m; m.install_import_hook();" + probe
+    for code, expected in ((prelude + probe, "False"), (hooked, "True")):
+        out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == expected

@@ -1,0 +1,273 @@
+"""dbt on the embedded warehouse: one small simulation, one `dbt build`, then checks on what it built.
+
+The module builds ONE warehouse (4000 orders, 4 weeks, one community) and runs dbt once;
+the tests then read the marts, add late events to check incremental builds, and run the
+plain `dbt` command line once to check the chDB hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from lastmile import dbt_chdb, transform
+from lastmile.config import Settings, settings
+from lastmile.warehouse import close_all, connect
+from tests.factories import event
+
+pytestmark = pytest.mark.slow
+
+SCORE_COLUMNS = {
+    "service_temperature_index": ["traceability_score", "cold_chain_score", "punctuality_score", "communication_score",
+                                  "after_sales_score", "packaging_score", "service_temperature"],
+    "alliance_health_index": ["in_alliance_score", "cross_selling_score", "response_score", "turnover_score",
+                              "concentration_score", "retention_score", "alliance_health"],
+    "spending_health": ["impulse_score", "late_night_score", "velocity_score", "balance_score", "spending_health_score"],
+}
+
+def run_main_job(home, *args: str) -> None:
+    """`lastmile <args>` in its own process, as a user runs it.
+
+    Its own process because `lastmile run` also starts the PyFlink telemetry job, which
+    cannot run twice in one Python process; and chDB is released when it exits."""
+    env = {**os.environ, "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": "test-key-not-secret", "DO_NOT_TRACK": "1"}
+    env.pop("LASTMILE_CLICKHOUSE_URL", None)
+    out = subprocess.run([str(Path(sys.executable).with_name("lastmile")), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, transform.BuildResult]]:
+    """Simulate + ingest (the `lastmile run` main job), then `dbt build` in-process."""
+    home = tmp_path_factory.mktemp("dbt") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LASTMILE_HOME", str(home))
+        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
+        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
+        mp.setenv("DO_NOT_TRACK", "1")
+        close_all()
+        for command in [("run", "--orders", "4000", "--weeks", "4")]:
+            run_main_job(home, *command)
+        cfg = settings()
+        yield cfg, transform.build(cfg)
+        close_all()
+
+def frame(cfg: Settings, sql: str) -> pd.DataFrame:
+    return connect(cfg).client.query_df(sql)
+
+def test_build_passes_with_unit_tests(built: tuple[Settings, transform.BuildResult]) -> None:
+    _, result = built
+    assert result.success, result.failures
+    assert not result.failures
+    assert result.statuses.get("success", 0) >= 40  # models
+    assert result.statuses.get("pass", 0) >= 140  # data tests + unit tests
+    run_results = json.loads((built[0].home / "dbt" / "target" / "run_results.json").read_text())
+    units = [r for r in run_results["results"] if r["unique_id"].startswith("unit_test.")]
+    assert len(units) == 6 and all(r["status"] == "pass" for r in units)
+    assert result.reference_rows["ref_skus"] > 0
+
+def test_every_model_and_column_is_described(built: tuple[Settings, transform.BuildResult]) -> None:
+    cfg, _ = built
+    transform.docs(cfg)
+    target = cfg.home / "dbt" / "target"
+    manifest = json.loads((target / "manifest.json").read_text())
+    catalog = json.loads((target / "catalog.json").read_text())
+    missing: list[str] = []
+    for uid, node in manifest["nodes"].items():
+        if node["resource_type"] != "model":
+            continue
+        if not node["description"].strip():
+            missing.append(uid)
+        documented = {c for c, spec in node["columns"].items() if spec["description"].strip()}
+        built_columns = set(catalog["nodes"].get(uid, {}).get("columns", {}))
+        assert built_columns, f"{uid} is not in the catalog"
+        missing += [f"{uid}.{c}" for c in sorted(built_columns - documented)]
+    assert not missing, missing
+    assert (target / "static_index.html").stat().st_size > 100_000
+
+def test_credit_top_tier_held_between_15_and_18_percent(built: tuple[Settings, transform.BuildResult]) -> None:
+    cfg, _ = built
+    tiers = frame(cfg, "SELECT home_community_id, countIf(credit_tier = 'gold') / count() AS gold, count() AS n, "
+                       "min(credit_score) AS lo, max(credit_score) AS hi FROM neighbor_credit_score GROUP BY home_community_id")
+    assert len(tiers) >= 1 and (tiers["n"] >= 34).all()
+    assert tiers["gold"].between(0.15, 0.18).all(), tiers
+    assert (tiers["lo"] >= 0).all() and (tiers["hi"] <= 1000).all()
+    # Gold is earned: every gold score is at least every non-gold score of the community.
+    order = frame(cfg, "SELECT home_community_id, minIf(credit_score, credit_tier = 'gold') AS gold_floor, "
+                       "maxIf(credit_score, credit_tier != 'gold') AS rest_ceiling FROM neighbor_credit_score GROUP BY 1")
+    assert (order["gold_floor"] >= order["rest_ceiling"]).all()
+
+def test_indices_within_0_and_100(built: tuple[Settings, transform.BuildResult]) -> None:
+    cfg, _ = built
+    for table, columns in SCORE_COLUMNS.items():
+        stats = frame(cfg, f"SELECT count() AS n, {', '.join(f'min({c}) AS min_{c}, max({c}) AS max_{c}' for c in columns)} FROM {table}")
+        assert stats["n"][0] > 0, table
+        for c in columns:
+            if c == "velocity_score" and pd.isna(stats[f"min_{c}"][0]):
+                continue  # 4 weeks of data leave nobody the 2-week baseline before the last 28 days
+            assert 0 <= stats[f"min_{c}"][0] <= stats[f"max_{c}"][0] <= 100, (table, c)
+    # A missing measure stays NULL, it does not score 100: no baseline, no velocity score.
+    nulls = frame(cfg, "SELECT countIf(spend_velocity IS NULL) AS a, countIf(velocity_score IS NULL) AS b FROM spending_health")
+    assert nulls["a"][0] == nulls["b"][0] > 0
+    # No recommender yet: acceptance is NULL, not imputed.
+    assert frame(cfg, "SELECT countIf(recommendation_acceptance IS NOT NULL) AS n FROM spending_health")["n"][0] == 0
+
+def test_service_temperature_drops_in_excursion_weeks(built: tuple[Settings, transform.BuildResult]) -> None:
+    """Against the simulator's ground truth: the community-week with the most excursion minutes."""
+    cfg, _ = built
+    truth = pd.read_json(cfg.home / "truth" / "excursions.jsonl", lines=True)
+    start = pd.to_datetime(truth["start"].astype(str), utc=True).dt.tz_convert("Asia/Shanghai")
+    truth["week_start"] = (start.dt.normalize() - pd.to_timedelta(start.dt.weekday, unit="D")).dt.date
+    minutes = truth.groupby(["community_id", "week_start"])["minutes_out_of_range"].sum().rename("excursion_minutes").reset_index()
+    sti = frame(cfg, "SELECT grain_id AS community_id, week_start, cold_chain_score, service_temperature "
+                     "FROM service_temperature_index WHERE grain = 'community'")
+    sti["week_start"] = pd.to_datetime(sti["week_start"]).dt.date
+    merged = sti.merge(minutes, on=["community_id", "week_start"], how="left").fillna({"excursion_minutes": 0})
+    assert len(merged) >= 4
+    for _, weeks in merged.groupby("community_id"):
+        worst = weeks.loc[weeks["excursion_minutes"].idxmax()]
+        assert worst["cold_chain_score"] == weeks["cold_chain_score"].min()
+        assert worst["service_temperature"] < weeks["service_temperature"].max()
+    assert merged["excursion_minutes"].corr(merged["cold_chain_score"], method="spearman") < -0.5
+    assert merged["excursion_minutes"].corr(merged["service_temperature"], method="spearman") < 0
+
+def btyd_summary(orders: pd.DataFrame, observation_end: pd.Timestamp) -> pd.DataFrame:
+    """lifetimes.utils.summary_data_from_transaction_data(freq='D') re-implemented with pandas."""
+    orders = orders.assign(day=orders["ordered_at"].dt.tz_localize("UTC").dt.tz_convert("Asia/Shanghai").dt.normalize().dt.tz_localize(None))
+    daily = orders.groupby(["oneid", "day"], as_index=False)["amount"].sum().sort_values(["oneid", "day"])
+    first = daily.groupby("oneid")["day"].transform("min")
+    daily["is_first"] = daily["day"] == first
+    out = daily.groupby("oneid").agg(first=("day", "min"), last=("day", "max"), periods=("day", "count"))
+    out["frequency"] = out["periods"] - 1
+    out["recency"] = (out["last"] - out["first"]).dt.days
+    out["T"] = (observation_end - out["first"]).dt.days
+    repeat = daily[~daily["is_first"]].groupby("oneid")["amount"].mean()
+    out["monetary_value"] = repeat.reindex(out.index).fillna(0.0)
+    return out[["frequency", "recency", "T", "monetary_value"]]
+
+def test_rfm_matches_the_btyd_definitions(built: tuple[Settings, transform.BuildResult]) -> None:
+    cfg, _ = built
+    orders = frame(cfg, "SELECT e.oneid AS oneid, o.ordered_at AS ordered_at, toFloat64(o.total_amount_cny) AS amount "
+                        "FROM fct_orders AS o INNER JOIN event_oneid AS e ON e.event_id = o.event_id AND e.event_type = 'order' "
+                        "WHERE e.oneid != ''")
+    rfm = frame(cfg, "SELECT oneid, frequency, recency_days, t_days, monetary_value_cny, as_of_date FROM customer_rfm").set_index("oneid")
+    end = pd.Timestamp(rfm["as_of_date"].iloc[0])
+    expected = btyd_summary(orders, end)
+    assert set(expected.index) == set(rfm.index)
+    joined = expected.join(rfm, rsuffix="_mart")
+    assert (joined["frequency"].astype(int) == joined["frequency_mart"].astype(int)).all()
+    assert (joined["recency"] == joined["recency_days"]).all()
+    assert (joined["T"] == joined["t_days"]).all()
+    assert ((joined["monetary_value"] - joined["monetary_value_cny"]).abs() < 1e-3).all()
+    assert (joined["frequency"] > 0).sum() > 100  # the check means something
+    try:
+        from lifetimes.utils import summary_data_from_transaction_data
+    except ImportError:
+        return
+    day = orders.assign(date=orders["ordered_at"].dt.tz_localize("UTC").dt.tz_convert("Asia/Shanghai").dt.tz_localize(None))
+    lib = summary_data_from_transaction_data(day, "oneid", "date", "amount", observation_period_end=end, freq="D")
+    assert (lib["frequency"].astype(int) == rfm.loc[lib.index, "frequency"].astype(int)).all()
+
+def _late_events(cfg: Settings) -> tuple[list[dict], str, str, object]:
+    """A new order from a new neighbour, a late pickup of an old uncollected order, and a
+    6-hour excursion in a chilled compartment in the second week."""
+    wh = connect(cfg)
+    order_id, slot_end, compartment = wh.rows(
+        "SELECT order_id, slot_end_at, compartment_id FROM fct_orders WHERE NOT is_collected AND order_week = "
+        "(SELECT min(order_week) FROM fct_orders) ORDER BY order_id LIMIT 1")[0]
+    chilled = wh.rows("SELECT compartment_id, locker_id, community_id FROM stg_reference__compartments "
+                      "WHERE product_class = 'chilled' ORDER BY compartment_id LIMIT 1")[0]
+    building, leader = wh.rows("SELECT building_id, leader_id FROM stg_reference__buildings ORDER BY building_id LIMIT 1")[0]
+    merchant = wh.rows("SELECT merchant_id FROM stg_reference__merchants WHERE is_in_alliance ORDER BY merchant_id LIMIT 1")[0][0]
+    sku, category, origin = wh.rows("SELECT sku, category, catalogue_origin FROM stg_reference__skus WHERE product_class = 'chilled' ORDER BY sku LIMIT 1")[0]
+    week2 = wh.scalar("SELECT min(order_week) + 7 FROM fct_orders")
+    day = datetime.combine(week2, datetime.min.time()) + timedelta(days=2)  # Wednesday, business time
+    new_order = event("order", occurred_at=(day + timedelta(hours=9)).strftime("%Y-%m-%dT%H:%M:%S+08:00"),
+                      order_id="ord-late-000001", buyer={"phone": "13912345678", "unionid": "oWx2uLATEBUYER0000000001"},
+                      community_id=chilled[2], building_id=building, leader_id=leader, merchant_id=merchant,
+                      items=[{"sku": sku, "category": category, "qty": 2, "unit_price": 10.0, "origin": origin,
+                              "batch_id": f"{sku}-{day:%m%d}"}],
+                      total_amount=20.0, locker_id=chilled[1], compartment_id=chilled[0],
+                      delivery_slot_start=(day + timedelta(hours=18)).strftime("%Y-%m-%dT%H:%M:%S+08:00"),
+                      delivery_slot_end=(day + timedelta(hours=20)).strftime("%Y-%m-%dT%H:%M:%S+08:00"))
+    pickup_at = slot_end.replace(tzinfo=timezone.utc) + timedelta(hours=1)
+    late_pickup = event("pickup", occurred_at=pickup_at.isoformat(), order_id=order_id, locker_id=compartment.rsplit("-", 1)[0],
+                        compartment_id=compartment, collector={"phone": "13912345679"})
+    readings = [event("locker_telemetry", occurred_at=(day + timedelta(hours=1, minutes=5 * k, seconds=7)).strftime("%Y-%m-%dT%H:%M:%S+08:00"),
+                      locker_id=chilled[1], compartment_id=chilled[0], community_id=chilled[2], product_class="chilled",
+                      temperature_c=12.5, door="open") for k in range(72)]
+    return [new_order, late_pickup, *readings], order_id, chilled[2], week2
+
+def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: tuple[Settings, transform.BuildResult], tmp_path: Path) -> None:
+    from pipelines import beam_ingest
+
+    cfg, _ = built
+    wh = connect(cfg)
+    before_orders = wh.count("fct_orders", final=False)
+    events, late_order, community, week2 = _late_events(cfg)
+    before_sti = dict(wh.rows("SELECT week_start, service_temperature FROM service_temperature_index "
+                              "WHERE grain = 'community' AND grain_id = {c:String}", {"c": community}))
+    folder = tmp_path / "late"
+    folder.mkdir()
+    for name in ("order", "pickup", "locker_telemetry"):
+        lines = [orjson.dumps(e) for e in events if e["event_type"] == name]
+        (folder / f"{name}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    report = beam_ingest.run(folder, cfg=cfg)
+    assert report.quarantined == 0 and report.written == len(events)
+
+    result = transform.run(cfg)  # incremental: facts pick up only what is new or inside the lookback
+    assert result.success, result.failures
+    assert wh.count("fct_orders", final=False) == before_orders + 1
+    assert wh.scalar("SELECT is_collected FROM fct_orders WHERE order_id = {o:String}", {"o": late_order}) == 1
+    assert wh.scalar("SELECT oneid IS NOT NULL FROM fct_orders WHERE order_id = 'ord-late-000001'") == 1
+    after_sti = dict(wh.rows("SELECT week_start, service_temperature FROM service_temperature_index "
+                             "WHERE grain = 'community' AND grain_id = {c:String}", {"c": community}))
+    assert after_sti[week2] < before_sti[week2] - 2, (before_sti, after_sti)  # the injected excursion shows
+    others = [w for w in before_sti if w != week2]
+    assert max(abs(after_sti[w] - before_sti[w]) for w in others) < 1.0
+
+    # oneid is left out on purpose: fct_orders keeps the OneID of the build that wrote the row
+    # (documented); the customer marts re-join the current one.
+    columns = "order_id, is_collected, first_picked_up_at, hours_to_pickup, claim_count, review_stars, total_amount_cny, product_class"
+    incremental = wh.client.query_df(f"SELECT {columns} FROM fct_orders ORDER BY order_id")
+    full = transform.run(cfg, select="fct_orders", full_refresh=True)
+    assert full.success, full.failures
+    refreshed = wh.client.query_df(f"SELECT {columns} FROM fct_orders ORDER BY order_id")
+    pd.testing.assert_frame_equal(incremental, refreshed)
+
+def test_cold_chain_fact_follows_its_optional_source(built: tuple[Settings, transform.BuildResult]) -> None:
+    """`lastmile run` runs the PyFlink job, so the incidents exist; without it the fact is empty."""
+    cfg, _ = built
+    wh = connect(cfg)
+    if "cold_chain_incidents" in wh.tables():
+        assert wh.count("fct_cold_chain_incidents", final=False) == wh.count("cold_chain_incidents") > 0
+        assert wh.scalar("SELECT countIf(alliance_id IS NULL) FROM fct_cold_chain_incidents") == 0
+    else:
+        assert wh.count("fct_cold_chain_incidents", final=False) == 0
+
+@pytest.mark.skipif(not dbt_chdb.pth_path().exists(), reason="the dbt chDB hook is not installed (make install)")
+def test_plain_dbt_command_line_reaches_chdb(built: tuple[Settings, transform.BuildResult]) -> None:
+    """`dbt` as an analyst runs it, in its own process: the .pth hook points it at chDB."""
+    cfg, _ = built
+    close_all()  # chDB: one process per directory; hand it to the subprocess
+    env = {**os.environ, "LASTMILE_HOME": str(cfg.home), "DO_NOT_TRACK": "1"}
+    env.pop("LASTMILE_CLICKHOUSE_URL", None)
+    dbt = Path(sys.executable).with_name("dbt")
+    out = subprocess.run(
+        [str(dbt), "show", "--inline", "select count() as n from {{ ref('dim_customer') }}", "--output", "json",
+         "--profiles-dir", str(transform.DBT_DIR), "--project-dir", str(transform.DBT_DIR),
+         "--target-path", str(cfg.home / "dbt" / "target"), "--log-path", str(cfg.home / "dbt" / "logs")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "target='embedded'" in out.stdout or "embedded" in out.stdout
+    n = connect(cfg).scalar("SELECT count() FROM dim_customer")
+    assert f'"n": {n}' in out.stdout
+    assert n > 0

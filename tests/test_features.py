@@ -1,0 +1,239 @@
+"""Feature store: apply, materialize -> online equals warehouse, point-in-time correctness,
+the chDB kept-open client, push, Redis and `feast serve`.
+
+ONE module-scoped warehouse: 3000 orders over 4 weeks, reference data loaded (no dbt: the
+credit view is then empty, which the store must tolerate), the repository applied and
+materialized once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lastmile.config import Settings
+from lastmile.features import offline_store
+from lastmile.features.store import (
+    definitions,
+    feature_env,
+    get_store,
+    historical_features,
+    materialize,
+    online_features,
+    repo_dir,
+)
+from lastmile.features.testing import build_feature_warehouse
+from lastmile.warehouse import close_all, connect
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("features") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LASTMILE_HOME", str(home))
+        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
+        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
+        mp.delenv("LASTMILE_FEAST_ONLINE_STORE", raising=False)
+        mp.setenv("DO_NOT_TRACK", "1")
+        close_all()
+        cfg, _ = build_feature_warehouse(home, orders=3000, weeks=4)
+        yield cfg
+        close_all()
+
+
+def _some_customers(cfg: Settings, n: int = 5) -> list[str]:
+    return [r[0] for r in connect(cfg).rows(
+        f"SELECT oneid FROM feat_customer_profile GROUP BY oneid ORDER BY max(orders_total) DESC, oneid LIMIT {n}")]
+
+
+def test_repo_applies_with_every_object(fs: Settings) -> None:
+    store = get_store(fs)
+    assert {e.name for e in store.list_entities()} >= {"customer", "community", "locker", "sku"}
+    views = {v.name for v in store.list_feature_views()}
+    assert views >= {"customer_profile", "customer_credit", "spending_health", "category_affinity", "next_purchase",
+                     "community_bestsellers", "locker_service", "sku_catalog", "customer_realtime", "customer_consent"}
+    reco = store.get_feature_service("recommendation_v1")
+    n = sum(len(p.features) for p in reco.feature_view_projections)
+    assert 45 <= n <= 60, n
+    assert store.get_feature_service("spending_health_v1")
+
+
+def test_definitions_match_the_warehouse_tables(fs: Settings) -> None:
+    w = connect(fs)
+    for fv in definitions().feature_views:
+        table = fv.batch_source.get_table_query_string()
+        cols = {name for name, in w.rows(f"SELECT name FROM system.columns WHERE database = currentDatabase() AND table = '{table}'")}
+        wanted = {f.name for f in fv.features} | set(fv.join_keys) | {"event_timestamp"}
+        assert wanted <= cols, (fv.name, wanted - cols)
+
+
+def test_offline_client_survives_schema_inference(fs: Settings) -> None:
+    """Regression: Feast's `with get_client(...)` closed the cached chDB client ("The client has been closed")."""
+    assert offline_store.installed()
+    store = get_store(fs)
+    source = store.get_feature_view("customer_profile").batch_source
+    for _ in range(2):  # the `with` block that used to close the shared client
+        assert ("orders_total", "Int64") in list(source.get_table_column_names_and_types(store.config))
+    assert connect(fs).rows("SELECT 1") == [(1,)]
+    oneid = _some_customers(fs, 1)[0]
+    df = pd.DataFrame({"oneid": [oneid], "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
+    out = store.get_historical_features(entity_df=df, features=["customer_profile:orders_total"]).to_df()
+    assert len(out) == 1
+
+
+def test_materialized_online_values_equal_the_warehouse(fs: Settings) -> None:
+    oneids = _some_customers(fs)
+    w = connect(fs)
+    got = online_features(fs, ["customer_profile:orders_total", "customer_profile:spend_total_cny",
+                               "customer_profile:home_community_id", "spending_health:sh_impulse_share_28d"],
+                          [{"oneid": o} for o in oneids])
+    for i, oneid in enumerate(oneids):
+        (orders, spend, community, impulse), = w.rows(
+            "SELECT argMax(p.orders_total, p.event_timestamp), argMax(p.spend_total_cny, p.event_timestamp), "
+            "argMax(p.home_community_id, p.event_timestamp), "
+            "(SELECT argMax(sh_impulse_share_28d, event_timestamp) FROM feat_spending_health WHERE oneid = {o:String}) "
+            "FROM feat_customer_profile AS p WHERE p.oneid = {o:String}", {"o": oneid})
+        assert got["orders_total"][i] == orders
+        assert got["spend_total_cny"][i] == pytest.approx(spend)
+        assert got["home_community_id"][i] == community
+        assert got["sh_impulse_share_28d"][i] == pytest.approx(impulse)
+    # a composite key (customer x SKU) and a boolean
+    (oneid, sku, purchases), = w.rows("SELECT oneid, sku, argMax(np_purchases, event_timestamp) FROM feat_customer_sku "
+                                      "GROUP BY oneid, sku ORDER BY 3 DESC, 1, 2 LIMIT 1")
+    got = online_features(fs, ["next_purchase:np_purchases", "sku_catalog:sku_is_healthy"], [{"oneid": oneid, "sku": sku}])
+    assert got["np_purchases"] == [purchases]
+    assert got["sku_is_healthy"][0] == bool(w.scalar("SELECT is_healthy FROM ref_skus WHERE sku = {s:String}", {"s": sku}))
+
+
+def test_materialize_is_incremental(fs: Settings) -> None:
+    again = materialize(fs)
+    assert again.total_rows == 0, again.summary()
+
+
+def test_historical_retrieval_is_point_in_time_correct(fs: Settings) -> None:
+    """A feature row stamped after the entity timestamp must never be joined (no future leakage)."""
+    w = connect(fs)
+    oneid = _some_customers(fs, 1)[0]
+    first = w.scalar("SELECT min(event_timestamp) FROM feat_customer_profile WHERE oneid = {o:String}", {"o": oneid})
+    t = pd.Timestamp(first).tz_localize("UTC") + pd.Timedelta(days=5, hours=3)
+    expected = w.scalar("SELECT argMax(orders_total, event_timestamp) FROM feat_customer_profile "
+                        "WHERE oneid = {o:String} AND event_timestamp <= {t:DateTime64(3, 'UTC')}",
+                        {"o": oneid, "t": t.to_pydatetime()})
+    # plant a sentinel one hour in the future of the entity timestamp
+    w.command("INSERT INTO feat_customer_profile (oneid, event_timestamp, orders_total) "
+              "VALUES ({o:String}, {t:DateTime64(3, 'UTC')}, 999999)", {"o": oneid, "t": (t + pd.Timedelta(hours=1)).to_pydatetime()})
+    try:
+        entity = pd.DataFrame({"oneid": [oneid] * 3,
+                               "event_timestamp": [t, t + pd.Timedelta(hours=2), pd.Timestamp(first).tz_localize("UTC") - pd.Timedelta(days=1)]})
+        out = historical_features(fs, ["customer_profile:orders_total"], entity).sort_values("event_timestamp")
+        values = dict(zip(out["event_timestamp"], out["orders_total"]))
+        assert values[t] == expected and values[t] != 999999            # the past, never the future
+        assert values[t + pd.Timedelta(hours=2)] == 999999               # once it has happened, it is seen
+        before = values[pd.Timestamp(first).tz_localize("UTC") - pd.Timedelta(days=1)]
+        assert before is None or pd.isna(before)                         # before any row: missing, not 0
+    finally:
+        w.command("ALTER TABLE feat_customer_profile DELETE WHERE orders_total = 999999 SETTINGS mutations_sync = 1")
+
+
+def test_push_reaches_the_online_store(fs: Settings) -> None:
+    from lastmile.features.push import push
+
+    oneid = _some_customers(fs, 1)[0]
+    frame = pd.DataFrame([{"oneid": oneid, "event_timestamp": datetime.now(timezone.utc), "rt_orders_today": 3,
+                           "rt_spend_today_cny": 88.5, "rt_impulse_spend_today_cny": 40.0, "rt_last_order_ts": 1_800_000_000}])
+    assert push(fs, frame, offline=True) == 1
+    got = online_features(fs, ["customer_realtime:rt_orders_today", "customer_realtime:rt_spend_today_cny"], [{"oneid": oneid}])
+    assert got["rt_orders_today"] == [3] and got["rt_spend_today_cny"] == [88.5]
+    assert connect(fs).scalar("SELECT count() FROM feat_customer_realtime WHERE oneid = {o:String}", {"o": oneid}) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(port: int, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_redis_online_store(fs: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(port, 20)
+        monkeypatch.setenv("LASTMILE_FEAST_ONLINE_STORE", f"redis://127.0.0.1:{port}")
+        redis_fs = replace(fs, feast_online_store=f"redis://127.0.0.1:{port}")
+        store = get_store(redis_fs, fresh=True)
+        assert store.config.online_store.type == "redis"
+        store.apply([])  # registry unchanged; makes sure the Redis infra exists
+        report = materialize(redis_fs, incremental=False, views=["customer_profile", "sku_catalog"])
+        assert report.rows["customer_profile"] > 0
+        oneids = _some_customers(fs, 3)
+        from_redis = online_features(redis_fs, ["customer_profile:orders_total", "customer_profile:home_community_id"],
+                                     [{"oneid": o} for o in oneids])
+        monkeypatch.delenv("LASTMILE_FEAST_ONLINE_STORE")
+        from_sqlite = online_features(fs, ["customer_profile:orders_total", "customer_profile:home_community_id"],
+                                      [{"oneid": o} for o in oneids])
+        assert from_redis == from_sqlite
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_feast_serve_works_against_the_repo(fs: Settings) -> None:
+    """`feast serve` in feature_store/, configured only by the environment `lastmile features env` prints."""
+    port = _free_port()
+    env = {**os.environ, **feature_env(fs)}
+    feast = Path(sys.executable).parent / "feast"
+    proc = subprocess.Popen([str(feast), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=repo_dir(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(port, 90)
+        oneid = _some_customers(fs, 1)[0]
+        body = json.dumps({"features": ["customer_profile:orders_total"], "entities": {"oneid": [oneid]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=body,
+                                     headers={"Content-Type": "application/json"})
+        deadline = time.time() + 30
+        while True:
+            try:
+                answer = json.loads(urllib.request.urlopen(req, timeout=10).read())
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        values = {name: r["values"] for name, r in zip(answer["metadata"]["feature_names"], answer["results"])}
+        expected = connect(fs).scalar("SELECT argMax(orders_total, event_timestamp) FROM feat_customer_profile "
+                                      "WHERE oneid = {o:String}", {"o": oneid})
+        assert values["orders_total"] == [expected]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
