@@ -1,7 +1,15 @@
-"""Shared fixtures: every test that touches the warehouse gets its own LASTMILE_HOME."""
+"""Shared fixtures: every test that touches the warehouse gets its own LASTMILE_HOME.
+
+``home`` runs each such test twice: on the embedded warehouse (chDB), and on a ClickHouse
+server when ``LASTMILE_TEST_CLICKHOUSE_URL`` points at one (each test then gets a database of
+its own, dropped afterwards). No server can run on the development machines, so the server
+variant is skipped there; the code under test is the same, only the DSN differs.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,13 +18,27 @@ import pytest
 from lastmile.config import Settings, settings
 from lastmile.warehouse import close_all
 
+SERVER_URL = os.environ.get("LASTMILE_TEST_CLICKHOUSE_URL", "")
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """An empty data directory with the embedded warehouse and a fixed hashing key."""
+
+@pytest.fixture(params=["embedded", "server"])
+def home(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """An empty data directory and warehouse, with a fixed hashing key."""
     monkeypatch.setenv("LASTMILE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-    monkeypatch.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
+    database = ""
+    if request.param == "server":
+        if not SERVER_URL:
+            pytest.skip("no ClickHouse server: set LASTMILE_TEST_CLICKHOUSE_URL=http://host:8123 to run this variant")
+        database = f"lastmile_test_{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv("LASTMILE_CLICKHOUSE_URL", SERVER_URL)
+        monkeypatch.setenv("LASTMILE_CLICKHOUSE_DATABASE", database)
+    else:
+        monkeypatch.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
     close_all()
     yield settings()
+    if database:
+        from lastmile.warehouse import connect
+
+        connect().command(f"DROP DATABASE IF EXISTS `{database}`")
     close_all()  # chDB holds one directory per process: release it for the next test
