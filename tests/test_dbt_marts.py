@@ -22,6 +22,7 @@ import pytest
 from lastmile import dbt_chdb, transform
 from lastmile.config import Settings, settings
 from lastmile.warehouse import close_all, connect
+from tests.warehouses import simulated_home
 from tests.factories import event
 
 pytestmark = pytest.mark.slow
@@ -34,31 +35,13 @@ SCORE_COLUMNS = {
     "spending_health": ["impulse_score", "late_night_score", "velocity_score", "balance_score", "spending_health_score"],
 }
 
-def run_main_job(home, *args: str) -> None:
-    """`lastmile <args>` in its own process, as a user runs it.
-
-    Its own process because `lastmile run` also starts the PyFlink telemetry job, which
-    cannot run twice in one Python process; and chDB is released when it exits."""
-    env = {**os.environ, "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": "test-key-not-secret", "DO_NOT_TRACK": "1"}
-    env.pop("LASTMILE_CLICKHOUSE_URL", None)
-    out = subprocess.run([str(Path(sys.executable).with_name("lastmile")), *args], env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, transform.BuildResult]]:
     """Simulate + ingest (the `lastmile run` main job), then `dbt build` in-process."""
     home = tmp_path_factory.mktemp("dbt") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LASTMILE_HOME", str(home))
-        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        mp.setenv("DO_NOT_TRACK", "1")
-        close_all()
-        for command in [("run", "--orders", "4000", "--weeks", "4")]:
-            run_main_job(home, *command)
-        cfg = settings()
+    # through the cold chain: dbt's own build below is what these tests are about
+    with simulated_home(home, ("run", "--orders", "4000", "--weeks", "4", "--through", "profiles")) as cfg:
         yield cfg, transform.build(cfg)
-        close_all()
 
 def frame(cfg: Settings, sql: str) -> pd.DataFrame:
     return connect(cfg).client.query_df(sql)

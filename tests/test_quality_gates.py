@@ -6,46 +6,24 @@ it on purpose, so they run in file order and the clean check comes first.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from lastmile import quality, transform
 from lastmile.config import Settings, settings
-from lastmile.warehouse import close_all, connect
+from lastmile.warehouse import connect
+from tests.warehouses import simulated_home
 
 pytestmark = pytest.mark.slow
-
-def run_main_job(home, *args: str) -> None:
-    """`lastmile <args>` in its own process, as a user runs it.
-
-    Its own process because `lastmile run` also starts the PyFlink telemetry job, which
-    cannot run twice in one Python process; and chDB is released when it exits."""
-    env = {**os.environ, "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": "test-key-not-secret", "DO_NOT_TRACK": "1"}
-    env.pop("LASTMILE_CLICKHOUSE_URL", None)
-    out = subprocess.run([str(Path(sys.executable).with_name("lastmile")), *args], env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("quality") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LASTMILE_HOME", str(home))
-        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        mp.setenv("DO_NOT_TRACK", "1")
-        close_all()
-        for command in [("simulate", "--orders", "3000", "--weeks", "3"), ("ingest",)]:
-            run_main_job(home, *command)
-        current = settings()
+    with simulated_home(home, ("simulate", "--orders", "3000", "--weeks", "3"), ("ingest",)) as current:
         built = transform.run(current)
         assert built.success, built.failures
         yield current
-        close_all()
 
 def failed_keys(result: quality.QualityResult) -> set[tuple[str, str | None]]:
     return {(f.suite.rsplit(".", 1)[-1], f.column) for f in result.failed}
