@@ -169,6 +169,36 @@ def test_identity_refresher_is_throttled_and_finishes_on_close(tmp_path, monkeyp
     assert (refresher.stats.resolves, refresher.stats.profiles) == (3, 7)
 
 
+def test_identity_refresher_rebuilds_profiles_after_a_late_resolution(tmp_path, monkeypatch) -> None:
+    """A resolution that ran alone leaves profiles stale: the stop rebuilds them even with no new rows."""
+    import threading
+
+    from lastmile.identity.store import ResolveOutcome
+    from lastmile.streaming import identity
+
+    calls: list[str] = []
+    monkeypatch.setattr(identity, "resolve_pending", lambda *_: calls.append("resolve") or ResolveOutcome(len(calls), 0, _Report()))
+    monkeypatch.setattr(identity, "build_profiles", lambda *_: calls.append("profiles") or 7)
+    now = [0.0]
+    ingestor = _ingestor(tmp_path)
+    refresher = identity.IdentityRefresher(_Recorder(), threading.Lock(), ingestor.identifiers,  # type: ignore[arg-type]
+                                           resolve_every_s=5, profiles_every_s=30, clock=lambda: now[0])
+    with_links = WrittenBatch(ingestor.process("t", [(1, _return("ret-00001", "o-1", "quality"))]), 1)
+
+    async def scenario() -> None:
+        await refresher.handler()(with_links)  # resolve + profiles
+        refresher._running.result()
+        refresher._rows_pending = False  # as if the last batch carried only identity evidence
+        refresher._links_pending = True
+        now[0] = 6.0
+        assert refresher.tick()  # resolve only: profiles not due for 30 s
+        refresher._running.result()
+        await refresher.close()
+
+    asyncio.run(scenario())
+    assert calls == ["resolve", "profiles", "resolve", "profiles"]
+
+
 class _Report:
     profiles = 0
     changes: list = []

@@ -11,6 +11,9 @@ reload or rebuild whole tables and so cost far more than a batch:
   written (profiles aggregate orders, pickups, reviews and claims, not only identities);
 * both once more on a graceful stop, so a stopped worker leaves OneID complete.
 
+A resolution that runs without a rebuild marks profiles stale, so the next due rebuild (or
+the one on stop) always follows the latest resolution.
+
 The work runs on its own thread, taking the warehouse lock for each step (chDB allows one
 writer per process; the lock also serialises it with the batch writes, which the
 resolver's "evidence ingested since" watermark relies on). The consumer does not wait for
@@ -139,6 +142,8 @@ class IdentityRefresher:
                     outcome = resolve_pending(self.warehouse, self.rules, self.blocked)
                 self.stats.resolves += 1
                 self.stats.last_run = outcome.run
+                if not profiles:
+                    self._rows_pending = True  # OneIDs moved: profiles are stale until the next rebuild
                 self.stats.last_resolve_s = time.perf_counter() - began
                 log.info("OneID run %d: %d links added, %d profiles, %.2f s", outcome.run, outcome.links_added,
                          outcome.report.profiles, self.stats.last_resolve_s)
