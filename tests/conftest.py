@@ -42,3 +42,24 @@ def home(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
 
         connect().command(f"DROP DATABASE IF EXISTS `{database}`")
     close_all()  # chDB holds one directory per process: release it for the next test
+
+
+@pytest.fixture(scope="session")
+def trained_warehouse(tmp_path_factory: pytest.TempPathFactory):
+    """The default simulation (20,000 orders, 8 weeks) with the feature store materialized and
+    both models trained: built once, shared by the model and API tests (read-only for them).
+
+    Returns ``(home, recommender, spending)``; enter :func:`tests.warehouses.feature_home`
+    with ``home`` to use it.
+    """
+    from lastmile.features.testing import build_feature_warehouse
+    from lastmile.models.recommender import train_recommender
+    from lastmile.models.spending import train_spending
+    from tests.warehouses import feature_home
+
+    home = tmp_path_factory.mktemp("trained") / "home"
+    with feature_home(home) as cfg:
+        build_feature_warehouse(home, orders=20000, weeks=8)
+        reco = train_recommender(cfg, max_users=800)
+        spend = train_spending(cfg)
+    return home, reco, spend

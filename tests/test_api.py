@@ -2,8 +2,8 @@
 request, never a traceback. Requests go straight to the ASGI app (httpx, which FastAPI's
 TestClient needs, is not in the lock; schemathesis neither).
 
-ONE module-scoped warehouse: 3000 orders over 4 weeks, feature store materialized, models
-trained on it.
+The session's trained warehouse (conftest ``trained_warehouse``): the default simulation,
+feature store materialized, both models trained; shared with the model tests.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import pytest
 
 from lastmile.api import create_app
 from lastmile.config import Settings
-from lastmile.features.testing import build_feature_warehouse
-from lastmile.models.recommender import train_recommender
-from lastmile.models.spending import train_spending
-from lastmile.warehouse import close_all, connect
+from lastmile.warehouse import connect
+from tests.warehouses import feature_home
 
 pytestmark = pytest.mark.slow
 
@@ -48,23 +46,13 @@ def call(app: Any, path: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Any, dict]]:
-    home = tmp_path_factory.mktemp("api") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LASTMILE_HOME", str(home))
-        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        mp.delenv("LASTMILE_FEAST_ONLINE_STORE", raising=False)
-        mp.setenv("DO_NOT_TRACK", "1")
-        close_all()
-        cfg, _ = build_feature_warehouse(home, orders=3000, weeks=4)
-        train_recommender(cfg, max_users=200)
-        train_spending(cfg)
+def api(trained_warehouse) -> Iterator[tuple[Settings, Any, dict]]:
+    home, _, _ = trained_warehouse
+    with feature_home(home) as cfg:
         app = create_app(cfg)
         status, body = call(app, "/openapi.json")
         assert status == 200
         yield cfg, app, json.loads(body)
-        close_all()
 
 
 def _validate(spec: dict, path: str, status: int, body: bytes) -> Any:

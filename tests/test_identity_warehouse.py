@@ -163,9 +163,14 @@ def test_identity_cli_commands(home: Settings) -> None:
 
 @pytest.mark.slow
 def test_default_simulation_meets_the_identity_targets(home: Settings) -> None:
-    result = runner.invoke(app, ["run", "--json"])
+    # The identity part of the main job: simulate the default community, ingest (OneID runs
+    # in the ingest), evaluate against the simulator's ground truth.
+    for command in (["simulate"], ["ingest"]):
+        result = runner.invoke(app, [*command, "--json"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["identity", "evaluate", "--json"])
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.stdout.strip().splitlines()[-1])["identity"]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["pairwise_precision"] >= 0.995
     assert figures["pairwise_recall"] >= 0.97
     assert figures["largest_cluster_persons"] == 1, "the largest profile is one real person, not a blob"

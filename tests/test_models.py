@@ -2,7 +2,8 @@
 baseline, the spending-health model separates over-consumers, and the served recommender
 honours the cap (at-risk customers) and its medical exception (declared dietary need).
 
-ONE module-scoped warehouse: the default simulation (20,000 orders, 8 weeks). Slow.
+The session's trained warehouse (conftest ``trained_warehouse``): the default simulation
+(20,000 orders, 8 weeks), shared with the API tests. Slow.
 """
 
 from __future__ import annotations
@@ -13,30 +14,20 @@ from datetime import datetime, timezone
 import pytest
 
 from lastmile.config import Settings
-from lastmile.features.testing import build_feature_warehouse
-from lastmile.models.recommender import RecommenderModel, model_dir, train_recommender
+from lastmile.models.recommender import RecommenderModel, model_dir
 from lastmile.models.service import ModelService
-from lastmile.models.spending import SpendingModel, train_spending
-from lastmile.warehouse import close_all, connect
+from lastmile.models.spending import SpendingModel
+from lastmile.warehouse import connect
+from tests.warehouses import feature_home
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, RecommenderModel, SpendingModel]]:
-    home = tmp_path_factory.mktemp("models") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LASTMILE_HOME", str(home))
-        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        mp.delenv("LASTMILE_FEAST_ONLINE_STORE", raising=False)
-        mp.setenv("DO_NOT_TRACK", "1")
-        close_all()
-        cfg, _ = build_feature_warehouse(home, orders=20000, weeks=8)
-        reco = train_recommender(cfg, max_users=800)
-        spend = train_spending(cfg)
+def trained(trained_warehouse) -> Iterator[tuple[Settings, RecommenderModel, SpendingModel]]:
+    home, reco, spend = trained_warehouse
+    with feature_home(home) as cfg:
         yield cfg, reco, spend
-        close_all()
 
 
 def test_recommender_beats_the_popularity_baseline(trained) -> None:

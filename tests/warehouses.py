@@ -40,3 +40,17 @@ def simulated_home(home: Path, *commands: tuple[str, ...]) -> Iterator[Settings]
             run_main_job(home, *command)
         yield settings()
         close_all()
+
+
+@contextmanager
+def feature_home(home: Path) -> Iterator[Settings]:
+    """Point the environment at ``home`` (embedded warehouse, SQLite online store) while inside."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LASTMILE_HOME", str(home))
+        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
+        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
+        mp.delenv("LASTMILE_FEAST_ONLINE_STORE", raising=False)
+        mp.setenv("DO_NOT_TRACK", "1")
+        close_all()
+        yield settings()
+        close_all()

@@ -14,23 +14,28 @@ from lastmile.config import Settings, settings
 
 def build_feature_warehouse(home: Path, orders: int = 3000, weeks: int = 4, dbt: bool = False,
                             declarations: bool = True, materialize: bool = True) -> tuple[Settings, dict[str, float]]:
-    """Simulate + ingest (``lastmile run``), load reference data (or run dbt), apply the
-    feature store and materialize it. The caller must have set LASTMILE_HOME=home."""
+    """Simulate + ingest + profiles (the CLI commands ``lastmile run`` chains, without the cold
+    chain stage: no feature reads telemetry analytics), load reference data (or run dbt),
+    apply the feature store and materialize it. The caller must have set LASTMILE_HOME=home."""
     from typer.testing import CliRunner
 
     from lastmile import transform
     from lastmile.cli import app
+    from lastmile.identity.profiles import build_profiles
+    from lastmile.warehouse import connect
     from lastmile.features.store import apply, materialize as do_materialize
     from lastmile.models.consent import load_dietary_declarations, simulated_declarations
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    result = CliRunner().invoke(app, ["run", "--orders", str(orders), "--weeks", str(weeks), "--through", "profiles", "--json"])
-    if result.exit_code != 0:
-        raise RuntimeError(f"lastmile run failed: {result.output[-2000:]}") from result.exception
-    timings["run"] = time.perf_counter() - t
     cfg = settings()
     assert cfg.home == Path(home).resolve(), "set LASTMILE_HOME before building"
+    for command in (["simulate", "--orders", str(orders), "--weeks", str(weeks)], ["ingest"]):
+        result = CliRunner().invoke(app, [*command, "--json"])
+        if result.exit_code != 0:
+            raise RuntimeError(f"lastmile {command[0]} failed: {result.output[-2000:]}") from result.exception
+    build_profiles(connect(cfg))
+    timings["run"] = time.perf_counter() - t
     t = time.perf_counter()
     if dbt:
         transform.build(cfg)

@@ -88,12 +88,16 @@ class ImplicitALS:
 
     def fit(self, user_items: sparse.csr_matrix) -> "ImplicitALS":
         from implicit.als import AlternatingLeastSquares  # type: ignore[import-not-found]
+        from threadpoolctl import threadpool_limits
 
-        model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-                                        iterations=self.iterations, random_state=self.seed, use_gpu=False)
-        weighted = user_items.astype(np.float32).copy()
-        weighted.data = np.log1p(weighted.data)
-        model.fit(weighted, show_progress=False)
+        # implicit parallelises ALS itself; a multi-threaded BLAS underneath only oversubscribes
+        # the cores (implicit warns about exactly this).
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                                            iterations=self.iterations, random_state=self.seed, use_gpu=False)
+            weighted = user_items.astype(np.float32).copy()
+            weighted.data = np.log1p(weighted.data)
+            model.fit(weighted, show_progress=False)
         self.user_factors = np.asarray(model.user_factors)
         self.item_factors = np.asarray(model.item_factors)
         return self
