@@ -14,7 +14,7 @@ What Faust does here, and what it does not:
 
 One batch: gather up to ``batch_rows`` records or ``flush_s`` → judge with the same
 ``Ingestor`` as the Beam backfill → write rows, quarantine records and identity evidence →
-handlers (quarantine topic, actions, OneID notice) → commit the batch's offsets. A worker
+handlers (quarantine topic, actions, OneID notice, Feast push of today's counters) → commit the batch's offsets. A worker
 killed at any point re-reads from the last commit; idempotent keys absorb the replay. A
 batch that fails exits the process (code 70) without committing it.
 
@@ -43,6 +43,7 @@ import lastmile.identity.store  # noqa: F401  (registers identity_links, which i
 from lastmile.streaming import handlers, seen  # noqa: F401  (seen registers its migration)
 from lastmile.streaming.broker import bootstrap
 from lastmile.streaming.consumer import BatchConsumer
+from lastmile.streaming.features import FeaturePusher
 from lastmile.streaming.identity import IdentityRefresher
 from lastmile.streaming.judges import ProcessJudges
 from lastmile.streaming.produce import ensure_topics
@@ -70,6 +71,7 @@ class StreamOptions:
     judges: int = -1  # processes judging batches; 0: a thread of the worker; -1: one per core but one (max 4)
     identity_every_s: float = 5.0  # 0: no OneID resolution in this worker
     profiles_every_s: float = 30.0  # 0: no profiles rebuild
+    features: bool = True  # push today's counters to Feast's online store
 
 
 class _BatchBoot(BootStrategy):
@@ -80,7 +82,8 @@ class _App(faust.App):
     BootStrategy = _BatchBoot
 
 
-def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher: IdentityRefresher) -> faust.App:
+def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher: IdentityRefresher,
+              pusher: FeaturePusher | None = None) -> faust.App:
     """The Faust app: producer, timers and one service running the batch consumer into ``sink``."""
     app = _App(options.group_id, broker=f"kafka://{bootstrap(cfg)}", web_enabled=False, topic_allow_declare=False,
                producer_acks=1, datadir=str(cfg.home / "stream" / "faust"))
@@ -90,11 +93,13 @@ def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher
         await asyncio.gather(*futures)
 
     sink.handlers += [handlers.quarantine_topic(publish), handlers.triggers(sink, publish), refresher.handler()]
+    if pusher is not None:
+        sink.handlers.append(pusher.handler())
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
     def status() -> None:
-        write_status(status_path(cfg), sink, consumer, refresher)
+        write_status(status_path(cfg), sink, consumer, refresher, pusher)
 
     @app.service
     class EventTopics(mode.Service):
@@ -111,6 +116,8 @@ def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher
         async def on_stop(self) -> None:  # runs before the producer stops (started later, stopped first)
             await consumer.stop()
             await refresher.close()
+            if pusher is not None:
+                pusher.close()
             status()
 
     @app.timer(interval=1.0)
@@ -138,8 +145,9 @@ def crash(exc: BaseException) -> None:
     os._exit(70)
 
 
-def open_sink(cfg: Settings, options: StreamOptions) -> tuple[StreamSink, IdentityRefresher]:
-    """Connect and migrate the warehouse; the sink (handlers come with the app) and the OneID refresher."""
+def open_sink(cfg: Settings, options: StreamOptions) -> tuple[StreamSink, IdentityRefresher, FeaturePusher | None]:
+    """Connect and migrate the warehouse; the sink (handlers come with the app), the OneID
+    refresher and the feature pusher (``None`` with ``features=False``)."""
     warehouse = connect(cfg)
     migrate(warehouse)
     forgotten = forgotten_tokens(warehouse)  # as the Beam path: forgotten people are not resurrected
@@ -151,7 +159,10 @@ def open_sink(cfg: Settings, options: StreamOptions) -> tuple[StreamSink, Identi
     sink = StreamSink(warehouse, Ingestor(identifiers), lock=threading.Lock(), judges=judges)
     refresher = IdentityRefresher(warehouse, sink.lock, identifiers, resolve_every_s=options.identity_every_s,
                                   profiles_every_s=options.profiles_every_s)
-    return sink, refresher
+    pusher = FeaturePusher(cfg, warehouse, sink.lock, identifiers.rules.strength) if options.features else None
+    if pusher is not None:
+        refresher.after_resolve.append(pusher.on_resolved)
+    return sink, refresher, pusher
 
 
 def run(cfg: Settings | None = None, options: StreamOptions | None = None, loglevel: str = "WARNING") -> None:
@@ -162,7 +173,7 @@ def run(cfg: Settings | None = None, options: StreamOptions | None = None, logle
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(bootstrap(cfg), options.partitions))
     (cfg.home / "stream" / "faust").mkdir(parents=True, exist_ok=True)
-    sink, refresher = open_sink(cfg, options)
+    sink, refresher, pusher = open_sink(cfg, options)
     server = None
     if options.serve_port:
         from lastmile.warehouse.http_server import WarehouseHTTPServer
@@ -170,7 +181,7 @@ def run(cfg: Settings | None = None, options: StreamOptions | None = None, logle
         server = WarehouseHTTPServer.for_settings(cfg, port=options.serve_port, readonly=options.serve_readonly,
                                                   lock=sink.lock)
         server.start_background()
-    app = build_app(cfg, options, sink, refresher)
+    app = build_app(cfg, options, sink, refresher, pusher)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=True, loop=loop)
     try:
         worker.execute_from_commandline()

@@ -170,6 +170,32 @@ def _oneid_state(home: Path, monkeypatch: pytest.MonkeyPatch) -> OneIdState:
     return state
 
 
+def _online_today(home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, tuple[int, float]], dict[str, tuple[int, float]], dict]:
+    """Per OneID whose latest order is within the stream's final window (the watermark's day
+    and the day before), today's (orders, spend) as the warehouse says (orders of the
+    customer's latest Shanghai business day, by ``event_oneid``) and as Feast's online store
+    serves it; plus the worker's status."""
+    from lastmile.features.store import online_features
+
+    warehouse = _open(home, monkeypatch)
+    expected = {oneid: (int(n), round(float(spend), 2)) for oneid, n, spend in warehouse.rows("""
+        WITH (SELECT min(d) - 1 FROM (SELECT max(toDate(occurred_at, 'Asia/Shanghai')) AS d FROM raw_order FINAL GROUP BY _source))
+             AS window_start
+        SELECT oneid, argMax(n, day), argMax(spend, day) FROM (
+            SELECT e.oneid AS oneid, toDate(o.occurred_at, 'Asia/Shanghai') AS day, count() AS n, sum(toFloat64(o.total_amount)) AS spend
+            FROM raw_order AS o FINAL INNER JOIN event_oneid AS e ON e.event_id = o.event_id AND e.event_type = 'order'
+            GROUP BY oneid, day) GROUP BY oneid HAVING max(day) >= window_start""")}
+    offline = int(warehouse.scalar("SELECT uniqExact(oneid) FROM feat_customer_realtime"))
+    close_all()
+    oneids = sorted(expected)
+    got = online_features(settings(), ["customer_realtime:rt_orders_today", "customer_realtime:rt_spend_today_cny"],
+                          [{"oneid": o} for o in oneids])
+    served = {o: (n, round(spend, 2)) for o, n, spend in zip(oneids, got["rt_orders_today"], got["rt_spend_today_cny"])
+              if n is not None}
+    status = _status(home)
+    return expected, served, {"offline_customers": offline, **status}
+
+
 async def _read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, dict]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
                                 group_id=None)
@@ -213,6 +239,15 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     assert oneid.orders_with_oneid == oneid.orders_with_evidence, "every order naming a usable identifier has a OneID"
     assert len(oneid.orders - oneid.orders_with_evidence) <= len(oneid.orders) // 100, "only blocked identifiers go without"
     assert oneid.profiles == oneid.oneids > 0, "profiles rebuilt after the last resolution"
+
+    # Fresh features: the counters of every customer who ordered in the stream's last two
+    # days, pushed to Feast's online store (and offline), equal what the warehouse says once
+    # OneID has caught up.
+    expected, served, status = _online_today(home, monkeypatch)
+    assert expected and served == expected
+    assert status["offline_customers"] >= len(expected) and status["feature_push_errors"] == 0
+    assert status["feature_orders_waiting_for_oneid"] <= len(oneid.orders) // 100, "only blocked identifiers wait"
+    assert 0 < status["feature_freshness_p50_s"] <= status["feature_freshness_p95_s"]
 
     actions = [a for _, a in asyncio.run(_read_topic(produced.bootstrap, ACTIONS_TOPIC))]
     compensations = {a["action_id"]: a for a in actions if a["action"] == "compensate_cold_chain"}

@@ -1,19 +1,22 @@
 """Real-time features: what the streaming worker pushes as orders arrive.
 
-The worker (lastmile/streaming) calls :func:`push` with a frame of per-customer counters;
-they go to the ``customer_realtime_push`` push source and so straight to the online store
-(and, with ``offline=True``, also to the ``feat_customer_realtime`` warehouse table, so
-training can see the same values later). Columns: ``oneid``, ``event_timestamp`` (UTC),
-``rt_orders_today``, ``rt_spend_today_cny``, ``rt_impulse_spend_today_cny``, ``rt_last_order_ts``.
-
-Register it as a batch handler next to the OneID handler (see lastmile/streaming/handlers.py).
+The worker (:mod:`lastmile.streaming.features`) pushes frames of per-customer counters
+(:mod:`lastmile.features.realtime`) through :class:`RealtimePush`: to the
+``customer_realtime_push`` push source and so straight to the online store, and into the
+``feat_customer_realtime`` warehouse table, so training can see the same values later.
+Columns: ``oneid``, ``event_timestamp`` (UTC), ``rt_orders_today``, ``rt_spend_today_cny``,
+``rt_impulse_spend_today_cny``, ``rt_last_order_ts``. :func:`push` does the same once, for
+scripts and tests.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+import threading
+
 from lastmile.config import Settings, settings as current_settings
+from lastmile.warehouse import Warehouse
 
 PUSH_SOURCE = "customer_realtime_push"
 COLUMNS = {"oneid": str, "rt_orders_today": "int64", "rt_spend_today_cny": "float64",
@@ -26,11 +29,7 @@ def push(cfg: Settings | None, frame: pd.DataFrame, offline: bool = False) -> in
 
     if frame.empty:
         return 0
-    missing = (set(COLUMNS) | {"event_timestamp"}) - set(frame.columns)
-    if missing:
-        raise ValueError(f"push frame lacks columns {sorted(missing)}")
-    df = frame[[*COLUMNS, "event_timestamp"]].astype(COLUMNS)
-    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    df = _conform(frame)
     store = get_store(cfg or current_settings())
     from feast.data_source import PushMode
 
@@ -40,3 +39,62 @@ def push(cfg: Settings | None, frame: pd.DataFrame, offline: bool = False) -> in
 
         connect(cfg or current_settings()).client.insert_df("feat_customer_realtime", df)
     return len(df)
+
+
+def _conform(frame: pd.DataFrame) -> pd.DataFrame:
+    missing = (set(COLUMNS) | {"event_timestamp"}) - set(frame.columns)
+    if missing:
+        raise ValueError(f"push frame lacks columns {sorted(missing)}")
+    df = frame[[*COLUMNS, "event_timestamp"]].astype(COLUMNS)
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    return df
+
+
+#: What the worker needs registered to push: the entity, the push source and its view.
+REALTIME_OBJECTS = ("customer", PUSH_SOURCE, "customer_realtime")
+
+
+class RealtimePush:
+    """The streaming worker's way into the feature store (one per worker process).
+
+    On creation it makes sure the push target exists - the ``feat_customer_realtime`` table
+    and, in the registry, the customer entity, the push source and the ``customer_realtime``
+    view (a partial ``apply`` of just those: a worker can start before the first
+    ``lastmile features apply``, which later registers the rest alongside).
+    """
+
+    def __init__(self, cfg: Settings, warehouse: Warehouse, lock: threading.Lock) -> None:
+        from lastmile.features.store import definitions, get_store
+        from lastmile.features.tables import REALTIME_DDL, REALTIME_UPGRADE
+
+        self.warehouse = warehouse
+        self.lock = lock
+        with lock:
+            warehouse.command(REALTIME_DDL)
+            warehouse.command(REALTIME_UPGRADE)
+        self.store = get_store(cfg)
+        registered = {v.name for v in self.store.list_feature_views()}
+        if "customer_realtime" not in registered:
+            repo = definitions()
+            objects = [o for group in (repo.entities, repo.data_sources, repo.feature_views) for o in group
+                       if o.name in REALTIME_OBJECTS]
+            self.store.apply(objects)
+            self.store.refresh_registry()
+
+    def impulse_skus(self) -> frozenset[str]:
+        """SKUs flagged impulse in the catalogue (``ref_skus``, loaded by ``lastmile transform``); empty before it is."""
+        if "ref_skus" not in self.warehouse.tables():
+            return frozenset()
+        return frozenset(s for (s,) in self.warehouse.rows("SELECT DISTINCT sku FROM ref_skus WHERE is_impulse"))
+
+    def push(self, frame: pd.DataFrame) -> int:
+        """Online through Feast's push source, then offline into the warehouse (under the warehouse lock)."""
+        from feast.data_source import PushMode
+
+        if frame.empty:
+            return 0
+        df = _conform(frame)
+        self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
+        with self.lock:
+            self.warehouse.client.insert_df("feat_customer_realtime", df)
+        return len(df)

@@ -312,10 +312,15 @@ COMMENT 'Feast view customer_credit: empty until dbt builds neighbor_credit_scor
 REALTIME_DDL = """
 CREATE TABLE IF NOT EXISTS feat_customer_realtime (
     oneid String, event_timestamp DateTime64(3, 'UTC'),
-    rt_orders_today Int64, rt_spend_today_cny Float64, rt_impulse_spend_today_cny Float64, rt_last_order_ts Int64
+    rt_orders_today Int64, rt_spend_today_cny Float64, rt_impulse_spend_today_cny Float64, rt_last_order_ts Int64,
+    _pushed_at DateTime64(3, 'UTC') DEFAULT now64(3) COMMENT 'When the row was written, just after its online push (freshness).'
 ) ENGINE = ReplacingMergeTree ORDER BY (oneid, event_timestamp)
 COMMENT 'Feast push source customer_realtime_push: counters the streaming worker updates as orders arrive.'
 """
+
+#: Tables created before ``_pushed_at`` existed get it on the worker's start.
+REALTIME_UPGRADE = ("ALTER TABLE feat_customer_realtime ADD COLUMN IF NOT EXISTS "
+                    "_pushed_at DateTime64(3, 'UTC') DEFAULT now64(3)")
 
 _CONSENT = """
 CREATE OR REPLACE TABLE feat_customer_consent ENGINE = MergeTree ORDER BY (oneid, event_timestamp)

@@ -82,6 +82,9 @@ class IdentityRefresher:
         self._last_resolve = self._last_profiles = float("-inf")
         self._running: Future | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-identity")
+        #: Called after each resolution, on the identity thread, still holding the warehouse
+        #: lock (e.g. the feature pusher re-reading the token -> OneID map).
+        self.after_resolve: list[Callable[[], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -140,6 +143,8 @@ class IdentityRefresher:
                 began = time.perf_counter()
                 with self.lock:
                     outcome = resolve_pending(self.warehouse, self.rules, self.blocked)
+                    for callback in self.after_resolve:
+                        callback()
                 self.stats.resolves += 1
                 self.stats.last_run = outcome.run
                 if not profiles:

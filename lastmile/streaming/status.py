@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lastmile.config import Settings
 from lastmile.streaming.consumer import BatchConsumer
+from lastmile.streaming.features import FeaturePusher
 from lastmile.streaming.identity import IdentityRefresher
 from lastmile.streaming.sink import StreamSink
 
@@ -21,8 +22,15 @@ def status_path(cfg: Settings) -> Path:
     return cfg.home / "stream" / "status.json"
 
 
-def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refresher: IdentityRefresher) -> None:
+def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refresher: IdentityRefresher,
+                 pusher: FeaturePusher | None = None) -> None:
     stats, ids = sink.stats, refresher.stats
+    features: dict = {}
+    if pusher is not None:
+        fs = pusher.stats
+        features = {"feature_pushes": fs.pushes, "feature_rows_pushed": fs.rows, "feature_push_errors": fs.errors,
+                    "feature_orders_waiting_for_oneid": pusher.counters.unresolved,
+                    **{f"feature_freshness_{k}": v for k, v in fs.freshness().items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({
@@ -30,6 +38,6 @@ def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refreshe
         "committed_batches": consumer.committed_batches, "first_record_at": consumer.first_record_at,
         "identity_runs": ids.resolves, "identity_last_run": ids.last_run, "identity_errors": ids.errors,
         "identity_last_resolve_s": round(ids.last_resolve_s, 3), "profiles": ids.profiles,
-        "profiles_last_build_s": round(ids.last_profiles_s, 3), "updated_at": time.time(),
+        "profiles_last_build_s": round(ids.last_profiles_s, 3), **features, "updated_at": time.time(),
     }))
     tmp.replace(path)

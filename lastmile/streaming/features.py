@@ -1,0 +1,156 @@
+"""Fresh features from the stream: today's counters pushed to Feast's online store.
+
+After each batch is in the warehouse, its orders update :class:`~lastmile.features.realtime.TodayCounters`
+and the customers whose counters changed are pushed through the feature repo's push source
+(``customer_realtime_push``, :func:`lastmile.features.push.push_frame`): online through
+Feast, offline into ``feat_customer_realtime`` so training sees what serving saw.
+
+OneID runs behind the stream (:mod:`lastmile.streaming.identity`): after each resolution
+the refresher hands over the new token -> OneID map; orders that were waiting for a OneID
+are counted then, and merged customers are pushed once with their combined counters.
+
+Restarts: the counters are seeded from the warehouse's orders of its newest business days,
+so a replayed batch (at-least-once delivery) finds its orders already counted and
+pushes the same values again - harmless, the push overwrites.
+
+Freshness: each pushed order's lag is the time from its batch's oldest Kafka timestamp
+(the producer's send time) to the end of the online write - an upper bound per order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lastmile.config import Settings
+from lastmile.features.push import RealtimePush
+from lastmile.features.realtime import KEEP_DAYS, OrderFact, TodayCounters, order_fact
+from lastmile.features.tables import TZ
+from lastmile.streaming.seen import person_columns
+from lastmile.streaming.sink import BatchHandler, WrittenBatch
+from lastmile.warehouse import Warehouse
+
+log = logging.getLogger("lastmile.stream.features")
+
+
+@dataclass
+class FeatureStats:
+    pushes: int = 0
+    rows: int = 0
+    errors: int = 0
+    lags_s: deque = field(default_factory=lambda: deque(maxlen=20_000))
+
+    def freshness(self) -> dict[str, float | None]:
+        if not self.lags_s:
+            return {"p50_s": None, "p95_s": None}
+        lags = np.fromiter(self.lags_s, dtype=float)
+        return {"p50_s": round(float(np.percentile(lags, 50)), 3), "p95_s": round(float(np.percentile(lags, 95)), 3)}
+
+
+def buyer_columns(strength: Mapping[str, int]) -> tuple[str, ...]:
+    """raw_order's buyer identifier columns, strongest identifier type first (the OneID rules'
+    ``strength``, as the ``event_oneid`` view ranks them)."""
+    person = person_columns()["raw_order"]
+    return tuple(column for column, id_type in sorted(person.columns, key=lambda c: -int(strength.get(c[1], 0))))
+
+
+class FeaturePusher:
+    """Keeps :class:`TodayCounters` from written batches and OneID runs, and pushes what changed."""
+
+    def __init__(self, cfg: Settings, warehouse: Warehouse, lock: threading.Lock, strength: Mapping[str, int],
+                 target: RealtimePush | None = None) -> None:
+        self.warehouse = warehouse
+        self.lock = lock  # the warehouse lock (chDB: one writer per process)
+        self.target = target or RealtimePush(cfg, warehouse, lock)
+        self.columns = buyer_columns(strength)
+        self.stats = FeatureStats()
+        self._state_lock = threading.Lock()  # counters are touched by the batch path and the OneID thread
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-features")  # pushes stay in order
+        self._dirty: set[str] = set()  # customers whose last push failed: retried with the next one
+        with lock:
+            self.impulse_skus = self.target.impulse_skus()
+            self.counters = TodayCounters()
+            self.counters.add(self._recent_orders())
+            identities = self._identities()
+        self._push(self.counters.set_identities(identities), [])
+
+    def handler(self) -> BatchHandler:
+        """The batch handler: count the batch's orders and push the changed customers (before the commit)."""
+
+        async def handle(written: WrittenBatch) -> None:
+            facts = [order_fact(row, self.columns, self.impulse_skus, written.oldest_timestamp_ms)
+                     for row in written.rows("raw_order")]
+            if not facts:
+                return
+            with self._state_lock:
+                touched = self.counters.add(facts)
+                counted = list(self.counters.counted)
+            if touched:
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._push, touched, counted)
+
+        return handle
+
+    def on_resolved(self) -> None:
+        """Called by the OneID refresher after a resolution (on its thread, holding the warehouse lock)."""
+        identities = self._identities()
+        with self._state_lock:
+            touched = self.counters.set_identities(identities)
+            counted = list(self.counters.counted)
+        if touched:
+            self._pool.submit(self._push, touched, counted)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _push(self, oneids: set[str], counted: list[OrderFact]) -> None:
+        """Push ``oneids``' counters (on the push thread). A failure is logged and counted, never
+        stops ingestion: the customers are pushed again with the next push (the counters are
+        recomputed from the kept orders, so nothing is lost meanwhile)."""
+        with self._state_lock:
+            oneids = oneids | self._dirty
+            frame = self.counters.frame(oneids)
+        if frame.empty:
+            return
+        try:
+            self.target.push(frame)
+        except Exception:  # noqa: BLE001 - the online store may be down; the warehouse write stands
+            self.stats.errors += 1
+            with self._state_lock:
+                self._dirty |= oneids
+            log.exception("feature push of %d customers failed (retried with the next push)", len(frame))
+            return
+        with self._state_lock:
+            self._dirty -= oneids
+        done_ms = time.time() * 1000
+        self.stats.pushes += 1
+        self.stats.rows += len(frame)
+        self.stats.lags_s.extend((done_ms - f.produced_ms) / 1000 for f in counted if f.produced_ms)
+
+    def _identities(self) -> dict[str, tuple[str, bool]]:
+        if "identity_nodes" not in self.warehouse.tables():
+            return {}
+        rows = self.warehouse.rows("SELECT token, oneid, shared FROM identity_nodes FINAL WHERE oneid != ''")
+        return {token: (oneid, bool(shared)) for token, oneid, shared in rows}
+
+    def _recent_orders(self) -> list[OrderFact]:
+        """The warehouse's orders of its newest :data:`KEEP_DAYS` business days: the state a
+        restart resumes from, so a replayed batch finds its orders already counted."""
+        if "raw_order" not in self.warehouse.tables():
+            return []
+        rows = self.warehouse.rows(f"""
+            SELECT event_id, toUnixTimestamp64Milli(occurred_at), toFloat64(total_amount),
+                   arraySum(i -> if(i.1 IN {{impulse:Array(String)}}, i.3 * toFloat64(i.4), 0), items),
+                   [{", ".join(f"ifNull({c}, '')" for c in self.columns)}]
+            FROM raw_order FINAL
+            WHERE toDate(occurred_at, '{TZ}') > (SELECT toDate(max(occurred_at), '{TZ}') FROM raw_order) - {KEEP_DAYS}
+            """, {"impulse": sorted(self.impulse_skus)})
+        return [OrderFact(event_id, tuple(t for t in tokens if t), int(at_ms), spend, round(float(impulse), 2))
+                for event_id, at_ms, spend, impulse, tokens in rows]
