@@ -49,7 +49,8 @@ from lastmile.streaming.judges import ProcessJudges
 from lastmile.streaming.produce import ensure_topics
 from lastmile.streaming.sink import StreamSink
 from lastmile.streaming.status import status_path, write_status
-from lastmile.streaming.topics import DEFAULT_PARTITIONS, event_topics
+from lastmile.streaming.topics import ACTIONS_TOPIC, DEFAULT_PARTITIONS, event_topics
+from lastmile.streaming.triggers import Replenishments
 from lastmile.warehouse import connect, migrate
 
 log = logging.getLogger("lastmile.stream")
@@ -72,6 +73,17 @@ class StreamOptions:
     identity_every_s: float = 5.0  # 0: no OneID resolution in this worker
     profiles_every_s: float = 30.0  # 0: no profiles rebuild
     features: bool = True  # push today's counters to Feast's online store
+    replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
+
+
+@dataclass
+class WorkerParts:
+    """What a worker is made of besides Faust: the sink and what runs behind it."""
+
+    sink: StreamSink
+    refresher: IdentityRefresher
+    pusher: FeaturePusher | None = None
+    replenishments: Replenishments | None = None
 
 
 class _BatchBoot(BootStrategy):
@@ -82,15 +94,20 @@ class _App(faust.App):
     BootStrategy = _BatchBoot
 
 
-def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher: IdentityRefresher,
-              pusher: FeaturePusher | None = None) -> faust.App:
+def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faust.App:
     """The Faust app: producer, timers and one service running the batch consumer into ``sink``."""
     app = _App(options.group_id, broker=f"kafka://{bootstrap(cfg)}", web_enabled=False, topic_allow_declare=False,
                producer_acks=1, datadir=str(cfg.home / "stream" / "faust"))
 
+    sink, refresher, pusher, replenishments = parts.sink, parts.refresher, parts.pusher, parts.replenishments
+
     async def publish(topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         futures = [await app.producer.send(topic, key, value, None, None, None) for key, value in messages]
         await asyncio.gather(*futures)
+
+    async def publish_nudges() -> None:
+        if replenishments is not None and (actions := replenishments.drain()):
+            await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in actions])
 
     sink.handlers += [handlers.quarantine_topic(publish), handlers.triggers(sink, publish), refresher.handler()]
     if pusher is not None:
@@ -99,7 +116,7 @@ def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
     def status() -> None:
-        write_status(status_path(cfg), sink, consumer, refresher, pusher)
+        write_status(status_path(cfg), sink, consumer, refresher, pusher, replenishments)
 
     @app.service
     class EventTopics(mode.Service):
@@ -116,6 +133,9 @@ def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher
         async def on_stop(self) -> None:  # runs before the producer stops (started later, stopped first)
             await consumer.stop()
             await refresher.close()
+            if replenishments is not None:
+                await sink.run_blocking(replenishments.evaluate)  # after the last resolution
+            await publish_nudges()
             if pusher is not None:
                 pusher.close()
             status()
@@ -123,6 +143,10 @@ def build_app(cfg: Settings, options: StreamOptions, sink: StreamSink, refresher
     @app.timer(interval=1.0)
     async def identity() -> None:
         refresher.tick()  # resolves evidence of a stream gone quiet, too
+
+    @app.timer(interval=1.0)
+    async def nudges() -> None:
+        await publish_nudges()  # queued by the OneID thread (Replenishments.after_resolve)
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
@@ -145,9 +169,9 @@ def crash(exc: BaseException) -> None:
     os._exit(70)
 
 
-def open_sink(cfg: Settings, options: StreamOptions) -> tuple[StreamSink, IdentityRefresher, FeaturePusher | None]:
+def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     """Connect and migrate the warehouse; the sink (handlers come with the app), the OneID
-    refresher and the feature pusher (``None`` with ``features=False``)."""
+    refresher, the feature pusher and the replenishment rule (each optional by ``options``)."""
     warehouse = connect(cfg)
     migrate(warehouse)
     forgotten = forgotten_tokens(warehouse)  # as the Beam path: forgotten people are not resurrected
@@ -162,7 +186,11 @@ def open_sink(cfg: Settings, options: StreamOptions) -> tuple[StreamSink, Identi
     pusher = FeaturePusher(cfg, warehouse, sink.lock, identifiers.rules.strength) if options.features else None
     if pusher is not None:
         refresher.after_resolve.append(pusher.on_resolved)
-    return sink, refresher, pusher
+    replenishments = None
+    if refresher.enabled and options.replenish_every_s > 0:
+        replenishments = Replenishments(warehouse, every_s=options.replenish_every_s)
+        refresher.after_resolve.append(replenishments.after_resolve)
+    return WorkerParts(sink, refresher, pusher, replenishments)
 
 
 def run(cfg: Settings | None = None, options: StreamOptions | None = None, loglevel: str = "WARNING") -> None:
@@ -173,7 +201,8 @@ def run(cfg: Settings | None = None, options: StreamOptions | None = None, logle
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(bootstrap(cfg), options.partitions))
     (cfg.home / "stream" / "faust").mkdir(parents=True, exist_ok=True)
-    sink, refresher, pusher = open_sink(cfg, options)
+    parts = open_sink(cfg, options)
+    sink = parts.sink
     server = None
     if options.serve_port:
         from lastmile.warehouse.http_server import WarehouseHTTPServer
@@ -181,7 +210,7 @@ def run(cfg: Settings | None = None, options: StreamOptions | None = None, logle
         server = WarehouseHTTPServer.for_settings(cfg, port=options.serve_port, readonly=options.serve_readonly,
                                                   lock=sink.lock)
         server.start_background()
-    app = build_app(cfg, options, sink, refresher, pusher)
+    app = build_app(cfg, options, parts)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=True, loop=loop)
     try:
         worker.execute_from_commandline()

@@ -47,6 +47,7 @@ class Produced:
     quarantined: Counter  # reason -> count
     temperature_claim_orders: set[str]
     malformed_injected: int
+    staple: dict  # a neighbour's weekly staple purchases before the simulated week (order events)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
     # Hourly telemetry keeps the volume small (~5k events) while every event type appears.
     result = simulate(SimulationConfig(seed=11, orders=1200, weeks=1, telemetry_every_s=3600), out)
     events = out / "events"
+    staple = _staple_history(events / "order.jsonl")
     ingestor = Ingestor(Identifiers(replace(settings(), home=out, hash_key=HASH_KEY)))
     distinct: dict[str, set[str]] = {}
     reasons: Counter = Counter()
@@ -72,7 +74,22 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
     with dev.dev_broker(log_path=out / "broker.log") as broker:
         report = produce_files(broker.bootstrap, events)
         yield Produced(broker.bootstrap, report.published, {t: len(ids) for t, ids in distinct.items()}, reasons, claims,
-                       result.injected["malformed"])
+                       result.injected["malformed"], staple)
+
+
+def _staple_history(orders: Path) -> dict:
+    """Prepend a neighbour who buys the same eggs every Saturday (22 Aug, 29 Aug, 5 Sep 2026):
+    their next purchase is due on Saturday 12 September, inside the simulated week."""
+    lines = orders.read_bytes().splitlines()
+    template = orjson.loads(lines[0])
+    item = {**template["items"][0], "qty": 1}
+    staple = []
+    for n, day in enumerate(("2026-08-22", "2026-08-29", "2026-09-05")):
+        staple.append({**template, "event_id": f"ev-staple-{n}", "order_id": f"ord-staple-{n}",
+                       "occurred_at": f"{day}T08:30:00+08:00", "buyer": {"openid": "oStapleEggsEverySaturday01", "unionid": "uStapleEggs01"},
+                       "items": [item], "total_amount": item["unit_price"]})
+    orders.write_bytes(b"\n".join([*map(orjson.dumps, staple), *lines]) + b"\n")
+    return {"sku": item["sku"], "due": "2026-09-12", "event_ids": [o["event_id"] for o in staple]}
 
 
 def _env(home: Path, bootstrap: str) -> dict[str, str]:
@@ -84,7 +101,7 @@ def _start_worker(home: Path, bootstrap: str, group: str, batch_rows: int = 400)
     log = open(home.parent / f"{home.name}-worker.log", "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", group, "--batch-rows", str(batch_rows),
-         "--flush-seconds", "0.3", "--identity-seconds", "1", "--profiles-seconds", "2"],
+         "--flush-seconds", "0.3", "--identity-seconds", "1", "--profiles-seconds", "2", "--replenish-seconds", "1"],
         cwd=ROOT, env=_env(home, bootstrap), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -244,6 +261,9 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     # days, pushed to Feast's online store (and offline), equal what the warehouse says once
     # OneID has caught up.
     expected, served, status = _online_today(home, monkeypatch)
+    staple_oneid = _open(home, monkeypatch).scalar("SELECT any(oneid) FROM event_oneid WHERE event_id IN {e:Array(String)}",
+                                                   {"e": produced.staple["event_ids"]})
+    close_all()
     assert expected and served == expected
     assert status["offline_customers"] >= len(expected) and status["feature_push_errors"] == 0
     assert status["feature_orders_waiting_for_oneid"] <= len(oneid.orders) // 100, "only blocked identifiers wait"
@@ -252,6 +272,11 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     actions = [a for _, a in asyncio.run(_read_topic(produced.bootstrap, ACTIONS_TOPIC))]
     compensations = {a["action_id"]: a for a in actions if a["action"] == "compensate_cold_chain"}
     assert {a["details"]["order_id"] or a["event_id"] for a in compensations.values()} == produced.temperature_claim_orders
+    nudges = [a for a in actions if a["action"] == "replenishment_nudge"]
+    assert len({a["action_id"] for a in nudges}) == len(nudges), "each due staple is nudged once"
+    staple = [a for a in nudges if a["details"]["sku"] == produced.staple["sku"] and a["details"]["due"] == produced.staple["due"]
+              and a["details"]["oneid"] == staple_oneid]
+    assert len(staple) == 1 and staple[0]["details"]["purchases"] == 3 and staple[0]["details"]["mean_interval_days"] == 7
     welcomes = [a for a in actions if a["action"] == "welcome_neighbour"]
     assert welcomes, "a new community's first orders must welcome someone"
     assert len({a["action_id"] for a in welcomes}) == len(welcomes), "one welcome per neighbour"

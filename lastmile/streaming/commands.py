@@ -82,6 +82,8 @@ def stream(
     identity_seconds: float = typer.Option(5.0, help="Resolve new identity evidence into OneIDs at most this often (0: never; "
                                                     "with several workers, enable it on one)."),
     profiles_seconds: float = typer.Option(30.0, help="Rebuild the profiles table at most this often (0: never)."),
+    replenish_seconds: float = typer.Option(60.0, help="Evaluate replenishment nudges (staples due today) at most "
+                                            "this often, after OneID runs (0: never)."),
     features: bool = typer.Option(True, "--features/--no-features",
                                   help="Push today's counters per customer to Feast's online store as orders arrive."),
     log_level: str = typer.Option("WARNING", help="faust/worker log level."),
@@ -96,7 +98,7 @@ def stream(
     run(settings(), StreamOptions(batch_rows=batch_rows, flush_s=flush_seconds, partitions=partitions,
                                   serve_port=serve_port, serve_readonly=not serve_writable, group_id=group, judges=judges,
                                   identity_every_s=identity_seconds, profiles_every_s=profiles_seconds,
-                                  features=features),
+                                  features=features, replenish_every_s=replenish_seconds),
         loglevel=log_level.upper())
 
 

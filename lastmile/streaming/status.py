@@ -16,6 +16,7 @@ from lastmile.streaming.consumer import BatchConsumer
 from lastmile.streaming.features import FeaturePusher
 from lastmile.streaming.identity import IdentityRefresher
 from lastmile.streaming.sink import StreamSink
+from lastmile.streaming.triggers import Replenishments
 
 
 def status_path(cfg: Settings) -> Path:
@@ -23,12 +24,14 @@ def status_path(cfg: Settings) -> Path:
 
 
 def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refresher: IdentityRefresher,
-                 pusher: FeaturePusher | None = None) -> None:
+                 pusher: FeaturePusher | None = None, replenishments: Replenishments | None = None) -> None:
     stats, ids = sink.stats, refresher.stats
     features: dict = {}
+    if replenishments is not None:
+        features |= {"replenish_evaluations": replenishments.evaluations, "replenish_nudges": len(replenishments.sent)}
     if pusher is not None:
         fs = pusher.stats
-        features = {"feature_pushes": fs.pushes, "feature_rows_pushed": fs.rows, "feature_push_errors": fs.errors,
+        features |= {"feature_pushes": fs.pushes, "feature_rows_pushed": fs.rows, "feature_push_errors": fs.errors,
                     "feature_orders_waiting_for_oneid": pusher.counters.unresolved,
                     **{f"feature_freshness_{k}": v for k, v in fs.freshness().items()}}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Triggers for marketing automation, decided from what a batch wrote.
 
-Two rules, each a plain function of the batch's rows (identifiers already hashed):
+Two rules are plain functions of a batch's rows (identifiers already hashed):
 
 * **Cold-chain compensation** - a claim (``return`` with kind=claim) whose reason is
   ``temperature``: the neighbour says the chilled or frozen goods arrived warm. The action
@@ -9,9 +9,13 @@ Two rules, each a plain function of the batch's rows (identifiers already hashed
 * **Welcome a new neighbour** - the first event carrying a person's identifiers when none
   of them was seen before (see :mod:`lastmile.streaming.seen`).
 
-A replenishment nudge ("you buy eggs every Tuesday") is deliberately not here yet: it needs
-per-person purchase history across weeks and a clock-driven check ("not yet this week"),
-which belongs with the feature store rather than a per-batch rule.
+The third is clock-driven, so it is not a batch rule:
+
+* **Replenishment nudge** - a customer whose next purchase of a staple is due today ("eggs
+  every Monday", :mod:`lastmile.features.replenishment`). It needs OneIDs and weeks of
+  history, so :class:`Replenishments` evaluates it behind the stream, after OneID runs,
+  at the stream's own time (its event-time watermark), and queues the actions for the
+  worker to publish.
 
 Actions are at-least-once: a crash between publishing and committing re-sends them. Each
 has a deterministic ``action_id`` (one compensation per order, one welcome per person's
@@ -20,17 +24,24 @@ strongest identifier), so consumers deduplicate on it.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
+from lastmile.features.replenishment import Rhythm, due_replenishments
 from lastmile.identity.identifiers import TYPE_NAMES
 from lastmile.streaming.seen import PersonColumns, person_columns
 from lastmile.streaming.sink import WrittenBatch
+from lastmile.warehouse import Warehouse
 
 COMPENSATE = "compensate_cold_chain"
 WELCOME = "welcome_neighbour"
+REPLENISH = "replenishment_nudge"
 
 
 @dataclass(frozen=True)
@@ -124,3 +135,75 @@ class Welcomes:
                 seen.add(token)
                 new_rows.append((token, id_type, row["event_id"], occurred_at))
         return actions, new_rows
+
+
+def stream_time(warehouse: Warehouse) -> datetime | None:
+    """The stream's event-time watermark: the oldest of the order partitions' newest order times.
+
+    Partitions are consumed independently; the slowest one says how far the stream surely
+    got. Only rows the stream wrote count (``_source`` ``kafka:...``), not backfilled files.
+    """
+    value = warehouse.scalar("""
+        SELECT min(newest) FROM (SELECT max(occurred_at) AS newest FROM raw_order WHERE startsWith(_source, 'kafka:') GROUP BY _source)
+        """)
+    if value is None or value.year < 2000:  # min() of nothing is the epoch
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+class Replenishments:
+    """The replenishment rule behind the stream: evaluate after OneID runs, queue what is new.
+
+    :meth:`after_resolve` runs on the OneID thread holding the warehouse lock (a callback of
+    :class:`~lastmile.streaming.identity.IdentityRefresher`); it evaluates at most every
+    ``every_s`` seconds, or sooner when the stream's day moved on. A graceful stop calls
+    :meth:`evaluate` once more after the last resolution. The worker publishes
+    :meth:`drain` on its loop. Each nudge is queued once per process; after a restart the
+    day's nudges are queued again with the same ``action_id`` (at-least-once, as every action).
+    """
+
+    def __init__(self, warehouse: Warehouse, every_s: float = 60.0, rhythm: Rhythm = Rhythm(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.warehouse = warehouse
+        self.every_s = every_s
+        self.rhythm = rhythm
+        self.clock = clock
+        self.sent: set[str] = set()
+        self.evaluations = 0
+        self._pending: list[Action] = []
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._last_day = None
+
+    def after_resolve(self) -> None:
+        """Evaluate if ``every_s`` passed or the stream's day moved on since the last evaluation."""
+        as_of = stream_time(self.warehouse)
+        if as_of is not None and (self.clock() - self._last >= self.every_s or as_of.date() != self._last_day):
+            self.evaluate(as_of)
+
+    def evaluate(self, as_of: datetime | None = None) -> None:
+        """Queue the nudges due at ``as_of`` (default: the stream's time) not queued before. Hold the warehouse lock."""
+        as_of = as_of or stream_time(self.warehouse)
+        if as_of is None:
+            return
+        self._last, self._last_day = self.clock(), as_of.date()
+        self.evaluations += 1
+        actions = [self.action(due, as_of) for due in due_replenishments(self.warehouse, as_of, self.rhythm)
+                   if due.action_id not in self.sent]
+        with self._lock:
+            self._pending += actions
+            self.sent.update(a.action_id for a in actions)
+
+    @staticmethod
+    def action(due, as_of: datetime) -> Action:
+        return Action(action_id=due.action_id, action=REPLENISH, event_id="", event_type="order",
+                      occurred_at=as_of.isoformat(), person=None,
+                      details={"oneid": due.oneid, "sku": due.sku, "due": due.due.isoformat(),
+                               "last_purchase": due.last_purchase.isoformat(), "purchases": due.purchases,
+                               "mean_interval_days": due.mean_interval_days})
+
+    def drain(self) -> list[Action]:
+        """The queued nudges (each handed out once)."""
+        with self._lock:
+            out, self._pending = self._pending, []
+        return out
