@@ -55,6 +55,12 @@ class Identifiers:
 
     __call__ = token
 
+    def set_forgotten(self, forgotten: frozenset[str]) -> None:
+        """Adopt a new suppression list (a long-running worker learns of forget requests)."""
+        if forgotten != self.forgotten:
+            self.forgotten = forgotten
+            self._cache.clear()  # cached tokens of newly forgotten people must not be handed out again
+
     def mentions_forgotten(self, payload: bytes) -> bool:
         """Does a raw payload (valid JSON or not) carry an identifier of a forgotten person?
 

@@ -85,6 +85,23 @@ class WorkerParts:
     pusher: FeaturePusher | None = None
     replenishments: Replenishments | None = None
 
+    def refresh_forgotten(self) -> None:
+        """Adopt forget requests made while the worker runs (hold the warehouse lock).
+
+        Batches judged from now on drop the forgotten people's identifiers, and OneID
+        refuses any of their evidence that slipped in before (it joins the blocked tokens).
+        """
+        sink = self.sink
+        current = forgotten_tokens(sink.warehouse)
+        identifiers = sink.ingestor.identifiers
+        if current == identifiers.forgotten:
+            return
+        identifiers.set_forgotten(current)
+        if sink.judges is not None:
+            sink.judges.set_forgotten(current)
+        self.refresher.blocked = self.refresher.rules.blocked_tokens(identifiers.hasher) | current
+        log.warning("suppression list updated: %d forgotten identifiers", len(current))
+
 
 class _BatchBoot(BootStrategy):
     enable_kafka_consumer = False  # the event topics are read by BatchConsumer, not by Faust
@@ -144,6 +161,10 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     async def identity() -> None:
         refresher.tick()  # resolves evidence of a stream gone quiet, too
 
+    @app.timer(interval=5.0)
+    async def forget_requests() -> None:
+        await sink.run_blocking(parts.refresh_forgotten)  # `lastmile forget` may have run meanwhile
+
     @app.timer(interval=1.0)
     async def nudges() -> None:
         await publish_nudges()  # queued by the OneID thread (Replenishments.after_resolve)
@@ -183,6 +204,7 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     sink = StreamSink(warehouse, Ingestor(identifiers), lock=threading.Lock(), judges=judges)
     refresher = IdentityRefresher(warehouse, sink.lock, identifiers, resolve_every_s=options.identity_every_s,
                                   profiles_every_s=options.profiles_every_s)
+    refresher.blocked = refresher.blocked | forgotten
     pusher = FeaturePusher(cfg, warehouse, sink.lock, identifiers.rules.strength) if options.features else None
     if pusher is not None:
         refresher.after_resolve.append(pusher.on_resolved)

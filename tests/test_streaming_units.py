@@ -202,3 +202,26 @@ def test_identity_refresher_rebuilds_profiles_after_a_late_resolution(tmp_path, 
 class _Report:
     profiles = 0
     changes: list = []
+
+
+def test_judges_adopt_a_forget_request_while_running(tmp_path) -> None:
+    """A person forgotten while the worker runs: later batches carry none of their identifiers."""
+    from lastmile.streaming.judges import ProcessJudges
+
+    cfg = replace(settings(), home=tmp_path, hash_key="unit")
+    ingestor = _ingestor(tmp_path)
+    phone_token = ingestor.identifiers.token("phone", "13800138000")
+    records = [Record("lastmile.return", 0, n, _return(f"ret-{n:05d}", f"o-{n}", "quality")) for n in range(4)]
+    judges = ProcessJudges(cfg, frozenset(), 2)
+    try:
+        before = asyncio.run(judges.judge(records))
+        judges.set_forgotten(frozenset({phone_token}))
+        after = asyncio.run(judges.judge(records))
+    finally:
+        judges.close()
+    assert phone_token in b"".join(before.rows["raw_return"]).decode() and before.links
+    assert phone_token not in b"".join(after.rows["raw_return"]).decode() and not after.links
+    assert after.valid == before.valid == 4, "the events still count; only the person is gone"
+
+    ingestor.identifiers.set_forgotten(frozenset({phone_token}))  # in-process judging: the token cache is dropped too
+    assert ingestor.identifiers.token("phone", "13800138000") is None

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from lastmile.config import Settings
 from lastmile.ingest import Batch, Ingestor
@@ -33,6 +34,7 @@ from lastmile.privacy import Identifiers
 from lastmile.streaming.sink import Record, ingest_records, merge_into
 
 _ingestor: Ingestor | None = None
+_forgotten_version = 0
 
 
 def _init(cfg: Settings, forgotten: frozenset[str]) -> None:
@@ -48,8 +50,14 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _judge(records: list[Record]) -> Batch:
+def _judge(records: list[Record], forgotten: tuple[int, str] = (0, "")) -> Batch:
+    """Judge a chunk; ``forgotten`` is ``(version, file)`` of the worker's current suppression list."""
+    global _forgotten_version
     assert _ingestor is not None, "judge process not initialised"
+    version, path = forgotten
+    if version != _forgotten_version:
+        _ingestor.identifiers.set_forgotten(frozenset(Path(path).read_text().split()))
+        _forgotten_version = version
     return ingest_records(_ingestor, records)
 
 
@@ -69,6 +77,12 @@ class ProcessJudges:
 
     def __init__(self, cfg: Settings, forgotten: frozenset[str], processes: int) -> None:
         self.processes = processes
+        #: The suppression list the children judge with. :meth:`set_forgotten` writes a new one
+        #: to a file and bumps the version every job carries; a child that sees a newer
+        #: version reads the file before judging (so jobs stay small whatever the list's size).
+        self.forgotten = forgotten
+        self._version: tuple[int, str] = (0, "")
+        self._dir = cfg.home / "stream"
         self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_init, initargs=(cfg, forgotten))
 
@@ -79,12 +93,24 @@ class ProcessJudges:
 
     async def judge(self, records: Sequence[Record]) -> Batch:
         loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, chunk)
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, chunk, self._version)
                                        for chunk in split_by_partition(records, self.processes)))
         merged = Batch()
         for part in parts:
             merge_into(merged, part)
         return merged
+
+    def set_forgotten(self, forgotten: frozenset[str]) -> None:
+        """Judge later batches with a new suppression list (a forget request reached the warehouse)."""
+        if forgotten == self.forgotten:
+            return
+        version = self._version[0] + 1
+        path = self._dir / f"forgotten-{version}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(sorted(forgotten)))
+        tmp.replace(path)
+        self.forgotten, self._version = forgotten, (version, str(path))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
