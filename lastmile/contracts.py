@@ -189,6 +189,7 @@ class EventParser:
         self._contracts = contracts()
         self._limit_ts = 0.0
         self._limit_checked = -1.0
+        self._epochs: dict[str, float] = {}
 
     def _future_limit(self) -> float:
         """now + allowed skew, as epoch seconds; recomputed at most once a second (hot path)."""
@@ -197,6 +198,25 @@ class EventParser:
             self._limit_ts = (self._now() + self.max_clock_skew).timestamp()
             self._limit_checked = tick
         return self._limit_ts
+
+    def _epoch(self, text: str, event_type: str) -> float:
+        """``occurred_at`` as epoch seconds, remembered: readings of one tick share their timestamp
+        (every compartment reports on the minute), so most events skip the parse."""
+        try:
+            occurred = datetime.fromisoformat(text)
+            if occurred.tzinfo is None:
+                raise ValueError("no offset")
+        except ValueError:
+            raise ContractError(
+                "invalid_value",
+                f"{event_type}: field occurred_at must carry a UTC offset (e.g. 2026-11-20T16:05:00+08:00), "
+                f"got {text!r}",
+                event_type,
+            ) from None
+        if len(self._epochs) >= 4096:
+            self._epochs.clear()
+        epoch = self._epochs[text] = occurred.timestamp()
+        return epoch
 
     def parse(self, raw: bytes | str) -> dict[str, Any]:
         """Decode, validate and return one event; raise :class:`ContractError` if it is bad."""
@@ -223,21 +243,14 @@ class EventParser:
                 f"unknown event_type {event_type!r}; known: {', '.join(sorted(self._contracts))}",
             )
         found.validate(event)
-        try:
-            occurred = datetime.fromisoformat(event["occurred_at"])
-            if occurred.tzinfo is None:
-                raise ValueError("no offset")
-        except ValueError:
-            raise ContractError(
-                "invalid_value",
-                f"{event_type}: field occurred_at must carry a UTC offset (e.g. 2026-11-20T16:05:00+08:00), "
-                f"got {event['occurred_at']!r}",
-                event_type,
-            ) from None
-        if occurred.timestamp() > self._future_limit():
+        text = event["occurred_at"]
+        epoch = self._epochs.get(text)
+        if epoch is None:
+            epoch = self._epoch(text, event_type)
+        if epoch > self._future_limit():
             raise ContractError(
                 "future_timestamp",
-                f"{event_type}: occurred_at {event['occurred_at']} is in the future "
+                f"{event_type}: occurred_at {text} is in the future "
                 f"(more than {int(self.max_clock_skew.total_seconds())} s after now)",
                 event_type,
             )
