@@ -126,6 +126,25 @@ def test_materialize_is_incremental(fs: Settings) -> None:
     assert again.total_rows == 0, again.summary()
 
 
+def test_fast_path_writes_the_rows_feast_writes(fs: Settings) -> None:
+    """lastmile's bulk SQLite write and Feast's own materialize leave byte-identical rows
+    (entity keys, Value messages, value_text, timestamps and SQLite storage types)."""
+    store = get_store(fs)
+    conn = store._get_provider().online_store._get_conn(store.config)
+    views = ["customer_profile", "community_bestsellers", "sku_catalog", "customer_consent"]  # int, double, str, bool
+
+    def rows() -> dict[str, list[tuple]]:
+        return {v: sorted(conn.execute(
+            "SELECT entity_key, feature_name, value, value_text, event_ts, created_ts, typeof(entity_key), "
+            f'typeof(value), typeof(event_ts) FROM "lastmile_{v}"').fetchall()) for v in views}
+
+    report = materialize(fs, incremental=False, views=views)
+    assert all(report.rows[v] > 0 for v in views), report.summary()
+    fast = rows()
+    store.materialize(start_date=datetime(2000, 1, 1, tzinfo=timezone.utc), end_date=report.end, feature_views=views)
+    assert rows() == fast
+
+
 def test_historical_retrieval_is_point_in_time_correct(fs: Settings) -> None:
     """A feature row stamped after the entity timestamp must never be joined (no future leakage)."""
     w = connect(fs)

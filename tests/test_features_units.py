@@ -29,7 +29,10 @@ def test_value_encodings_match_protobuf() -> None:
         Value(string_val=v).SerializeToString() if v is not None else b"" for v in strings]
     assert encode_values([True, False, None], "bool") == [
         Value(bool_val=True).SerializeToString(), Value(bool_val=False).SerializeToString(), b""]
-    assert value_texts([1.0, None, 2.5], "double") == ["1.0", None, "2.5"]
+    assert value_texts([1.0, None, 2.5, float("nan"), 1e-7], "double") == ["1.0", None, "2.5", None, "1e-07"]
+    assert value_texts([0, -300, 2**40, None], "int64") == ["0", "-300", str(2**40), None]
+    assert value_texts([True, False, None], "bool") == ["True", "False", None]
+    assert value_texts(["翠苑", "", None], "string") == ["翠苑", "", None]
 
 
 def test_entity_key_encoding_matches_feast() -> None:

@@ -65,4 +65,4 @@ def serve_command(host: str = "127.0.0.1", port: int = 8000, cfg: Settings | Non
 
     from lastmile.api import create_app
 
-    uvicorn.run(create_app(cfg or current_settings()), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(cfg or current_settings(), warm=True), host=host, port=port, log_level="info")

@@ -11,7 +11,10 @@ from datetime import date, datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from lastmile.config import Settings, settings as current_settings
+from lastmile.features.store import response_columns
 from lastmile.features.tables import CATEGORIES, TZ
 from lastmile.models.policy import CapLedger, SpendingPolicy
 from lastmile.models.recommender import MODEL_NAME as RECO, RecommenderModel, candidate_features, model_dir
@@ -47,13 +50,20 @@ class ModelService:
         self.customer_refs = self._refs(CUSTOMER_VIEWS)
         self.candidate_refs = self._refs(CANDIDATE_VIEWS)
 
+    def warm(self) -> None:
+        """Run both online reads once, for ids that match nothing: Feast resolves and caches the
+        feature references and SQLite prepares its statements before the first real request."""
+        self.store.get_online_features(features=self.customer_refs, entity_rows=[{"oneid": ""}])
+        self.store.get_online_features(features=self.candidate_refs,
+                                       entity_rows=[{"oneid": "", "community_id": "", "sku": ""}])
+
     def _refs(self, views: tuple[str, ...]) -> list[str]:
         return [f"{v}:{f.name}" for v in views for f in self.store.get_feature_view(v).features]
 
     # -- features --------------------------------------------------------------------------
 
     def customer_features(self, oneid: str) -> dict[str, Any]:
-        got = self.store.get_online_features(features=self.customer_refs, entity_rows=[{"oneid": oneid}]).to_dict()
+        got = response_columns(self.store.get_online_features(features=self.customer_refs, entity_rows=[{"oneid": oneid}]))
         row = {k: v[0] for k, v in got.items()}
         if all(row.get(ref.split(":")[1]) is None for ref in self.customer_refs):
             raise UnknownCustomer(oneid)
@@ -69,6 +79,37 @@ class ModelService:
 
     # -- recommendations ------------------------------------------------------------------
 
+    def candidates(self, oneid: str, community: str, ranked_als: list[str] | None = None) -> list[str]:
+        """SKUs to re-rank: the ALS top 25 and the community's top 15 best-sellers (all SKUs if none)."""
+        if ranked_als is None:
+            scores = self.reco.candidates.score_all(oneid)
+            ranked_als = sorted(scores, key=lambda s: -scores[s])
+        cands = list(dict.fromkeys(ranked_als[:25] + self.reco.popular.get(community, [])[:15]))
+        return cands or list(self.reco.candidates.items)
+
+    @staticmethod
+    def candidate_rows(oneid: str, community: str, cands: list[str]) -> list[dict[str, str]]:
+        """Entity rows of the candidate read: one (customer, community, SKU) per candidate."""
+        return [{"oneid": oneid, "community_id": community, "sku": s} for s in cands]
+
+    def _rerank(self, row: dict[str, Any], got: dict[str, list[Any]], cands: list[str], scores: dict[str, float],
+                rank: dict[str, int], as_of: float) -> list[dict[str, Any]]:
+        """Score every candidate (customer row + its candidate features) with the re-ranker.
+
+        One matrix through the re-ranker, not one numpy call per candidate.
+        """
+        rows = []
+        for i in range(len(cands)):
+            cand = dict(row)
+            cand.update({k: v[i] for k, v in got.items()})
+            rows.append(cand)
+        x = np.array([candidate_features(c, scores.get(s, 0.0), rank.get(s, 99), as_of) for c, s in zip(rows, cands)])
+        decisions = self.reco.reranker.decision(x).tolist()
+        return [{"sku": sku, "score": round(float(score), 4), "category": cand.get("sku_category"),
+                 "is_impulse": bool(cand.get("sku_is_impulse")), "is_healthy": bool(cand.get("sku_is_healthy")),
+                 "community_rank_28d": cand.get("cb_rank_28d"), "bought_before": int(cand.get("np_purchases") or 0)}
+                for sku, cand, score in zip(cands, rows, decisions)]
+
     def recommend(self, oneid: str, limit: int = 10, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(timezone.utc)
         today: date = now.astimezone(ZoneInfo(TZ)).date()
@@ -77,23 +118,10 @@ class ModelService:
         scores = self.reco.candidates.score_all(oneid)
         ranked_als = sorted(scores, key=lambda s: -scores[s])
         rank = {s: i for i, s in enumerate(ranked_als)}
-        cands = list(dict.fromkeys(ranked_als[:25] + self.reco.popular.get(community, [])[:15]))
-        if not cands:
-            cands = list(self.reco.candidates.items)
-        got = self.store.get_online_features(
-            features=self.candidate_refs,
-            entity_rows=[{"oneid": oneid, "community_id": community, "sku": s} for s in cands]).to_dict()
-        as_of = now.timestamp()
-        items = []
-        for i, sku in enumerate(cands):
-            cand = dict(row)
-            cand.update({k: v[i] for k, v in got.items()})
-            x = candidate_features(cand, scores.get(sku, 0.0), rank.get(sku, 99), as_of)
-            score = float(self.reco.reranker.decision(x)) if x else 0.0
-            items.append({"sku": sku, "score": round(score, 4), "category": cand.get("sku_category"),
-                          "is_impulse": bool(cand.get("sku_is_impulse")), "is_healthy": bool(cand.get("sku_is_healthy")),
-                          "community_rank_28d": cand.get("cb_rank_28d"),
-                          "bought_before": int(cand.get("np_purchases") or 0)})
+        cands = self.candidates(oneid, community, ranked_als)
+        got = response_columns(self.store.get_online_features(features=self.candidate_refs,
+                                                              entity_rows=self.candidate_rows(oneid, community, cands)))
+        items = self._rerank(row, got, cands, scores, rank, now.timestamp())
         items.sort(key=lambda r: -r["score"])
         health = self.spend.assess(row)
         exempt = bool(row.get("dietary_need_declared"))
