@@ -16,7 +16,8 @@ shared, so absolute figures move with its load; the ratios move much less):
   one entity row customer x community x SKU) through ``FeatureStore.get_online_features``
   and ``to_dict()`` on lastmile's store (:func:`lastmile.features.store.get_store`);
   reference: the same reads on a FeatureStore built by plain Feast from the same
-  configuration, in alternating blocks;
+  configuration (Feast's own connection: no mmap; WAL is a property of the file, so both
+  read in WAL mode), in alternating blocks;
 * ``GET /customers/{oneid}/recommendations`` through the ASGI app, as ``lastmile serve``
   builds it (warmed), over a rotating set of customers, on one event loop as a server runs
   it; reference: the two Feast reads that request makes (customer, then its candidates), with
