@@ -199,6 +199,48 @@ def test_identity_refresher_rebuilds_profiles_after_a_late_resolution(tmp_path, 
     assert calls == ["resolve", "profiles", "resolve", "profiles"]
 
 
+def test_identity_refresher_starts_nothing_while_closing(tmp_path, monkeypatch) -> None:
+    """The worker's 1 s timer may tick while the stop waits for a running refresh: that tick must
+    not start a resolution the stop does not know of (it would leave profiles stale)."""
+    import threading
+    import time
+
+    from lastmile.identity.store import ResolveOutcome
+    from lastmile.streaming import identity
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def resolve(*_):
+        release.wait(10)
+        calls.append("resolve")
+        return ResolveOutcome(len(calls), 0, _Report())
+
+    monkeypatch.setattr(identity, "resolve_pending", resolve)
+    monkeypatch.setattr(identity, "build_profiles", lambda *_: calls.append("profiles") or 7)
+    now = [0.0]
+    ingestor = _ingestor(tmp_path)
+    refresher = identity.IdentityRefresher(_Recorder(), threading.Lock(), ingestor.identifiers,  # type: ignore[arg-type]
+                                           resolve_every_s=5, profiles_every_s=30, clock=lambda: now[0])
+    with_links = WrittenBatch(ingestor.process("t", [(1, _return("ret-00001", "o-1", "quality"))]), 1)
+
+    async def scenario() -> None:
+        await refresher.handler()(with_links)  # resolve + profiles, held at the resolve
+        refresher.note(with_links)
+        now[0] = 6.0
+        closing = asyncio.ensure_future(refresher.close())
+        await asyncio.sleep(0.05)  # the stop now waits for the running refresh
+        release.set()
+        running = refresher._running
+        while not running.done():  # blocks the loop: the stop cannot resume before the tick below
+            time.sleep(0.01)
+        assert not refresher.tick(), "no refresh starts once the stop began"
+        await closing
+
+    asyncio.run(scenario())
+    assert calls == ["resolve", "profiles", "resolve", "profiles"]
+
+
 class _Report:
     profiles = 0
     changes: list = []

@@ -88,8 +88,9 @@ class TodayCounters:
     orders: dict[str, OrderFact] = field(default_factory=dict)
     owner: dict[str, str] = field(default_factory=dict)  # event_id -> oneid ('' while unresolved)
     by_oneid: dict[str, set[str]] = field(default_factory=dict)
+    by_token: dict[str, set[str]] = field(default_factory=dict)  # token -> kept event_ids naming it
     waited: dict[str, int] = field(default_factory=dict)  # unresolved event_id -> resolutions seen
-    #: Orders that became counted in the last :meth:`add` or :meth:`set_identities` call.
+    #: Orders that became counted in the last :meth:`add` or :meth:`update_identities` call.
     counted: list[OrderFact] = field(default_factory=list)
     newest_by_source: dict[str, int] = field(default_factory=dict)  # partition -> newest event time (ms)
     oldest_kept: date | None = None
@@ -117,6 +118,8 @@ class TodayCounters:
             if fact.event_id in self.orders or (self.oldest_kept is not None and fact.day < self.oldest_kept):
                 continue  # a replay, or too late to be anyone's today
             self.orders[fact.event_id] = fact
+            for token in fact.tokens:
+                self.by_token.setdefault(token, set()).add(fact.event_id)
             self._attach(fact)
             if self.owner[fact.event_id]:
                 touched.add(self.owner[fact.event_id])
@@ -125,14 +128,34 @@ class TodayCounters:
         return touched
 
     def set_identities(self, identities: dict[str, tuple[str, bool]]) -> set[str]:
-        """Adopt a new token -> OneID map (after a resolution); returns the OneIDs whose counters changed."""
-        self.identities = identities
+        """Adopt a whole new token -> OneID map; returns the OneIDs whose counters changed."""
+        changes = {t: v for t, v in identities.items() if self.identities.get(t) != v}
+        changes.update({t: ("", False) for t in self.identities if t not in identities})
+        return self.update_identities(changes)
+
+    def update_identities(self, changes: dict[str, tuple[str, bool]]) -> set[str]:
+        """Adopt the tokens whose OneID changed in a resolution (``''``: no OneID any more).
+
+        Only orders naming a changed token - and those still waiting for a OneID, which
+        count this resolution - are re-attributed, so the cost follows the change, not the
+        state. Returns the OneIDs whose counters changed (both sides of a merge or split).
+        """
         waiting = set(self.by_oneid.get("", ()))
-        before = {oneid: frozenset(events) for oneid, events in self.by_oneid.items()}
-        self.owner.clear()
-        self.by_oneid.clear()
-        for fact in self.orders.values():
-            self._attach(fact)
+        affected = set(waiting)
+        for token, (oneid, shared) in changes.items():
+            if oneid:
+                self.identities[token] = (oneid, shared)
+            else:
+                self.identities.pop(token, None)
+            affected |= self.by_token.get(token, set())
+        touched: set[str] = set()
+        for event_id in affected:
+            old, new = self.owner[event_id], self.oneid_of(self.orders[event_id])
+            if old != new:
+                self._detach(event_id)
+                self.owner[event_id] = new
+                self.by_oneid.setdefault(new, set()).add(event_id)
+                touched |= {old, new}
         self.counted = [self.orders[e] for e in waiting if self.owner[e]]
         for event_id in waiting:
             if self.owner[event_id]:
@@ -141,10 +164,7 @@ class TodayCounters:
                 self.waited[event_id] = self.waited.get(event_id, 0) + 1
                 if self.waited[event_id] >= WAIT_RESOLUTIONS:
                     self._drop(event_id)
-        after = {oneid: frozenset(events) for oneid, events in self.by_oneid.items()}
-        changed = {o for o in after if before.get(o) != after[o]} - {""}
-
-        return changed
+        return touched - {""}
 
     @property
     def unresolved(self) -> int:
@@ -184,12 +204,22 @@ class TodayCounters:
         for event_id in [e for e, f in self.orders.items() if f.day < oldest]:
             self._drop(event_id)
 
-    def _drop(self, event_id: str) -> None:
-        self.orders.pop(event_id)
-        self.waited.pop(event_id, None)
-        oneid = self.owner.pop(event_id)
+    def _detach(self, event_id: str) -> None:
+        oneid = self.owner[event_id]
         events = self.by_oneid.get(oneid)
         if events is not None:
             events.discard(event_id)
             if not events:
                 del self.by_oneid[oneid]
+
+    def _drop(self, event_id: str) -> None:
+        self._detach(event_id)
+        fact = self.orders.pop(event_id)
+        self.waited.pop(event_id, None)
+        del self.owner[event_id]
+        for token in fact.tokens:
+            events = self.by_token.get(token)
+            if events is not None:
+                events.discard(event_id)
+                if not events:
+                    del self.by_token[token]

@@ -75,12 +75,13 @@ class FeaturePusher:
         self._state_lock = threading.Lock()  # counters are touched by the batch path and the OneID thread
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-features")  # pushes stay in order
         self._dirty: set[str] = set()  # customers whose last push failed: retried with the next one
+        self._identity_run = 0  # identity_nodes rows up to this run are in the counters' map
         with lock:
             self.impulse_skus = self.target.impulse_skus()
             self.counters = TodayCounters()
             self.counters.add(self._recent_orders())
-            identities = self._identities()
-        self._push(self.counters.set_identities(identities), [])
+            changes = self._identity_changes()
+        self._push(self.counters.update_identities(changes), [])
 
     def handler(self) -> BatchHandler:
         """The batch handler: count the batch's orders and push the changed customers (before the commit)."""
@@ -100,9 +101,9 @@ class FeaturePusher:
 
     def on_resolved(self) -> None:
         """Called by the OneID refresher after a resolution (on its thread, holding the warehouse lock)."""
-        identities = self._identities()
+        changes = self._identity_changes()
         with self._state_lock:
-            touched = self.counters.set_identities(identities)
+            touched = self.counters.update_identities(changes)
             counted = list(self.counters.counted)
         if touched:
             self._pool.submit(self._push, touched, counted)
@@ -134,11 +135,15 @@ class FeaturePusher:
         self.stats.rows += len(frame)
         self.stats.lags_s.extend((done_ms - f.produced_ms) / 1000 for f in counted if f.produced_ms)
 
-    def _identities(self) -> dict[str, tuple[str, bool]]:
+    def _identity_changes(self) -> dict[str, tuple[str, bool]]:
+        """Identifiers whose OneID changed since the last call (``identity_nodes`` is versioned by run)."""
         if "identity_nodes" not in self.warehouse.tables():
             return {}
-        rows = self.warehouse.rows("SELECT token, oneid, shared FROM identity_nodes FINAL WHERE oneid != ''")
-        return {token: (oneid, bool(shared)) for token, oneid, shared in rows}
+        rows = self.warehouse.rows("SELECT token, oneid, shared, run FROM identity_nodes FINAL WHERE run > {r:UInt64}",
+                                   {"r": self._identity_run})
+        if rows:
+            self._identity_run = max(int(r[3]) for r in rows)
+        return {token: (oneid, bool(shared)) for token, oneid, shared, _ in rows}
 
     def _recent_orders(self) -> list[OrderFact]:
         """The warehouse's orders of its newest :data:`KEEP_DAYS` business days: the state a

@@ -81,6 +81,7 @@ class IdentityRefresher:
         self._rows_pending = False  # rows written since the running/last profiles build began
         self._last_resolve = self._last_profiles = float("-inf")
         self._running: Future | None = None
+        self._closing = False  # set by close(): the timer must not start a refresh behind its back
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-identity")
         #: Called after each resolution, on the identity thread, still holding the warehouse
         #: lock (e.g. the feature pusher re-reading the token -> OneID map).
@@ -119,7 +120,7 @@ class IdentityRefresher:
         Called after each batch and from a timer (so evidence is resolved when the stream
         goes quiet too).
         """
-        if self._running is not None and not self._running.done():
+        if self._closing or (self._running is not None and not self._running.done()):
             return False
         resolve, profiles = self.due()
         if not (resolve or profiles):
@@ -169,6 +170,7 @@ class IdentityRefresher:
     async def close(self) -> None:
         """On a graceful stop: wait for a running refresh, then resolve and rebuild what is pending."""
         loop = asyncio.get_running_loop()
+        self._closing = True
         if self._running is not None:
             await asyncio.wrap_future(self._running, loop=loop)
         if self.enabled and (self._links_pending or self._rows_pending):

@@ -156,7 +156,7 @@ class Replenishments:
 
     :meth:`after_resolve` runs on the OneID thread holding the warehouse lock (a callback of
     :class:`~lastmile.streaming.identity.IdentityRefresher`); it evaluates at most every
-    ``every_s`` seconds, or sooner when the stream's day moved on. A graceful stop calls
+    ``every_s`` seconds. A graceful stop calls
     :meth:`evaluate` once more after the last resolution. The worker publishes
     :meth:`drain` on its loop. Each nudge is queued once per process; after a restart the
     day's nudges are queued again with the same ``action_id`` (at-least-once, as every action).
@@ -173,20 +173,22 @@ class Replenishments:
         self._pending: list[Action] = []
         self._lock = threading.Lock()
         self._last = float("-inf")
-        self._last_day = None
 
     def after_resolve(self) -> None:
-        """Evaluate if ``every_s`` passed or the stream's day moved on since the last evaluation."""
-        as_of = stream_time(self.warehouse)
-        if as_of is not None and (self.clock() - self._last >= self.every_s or as_of.date() != self._last_day):
-            self.evaluate(as_of)
+        """Evaluate if ``every_s`` passed since the last evaluation.
+
+        Not on every change of the stream's day: while a backlog replays, days fly by in
+        seconds, and a nudge for a staple that was due two replayed days ago is noise.
+        """
+        if self.clock() - self._last >= self.every_s:
+            self.evaluate()
 
     def evaluate(self, as_of: datetime | None = None) -> None:
         """Queue the nudges due at ``as_of`` (default: the stream's time) not queued before. Hold the warehouse lock."""
         as_of = as_of or stream_time(self.warehouse)
         if as_of is None:
             return
-        self._last, self._last_day = self.clock(), as_of.date()
+        self._last = self.clock()
         self.evaluations += 1
         actions = [self.action(due, as_of) for due in due_replenishments(self.warehouse, as_of, self.rhythm)
                    if due.action_id not in self.sent]
