@@ -88,13 +88,24 @@ class RealtimePush:
         return frozenset(s for (s,) in self.warehouse.rows("SELECT DISTINCT sku FROM ref_skus WHERE is_impulse"))
 
     def push(self, frame: pd.DataFrame) -> int:
-        """Online through Feast's push source, then offline into the warehouse (under the warehouse lock)."""
+        """Online, then offline: :meth:`push_online` then :meth:`write_offline`."""
+        df = self.push_online(frame)
+        self.write_offline(df)
+        return len(df)
+
+    def push_online(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Through Feast's push source into the online store; returns the conformed frame,
+        stamped with ``_pushed_at`` (when the online store had it) for :meth:`write_offline`."""
         from feast.data_source import PushMode
 
-        if frame.empty:
-            return 0
         df = _conform(frame)
-        self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
-        with self.lock:
-            self.warehouse.client.insert_df("feat_customer_realtime", df)
-        return len(df)
+        if not df.empty:
+            self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
+        df["_pushed_at"] = pd.Timestamp.now(tz="UTC")
+        return df
+
+    def write_offline(self, df: pd.DataFrame) -> None:
+        """Into ``feat_customer_realtime`` (under the warehouse lock): what serving saw, for training."""
+        if not df.empty:
+            with self.lock:
+                self.warehouse.client.insert_df("feat_customer_realtime", df)

@@ -313,7 +313,7 @@ REALTIME_DDL = """
 CREATE TABLE IF NOT EXISTS feat_customer_realtime (
     oneid String, event_timestamp DateTime64(3, 'UTC'),
     rt_orders_today Int64, rt_spend_today_cny Float64, rt_impulse_spend_today_cny Float64, rt_last_order_ts Int64,
-    _pushed_at DateTime64(3, 'UTC') DEFAULT now64(3) COMMENT 'When the row was written, just after its online push (freshness).'
+    _pushed_at DateTime64(3, 'UTC') DEFAULT now64(3) COMMENT 'When the online store had the row (freshness).'
 ) ENGINE = ReplacingMergeTree ORDER BY (oneid, event_timestamp)
 COMMENT 'Feast push source customer_realtime_push: counters the streaming worker updates as orders arrive.'
 """

@@ -2,8 +2,9 @@
 
 After each batch is in the warehouse, its orders update :class:`~lastmile.features.realtime.TodayCounters`
 and the customers whose counters changed are pushed through the feature repo's push source
-(``customer_realtime_push``, :func:`lastmile.features.push.push_frame`): online through
-Feast, offline into ``feat_customer_realtime`` so training sees what serving saw.
+(``customer_realtime_push``, :class:`lastmile.features.push.RealtimePush`): online through
+Feast before the batch is committed, then offline into ``feat_customer_realtime`` (so
+training sees what serving saw) on a thread of its own.
 
 OneID runs behind the stream (:mod:`lastmile.streaming.identity`): after each resolution
 the refresher hands over the new token -> OneID map; orders that were waiting for a OneID
@@ -14,7 +15,8 @@ so a replayed batch (at-least-once delivery) finds its orders already counted an
 pushes the same values again - harmless, the push overwrites.
 
 Freshness: each pushed order's lag is the time from its batch's oldest Kafka timestamp
-(the producer's send time) to the end of the online write - an upper bound per order.
+(the producer's send time) to the end of the online write (``_pushed_at``) - an upper
+bound per order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,9 @@ class FeaturePusher:
         self.stats = FeatureStats()
         self._state_lock = threading.Lock()  # counters are touched by the batch path and the OneID thread
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-features")  # pushes stay in order
+        # The offline copy waits for the warehouse lock (a OneID run may hold it for seconds):
+        # on its own thread, in order, so it never delays the online push or the batch commit.
+        self._offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-features-offline")
         self._dirty: set[str] = set()  # customers whose last push failed: retried with the next one
         self._identity_run = 0  # identity_nodes rows up to this run are in the counters' map
         with lock:
@@ -110,6 +114,7 @@ class FeaturePusher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._offline.shutdown(wait=True)
 
     def _push(self, oneids: set[str], counted: list[OrderFact]) -> None:
         """Push ``oneids``' counters (on the push thread). A failure is logged and counted, never
@@ -121,7 +126,7 @@ class FeaturePusher:
         if frame.empty:
             return
         try:
-            self.target.push(frame)
+            pushed = self.target.push_online(frame)
         except Exception:  # noqa: BLE001 - the online store may be down; the warehouse write stands
             self.stats.errors += 1
             with self._state_lock:
@@ -130,10 +135,18 @@ class FeaturePusher:
             return
         with self._state_lock:
             self._dirty -= oneids
-        done_ms = time.time() * 1000
+        self._offline.submit(self._write_offline, pushed)
+        done_ms = pushed["_pushed_at"].iloc[0].value / 1e6
         self.stats.pushes += 1
         self.stats.rows += len(frame)
         self.stats.lags_s.extend((done_ms - f.produced_ms) / 1000 for f in counted if f.produced_ms)
+
+    def _write_offline(self, pushed) -> None:
+        try:
+            self.target.write_offline(pushed)
+        except Exception:  # noqa: BLE001 - the online store has the values; the next push rewrites the row
+            self.stats.errors += 1
+            log.exception("offline copy of %d pushed rows failed", len(pushed))
 
     def _identity_changes(self) -> dict[str, tuple[str, bool]]:
         """Identifiers whose OneID changed since the last call (``identity_nodes`` is versioned by run)."""
