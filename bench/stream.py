@@ -180,11 +180,16 @@ def main() -> None:
                     if e in order_at and order_at[e] in pushed]
     orders_sent = sum(1 for e in second.sent_at if e in order_at)
     fp50, fp95 = (_percentile(feature_lags, 0.5), _percentile(feature_lags, 0.95)) if feature_lags else (float("nan"),) * 2
+    if not feature_lags:
+        print("no order reached the online store: features are pushed per OneID (is --identity-seconds 0?)")
     print(f"freshness produce→online feature over {len(feature_lags):,} of {orders_sent:,} orders: "
           f"p50 {fp50:.2f} s, p95 {fp95:.2f} s (ratio to the warehouse row's p95: {fp95 / p95:.2f})")
     print(f"feature p95 <= 2 s: {'met' if fp95 <= 2 else 'NOT met'}")
-    print(json.dumps({"events_per_s": round(events_per_s), "warehouse_freshness_p95_s": round(p95, 3),
-                      "feature_freshness_p95_s": round(fp95, 3), "feature_freshness_p50_s": round(fp50, 3)}))
+    def figure(value: float) -> float | None:
+        return None if value != value else round(value, 3)  # NaN (nothing measured) is JSON null
+
+    print(json.dumps({"events_per_s": round(events_per_s), "warehouse_freshness_p95_s": figure(p95),
+                      "feature_freshness_p95_s": figure(fp95), "feature_freshness_p50_s": figure(fp50)}))
 
 
 if __name__ == "__main__":
