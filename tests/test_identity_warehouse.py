@@ -174,3 +174,17 @@ def test_default_simulation_meets_the_identity_targets(home: Settings) -> None:
     assert figures["pairwise_precision"] >= 0.995
     assert figures["pairwise_recall"] >= 0.97
     assert figures["largest_cluster_persons"] == 1, "the largest profile is one real person, not a blob"
+
+
+@pytest.mark.parametrize("pickup_first", [False, True], ids=["order-then-pickup", "pickup-then-order"])
+def test_pickup_by_the_buyer_links_across_ingests_in_either_order(home: Settings, pickup_first: bool) -> None:
+    """The cross-event evidence is derived incrementally: a pickup arriving in a later ingest than
+    its order (or a late order after its pickup) still makes one person."""
+    o = order("ord-7", "2026-11-02T10:00:00+08:00", openid="oC-7")
+    p = pickup("ord-7", "2026-11-02T18:00:00+08:00", phone="13911112222")
+    other = order("ord-8", "2026-11-02T11:00:00+08:00", member_card="MC-00321")
+    first, second = ([p], [o]) if pickup_first else ([o], [p])
+    ingest(home, "first", [*first, other])
+    ingest(home, "second", second)
+    assert oneid_of(o["event_id"]) == oneid_of(p["event_id"]) != ""
+    assert oneid_of(other["event_id"]) != oneid_of(o["event_id"])

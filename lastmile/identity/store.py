@@ -21,7 +21,7 @@ the state back. ``rebuild`` re-resolves all kept links under the current rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pandas as pd
 
@@ -146,31 +146,45 @@ GROUP BY event_type, event_id
 #: becomes one person. Collections by family, neighbours or the leader link nothing.
 PICKUP_BY_BUYER_SQL = """
 INSERT INTO identity_links (event_id, event_type, role, a_type, a_token, b_type, b_token, occurred_at_ms, reason, detail)
+WITH
+    -- Orders whose evidence arrived since the last resolution: their earlier pickups pair up now.
+    new_orders AS (
+        SELECT r.order_id FROM identity_links AS l FINAL
+        INNER JOIN (SELECT event_id, order_id FROM raw_order FINAL) AS r ON r.event_id = l.event_id
+        WHERE l.reason = '' AND l.role = 'buyer' AND l._ingested_at > {since:DateTime64(3, 'UTC')}
+    ),
+    p AS (
+        SELECT l.event_id AS event_id, r.order_id AS order_id, l.occurred_at_ms AS occurred_at_ms,
+               arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
+        FROM identity_links AS l FINAL
+        INNER JOIN (SELECT event_id, order_id FROM raw_pickup FINAL WHERE collector_role = 'buyer') AS r ON r.event_id = l.event_id
+        WHERE l.reason = '' AND l.role = 'collector'
+          AND (l._ingested_at > {since:DateTime64(3, 'UTC')} OR r.order_id IN (SELECT order_id FROM new_orders))
+    ),
+    o AS (
+        SELECT DISTINCT r.order_id AS order_id,
+               arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
+        FROM identity_links AS l FINAL
+        INNER JOIN (SELECT event_id, order_id FROM raw_order FINAL WHERE order_id IN (SELECT order_id FROM p)) AS r
+            ON r.event_id = l.event_id
+        WHERE l.reason = '' AND l.role = 'buyer'
+    )
 SELECT p.event_id, 'pickup', 'collector=buyer', p.id.1, p.id.2, o.id.1, o.id.2, p.occurred_at_ms, '', concat('order ', p.order_id)
-FROM (
-    SELECT l.event_id, r.order_id, l.occurred_at_ms,
-           arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
-    FROM identity_links AS l FINAL
-    INNER JOIN (SELECT event_id, order_id FROM raw_pickup FINAL WHERE collector_role = 'buyer') AS r ON r.event_id = l.event_id
-    WHERE l.reason = '' AND l.role = 'collector'
-) AS p
-INNER JOIN (
-    SELECT DISTINCT r.order_id, arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
-    FROM identity_links AS l FINAL
-    INNER JOIN (SELECT event_id, order_id FROM raw_order FINAL) AS r ON r.event_id = l.event_id
-    WHERE l.reason = '' AND l.role = 'buyer'
-) AS o ON o.order_id = p.order_id
+FROM p INNER JOIN o ON o.order_id = p.order_id
 WHERE p.id.2 != o.id.2
 """
 
 
-def derive_cross_event_links(warehouse: Warehouse) -> None:
+def derive_cross_event_links(warehouse: Warehouse, since: datetime | None = None) -> None:
     """Add evidence that spans events (see :data:`PICKUP_BY_BUYER_SQL`); idempotent.
 
-    Re-deriving writes the same keys again; ``identity_links`` keeps their first ingestion,
-    so only evidence that is really new (a late order or pickup) counts as new.
+    Only pairs where the pickup or the order brought evidence after ``since`` (the last
+    resolution's watermark; ``None``: everything) are derived - the rest were derived by
+    an earlier resolution - so the cost follows what is new, not the history (the stream
+    resolves every few seconds). Re-deriving writes the same keys again; ``identity_links``
+    keeps their first ingestion, so only evidence that is really new counts as new.
     """
-    warehouse.command(PICKUP_BY_BUYER_SQL)
+    warehouse.command(PICKUP_BY_BUYER_SQL, {"since": since or datetime(1970, 1, 1, tzinfo=timezone.utc)})
 
 
 @dataclass
@@ -265,7 +279,7 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
     """Resolve the evidence ingested since the last run into the kept state."""
     last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
     run, since = (int(last[0][0]), last[0][1]) if last else (0, None)
-    derive_cross_event_links(warehouse)
+    derive_cross_event_links(warehouse, since)
     frame, through = _links_since(warehouse, since)
     resolver = load_state(warehouse, rules, blocked_tokens)
     usable, refused = _as_links(frame) if not frame.empty else (frame, [])
