@@ -37,7 +37,8 @@ from lastmile.features.store import (
     repo_dir,
 )
 from lastmile.features.testing import build_feature_warehouse
-from lastmile.warehouse import close_all, connect
+from lastmile.warehouse import connect
+from tests.warehouses import feature_home
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +46,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("features") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LASTMILE_HOME", str(home))
-        mp.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        mp.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        mp.delenv("LASTMILE_FEAST_ONLINE_STORE", raising=False)
-        mp.setenv("DO_NOT_TRACK", "1")
-        close_all()
+    with feature_home(home):
         cfg, _ = build_feature_warehouse(home, orders=3000, weeks=4)
         yield cfg
-        close_all()
 
 
 def _some_customers(cfg: Settings, n: int = 5) -> list[str]:

@@ -135,14 +135,21 @@ def test_process_judges_judge_as_the_worker_would(tmp_path) -> None:
     assert sorted(batch.rows["raw_return"]) == sorted(alone.rows["raw_return"]) and sorted(batch.links) == sorted(alone.links)
 
 
-def test_identity_refresher_is_throttled_and_finishes_on_close(tmp_path, monkeypatch) -> None:
+def _refresher(tmp_path, monkeypatch, resolve=None):
+    """An IdentityRefresher over stubbed resolution and profiles (they append to ``calls``), a
+    settable clock ``now`` and a batch that carries identity evidence."""
     import threading
 
     from lastmile.identity.store import ResolveOutcome
     from lastmile.streaming import identity
 
     calls: list[str] = []
-    monkeypatch.setattr(identity, "resolve_pending", lambda *_: calls.append("resolve") or ResolveOutcome(len(calls), 0, _Report()))
+
+    def resolved(*_):
+        calls.append("resolve")
+        return ResolveOutcome(len(calls), 0, _Report())
+
+    monkeypatch.setattr(identity, "resolve_pending", resolve or resolved)
     monkeypatch.setattr(identity, "build_profiles", lambda *_: calls.append("profiles") or 7)
     now = [0.0]
     ingestor = _ingestor(tmp_path)
@@ -150,6 +157,11 @@ def test_identity_refresher_is_throttled_and_finishes_on_close(tmp_path, monkeyp
                                            resolve_every_s=5, profiles_every_s=30, clock=lambda: now[0])
     with_links = WrittenBatch(ingestor.process("t", [(1, _return("ret-00001", "o-1", "quality"))]), 1)
     assert with_links.batch.links
+    return refresher, calls, now, with_links
+
+
+def test_identity_refresher_is_throttled_and_finishes_on_close(tmp_path, monkeypatch) -> None:
+    refresher, calls, now, with_links = _refresher(tmp_path, monkeypatch)
 
     async def scenario() -> None:
         handle = refresher.handler()
@@ -171,19 +183,7 @@ def test_identity_refresher_is_throttled_and_finishes_on_close(tmp_path, monkeyp
 
 def test_identity_refresher_rebuilds_profiles_after_a_late_resolution(tmp_path, monkeypatch) -> None:
     """A resolution that ran alone leaves profiles stale: the stop rebuilds them even with no new rows."""
-    import threading
-
-    from lastmile.identity.store import ResolveOutcome
-    from lastmile.streaming import identity
-
-    calls: list[str] = []
-    monkeypatch.setattr(identity, "resolve_pending", lambda *_: calls.append("resolve") or ResolveOutcome(len(calls), 0, _Report()))
-    monkeypatch.setattr(identity, "build_profiles", lambda *_: calls.append("profiles") or 7)
-    now = [0.0]
-    ingestor = _ingestor(tmp_path)
-    refresher = identity.IdentityRefresher(_Recorder(), threading.Lock(), ingestor.identifiers,  # type: ignore[arg-type]
-                                           resolve_every_s=5, profiles_every_s=30, clock=lambda: now[0])
-    with_links = WrittenBatch(ingestor.process("t", [(1, _return("ret-00001", "o-1", "quality"))]), 1)
+    refresher, calls, now, with_links = _refresher(tmp_path, monkeypatch)
 
     async def scenario() -> None:
         await refresher.handler()(with_links)  # resolve + profiles
@@ -206,23 +206,15 @@ def test_identity_refresher_starts_nothing_while_closing(tmp_path, monkeypatch) 
     import time
 
     from lastmile.identity.store import ResolveOutcome
-    from lastmile.streaming import identity
 
     release = threading.Event()
-    calls: list[str] = []
 
     def resolve(*_):
         release.wait(10)
         calls.append("resolve")
         return ResolveOutcome(len(calls), 0, _Report())
 
-    monkeypatch.setattr(identity, "resolve_pending", resolve)
-    monkeypatch.setattr(identity, "build_profiles", lambda *_: calls.append("profiles") or 7)
-    now = [0.0]
-    ingestor = _ingestor(tmp_path)
-    refresher = identity.IdentityRefresher(_Recorder(), threading.Lock(), ingestor.identifiers,  # type: ignore[arg-type]
-                                           resolve_every_s=5, profiles_every_s=30, clock=lambda: now[0])
-    with_links = WrittenBatch(ingestor.process("t", [(1, _return("ret-00001", "o-1", "quality"))]), 1)
+    refresher, calls, now, with_links = _refresher(tmp_path, monkeypatch, resolve)
 
     async def scenario() -> None:
         await refresher.handler()(with_links)  # resolve + profiles, held at the resolve
