@@ -2,7 +2,8 @@
 
 Why vectorised: a OneID run sees tens of millions of links; a Python loop per link would
 take minutes. Everything here is numpy/scipy over whole arrays, except one pass in link
-order over the few clusters that break a per-type limit or the merge cap.
+order over the few clusters that break a per-type limit or the merge cap. Tokens become
+integers in :mod:`lastmile.identity.grouping`.
 
 Why the result cannot depend on arrival order: every decision is a function of the *set* of
 distinct links (their first-seen time, the identifier types and tokens), never of array
@@ -25,110 +26,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from lastmile.identity.grouping import (  # noqa: F401 - as_string_array, factorize_*: re-exported
+    BLOCK_ROWS,
+    as_string_array,
+    ascii_rows,
+    factorize_token_parts,
+    factorize_tokens,
+    fixed_width_bytes,
+    fixed_width_words,
+    mix_words,
+    take_strings,
+    to_pylist,
+)
 from lastmile.identity.identifiers import TYPE_NAMES
 from lastmile.identity.rules import BLOCKED, MERGE_CAP, SHARED, TYPE_LIMIT, USED, Rules
 
 N_TYPES = len(TYPE_NAMES)
-
-
-# -- tokens to integers --------------------------------------------------------------------
-
-
-def as_string_array(values: object) -> pa.Array:
-    """Any column of tokens (arrow, numpy, pandas, list) as one arrow ``string`` array."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if isinstance(values, pa.Array):
-        arr = values
-    elif isinstance(values, pd.Series):
-        arr = pa.array(values.to_numpy(dtype=object), type=pa.string())
-    else:
-        arr = pa.array(values, type=pa.string())
-    if pa.types.is_large_string(arr.type):
-        arr = arr.cast(pa.string())
-    if arr.null_count:
-        raise ValueError("token column has nulls")
-    return arr
-
-
-def _fixed_width_words(arr: pa.Array) -> np.ndarray | None:
-    """The tokens as an (n, width/8) uint64 matrix when all have one width divisible by 8."""
-    n = len(arr)
-    if n == 0:
-        return None
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
-    width = int(offsets[1] - offsets[0])
-    if width == 0 or width % 8 or int(offsets[-1] - offsets[0]) != width * n:
-        return None
-    if not np.all(np.diff(offsets) == width):
-        return None
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return data.view("<u8").reshape(n, width // 8)
-
-
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-
-
-def mix_words(words: np.ndarray, seed: int) -> np.ndarray:
-    """A 64-bit hash per row of little-endian words (splitmix64 finaliser, chained).
-
-    Plain uint64 arithmetic with fixed constants: the same bits on every platform and numpy
-    version, so it may name persisted things (OneIDs) as well as find equal rows.
-    """
-    key = np.full(len(words), np.uint64(seed), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(words.shape[1]):
-            x = (key ^ words[:, j]) * _M1
-            x ^= x >> np.uint64(29)
-            x *= _M2
-            x ^= x >> np.uint64(32)
-            key = x
-        key *= _M3
-        key ^= key >> np.uint64(29)
-    return key
-
-
-def _fold(words: np.ndarray, seed: int) -> np.ndarray:
-    """A cheap 64-bit fold of a row of words (multiply-xor); only used to find equal rows."""
-    key = words[:, 0] ^ np.uint64(seed)
-    with np.errstate(over="ignore"):
-        for j in range(1, words.shape[1]):
-            key = key * _M1
-            key ^= words[:, j]
-    return key
-
-
-def factorize_tokens(tokens: object) -> tuple[np.ndarray, pa.Array]:
-    """``codes`` (int64, first appearance order) and the unique tokens.
-
-    Fast path for fixed-width tokens (what :class:`IdentifierHasher` makes): factorise a
-    64-bit fold of the first half of the bytes, then check a fold of the second half of every
-    row against its group's first row. For hash-like tokens two different tokens would have to
-    collide on both, a ~2^-128 event, the same odds as the 128-bit tokens colliding
-    themselves; structured tokens that do collide are detected and take the exact path. On a detected
-    collision, or for tokens of mixed width, arrow's exact dictionary encoding is used.
-    """
-    arr = as_string_array(tokens)
-    words = _fixed_width_words(arr)
-    if words is not None:
-        half = max(1, words.shape[1] // 2)
-        rest = words[:, half:] if words.shape[1] > half else words
-        codes, uniq = pd.factorize(_fold(words[:, :half], 1), size_hint=max(16, len(arr) // 4))
-        first = np.empty(len(uniq), dtype=np.int64)
-        first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
-        check = _fold(rest, 2)
-        if np.array_equal(check, check[first[codes]]):
-            return codes.astype(np.int64, copy=False), arr.take(pa.array(first))
-    encoded = arr.dictionary_encode()
-    return np.asarray(encoded.indices, dtype=np.int64), encoded.dictionary
 
 
 # -- per-group reductions ------------------------------------------------------------------
@@ -183,14 +101,16 @@ def _limited_pass(edges: np.ndarray, u: np.ndarray, v: np.ndarray, node_type: np
     """
     strength = rules.strength_by_code()
     limit = rules.limit_by_code().tolist()
-    nodes = np.unique(np.concatenate([u[edges], v[edges]]))
-    tok = dict(zip(nodes.tolist(), tokens.take(pa.array(nodes)).to_pylist()))
-    su, sv = strength[node_type[u[edges]]], strength[node_type[v[edges]]]
+    eu, ev = u[edges], v[edges]
+    nodes = np.unique(np.concatenate([eu, ev]))
+    tok = dict(zip(nodes.tolist(), to_pylist(take_strings(tokens, nodes))))
+    su, sv = strength[node_type[eu]], strength[node_type[ev]]
     order_keys = []
-    for i, e in enumerate(edges.tolist()):
-        a, b = tok[int(u[e])], tok[int(v[e])]
-        lo_s, hi_s = (su[i], sv[i]) if su[i] <= sv[i] else (sv[i], su[i])
-        order_keys.append((-int(lo_s), -int(hi_s), int(edge_first[e]), min(a, b), max(a, b), e))
+    # plain Python values (numpy scalars cost ~10x more per access in this loop)
+    for a_node, b_node, sa, sb, t, e in zip(eu.tolist(), ev.tolist(), np.minimum(su, sv).tolist(),
+                                            np.maximum(su, sv).tolist(), edge_first[edges].tolist(), edges.tolist()):
+        a, b = tok[a_node], tok[b_node]
+        order_keys.append((-sa, -sb, t, min(a, b), max(a, b), e))
     order_keys.sort()
 
     parent: dict[int, int] = {int(n): int(n) for n in nodes}
@@ -228,28 +148,68 @@ def _limited_pass(edges: np.ndarray, u: np.ndarray, v: np.ndarray, node_type: np
     return {n: find(n) for n in parent}
 
 
-def strong_identities(n: int, u: np.ndarray, v: np.ndarray, ok: np.ndarray, strong: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Identities:
+    """People as told by strong identifiers: components of the usable strong-strong links."""
+
+    label: np.ndarray  # per node: its identity (0..count-1)
+    count: int
+    links: np.ndarray  # per link: usable and joining two strong identifiers
+
+
+def identities(n: int, u: np.ndarray, v: np.ndarray, ok: np.ndarray, strong: np.ndarray) -> Identities:
+    """Strong identifiers linked to each other directly (an openid and its unionid) are one person."""
+    links = ok & strong[u] & strong[v]
+    count, label = _components(n, u[links], v[links])
+    return Identities(label=label, count=count, links=links)
+
+
+def strong_identities(n: int, u: np.ndarray, v: np.ndarray, ok: np.ndarray, strong: np.ndarray,
+                      ids: Identities | None = None) -> np.ndarray:
     """How many distinct people each identifier is linked to, judged by strong identifiers.
 
     For a weak identifier (a phone, a device) its strong neighbours are grouped into
-    identities: strong identifiers linked to each other directly (an openid and the unionid
-    it came with) are one person. A household tablet seen with two people's WeChat accounts
-    counts 2; one person's phone seen with their unionid, openid and member card counts 1
-    when those were ever seen together. A strong identifier's own neighbours all share its
-    identity by construction, so for strong types this counts distinct strong neighbours.
+    identities (:func:`identities`). A household tablet seen with two people's WeChat
+    accounts counts 2; one person's phone seen with their unionid, openid and member card
+    counts 1 when those were ever seen together. A strong identifier's own neighbours all
+    share its identity by construction, so for strong types this counts distinct strong
+    neighbours: links are distinct, so that is its number of links to strong identifiers,
+    and only the weak identifiers' (identifier, identity) pairs need de-duplicating.
     """
-    both = ok & strong[u] & strong[v]
-    _, identity = connected_components(
-        csr_matrix((np.ones(int(both.sum()), dtype=np.int8), (u[both], v[both])), shape=(n, n)), directed=False)
-    to_strong_v, to_strong_u = ok & strong[v], ok & strong[u]
-    node = np.concatenate([u[to_strong_v], v[to_strong_u]])
-    # strong nodes: count neighbours themselves; weak nodes: count their neighbours' identities
-    seen_as = np.concatenate([v[to_strong_v], u[to_strong_u]])
-    group = np.where(strong[node], seen_as, n + identity[seen_as])
-    if not len(node):
-        return np.zeros(n, dtype=np.int64)
-    pairs = np.unique(node.astype(np.int64) * (2 * n + 1) + group)
-    return np.bincount(pairs // (2 * n + 1), minlength=n)
+    ids = ids if ids is not None else identities(n, u, v, ok, strong)
+    counts = np.bincount(np.concatenate([u[ids.links], v[ids.links]]), minlength=n)
+    strong_u, strong_v = strong[u], strong[v]
+    weak_u, weak_v = ok & ~strong_u & strong_v, ok & strong_u & ~strong_v
+    if not (weak_u.any() or weak_v.any()):
+        return counts
+    node = np.concatenate([u[weak_u], v[weak_v]])
+    seen_as = ids.label[np.concatenate([v[weak_u], u[weak_v]])]
+    pairs = np.unique(node * np.int64(n) + seen_as)
+    return counts + np.bincount(pairs // n, minlength=n)
+
+
+def _components(n: int, u: np.ndarray, v: np.ndarray) -> tuple[int, np.ndarray]:
+    """scipy's connected components of ``n`` nodes joined by links ``u``-``v``."""
+    graph = csr_matrix((np.ones(len(u), dtype=np.int8), (u, v)), shape=(n, n))
+    k, label = connected_components(graph, directed=False)
+    return int(k), label
+
+
+def usable_components(n: int, u: np.ndarray, v: np.ndarray, ok: np.ndarray, ids: Identities | None
+                      ) -> tuple[int, np.ndarray]:
+    """Components of the usable links (int64 labels).
+
+    When every strong-strong link that made the identities is still usable, each identity
+    lies inside one component, so the components are those of the identities joined by the
+    remaining usable links: a smaller graph (the ~40% strong-strong links and the nodes
+    they merge drop out) with the same partition.
+    """
+    if ids is not None and ids.links.any() and not (ids.links & ~ok).any():
+        rest = ok & ~ids.links
+        k, label = _components(ids.count, ids.label[u[rest]], ids.label[v[rest]])
+        return k, label.astype(np.int64)[ids.label]
+    k, label = _components(n, u[ok], v[ok])
+    return k, label.astype(np.int64)
 
 
 def resolve_graph(node_type: np.ndarray, node_first_seen: np.ndarray, tokens: pa.Array,
@@ -266,54 +226,88 @@ def resolve_graph(node_type: np.ndarray, node_first_seen: np.ndarray, tokens: pa
         status[blocked[u] | blocked[v]] = BLOCKED
     # Shared identifiers: distinct strong neighbours per node over the links still usable.
     shared = np.zeros(n, dtype=bool)
+    ids = None
     if m:
         ok = status == USED
         strong = rules.strong_by_code()[node_type]
-        shared = strong_identities(n, u, v, ok, strong) > rules.shared_threshold_by_code()[node_type]
+        ids = identities(n, u, v, ok, strong)
+        shared = strong_identities(n, u, v, ok, strong, ids) > rules.shared_threshold_by_code()[node_type]
         status[ok & (shared[u] | shared[v])] = SHARED
     ok = status == USED
-    graph = csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (u[ok], v[ok])), shape=(n, n))
-    k, label = connected_components(graph, directed=False)
-    label = label.astype(np.int64)
+    k, label = usable_components(n, u, v, ok, ids)
+    k = _enforce_limits(k, label, u, v, ok, node_type, edge_first_seen, tokens, rules, status)
+    label[blocked] = -1
+    rep, clusters = _representatives(label, k, naming_key(node_type, node_first_seen, rules), tokens)
+    return GraphResolution(rep=rep, edge_status=status, shared=shared, clusters=clusters)
 
-    # Over-limit components: more of a type than allowed, or more merges than the cap.
+
+def _enforce_limits(k: int, label: np.ndarray, u: np.ndarray, v: np.ndarray, ok: np.ndarray, node_type: np.ndarray,
+                    edge_first_seen: np.ndarray, tokens: pa.Array, rules: Rules, status: np.ndarray) -> int:
+    """Re-cluster the components that break a limit, link by link; returns the label count.
+
+    A component with more identifiers of a type than allowed, or more merges than the cap,
+    is rebuilt by :func:`_limited_pass`; its nodes get new labels ``k, k+1, ...`` (one per
+    resulting cluster) and its old label is left empty.
+    """
     per_type = np.bincount(label * N_TYPES + node_type, minlength=k * N_TYPES).reshape(k, N_TYPES)
     size = np.bincount(label, minlength=k)
     over = (per_type > rules.limit_by_code()[None, :]).any(axis=1) | (size - 1 > rules.max_merges)
-    if over.any():
-        edges = np.flatnonzero(ok & over[label[u]])
-        roots = _limited_pass(edges, u, v, node_type, edge_first_seen, tokens, rules, status)
-        involved = np.fromiter(roots.keys(), dtype=np.int64, count=len(roots))
-        root = np.fromiter(roots.values(), dtype=np.int64, count=len(roots))
-        label[involved] = k + root  # root is a node id: unique, and disjoint from 0..k-1
-    label[blocked] = -1
+    if not over.any():
+        return k
+    edges = np.flatnonzero(ok & over[label[u]])
+    roots = _limited_pass(edges, u, v, node_type, edge_first_seen, tokens, rules, status)
+    involved = np.fromiter(roots.keys(), dtype=np.int64, count=len(roots))
+    root = np.fromiter(roots.values(), dtype=np.int64, count=len(roots))
+    distinct, new_label = np.unique(root, return_inverse=True)
+    label[involved] = k + new_label
+    return k + len(distinct)
 
-    # Name each cluster after its earliest, strongest identifier.
-    key = naming_key(node_type, node_first_seen, rules)
+
+def _representatives(label: np.ndarray, k: int, key: np.ndarray, tokens: pa.Array) -> tuple[np.ndarray, int]:
+    """Per node, the node naming its cluster (-1: no cluster), and the number of clusters.
+
+    The name giver is the node with the smallest naming key (earliest, then strongest),
+    then the smallest token. Labels are ``0..k-1`` (some may be empty) or -1.
+    """
     live = label >= 0
-    compact, inverse = np.unique(label[live], return_inverse=True)
-    kk = len(compact)
-    _, first = group_first_min(inverse, kk, key[live])
-    live_nodes = np.flatnonzero(live)
-    rep_of = live_nodes[first]
-    gmin = key[rep_of]
-    tied = np.bincount(inverse[key[live] == gmin[inverse]], minlength=kk) > 1
+    nodes = None if live.all() else np.flatnonzero(live)
+    lab = label if nodes is None else label[nodes]
+    lkey = key if nodes is None else key[nodes]
+    gmin = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(gmin, lab, lkey)
+    at_min = np.flatnonzero(lkey == gmin[lab])
+    rep_of = np.zeros(k, dtype=np.int64)
+    rep_of[lab[at_min]] = at_min if nodes is None else nodes[at_min]  # a tie is broken below
+    tied = np.bincount(lab[at_min], minlength=k) > 1
     if tied.any():
-        _break_ties(np.flatnonzero(tied), inverse, live_nodes, key, gmin, tokens, rep_of)
-    rep = np.full(n, -1, dtype=np.int64)
-    rep[live_nodes] = rep_of[inverse]
-    return GraphResolution(rep=rep, edge_status=status, shared=shared, clusters=kk)
+        cand = at_min[tied[lab[at_min]]]
+        _break_ties(lab[cand], cand if nodes is None else nodes[cand], tokens, rep_of)
+    used = np.zeros(k, dtype=bool)
+    used[lab] = True
+    rep = np.full(len(label), -1, dtype=np.int64)
+    if nodes is None:
+        rep[:] = rep_of[lab]
+    else:
+        rep[nodes] = rep_of[lab]
+    return rep, int(used.sum())
 
 
-def _break_ties(groups: np.ndarray, inverse: np.ndarray, live_nodes: np.ndarray, key: np.ndarray,
-                gmin: np.ndarray, tokens: pa.Array, rep_of: np.ndarray) -> None:
+def _break_ties(cand_groups: np.ndarray, cand_nodes: np.ndarray, tokens: pa.Array, rep_of: np.ndarray) -> None:
     """Clusters whose earliest identifiers tie on time and type: the smallest token names it."""
-    in_tied = np.isin(inverse, groups) & (key[live_nodes] == gmin[inverse])
-    cand_nodes = live_nodes[in_tied]
-    cand_groups = inverse[in_tied]
-    cand_tokens = tokens.take(pa.array(cand_nodes)).to_pylist()
+    cand_tokens = take_strings(tokens, cand_nodes)
+    data = fixed_width_bytes(cand_tokens)
+    if data is not None:
+        # one width: bytewise order is string order (UTF-8 preserves code point order), and
+        # big-endian words compare as their bytes do
+        data = np.ascontiguousarray(data)
+        columns = data.reshape(-1).view(">u8").reshape(len(data), -1) if data.shape[1] % 8 == 0 else data
+        order = np.lexsort([columns[:, j] for j in range(columns.shape[1] - 1, -1, -1)] + [cand_groups])
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = cand_groups[order][1:] != cand_groups[order][:-1]
+        rep_of[cand_groups[order][first]] = cand_nodes[order][first]
+        return
     best: dict[int, tuple[str, int]] = {}
-    for g, t, node in zip(cand_groups.tolist(), cand_tokens, cand_nodes.tolist()):
+    for g, t, node in zip(cand_groups.tolist(), cand_tokens.to_pylist(), cand_nodes.tolist()):
         if g not in best or t < best[g][0]:
             best[g] = (t, node)
     for g, (_, node) in best.items():
@@ -342,6 +336,19 @@ def _hex_digits(key: np.ndarray, digits: int) -> np.ndarray:
     return out[:, :digits]
 
 
+def _oneid_bytes(words: np.ndarray) -> np.ndarray:
+    """OneID names of fixed-width tokens as an (n, 24) ASCII matrix, block by block."""
+    prefix = np.frombuffer(ONEID_PREFIX.encode(), dtype=np.uint8)
+    out = np.empty((len(words), len(prefix) + 20), dtype=np.uint8)
+    out[:, : len(prefix)] = prefix
+    for lo in range(0, len(words), BLOCK_ROWS):
+        block = words[lo : lo + BLOCK_ROWS]
+        rows = slice(lo, lo + len(block))
+        out[rows, len(prefix) : len(prefix) + 16] = _hex_digits(mix_words(block, 11), 16)
+        out[rows, len(prefix) + 16 :] = _hex_digits(mix_words(block, 13), 4)
+    return out
+
+
 def oneid_names(tokens: pa.Array) -> list[str]:
     """The OneID named after each token: ``oid_`` + 20 hex digits (80 bits) of a hash of it.
 
@@ -352,24 +359,21 @@ def oneid_names(tokens: pa.Array) -> list[str]:
     import hashlib
 
     arr = as_string_array(tokens)
-    out: list[str | None] = [None] * len(arr)
     if len(arr) == 0:
         return []
+    words = fixed_width_words(arr)
+    if words is not None:
+        return ascii_rows(_oneid_bytes(words))
+    out: list[str | None] = [None] * len(arr)
     lengths = np.asarray(pc.binary_length(arr), dtype=np.int64)
-    for width in (np.unique(lengths).tolist() if lengths.min() != lengths.max() else [int(lengths[0])]):
+    for width in np.unique(lengths).tolist():
         rows = np.flatnonzero(lengths == width)
         subset = arr.take(pa.array(rows))
-        words = _fixed_width_words(subset) if width % 8 == 0 and width else None
+        words = fixed_width_words(subset) if width % 8 == 0 and width else None
         if words is not None:
-            body = np.concatenate([_hex_digits(mix_words(words, 11), 16), _hex_digits(mix_words(words, 13), 4)], axis=1)
-            prefix = np.broadcast_to(np.frombuffer(ONEID_PREFIX.encode(), dtype=np.uint8), (len(rows), len(ONEID_PREFIX)))
-            data = np.ascontiguousarray(np.concatenate([prefix, body], axis=1))
-            w = data.shape[1]
-            values = data.view(f"S{w}").ravel().astype(f"U{w}").tolist()
+            values = ascii_rows(_oneid_bytes(words))
         else:
             values = [ONEID_PREFIX + hashlib.blake2b(t.encode(), digest_size=10).hexdigest() for t in subset.to_pylist()]
-        if len(rows) == len(arr):
-            return values
         for r, name in zip(rows.tolist(), values):
             out[r] = name
     return out  # type: ignore[return-value]

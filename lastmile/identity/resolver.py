@@ -14,7 +14,9 @@ name ever handed out stays in the OneID map with the name that now stands for it
 downstream tables can always remap, and the change log lists each merge and split.
 
 Scale: ``add`` and ``resolve`` are vectorised over arrays; a resolve re-evaluates the whole
-graph (seconds for ten million links), so call it per batch, not per event.
+graph (seconds for ten million links), so call it per batch, not per event. ``add`` folds a
+batch into distinct links before numbering its tokens (:mod:`lastmile.identity.observations`),
+so its cost follows the distinct pairs more than the raw observations.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import pandas as pd
 import pyarrow as pa
 
 from lastmile.identity import graph as g
-from lastmile.identity.identifiers import TYPE_CODES, TYPE_NAMES
+from lastmile.identity import grouping as gr
+from lastmile.identity import observations as obs
+from lastmile.identity.identifiers import TYPE_NAMES
 from lastmile.identity.links import Link
 from lastmile.identity.rules import STATUS_REASONS, USED, Rules
 
@@ -80,24 +84,13 @@ class Forgotten:
     report: ResolveReport
 
 
-def _type_codes(values: Any) -> np.ndarray:
-    """Identifier-type column (names or codes) to int8 codes; nulls become -1."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        values = values.to_pandas()
-    series = pd.Series(values)
-    if pd.api.types.is_integer_dtype(series.dtype):
-        return series.to_numpy(dtype=np.int8)
-    codes = series.map(TYPE_CODES)
-    unknown = series.notna() & codes.isna()
-    if unknown.any():
-        raise ValueError(f"unknown identifier types: {sorted(set(series[unknown]))[:5]}")
-    return codes.fillna(-1).to_numpy(dtype=np.int8)
-
-
-def _column(table: Any, name: str) -> Any:
-    if isinstance(table, pa.Table):
-        return table.column(name)
-    return table[name]
+def _concat_strings(a: pa.Array, b: pa.Array) -> pa.Array:
+    """Two string arrays end to end (without a copy when one is empty)."""
+    if not len(a):
+        return b
+    if not len(b):
+        return a
+    return pa.concat_arrays([a, b])
 
 
 class IdentityResolver:
@@ -167,54 +160,36 @@ class IdentityResolver:
         return len(rows)
 
     def _add_columns(self, table: pd.DataFrame | pa.Table) -> int:
-        n_rows = len(table)
-        if n_rows == 0:
+        cols = obs.LinkColumns.read(table)
+        if cols.rows == 0:
             return 0
-        a_type = _type_codes(_column(table, "a_type"))
-        b_type = _type_codes(_column(table, "b_type"))
-        a_tok = g.as_string_array(_column(table, "a_token"))
-        b_raw = _column(table, "b_token")
-        b_arr = b_raw.combine_chunks() if isinstance(b_raw, pa.ChunkedArray) else (
-            b_raw if isinstance(b_raw, pa.Array) else pa.array(pd.Series(b_raw).to_numpy(dtype=object), type=pa.string()))
-        has_b = np.asarray(b_arr.is_valid(), dtype=bool) & (b_type >= 0)
-        t = np.asarray(_column(table, "occurred_at_ms"), dtype=np.int64)
-        events = g.as_string_array(_column(table, "event_id"))
-        etypes = g.as_string_array(_column(table, "event_type"))
-        if (a_type < 0).any():
-            raise ValueError("a_type must be set on every link")
-
-        b_rows = np.flatnonzero(has_b)
-        b_tok = g.as_string_array(b_arr.take(pa.array(b_rows))) if len(b_rows) < n_rows else g.as_string_array(b_arr)
         n_old = len(self._tok)
-        codes, uniques = g.factorize_tokens(pa.concat_arrays([self._tok, a_tok, b_tok]))
-        if n_old and not np.array_equal(codes[:n_old], np.arange(n_old)):
-            raise AssertionError("node dictionary is not unique")  # cannot happen: tokens are unique
-        ca, cb = codes[n_old : n_old + n_rows], codes[n_old + n_rows :]
-        self._grow_nodes(uniques, n_old)
-        obs_nodes = np.concatenate([ca, cb])
-        obs_types = np.concatenate([a_type, b_type[b_rows]]).astype(np.int8)
-        obs_t = np.concatenate([t, t[b_rows]])
-        fresh = self._type[obs_nodes] < 0
-        self._type[obs_nodes[fresh]] = obs_types[fresh]
-        if not np.array_equal(self._type[obs_nodes], obs_types):
-            raise ValueError("a token appears with two identifier types; tokens must include the type")
-        np.minimum.at(self._first, obs_nodes, obs_t)
-        np.maximum.at(self._last, obs_nodes, obs_t)
+        batch = obs.reduce_batch(cols, self._tok)
+        self._grow_nodes(batch.tokens, n_old)
+        self._see_nodes(batch)
+        self._refuse_self_links(cols, batch.self_links)
+        self._merge_links(batch, cols.events, cols.etypes)
+        return cols.rows
 
-        # links: canonical direction, self-links to the audit
-        u, v = ca[b_rows], cb
-        same = u == v
-        if same.any():
-            for r in b_rows[same].tolist():
-                self._refusals.append({
-                    "event_id": events[r].as_py(), "event_type": etypes[r].as_py(), "occurred_at_ms": int(t[r]),
-                    "role": "", "id_type": TYPE_NAMES[int(a_type[r])], "token": a_tok[r].as_py(),
-                    "reason": "self_link", "detail": "",
-                })
-        keep = b_rows[~same]
-        lo, hi = np.minimum(u[~same], v[~same]), np.maximum(u[~same], v[~same])
-        self._merge_links(lo, hi, t[keep], t[keep], np.ones(len(keep), dtype=np.int64), events, etypes, keep)
-        return n_rows
+    def _see_nodes(self, batch: obs.Batch) -> None:
+        """Record sightings: each node's type (checked to be unique) and first/last seen."""
+        for seen in batch.sightings:
+            fresh = self._type[seen.node] < 0
+            self._type[seen.node[fresh]] = seen.node_type[fresh]
+        for seen in batch.sightings:
+            if not np.array_equal(self._type[seen.node], seen.node_type):
+                raise ValueError("a token appears with two identifier types; tokens must include the type")
+            np.minimum.at(self._first, seen.node, seen.first)
+            np.maximum.at(self._last, seen.node, seen.last)
+
+    def _refuse_self_links(self, cols: obs.LinkColumns, rows: np.ndarray) -> None:
+        """A link of an identifier with itself merges nothing; the audit says so."""
+        for r in rows.tolist():
+            self._refusals.append({
+                "event_id": cols.events[r].as_py(), "event_type": cols.etypes[r].as_py(),
+                "occurred_at_ms": int(cols.t[r]), "role": "", "id_type": TYPE_NAMES[int(cols.a_type[r])],
+                "token": cols.a_tok[r].as_py(), "reason": "self_link", "detail": "",
+            })
 
     def _grow_nodes(self, uniques: pa.Array, n_old: int) -> None:
         extra = len(uniques) - n_old
@@ -228,44 +203,44 @@ class IdentityResolver:
         self._named = np.concatenate([self._named, np.full(extra, -1, dtype=np.int64)])
         self._shared = np.concatenate([self._shared, np.zeros(extra, dtype=bool)])
 
-    def _merge_links(self, u: np.ndarray, v: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
-                     events: pa.Array, etypes: pa.Array, rows: np.ndarray) -> None:
-        """Fold new link observations into the distinct-link table (order-independent).
+    def _merge_links(self, batch: obs.Batch, events: pa.Array, etypes: pa.Array) -> None:
+        """Fold the batch's links into the distinct-link table (order-independent).
 
-        ``events[rows[i]]`` / ``etypes[rows[i]]`` belong to observation ``i``; strings are
-        gathered once, at the end, for the rows that end up first.
+        Each distinct link keeps its earliest time (its first event being the smallest event
+        id among those at that millisecond), its latest time and its count. Strings are
+        gathered once, at the end, for the observations that end up first. The table's row
+        order is arbitrary (grouping order), as node ids are.
         """
         n_old = len(self._u)
+        if not n_old and batch.distinct:
+            self._u, self._v = batch.u, batch.v
+            self._efirst, self._elast, self._ecount = batch.first, batch.last, batch.count
+            self._eevent = gr.take_strings(events, batch.event_row)
+            self._eetype = gr.take_strings(etypes, batch.event_row)
+            self._status = np.zeros(len(batch.u), dtype=np.int8)
+            return
         n = max(len(self._tok), 1)
-        all_u = np.concatenate([self._u, u])
-        all_v = np.concatenate([self._v, v])
-        all_first = np.concatenate([self._efirst, first])
-        all_last = np.concatenate([self._elast, last])
-        all_count = np.concatenate([self._ecount, count])
-        all_events = pa.concat_arrays([self._eevent, events])
-        all_etypes = pa.concat_arrays([self._eetype, etypes])
-        source = np.concatenate([np.arange(n_old, dtype=np.int64), n_old + rows])  # row -> string index
-        codes, uniq = pd.factorize(all_u * n + all_v)
-        k = len(uniq)
-        gmin, pick = g.group_first_min(codes, k, all_first)
-        # the first event is the earliest; among events at the same millisecond, the smallest id
-        at_min = np.flatnonzero(all_first == gmin[codes])
-        ties = np.bincount(codes[at_min], minlength=k) > 1
-        if ties.any():
-            rows = at_min[ties[codes[at_min]]]
-            best: dict[int, tuple[str, int]] = {}
-            for grp, ev, r in zip(codes[rows].tolist(), all_events.take(pa.array(source[rows])).to_pylist(), rows.tolist()):
-                if grp not in best or ev < best[grp][0]:
-                    best[grp] = (ev, r)
-            for grp, (_, r) in best.items():
-                pick[grp] = r
-        gmax = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(gmax, codes, all_last)
-        self._u, self._v = all_u[pick], all_v[pick]
-        self._efirst, self._elast = gmin, gmax
-        self._ecount = np.bincount(codes, weights=all_count, minlength=k).astype(np.int64)
-        self._eevent = all_events.take(pa.array(source[pick]))
-        self._eetype = all_etypes.take(pa.array(source[pick]))
+        keys = np.concatenate([self._u * n + self._v, batch.u * n + batch.v])
+
+        def events_of(rows: np.ndarray) -> list[str]:
+            return [self._eevent[r].as_py() if r < n_old else events[int(batch.event_row[r - n_old])].as_py()
+                    for r in rows.tolist()]
+
+        stats = obs.link_stats(gr.group_parts(keys), np.concatenate([self._efirst, batch.first]),
+                               np.concatenate([self._elast, batch.last]), np.concatenate([self._ecount, batch.count]),
+                               events_of)
+        pick, gmin, gmax, count, k = stats.pick, stats.first, stats.last, stats.count, len(stats.pick)
+        # links first seen in the old table first, so their strings come from two takes
+        from_old = pick < n_old
+        out = np.concatenate([np.flatnonzero(from_old), np.flatnonzero(~from_old)])
+        pick = pick[out]
+        n_from_old = int(from_old.sum())
+        old_rows = pick[:n_from_old]
+        new_rows = batch.event_row[pick[n_from_old:] - n_old]
+        self._u, self._v = np.divmod(keys[pick], n)
+        self._efirst, self._elast, self._ecount = gmin[out], gmax[out], count[out]
+        self._eevent = _concat_strings(gr.take_strings(self._eevent, old_rows), gr.take_strings(events, new_rows))
+        self._eetype = _concat_strings(gr.take_strings(self._eetype, old_rows), gr.take_strings(etypes, new_rows))
         self._status = np.zeros(k, dtype=np.int8)
 
     # -- resolution -----------------------------------------------------------------------
@@ -299,10 +274,13 @@ class IdentityResolver:
 
     def _name_clusters(self, rep: np.ndarray) -> np.ndarray:
         """OneID code per node: the code named after its cluster's representative."""
-        reps = np.unique(rep[rep >= 0])
+        live = rep >= 0
+        is_rep = np.zeros(len(rep), dtype=bool)
+        is_rep[rep[live]] = True
+        reps = np.flatnonzero(is_rep)
         unnamed = reps[self._named[reps] < 0]
         if len(unnamed):
-            tokens = self._tok.take(pa.array(unnamed))
+            tokens = gr.take_strings(self._tok, unnamed)
             names = g.oneid_names(tokens)
             start = len(self._oid_names)
             codes = np.arange(start, start + len(unnamed), dtype=np.int64)
@@ -313,13 +291,16 @@ class IdentityResolver:
                     if old is not None:
                         codes[i] = old
             fresh = codes >= start
-            self._oid_names.extend(n for n, f in zip(names, fresh.tolist()) if f)
-            self._oid_origin.extend(tokens.filter(pa.array(fresh)).to_pylist())
+            if fresh.all():
+                self._oid_names.extend(names)
+                self._oid_origin.extend(gr.to_pylist(tokens))
+            else:
+                self._oid_names.extend(n for n, f in zip(names, fresh.tolist()) if f)
+                self._oid_origin.extend(gr.to_pylist(tokens.filter(pa.array(fresh))))
             codes[fresh] = np.arange(start, start + int(fresh.sum()), dtype=np.int64)
             self._oid_surv = np.concatenate([self._oid_surv, np.full(int(fresh.sum()), -1, dtype=np.int64)])
             self._named[unnamed] = codes
         out = np.full(len(rep), -1, dtype=np.int64)
-        live = rep >= 0
         out[live] = self._named[rep[live]]
         return out
 
