@@ -60,6 +60,11 @@ def table_environment(cc: ColdChainConfig, cluster: Cluster = Cluster()):
     # wall-clock timers. Re-running over the same file gives the same late table.
     conf.set("pipeline.auto-watermark-interval", "200 ms")
     conf.set("pipeline.name", "lastmile-coldchain")
+    # One window aggregate per window size, not a local pre-aggregate before the shuffle and a
+    # global one after it: a compartment reads every few minutes, so a pre-aggregate never
+    # combines two readings, and each of its buffers is flushed (and its hash table reset) on
+    # every watermark advance. Measured on 1M readings: about a quarter less JVM CPU.
+    conf.set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
     if cluster.jars:
         conf.set("pipeline.jars", ";".join(cluster.jars))
     if cluster.jobmanager:
