@@ -34,6 +34,7 @@ from lastmile.features.store import (
     historical_features,
     materialize,
     online_features,
+    online_reader,
     repo_dir,
 )
 from lastmile.features.testing import build_feature_warehouse
@@ -113,6 +114,39 @@ def test_materialized_online_values_equal_the_warehouse(fs: Settings) -> None:
     got = online_features(fs, ["next_purchase:np_purchases", "sku_catalog:sku_is_healthy"], [{"oneid": oneid, "sku": sku}])
     assert got["np_purchases"] == [purchases]
     assert got["sku_is_healthy"][0] == bool(w.scalar("SELECT is_healthy FROM ref_skus WHERE sku = {s:String}", {"s": sku}))
+
+
+def _service_rows(cfg: Settings, n: int = 6) -> list[dict[str, str]]:
+    """Customer x community x SKU rows the services read: bought SKUs, one never bought, a
+    repeated row and a customer the store has never seen."""
+    rows = [{"oneid": o, "community_id": c, "sku": s} for o, c, s in connect(cfg).rows(
+        "SELECT oneid, any(community_id), argMax(sku, np_purchases) FROM feat_customer_sku JOIN "
+        "(SELECT oneid, argMax(home_community_id, event_timestamp) AS community_id FROM feat_customer_profile "
+        f"GROUP BY oneid) AS home USING oneid GROUP BY oneid ORDER BY oneid LIMIT {n}")]
+    assert len(rows) == n
+    sku = connect(cfg).scalar("SELECT max(sku) FROM ref_skus")
+    return rows + [dict(rows[0], sku=sku), rows[1], {"oneid": "nobody", "community_id": "C999", "sku": sku}]
+
+
+def test_online_reader_reads_what_feast_reads(fs: Settings) -> None:
+    """The planned reads of the serving path equal FeatureStore.get_online_features().to_dict()
+    for both feature services and for references across views, found and missing values alike."""
+    store = get_store(fs)
+    rows = _service_rows(fs)
+    for service in ("recommendation_v1", "spending_health_v1"):
+        fs_obj = store.get_feature_service(service)
+        keys = {c for p in fs_obj.feature_view_projections
+                for c in store.get_feature_view(p.name).join_keys}
+        entity_rows = [{k: r[k] for k in sorted(keys)} for r in rows]
+        expected = store.get_online_features(features=fs_obj, entity_rows=entity_rows).to_dict()
+        got = online_reader(fs, service).read(entity_rows)
+        assert got == expected
+        assert any(v is not None for v in got["orders_total"]) and got["orders_total"][-1] is None
+    refs = ["next_purchase:np_purchases", "sku_catalog:sku_is_healthy", "customer_profile:home_community_id"]
+    expected = store.get_online_features(features=refs, entity_rows=rows).to_dict()
+    assert online_features(fs, refs, rows) == {k: expected[k] for k in ("oneid", "sku", *[r.split(":")[1] for r in refs])}
+    with pytest.raises(ValueError, match="sku"):
+        online_features(fs, refs, [{"oneid": rows[0]["oneid"]}])
 
 
 def test_materialize_is_incremental(fs: Settings) -> None:
@@ -213,6 +247,10 @@ def test_redis_online_store(fs: Settings, monkeypatch: pytest.MonkeyPatch, tmp_p
         from_sqlite = online_features(fs, ["customer_profile:orders_total", "customer_profile:home_community_id"],
                                       [{"oneid": o} for o in oneids])
         assert from_redis == from_sqlite
+        # the serving path's reads through Redis's own online_read equal Feast's
+        rows = [{"oneid": o} for o in oneids] + [{"oneid": "nobody"}]
+        refs = ["customer_profile:orders_total", "customer_profile:home_community_id"]
+        assert online_features(redis_fs, refs, rows) == store.get_online_features(features=refs, entity_rows=rows).to_dict()
     finally:
         proc.terminate()
         proc.wait(10)

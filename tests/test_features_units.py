@@ -43,6 +43,14 @@ def test_entity_key_encoding_matches_feast() -> None:
         assert got[i] == serialize_entity_key(key, entity_key_serialization_version=3)
 
 
+def test_serving_entity_keys_match_feast() -> None:
+    from lastmile.features.online import entity_key_bytes
+
+    for keys, values in ((["oneid"], ["oid_甲"]), (["community_id", "oneid", "sku"], ["C01", "oid_a", "SK0001"])):
+        proto = EntityKey(join_keys=keys, entity_values=[Value(string_val=v) for v in values])
+        assert entity_key_bytes(keys, values) == serialize_entity_key(proto, entity_key_serialization_version=3)
+
+
 def test_online_store_selection(monkeypatch: pytest.MonkeyPatch, home) -> None:
     from lastmile.config import settings
 

@@ -5,8 +5,8 @@ Two things live here, both about the one SQLite file Feast reads online features
 
 * :func:`tune_connection` applies :data:`SQLITE_PRAGMAS` to Feast's own connection. Feast
   0.67's ``sqlite`` online store has no option for them in ``feature_store.yaml``, so
-  :func:`lastmile.features.store.get_store` sets them on the connection it opens. Reads still
-  go through ``FeatureStore.get_online_features`` unchanged.
+  :func:`lastmile.features.store.get_store` sets them on the connection it opens; the serving
+  path (:mod:`lastmile.features.online`) and ``feast serve`` read through that connection.
 * :func:`bulk_write` writes the rows Feast's ``SqliteOnlineStore.online_write_batch`` writes
   (same table, same columns, same bytes: entity key v3, ``feast.types.Value`` messages,
   ``value_text``, ``event_ts`` in epoch seconds, ``created_ts`` NULL) from an Arrow table,

@@ -425,45 +425,27 @@ def _sqlite_bulk_write(store, fv, data) -> None:
 # -- reading -------------------------------------------------------------------------------------
 
 
-#: Value kinds whose Python value Feast's converter returns unchanged (``getattr`` of the field).
-_PLAIN_KINDS = frozenset({"int64_val", "int32_val", "double_val", "float_val", "bool_val", "bytes_val", "string_val"})
+_readers: dict[tuple, Any] = {}
 
 
-def response_columns(response) -> dict[str, list[Any]]:
-    """``OnlineResponse.to_dict()``, reading plain scalar values straight off the protobuf.
+def online_reader(cfg: Settings | None, features: Any):
+    """The :class:`~lastmile.features.online.OnlineReader` of ``features`` (a feature service,
+    its name, or ``view:feature`` references) on this configuration's store, planned once."""
+    from lastmile.features.online import OnlineReader
 
-    Why: ``to_dict`` sends every value through Feast's general converter (JSON, maps, lists,
-    sets, timestamps, UUIDs, decimals), about a tenth of a 40-candidate recommendation
-    request. Scalars come out the same either way; every other kind, and strings of a UUID
-    feature, still go through Feast's converter.
-    """
-    from feast.type_map import feast_value_type_to_python_type
-    from feast.value_type import ValueType
-
-    types = getattr(response, "_feature_types", {}) or {}
-    out: dict[str, list[Any]] = {}
-    for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results):
-        ftype = types.get(name)
-        plain = _PLAIN_KINDS - ({"string_val"} if ftype in (ValueType.UUID, ValueType.TIME_UUID) else set())
-        column = []
-        for value in vector.values:
-            kind = value.WhichOneof("val")
-            if kind is None:
-                column.append(None)
-            elif kind in plain:
-                column.append(getattr(value, kind))
-            else:
-                column.append(feast_value_type_to_python_type(value, ftype))
-        out[name] = column
-    return out
+    store = get_store(cfg)
+    name = features if isinstance(features, str) else getattr(features, "name", None)
+    key = (id(store), ("service", name) if name else ("refs", tuple(features)))
+    reader = _readers.get(key)
+    if reader is None or reader.store is not store:
+        reader = _readers[key] = OnlineReader(store, features)
+    return reader
 
 
 def online_features(cfg: Settings | None, features: Any, entity_rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Online values for ``entity_rows`` (a feature service name or object, or feature refs)."""
-    store = get_store(cfg)
-    if isinstance(features, str):
-        features = store.get_feature_service(features)
-    return response_columns(store.get_online_features(features=features, entity_rows=entity_rows))
+    """Online values for ``entity_rows`` (a feature service name or object, or feature refs):
+    the columns ``OnlineResponse.to_dict()`` gives, read by :func:`online_reader`."""
+    return online_reader(cfg, features).read(entity_rows)
 
 
 def historical_features(cfg: Settings | None, features: Any, entity_df):

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from lastmile.config import Settings, settings as current_settings
-from lastmile.features.store import response_columns
+from lastmile.features.online import OnlineReader
 from lastmile.features.tables import CATEGORIES, TZ
 from lastmile.models.policy import CapLedger, SpendingPolicy
 from lastmile.models.recommender import MODEL_NAME as RECO, RecommenderModel, candidate_features, model_dir
@@ -49,13 +49,15 @@ class ModelService:
         self.ledger = ledger or CapLedger()
         self.customer_refs = self._refs(CUSTOMER_VIEWS)
         self.candidate_refs = self._refs(CANDIDATE_VIEWS)
+        # Planned once: each request is then one read of Feast's online store per entity set.
+        self.customer_reader = OnlineReader(self.store, self.customer_refs)
+        self.candidate_reader = OnlineReader(self.store, self.candidate_refs)
 
     def warm(self) -> None:
-        """Run both online reads once, for ids that match nothing: Feast resolves and caches the
-        feature references and SQLite prepares its statements before the first real request."""
-        self.store.get_online_features(features=self.customer_refs, entity_rows=[{"oneid": ""}])
-        self.store.get_online_features(features=self.candidate_refs,
-                                       entity_rows=[{"oneid": "", "community_id": "", "sku": ""}])
+        """Run both online reads once, for ids that match nothing: SQLite prepares the statements
+        and pages in the tables' index roots before the first real request."""
+        self.customer_reader.read([{"oneid": ""}])
+        self.candidate_reader.read([{"oneid": "", "community_id": "", "sku": ""}])
 
     def _refs(self, views: tuple[str, ...]) -> list[str]:
         return [f"{v}:{f.name}" for v in views for f in self.store.get_feature_view(v).features]
@@ -63,7 +65,7 @@ class ModelService:
     # -- features --------------------------------------------------------------------------
 
     def customer_features(self, oneid: str) -> dict[str, Any]:
-        got = response_columns(self.store.get_online_features(features=self.customer_refs, entity_rows=[{"oneid": oneid}]))
+        got = self.customer_reader.read([{"oneid": oneid}])
         row = {k: v[0] for k, v in got.items()}
         if all(row.get(ref.split(":")[1]) is None for ref in self.customer_refs):
             raise UnknownCustomer(oneid)
@@ -119,8 +121,7 @@ class ModelService:
         ranked_als = sorted(scores, key=lambda s: -scores[s])
         rank = {s: i for i, s in enumerate(ranked_als)}
         cands = self.candidates(oneid, community, ranked_als)
-        got = response_columns(self.store.get_online_features(features=self.candidate_refs,
-                                                              entity_rows=self.candidate_rows(oneid, community, cands)))
+        got = self.candidate_reader.read(self.candidate_rows(oneid, community, cands))
         items = self._rerank(row, got, cands, scores, rank, now.timestamp())
         items.sort(key=lambda r: -r["score"])
         health = self.spend.assess(row)
