@@ -92,28 +92,31 @@ def replicate(warehouse, copies: int) -> None:
 def add_late_events(warehouse, percent: int = 1, tag: str = "late") -> int:
     """Re-send ``percent``% of the orders (with their follow-up events and identity evidence)
     as new orders, plus ``percent``% more telemetry; returns the rows inserted."""
-    pick = f"cityHash64(order_id, '{tag}') % 100 < {percent}"
     suffix = f"'-{tag}'"
+    pick = f"cityHash64(order_id, '{tag}') % 100 < {percent} AND NOT endsWith(order_id, {suffix})"
     before = sum(warehouse.count(t, final=False) for t in ("raw_order", "raw_pickup", "raw_review", "raw_return",
                                                             "raw_locker_telemetry", "identity_links"))
     picked = f"(SELECT order_id FROM raw_order WHERE {pick})"
     for table, where in (("raw_order", pick), ("raw_pickup", f"order_id IN {picked}"), ("raw_review", f"order_id IN {picked}"),
                          ("raw_return", f"order_id IN {picked}")):
+        # The filter sits in a subquery: ClickHouse resolves a SELECT alias in WHERE, so next to
+        # `concat(order_id, ...) AS order_id` a WHERE on order_id would test the renamed id.
         warehouse.command(f"INSERT INTO {table} SELECT * REPLACE (concat(event_id, {suffix}) AS event_id, "
-                          f"concat(order_id, {suffix}) AS order_id, now64(3) AS _ingested_at) FROM {table} FINAL WHERE {where}")
+                          f"concat(order_id, {suffix}) AS order_id, now64(3) AS _ingested_at) "
+                          f"FROM (SELECT * FROM {table} FINAL WHERE {where})")
     columns = [r[0] for r in warehouse.rows("SELECT name FROM system.columns WHERE database = currentDatabase() "
                                             "AND table = 'identity_links' AND name != '_first_ingested' ORDER BY position")]
     warehouse.command(f"""
         INSERT INTO identity_links ({', '.join(columns)})
         SELECT * EXCEPT (_first_ingested) REPLACE (concat(event_id, {suffix}) AS event_id, now64(3) AS _ingested_at)
-        FROM identity_links FINAL
+        FROM (SELECT * FROM identity_links FINAL
         WHERE event_id IN (SELECT event_id FROM raw_order WHERE {pick} AND NOT endsWith(event_id, {suffix})
                            UNION ALL SELECT event_id FROM raw_pickup WHERE order_id IN {picked} AND NOT endsWith(event_id, {suffix})
                            UNION ALL SELECT event_id FROM raw_review WHERE order_id IN {picked} AND NOT endsWith(event_id, {suffix})
-                           UNION ALL SELECT event_id FROM raw_return WHERE order_id IN {picked} AND NOT endsWith(event_id, {suffix}))""")
+                           UNION ALL SELECT event_id FROM raw_return WHERE order_id IN {picked} AND NOT endsWith(event_id, {suffix})))""")
     warehouse.command(f"INSERT INTO raw_locker_telemetry SELECT * REPLACE (concat(event_id, {suffix}) AS event_id, "
                       f"occurred_at + INTERVAL 1 SECOND AS occurred_at, now64(3) AS _ingested_at) "
-                      f"FROM raw_locker_telemetry WHERE cityHash64(event_id, '{tag}') % 100 < {percent}")
+                      f"FROM (SELECT * FROM raw_locker_telemetry WHERE cityHash64(event_id, '{tag}') % 100 < {percent})")
     after = sum(warehouse.count(t, final=False) for t in ("raw_order", "raw_pickup", "raw_review", "raw_return",
                                                            "raw_locker_telemetry", "identity_links"))
     return after - before
