@@ -175,8 +175,9 @@ def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None
           exclude: str | Sequence[str] | None = None, load_reference_data: bool = True, quiet: bool = False) -> BuildResult:
     """Load reference data, then ``dbt build`` (models, tests, unit tests) in this process.
 
-    ``full_refresh`` rebuilds incremental facts from scratch: needed after a backfill of
-    events older than the lookback window (vars.lookback_days), or after a formula change.
+    ``full_refresh`` rebuilds the incremental models from scratch: needed after a formula
+    change or a restore of raw rows with an older ``_ingested_at`` (dbt/README.md, "Incremental
+    facts and full refresh"); late events need none, whatever their event time.
     """
     cfg = cfg or current_settings()
     loaded = load_reference(cfg) if load_reference_data else {}

@@ -217,14 +217,41 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     others = [w for w in before_sti if w != week2]
     assert max(abs(after_sti[w] - before_sti[w]) for w in others) < 1.0
 
-    # oneid is left out on purpose: fct_orders keeps the OneID of the build that wrote the row
-    # (documented); the customer marts re-join the current one.
-    columns = "order_id, is_collected, first_picked_up_at, hours_to_pickup, claim_count, review_stars, total_amount_cny, product_class"
-    incremental = wh.client.query_df(f"SELECT {columns} FROM fct_orders ORDER BY order_id")
-    full = transform.run(cfg, select="fct_orders", full_refresh=True)
+    # The late buyer asks to be forgotten: their identity evidence and identifiers go, so the
+    # next incremental build must drop their order event from stg_identity__event_oneid.
+    from lastmile.identity.forget import forget
+    from lastmile.privacy import Identifiers
+
+    late_event = next(e["event_id"] for e in events if e["event_type"] == "order")
+    assert wh.scalar("SELECT count() FROM stg_identity__event_oneid WHERE event_id = {e:String}", {"e": late_event}) == 1
+    assert forget(wh, Identifiers(cfg), "phone", "13912345678").anything
+    result = transform.run(cfg)
+    assert result.success, result.failures
+    assert wh.scalar("SELECT count() FROM stg_identity__event_oneid WHERE event_id = {e:String}", {"e": late_event}) == 0
+
+    # Incremental == full refresh, for every incremental model and every mart. The facts' OneID
+    # columns are left out on purpose: a fact keeps the OneID of the build that wrote the row
+    # (documented); the customer marts re-join the current one, so they are compared whole.
+    as_of_build = {"fct_orders": ["oneid"], "fct_pickups": ["collector_oneid"], "fct_returns": ["oneid"], "fct_reviews": ["oneid"]}
+    tables = ["stg_identity__event_oneid", "fct_orders", "fct_order_lines", "fct_pickups", "fct_returns", "fct_reviews",
+              "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",
+              "alliance_health_index", "spending_health"]
+
+    def snapshot() -> dict[str, pd.DataFrame]:
+        out = {}
+        for table in tables:
+            skip = ", ".join(as_of_build.get(table, []))
+            columns = f"* EXCEPT ({skip})" if skip else "*"
+            out[table] = wh.client.query_df(f"SELECT {columns} FROM {table} ORDER BY ALL")
+        return out
+
+    incremental = snapshot()
+    assert len(incremental["fct_orders"]) == before_orders + 1
+    full = transform.run(cfg, full_refresh=True)
     assert full.success, full.failures
-    refreshed = wh.client.query_df(f"SELECT {columns} FROM fct_orders ORDER BY order_id")
-    pd.testing.assert_frame_equal(incremental, refreshed)
+    refreshed = snapshot()
+    for table in tables:
+        pd.testing.assert_frame_equal(incremental[table], refreshed[table], obj=table)
 
 def test_cold_chain_fact_follows_its_optional_source(built: tuple[Settings, transform.BuildResult]) -> None:
     """`lastmile run` runs the PyFlink job, so the incidents exist; without it the fact is empty."""

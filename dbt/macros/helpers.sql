@@ -43,6 +43,20 @@
     {%- endif %}
 {%- endmacro %}
 
+{#- The lookback re-reads rows the table may already hold. Writing them again would change
+    nothing but cost a delete of their old copies (a mutation over the whole table), so an
+    incremental build keeps only rows whose version the table does not hold yet: `key`
+    plus `version`, an expression over the row that changes whenever its content does (an
+    event fact: its `_ingested_at`). Applied to the model's final select. -#}
+{% macro only_changed_rows(key, version, within=none) -%}
+    {%- if is_incremental() %}
+    where ({{ key }}, {{ version }}) not in (
+        select {{ key }}, {{ version }} from {{ this }}
+        where {{ within if within else "_ingested_at > " ~ incremental_watermark() }}
+    )
+    {%- endif %}
+{%- endmacro %}
+
 {#- A source that may not exist yet (cold-chain job, recommender). At run time, when the
     table is absent, returns an empty relation with the given columns instead, so the
     models that read it build and say "no data" rather than fail. `final` reads a

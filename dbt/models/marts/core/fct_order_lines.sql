@@ -48,3 +48,4 @@ final as (
 )
 
 select * from final
+{{ only_changed_rows('order_line_id', '_ingested_at') }}

@@ -17,25 +17,36 @@ built as (
 ),
 
 in_scope as (
-    select order_id from {{ ref('stg_lastmile__orders') }} where _ingested_at > (select watermark from built)
+    -- Straight from the raw tables, without FINAL: they are ReplacingMergeTrees versioned by
+    -- `_ingested_at`, so an event has a row newer than the watermark exactly when its
+    -- deduplicated row is newer; no need to merge every part to find the new keys.
+    select order_id from {{ source('lastmile', 'raw_order') }} where _ingested_at > (select watermark from built)
     union distinct
-    select order_id from {{ ref('stg_lastmile__pickups') }} where _ingested_at > (select watermark from built)
+    select order_id from {{ source('lastmile', 'raw_pickup') }} where _ingested_at > (select watermark from built)
     union distinct
-    select assumeNotNull(order_id) from {{ ref('stg_lastmile__returns') }}
-    where return_kind = 'claim' and _ingested_at > (select watermark from built)
+    select assumeNotNull(order_id) from {{ source('lastmile', 'raw_return') }}
+    where kind = 'claim' and order_id is not null and _ingested_at > (select watermark from built)
     union distinct
-    select order_id from {{ ref('stg_lastmile__reviews') }} where _ingested_at > (select watermark from built)
+    select order_id from {{ source('lastmile', 'raw_review') }} where _ingested_at > (select watermark from built)
 ),
 {% endif %}
 
+{#- ClickHouse inlines a CTE wherever it is named, so the filters below repeat the same
+    `in (select order_id from in_scope)` subquery (its set is built once per query) rather
+    than reading `orders` again. -#}
+{%- set scoped = "where order_id in (select order_id from in_scope)" if is_incremental() else "" %}
+
 orders as (
     select * from {{ ref('stg_lastmile__orders') }}
-    {% if is_incremental() %}where order_id in (select order_id from in_scope){% endif %}
+    {{ scoped }}
 ),
 
 oneids as (
     select event_id, oneid from {{ ref('stg_identity__event_oneid') }}
-    where event_type = 'order' and event_id in (select event_id from orders)
+    where event_type = 'order'
+    {%- if is_incremental() %}
+      and event_id in (select event_id from {{ ref('stg_lastmile__orders') }} {{ scoped }})
+    {%- endif %}
 ),
 
 pickups as (
@@ -46,7 +57,7 @@ pickups as (
         count() as pickup_events,
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__pickups') }}
-    where order_id in (select order_id from orders)
+    {{ scoped }}
     group by order_id
 ),
 
@@ -58,7 +69,7 @@ claims as (
         min(returned_at) as first_claimed_at,
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__returns') }}
-    where return_kind = 'claim' and order_id in (select order_id from orders)
+    where return_kind = 'claim'{% if is_incremental() %} and order_id in (select order_id from in_scope){% endif %}
     group by order_id
 ),
 
@@ -71,7 +82,7 @@ reviews as (
         count() as review_count,
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__reviews') }}
-    where order_id in (select order_id from orders)
+    {{ scoped }}
     group by order_id
 ),
 
@@ -121,3 +132,7 @@ final as (
 )
 
 select * from final
+{#- An order's row is a function of its events; it is rewritten only if it comes out
+    different (the OneID aside: it is the one of the build that wrote the row). -#}
+{{ only_changed_rows('order_id', 'cityHash64(toString(tuple(* except (oneid))))',
+                     within='order_id in (select order_id from in_scope)') }}

@@ -33,3 +33,4 @@ final as (
 )
 
 select * from final
+{{ only_changed_rows('event_id', '_ingested_at') }}

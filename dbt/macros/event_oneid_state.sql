@@ -1,0 +1,104 @@
+{#- The snapshot stg_identity__event_oneid keeps of the identity graph it resolved against:
+    every identifier's (oneid, shared) and the newest evidence ingestion it had seen
+    (`links_through`). The pre-hook takes it into `<this>__identity_state_next` before the
+    model reads anything; the incremental query compares it with the previous build's
+    `<this>__identity_state`; the last post-hook makes it the new `__identity_state` (the old one is dropped). If a
+    build fails in between, the old snapshot stays and the next build re-resolves more, never
+    less. The tables belong to the model: a full refresh rebuilds them with it. -#}
+
+{% macro event_oneid_state_relation(next=false, suffix=none) -%}
+    {%- set name = suffix if suffix else ('identity_state_next' if next else 'identity_state') -%}
+    {{ return(this.incorporate(path={"identifier": this.identifier ~ '__' ~ name})) }}
+{%- endmacro %}
+
+{% macro event_oneid_has_state() -%}
+    {%- set state = event_oneid_state_relation() -%}
+    {{ return(execute and adapter.get_relation(database=state.database, schema=state.schema, identifier=state.identifier) is not none) }}
+{%- endmacro %}
+
+{#- Incremental builds with a snapshot: the identifiers that changed since it
+    (`__identity_changed`), then the events to re-resolve (`__identity_affected`), each
+    computed once into a small table (a CTE would be recomputed wherever it is named). -#}
+{% macro event_oneid_changed_prepare() -%}
+    {%- if is_incremental() and event_oneid_has_state() -%}
+    create or replace table {{ event_oneid_state_relation(suffix='identity_changed') }}
+    engine = MergeTree order by token
+    as select token
+    from (
+        select token, oneid, shared from {{ event_oneid_state_relation() }}
+        union all
+        select token, oneid, shared from {{ event_oneid_state_relation(next=true) }}
+    )
+    group by token
+    -- in one snapshot only (new or forgotten), or with another OneID or shared flag
+    having count() = 1 or uniqExact(oneid, shared) > 1
+    {%- else -%}
+    select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro event_oneid_affected_prepare() -%}
+    {%- if is_incremental() and event_oneid_has_state() -%}
+    {%- set changed = event_oneid_state_relation(suffix='identity_changed') -%}
+    create or replace table {{ event_oneid_state_relation(suffix='identity_affected') }}
+    engine = MergeTree order by event_id
+    as
+    -- evidence ingested since the previous build (minus the lookback)
+    select event_id from {{ source('identity', 'identity_links') }}
+    where _ingested_at > (select any(links_through) - interval {{ var('lookback_minutes') }} minute from {{ event_oneid_state_relation() }})
+    union distinct
+    -- evidence naming a changed identifier
+    select event_id from {{ source('identity', 'identity_links') }}
+    where a_token in (select token from {{ changed }}) or b_token in (select token from {{ changed }})
+    union distinct
+    -- events stored under a OneID a changed identifier had (their evidence may be gone)
+    select event_id from {{ this }}
+    where oneid in (select oneid from {{ event_oneid_state_relation() }} where token in (select token from {{ changed }}) and oneid != '')
+    {%- else -%}
+    select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro event_oneid_state_prepare() -%}
+    create or replace table {{ event_oneid_state_relation(next=true) }}
+    engine = MergeTree order by token
+    as select
+        token,
+        oneid,
+        shared,
+        (select max(_ingested_at) from {{ source('identity', 'identity_links') }}) as links_through
+    from {{ source('identity', 'identity_nodes') }} final
+{%- endmacro %}
+
+{% macro event_oneid_state_commit() -%}
+    {%- set state = event_oneid_state_relation() -%}
+    {%- if execute and adapter.get_relation(database=state.database, schema=state.schema, identifier=state.identifier) is not none -%}
+        exchange tables {{ event_oneid_state_relation(next=true) }} and {{ state }}
+    {%- else -%}
+        rename table {{ event_oneid_state_relation(next=true) }} to {{ state }}
+    {%- endif -%}
+{%- endmacro %}
+
+{#- An incremental build writes an event that no longer resolves (its identifiers were
+    forgotten or blocked) with an empty OneID, so delete+insert replaces its old row; this
+    removes it. A no-op statement when there is none. -#}
+{% macro event_oneid_drop_unresolved() -%}
+    {%- set unresolved = run_query("select count() from " ~ this ~ " where oneid = ''").columns[0].values()[0] if execute else 0 -%}
+    {%- if unresolved > 0 -%}
+        delete from {{ this }} where oneid = ''
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro event_oneid_state_drop_old() -%}
+    drop table if exists {{ event_oneid_state_relation(next=true) }}
+{%- endmacro %}
+
+{% macro event_oneid_drop_work_tables() -%}
+    drop table if exists {{ event_oneid_state_relation(suffix='identity_affected') }}
+{%- endmacro %}
+
+{% macro event_oneid_drop_changed() -%}
+    drop table if exists {{ event_oneid_state_relation(suffix='identity_changed') }}
+{%- endmacro %}
