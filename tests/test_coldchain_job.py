@@ -55,13 +55,21 @@ DELAYED = {("K-LATE-OK", m): 50 for m in range(40, 48)}  # (compartment, minute)
 DELAYED[("K-TOO-LATE", 10)] = 70
 
 
+#: (compartment, minute) -> the same instant written another way ISO 8601 allows.
+SPELLINGS = {
+    ("K-AMBIENT", 4): lambda t: t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.250Z"),
+    ("K-AMBIENT", 6): lambda t: t.astimezone(timezone(timedelta(hours=-5, minutes=-30))).isoformat(),
+}
+
+
 def reading(comp: str, minute: int, **overrides: Any) -> dict[str, Any]:
     cls, temps = SCENARIOS[comp]
     fields = dict(locker_id="L-T-1", compartment_id=comp, community_id="C-T", product_class=cls,
                   temperature_c=temps.get(minute, NORMAL[cls]), door="open" if comp == "K-SPIKE" and minute in temps else "closed",
                   event_id=f"tl-{comp}-{minute:03d}")
     fields.update(overrides)
-    return event("locker_telemetry", occurred_at=fields.pop("occurred_at", at(minute)), **fields)
+    spelled = SPELLINGS.get((comp, minute), lambda t: t.isoformat())(T0 + timedelta(minutes=minute))
+    return event("locker_telemetry", occurred_at=fields.pop("occurred_at", spelled), **fields)
 
 
 def telemetry_lines() -> list[bytes]:
@@ -209,6 +217,8 @@ def test_windows_aggregate_and_count_duplicates_once(job: dict[str, Any]) -> Non
     assert five[7] == 5 and five[9] == five[10] == 6.5 and five[16] == 5  # readings, min, max, out of range
     spike = w[(5, "K-SPIKE", utc(40))]
     assert spike[15] > 0  # door_open_s
+    # the same instant in UTC with a fraction, or at -05:30, lands in the same minute
+    assert all(w[(1, "K-AMBIENT", utc(m))][7] == 1 for m in range(MINUTES))
     report = job["first"]
     assert report.skipped == 1 and report.invalid == 2 and report.late == 1 and report.duplicates == 1
     assert report.future == 1
