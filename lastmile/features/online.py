@@ -88,7 +88,7 @@ class OnlineReader:
             raise ValueError("two views give a feature the same name; read them separately")
         self.entity_columns = list(dict.fromkeys(c for r in self.reads for c in r.columns))
         self._sqlite = type(self.online_store).__name__ == "SqliteOnlineStore" and all(r.string_keys for r in self.reads)
-        self._statements: dict[int, str] = {}
+        self._statements: dict[tuple[int, ...], str] = {}
 
     def _plan(self, view_name: str, alias: str, features: list[str], join_key_map: dict[str, str]) -> ViewRead:
         from feast.infra.online_stores.helpers import compute_table_id
@@ -161,7 +161,7 @@ class OnlineReader:
         return [[hits.get(k) for k in view_keys] for hits, view_keys in zip(found, keys)]
 
     def _statement(self, counts: tuple[int, ...]) -> str:
-        sql = self._statements.get(hash(counts))
+        sql = self._statements.get(counts)
         if sql is None:
             parts = []
             for i, (read, count) in enumerate(zip(self.reads, counts)):
@@ -169,7 +169,7 @@ class OnlineReader:
                 parts.append(f"SELECT {i}, entity_key, feature_name, value FROM {quoted} "
                              f"WHERE entity_key IN ({','.join('?' * count)})")
             sql = " UNION ALL ".join(parts)
-            self._statements[hash(counts)] = sql
+            self._statements[counts] = sql
         return sql
 
     def _read_generic(self, entity_rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any] | None]]:
