@@ -123,6 +123,12 @@ def event_oneid_sql(rules: Rules) -> str:
 
     A group-chat order typed with the leader's phone and the neighbour's openid belongs to the
     neighbour: the leader's phone is shared, so it loses to any unshared identifier.
+
+    ``identity_links`` is read once (both identifiers of a row through ARRAY JOIN) and without
+    FINAL: copies of a link row share its whole key (event, role, both tokens) and differ only
+    in when they were ingested, so they cannot change an argMax or a GROUP BY. Same rows, and
+    a filter on ``event_id`` (the incremental dbt model re-resolves a few events) no longer
+    merges every part of the table.
     """
     types = list(rules.strength)
     strengths = [int(rules.strength[t]) for t in types]
@@ -131,9 +137,9 @@ CREATE OR REPLACE VIEW event_oneid AS
 SELECT event_type, event_id,
        argMax(n.oneid, (NOT n.shared, transform(t.id_type, {types!r}, {strengths!r}, 0), t.token)) AS oneid
 FROM (
-    SELECT event_type, event_id, a_token AS token, a_type AS id_type FROM identity_links FINAL WHERE reason = '' AND a_token != ''
-    UNION ALL
-    SELECT event_type, event_id, b_token, b_type FROM identity_links FINAL WHERE reason = '' AND b_token != ''
+    SELECT event_type, event_id, tok.1 AS token, tok.2 AS id_type
+    FROM identity_links ARRAY JOIN [(a_token, a_type), (b_token, b_type)] AS tok
+    WHERE reason = '' AND tok.1 != ''
 ) AS t
 INNER JOIN (SELECT token, oneid, shared FROM identity_nodes FINAL WHERE oneid != '') AS n ON n.token = t.token
 GROUP BY event_type, event_id

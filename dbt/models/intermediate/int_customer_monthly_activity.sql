@@ -49,18 +49,12 @@ reviews as (
     group by oneid, activity_month
 ),
 
-keys as (
-    select oneid, activity_month from orders
-    union distinct
-    select oneid, activity_month from returns
-    union distinct
-    select oneid, activity_month from reviews
-),
-
 final as (
+    -- Every (person, month) with any conduct: full joins on the key, so each rollup above is
+    -- computed once (a CTE named twice is computed twice). A side without a row gives zeros.
     select
-        keys.oneid as oneid,
-        keys.activity_month as activity_month,
+        oneid,
+        activity_month,
         orders.orders as orders,
         orders.collected_orders as collected_orders,
         orders.on_time_pickups as on_time_pickups,
@@ -73,10 +67,9 @@ final as (
         toUInt64(greatest(0, toInt64(returns.unsubstantiated_claims) - toInt64(greatest(1, ceil(0.15 * orders.collected_orders))))) as excess_claims,
         reviews.reviews_written as reviews_written,
         reviews.reviews_with_text as reviews_with_text
-    from keys
-    left join orders on orders.oneid = keys.oneid and orders.activity_month = keys.activity_month
-    left join returns on returns.oneid = keys.oneid and returns.activity_month = keys.activity_month
-    left join reviews on reviews.oneid = keys.oneid and reviews.activity_month = keys.activity_month
+    from orders
+    full outer join returns using (oneid, activity_month)
+    full outer join reviews using (oneid, activity_month)
 )
 
 select * from final
