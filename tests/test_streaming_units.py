@@ -199,6 +199,26 @@ def test_identity_refresher_rebuilds_profiles_after_a_late_resolution(tmp_path, 
     assert calls == ["resolve", "profiles", "resolve", "profiles"]
 
 
+def test_identity_refresher_rebuilds_profiles_after_the_resolution_on_close(tmp_path, monkeypatch) -> None:
+    """Evidence resolved only on the way out, after a profiles-only rebuild took the pending
+    rows: the stop resolves and then rebuilds profiles, so they cover every OneID."""
+    refresher, calls, now, with_links = _refresher(tmp_path, monkeypatch)
+
+    async def scenario() -> None:
+        await refresher.handler()(with_links)  # resolve + profiles
+        refresher._running.result()
+        now[0] = 31.0
+        refresher.note(with_links)  # links and rows pending
+        refresher._last_resolve = 30.5  # resolve not due yet, profiles due
+        assert refresher.due() == (False, True)
+        assert refresher.tick()  # profiles only: takes the pending rows, leaves the evidence
+        refresher._running.result()
+        await refresher.close()
+
+    asyncio.run(scenario())
+    assert calls == ["resolve", "profiles", "profiles", "resolve", "profiles"]
+
+
 def test_identity_refresher_starts_nothing_while_closing(tmp_path, monkeypatch) -> None:
     """The worker's 1 s timer may tick while the stop waits for a running refresh: that tick must
     not start a resolution the stop does not know of (it would leave profiles stale)."""

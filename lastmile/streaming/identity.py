@@ -174,6 +174,9 @@ class IdentityRefresher:
         if self._running is not None:
             await asyncio.wrap_future(self._running, loop=loop)
         if self.enabled and (self._links_pending or self._rows_pending):
-            resolve, profiles = self._links_pending, self._rows_pending and self.profiles_every_s > 0
+            # A resolution on the way out moves OneIDs, so profiles follow it even when no
+            # rows are pending (a profiles-only rebuild may have taken them since).
+            resolve = self._links_pending
+            profiles = (self._rows_pending or resolve) and self.profiles_every_s > 0
             await asyncio.wrap_future(self._start(resolve, profiles), loop=loop)
         self._pool.shutdown(wait=True)
