@@ -102,3 +102,30 @@
 {% macro event_oneid_drop_changed() -%}
     drop table if exists {{ event_oneid_state_relation(suffix='identity_changed') }}
 {%- endmacro %}
+
+{#- The change log downstream models read (see stg_identity__event_oneid): one row per OneID
+    whose events this build re-resolved or dropped, '*' when it re-resolved every event. Runs
+    before the snapshot is committed (it reads the previous one). -#}
+{% macro event_oneid_changes_relation() -%}
+    {{ return(event_oneid_state_relation(suffix='oneid_changes')) }}
+{%- endmacro %}
+
+{% macro event_oneid_changes_create() -%}
+    create table if not exists {{ event_oneid_changes_relation() }} (oneid String, _changed_at DateTime64(3))
+    engine = MergeTree order by _changed_at
+{%- endmacro %}
+
+{% macro event_oneid_changes_log() -%}
+    insert into {{ event_oneid_changes_relation() }}
+    {%- if not should_full_refresh() and event_oneid_has_state() %}
+    select distinct oneid, now64(3) from {{ event_oneid_state_relation() }}
+    where token in (select token from {{ event_oneid_state_relation(suffix='identity_changed') }}) and oneid != ''
+    {%- else %}
+    select '*', now64(3)
+    {%- endif %}
+{%- endmacro %}
+
+{#- The change log of a given stg_identity__event_oneid relation (for downstream models). -#}
+{% macro event_oneid_changes_relation_of(relation) -%}
+    {{ return(relation.incorporate(path={"identifier": relation.identifier ~ '__oneid_changes'})) }}
+{%- endmacro %}

@@ -100,3 +100,15 @@
      OR multiSearchAny(lower(coalesce({{ text }}, '')),
         ['不冰', '化了', '变质', '晚了', '没有按时', '破损', '碎', '少', 'warm', 'melted', 'not cold', 'late', 'damaged', 'broken', 'small']))
 {%- endmacro %}
+
+{#- Rows an incremental build wrote only so that delete+insert would remove their old copy
+    (e.g. an order whose buyer no longer resolves): deleted once the new rows are in. A
+    no-op statement when there is none (a DELETE is a mutation over the whole table). -#}
+{% macro delete_placeholder_rows(condition) -%}
+    {%- set n = run_query("select count() from " ~ this ~ " where " ~ condition).columns[0].values()[0] if execute else 0 -%}
+    {%- if n > 0 -%}
+        delete from {{ this }} where {{ condition }}
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}

@@ -6,13 +6,6 @@ with orders as (
     select * from {{ ref('int_customer_orders') }}
 ),
 
-lines as (
-    select order_id, avg(dateDiff('day', batch_date, toDate(ordered_at, '{{ var("business_tz") }}'))) as batch_age_days
-    from {{ ref('fct_order_lines') }}
-    where batch_date is not null
-    group by order_id
-),
-
 communities as (
     select community_id, alliance_id from {{ ref('stg_reference__communities') }}
 ),
@@ -32,11 +25,10 @@ final as (
         merchants.alliance_id = communities.alliance_id as is_in_alliance,
         orders.total_amount_cny as total_amount_cny,
         orders.hours_to_pickup as hours_to_pickup,
-        if(lines.order_id = '', NULL, greatest(0, lines.batch_age_days)) as batch_age_days
+        orders.batch_age_days as batch_age_days
     from orders
     inner join communities on communities.community_id = orders.community_id
     left join merchants on merchants.merchant_id = orders.merchant_id
-    left join lines on lines.order_id = orders.order_id
     where communities.alliance_id is not null
 )
 

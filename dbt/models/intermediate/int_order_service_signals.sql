@@ -8,9 +8,7 @@ with orders as (
 ),
 
 lines as (
-    select order_id, count() as lines, countIf(is_traceable) as traceable_lines
-    from {{ ref('fct_order_lines') }}
-    group by order_id
+    select order_id, lines, traceable_lines from {{ ref('int_order_line_rollup') }}
 ),
 
 reviews as (

@@ -9,62 +9,44 @@ with observation as (
     select * from {{ ref('int_observation_window') }}
 ),
 
-lines as (
-    select oneid, order_id, ordered_at, category, line_amount_cny as amount, is_impulse, is_healthy
-    from {{ ref('int_customer_order_lines') }}
-),
-
-categories as (
-    select uniqExact(category) as catalogue_categories from {{ ref('stg_reference__skus') }}
-),
-
-per_category as (
-    select oneid, category, sum(amount) as amount from lines group by oneid, category
-),
-
-balance as (
-    -- Normalised Shannon entropy of spend over categories: 1 = spread evenly over the whole
-    -- catalogue's categories, 0 = everything in one category.
-    select
-        oneid,
-        abs(sum(p * log(p))) / log((select catalogue_categories from categories)) as category_balance
-    from (
-        select oneid, amount / sum(amount) over (partition by oneid) as p
-        from per_category
-        where amount > 0
-    )
-    group by oneid
-),
-
 orders as (
+    -- Per order of a known person, with lines: spend from its lines, in total, on impulse and
+    -- healthy SKUs, and per category (int_customer_orders carries int_order_line_rollup).
     select
         oneid,
         order_id,
-        any(ordered_at) as ordered_at,
-        sum(amount) as amount
-    from lines
-    group by oneid, order_id
+        ordered_at,
+        toFloat64(line_amount_cny) as amount,
+        toFloat64(impulse_amount_cny) as impulse_amount,
+        toFloat64(healthy_amount_cny) as healthy_amount,
+        categories,
+        category_amounts_cny
+    from {{ ref('int_customer_orders') }}
+    where lines > 0
+),
+
+catalogue as (
+    select uniqExact(category) as catalogue_categories from {{ ref('stg_reference__skus') }}
 ),
 
 per_person as (
+    -- One pass over the orders (a CTE named twice would be computed twice).
     select
         oneid,
         count() as orders,
         sum(amount) as spend_cny,
+        sum(impulse_amount) / nullIf(sum(amount), 0) as impulse_share,
+        sum(healthy_amount) / nullIf(sum(amount), 0) as healthy_share,
         countIf({{ local_hour('ordered_at') }} >= 23 or {{ local_hour('ordered_at') }} < 5) / count() as late_night_share,
         -- Velocity: average weekly spend of the last 4 weeks over the average weekly spend of
         -- the weeks before (the person's own baseline); NULL without 2 baseline weeks.
         sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') > (select as_of_date from observation) - 28) / 4 as recent_weekly_spend_cny,
         sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') <= (select as_of_date from observation) - 28)
             / nullIf(dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) / 7, 0) as baseline_weekly_spend_cny,
-        dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) >= 14 as has_baseline
+        dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) >= 14 as has_baseline,
+        -- Spend per category over all the person's orders (exact decimal sums), positive ones only.
+        arrayFilter(x -> x > 0, arrayMap(x -> toFloat64(x), sumMap(categories, category_amounts_cny).2)) as category_spend
     from orders
-    group by oneid
-),
-
-impulse as (
-    select oneid, sumIf(amount, is_impulse) / nullIf(sum(amount), 0) as impulse_share, sumIf(amount, is_healthy) / nullIf(sum(amount), 0) as healthy_share
-    from lines
     group by oneid
 ),
 
@@ -79,18 +61,19 @@ scored as (
         per_person.oneid as oneid,
         per_person.orders as orders,
         round(per_person.spend_cny, 2) as spend_cny,
-        round(impulse.impulse_share, 4) as impulse_share,
-        round(impulse.healthy_share, 4) as healthy_share,
+        round(per_person.impulse_share, 4) as impulse_share,
+        round(per_person.healthy_share, 4) as healthy_share,
         round(per_person.late_night_share, 4) as late_night_share,
         round(per_person.recent_weekly_spend_cny, 2) as recent_weekly_spend_cny,
         if(per_person.has_baseline, round(per_person.baseline_weekly_spend_cny, 2), NULL) as baseline_weekly_spend_cny,
         if(per_person.has_baseline and per_person.baseline_weekly_spend_cny > 0,
            round(per_person.recent_weekly_spend_cny / per_person.baseline_weekly_spend_cny, 4), NULL) as spend_velocity,
-        round(balance.category_balance, 4) as category_balance,
+        -- Normalised Shannon entropy of spend over categories: 1 = spread evenly over the whole
+        -- catalogue's categories, 0 = everything in one category.
+        round(abs(arraySum(x -> (x / arraySum(per_person.category_spend)) * log(x / arraySum(per_person.category_spend)), per_person.category_spend))
+              / log((select catalogue_categories from catalogue)), 4) as category_balance,
         if(recommendations.oneid = '', NULL, round(recommendations.accepted / recommendations.shown, 4)) as recommendation_acceptance
     from per_person
-    left join impulse on impulse.oneid = per_person.oneid
-    left join balance on balance.oneid = per_person.oneid
     left join recommendations on recommendations.oneid = per_person.oneid
 ),
 

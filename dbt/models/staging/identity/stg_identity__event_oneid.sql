@@ -13,7 +13,12 @@
     Those events are rewritten (delete+insert on the key); the events stored under a OneID
     one of those identifiers had are also written with an empty OneID, so one that no longer
     resolves loses its old row; the post-hook then drops every empty row. Same rows as a full refresh;
-    without a snapshot (first build, or after a failed one) every event is re-resolved. -#}
+    without a snapshot (first build, or after a failed one) every event is re-resolved.
+
+    For the per-order and per-person models downstream (int_customer_orders, ...), every row
+    carries `_resolved_at` (when this table wrote it), and a post-hook appends to
+    `<this>__oneid_changes` the OneIDs whose events were re-resolved or dropped ('*' when every
+    event was: full refresh, no snapshot), so they can find what changed since their last build. -#}
 {{ config(
     materialized='incremental',
     incremental_strategy='delete_insert',
@@ -21,7 +26,8 @@
     engine='MergeTree()',
     order_by='(event_type, event_id)',
     pre_hook=["{{ event_oneid_state_prepare() }}", "{{ event_oneid_changed_prepare() }}", "{{ event_oneid_affected_prepare() }}"],
-    post_hook=["{{ event_oneid_drop_unresolved() }}", "{{ event_oneid_state_commit() }}", "{{ event_oneid_state_drop_old() }}",
+    post_hook=["{{ event_oneid_drop_unresolved() }}", "{{ event_oneid_changes_create() }}", "{{ event_oneid_changes_log() }}",
+               "{{ event_oneid_state_commit() }}", "{{ event_oneid_state_drop_old() }}",
                "{{ event_oneid_drop_work_tables() }}", "{{ event_oneid_drop_changed() }}"],
 ) }}
 
@@ -88,4 +94,4 @@ renamed as (
 
 {% endif %}
 
-select * from renamed
+select event_type, event_id, oneid, now64(3) as _resolved_at from renamed
