@@ -21,7 +21,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_CLICKHOUSE_DATABASE": ("lastmile", "Database holding lastmile's tables."),
     "LASTMILE_HASH_KEY": ("", "Secret key for the keyed hashes of direct identifiers. Empty: generated once into $LASTMILE_HOME/hash.key."),
     "LASTMILE_BEAM_RUNNER": ("DirectRunner", "Beam runner for ingest (DirectRunner, FlinkRunner, DataflowRunner)."),
-    "LASTMILE_INGEST_BATCH_ROWS": ("20000", "Rows per warehouse insert in the ingest pipeline."),
+    "LASTMILE_INGEST_CHUNK_MB": ("8", "Input read per chunk in the ingest pipeline: the unit one worker validates and one insert per table writes."),
     "LASTMILE_INGEST_WORKERS": ("0", "Processes validating events in the Beam ingest; 0 = one per core for inputs over 32 MiB, else in-process."),
     "LASTMILE_MAX_EVENT_BYTES": ("65536", "Largest accepted event payload; larger ones are quarantined."),
     "LASTMILE_MAX_CLOCK_SKEW_S": ("300", "How far in the future an event's occurred_at may be before it is quarantined."),
@@ -48,7 +48,7 @@ class Settings:
     clickhouse_database: str
     hash_key: str
     beam_runner: str
-    ingest_batch_rows: int
+    ingest_chunk_bytes: int
     ingest_workers: int
     max_event_bytes: int
     max_clock_skew_s: int
@@ -98,7 +98,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         clickhouse_database=env["LASTMILE_CLICKHOUSE_DATABASE"],
         hash_key=env["LASTMILE_HASH_KEY"],
         beam_runner=env["LASTMILE_BEAM_RUNNER"],
-        ingest_batch_rows=int(env["LASTMILE_INGEST_BATCH_ROWS"]),
+        ingest_chunk_bytes=max(1, int(float(env["LASTMILE_INGEST_CHUNK_MB"]) * (1 << 20))),
         ingest_workers=int(env["LASTMILE_INGEST_WORKERS"]),
         max_event_bytes=int(env["LASTMILE_MAX_EVENT_BYTES"]),
         max_clock_skew_s=int(env["LASTMILE_MAX_CLOCK_SKEW_S"]),

@@ -7,6 +7,9 @@ table, or a quarantine record with the reason — nothing is dropped, which is w
 
 Work is done a batch at a time: per-event Python overhead is what limits ingest speed, so
 the loop below is kept short and rows are handed to ClickHouse as JSONEachRow for it to parse.
+The backfill hands whole blocks of file bytes to validation processes and gets one insert
+block per table back (:class:`PackedBatch`), so the process that owns the warehouse never
+touches an event one by one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,61 @@ class Batch:
     @property
     def quarantine_count(self) -> int:
         return len(self.quarantined)
+
+    def packed(self) -> PackedBatch:
+        """The same batch with each table's lines joined into one insert block."""
+        blocks = {table: (b"\n".join(lines), len(lines)) for table, lines in self.rows.items() if lines}
+        return PackedBatch(blocks, (b"\n".join(self.quarantined), len(self.quarantined)),
+                           (b"\n".join(self.links), len(self.links)), self.read, self.valid, self.reasons)
+
+
+@dataclass
+class PackedBatch:
+    """A :class:`Batch` ready to insert: per table one JSONEachRow block and its row count.
+
+    This is what crosses from a validation process to the writer: one bytes object per table
+    pickles at memory speed, where a list of a hundred thousand lines costs a Python object
+    each way.
+    """
+
+    blocks: dict[str, tuple[bytes, int]]  # raw table -> (block, rows)
+    quarantine: tuple[bytes, int]
+    identity_links: tuple[bytes, int]
+    read: int
+    valid: int
+    reasons: Counter[str]
+
+    @property
+    def quarantine_count(self) -> int:
+        return self.quarantine[1]
+
+    @property
+    def link_count(self) -> int:
+        return self.identity_links[1]
+
+
+def numbered_lines(block: bytes, first_line: int) -> list[tuple[int, bytes]]:
+    """``(line number, payload)`` for each non-blank line of a block of NDJSON.
+
+    Blank lines separate nothing in NDJSON and are not events; they still count for the
+    numbering, so a quarantined event points at its line in the file. A ``\r`` before the
+    newline (files written on Windows) is not part of the payload.
+    """
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the block's final newline ends a line; it does not start one
+    if b"\r" in block:
+        lines = [line.rstrip(b"\r") for line in lines]
+    numbered = zip(range(first_line, first_line + len(lines)), lines)
+    if _may_have_blank_lines(block):
+        return [(number, line) for number, line in numbered if line and not line.isspace()]
+    return list(numbered)
+
+
+def _may_have_blank_lines(block: bytes) -> bool:
+    """A cheap over-approximation (a few scans in C): could any line be empty or all blanks?"""
+    return (not block or block[:1].isspace() or b"\n\n" in block or b"\n " in block or b"\n\t" in block
+            or b"\n\r" in block or b"\n\x0b" in block or b"\n\x0c" in block)
 
 
 class Ingestor:
@@ -122,13 +180,14 @@ def _quarantine_line(source: str, position: int, payload: bytes, exc: ContractEr
     )
 
 
-def write(warehouse: Warehouse, batch: Batch) -> int:
-    """Write a batch's rows and quarantine records; returns the number of valid rows written."""
+def write(warehouse: Warehouse, batch: Batch | PackedBatch) -> int:
+    """Write a batch's rows, quarantine records and identity evidence; returns the valid rows written."""
+    packed = batch.packed() if isinstance(batch, Batch) else batch
     written = 0
-    for table, lines in batch.rows.items():
-        written += warehouse.insert_json_lines(table, lines)
-    warehouse.insert_json_lines("quarantine", batch.quarantined)
-    warehouse.insert_json_lines("identity_links", batch.links)
+    for table, (block, rows) in packed.blocks.items():
+        written += warehouse.insert_json_block(table, block, rows)
+    warehouse.insert_json_block("quarantine", *packed.quarantine)
+    warehouse.insert_json_block("identity_links", *packed.identity_links)
     return written
 
 
@@ -145,9 +204,14 @@ def _start_worker(cfg: Settings, forgotten: frozenset[str]) -> None:
     _worker_ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten))
 
 
-def _process_in_worker(source: str, records: list[tuple[int, bytes]]) -> Batch:
+def process_block(ingestor: Ingestor, source: str, first_line: int, block: bytes) -> PackedBatch:
+    """Judge a block of NDJSON whose first line is ``first_line`` of ``source``."""
+    return ingestor.process(source, numbered_lines(block, first_line)).packed()
+
+
+def _process_in_worker(source: str, first_line: int, block: bytes) -> PackedBatch:
     assert _worker_ingestor is not None, "worker not initialised"
-    return _worker_ingestor.process(source, records)
+    return process_block(_worker_ingestor, source, first_line, block)
 
 
 def worker_count(configured: int, input_bytes: int) -> int:
@@ -176,8 +240,9 @@ class IngestPool:
             initializer=_start_worker, initargs=(cfg, forgotten),
         )
 
-    def submit(self, source: str, records: list[tuple[int, bytes]]) -> Future[Batch]:
-        return self._pool.submit(_process_in_worker, source, records)
+    def submit(self, source: str, first_line: int, block: bytes) -> Future[PackedBatch]:
+        """Judge a block of lines on a worker; the parent only moves bytes."""
+        return self._pool.submit(_process_in_worker, source, first_line, block)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

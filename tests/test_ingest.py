@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from lastmile.config import Settings
 from lastmile.identity.identifiers import IdentifierHasher, normalize
+from lastmile.ingest import numbered_lines
 from lastmile.summary import summarize
 from lastmile.warehouse import connect
 from pipelines import beam_ingest
@@ -28,27 +29,35 @@ def write_lines(directory: Path, name: str, lines: list[bytes]) -> Path:
 
 def test_validate_and_map_counts_each_payload_once(home: Settings) -> None:
     good = orjson.dumps(event("order"))
-    records = [(1, good), (2, b"{"), (3, orjson.dumps(event("order", stars=3))), (4, orjson.dumps(event("pickup")))]
+    payloads = [good, b"{", orjson.dumps(event("order", stars=3)), orjson.dumps(event("pickup"))]
+    chunk = beam_ingest.EventChunk("orders/2026-11-20.jsonl", 1, b"\n".join(payloads) + b"\n")
     with TestPipeline() as pipeline:
         batches = (
             pipeline
-            | beam.Create([("orders/2026-11-20.jsonl", records)])
+            | beam.Create([chunk])
             | beam.ParDo(beam_ingest.ValidateAndMap())
-            | beam.Map(lambda b: (b.read, b.valid, b.quarantine_count, sorted(b.reasons.items()), sorted(b.rows)))
+            | beam.Map(lambda b: (b.read, b.valid, b.quarantine_count, sorted(b.reasons.items()), sorted(b.blocks)))
         )
         assert_that(batches, equal_to([(4, 2, 2, [("not_json", 1), ("unexpected_field", 1)], ["raw_order", "raw_pickup"])]))
 
 
-def test_read_event_chunks_keeps_line_numbers_and_skips_blank_lines(tmp_path: Path) -> None:
-    write_lines(tmp_path, "review.jsonl", [b"a", b"", b"b", b"  ", b"c"])
+def test_read_event_chunks_cuts_at_line_ends_and_keeps_line_numbers(tmp_path: Path) -> None:
+    """Chunks end on a newline whatever the chunk size (a line longer than a chunk is read on
+    to its end), blank lines are skipped but counted, a CR before the newline is dropped and a
+    last line without a newline is kept."""
+    long = b"x" * 25
+    (tmp_path / "review.jsonl").write_bytes(b"a\n\nb\r\n  \n" + long + b"\nc")
     with TestPipeline() as pipeline:
         chunks = (
             pipeline
             | beam.io.fileio.MatchFiles(str(tmp_path / "*.jsonl"))
             | beam.io.fileio.ReadMatches()
-            | beam.ParDo(beam_ingest.ReadEventChunks(str(tmp_path), chunk_lines=2))
+            | beam.ParDo(beam_ingest.ReadEventChunks(str(tmp_path), chunk_bytes=4))
         )
-        assert_that(chunks, equal_to([("review.jsonl", [(1, b"a"), (3, b"b")]), ("review.jsonl", [(5, b"c")])]))
+        assert_that(chunks | beam.Map(lambda c: (c.source, c.block.endswith(b"\n") or c.block == b"c")),
+                    equal_to([("review.jsonl", True)] * 5), label="whole lines")
+        lines = chunks | beam.FlatMap(lambda c: numbered_lines(c.block, c.first_line))
+        assert_that(lines, equal_to([(1, b"a"), (3, b"b"), (5, long), (6, b"c")]), label="numbered")
 
 
 def one_of_each() -> dict[str, list[bytes]]:

@@ -87,10 +87,10 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def insert_json_lines(self, table: str, lines) -> int:
-        if lines:
+    def insert_json_block(self, table: str, block: bytes, rows: int) -> int:
+        if rows:
             self.calls.append(f"insert {table}")
-        return len(lines)
+        return rows
 
 
 def test_handlers_run_only_after_the_write(tmp_path) -> None:

@@ -9,18 +9,39 @@ Modules, one job each: :mod:`.identifiers` (types, normalisation, keyed hashing)
 (row formats).
 """
 
-from lastmile.identity.identifiers import (
-    Blocklist,
-    IdentifierHasher,
-    IdType,
-    Normalized,
-    check,
-    normalize,
-)
-from lastmile.identity.links import Link, epoch_ms, extract_links, links_from_events
-from lastmile.identity.resolver import Change, Forgotten, IdentityResolver, ResolveReport
-from lastmile.identity.rules import AUDIT_REASONS, Rules
-from lastmile.identity.state import TABLES, audit
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> the module defining it. Loaded on first use, so code that only hashes
+#: identifiers or extracts links (every ingest worker process) does not pay for the
+#: resolver's numpy/scipy/pandas imports.
+_EXPORTS = {
+    "Blocklist": "identifiers", "IdentifierHasher": "identifiers", "IdType": "identifiers", "Normalized": "identifiers",
+    "check": "identifiers", "normalize": "identifiers",
+    "Link": "links", "epoch_ms": "links", "extract_links": "links", "links_from_events": "links",
+    "Change": "resolver", "Forgotten": "resolver", "IdentityResolver": "resolver", "ResolveReport": "resolver",
+    "AUDIT_REASONS": "rules", "Rules": "rules",
+    "TABLES": "state", "audit": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from lastmile.identity.identifiers import Blocklist, IdentifierHasher, IdType, Normalized, check, normalize
+    from lastmile.identity.links import Link, epoch_ms, extract_links, links_from_events
+    from lastmile.identity.resolver import Change, Forgotten, IdentityResolver, ResolveReport
+    from lastmile.identity.rules import AUDIT_REASONS, Rules
+    from lastmile.identity.state import TABLES, audit
 
 __all__ = [
     "AUDIT_REASONS", "TABLES", "Blocklist", "Change", "Forgotten", "IdType", "IdentifierHasher", "IdentityResolver",
