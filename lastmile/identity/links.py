@@ -118,7 +118,11 @@ def extract_links(event: Mapping[str, Any], hasher: IdentifierHasher,
     """
     event_type = str(event.get("event_type", ""))
     field_name = IDENTIFIER_OBJECT.get(event_type)
-    if field_name is None or not isinstance(event.get(field_name), Mapping):
+    if field_name is None:
+        return []
+    found = event.get(field_name)
+    # dict first: the ABC check costs a fifth of this function on the ingest hot path.
+    if not isinstance(found, dict) and not isinstance(found, Mapping):
         return []
     blocklist = blocklist or Blocklist()
     stamp = (epoch_ms(event["occurred_at"]), str(event["event_id"]), event_type)
