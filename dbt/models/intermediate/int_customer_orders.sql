@@ -12,7 +12,8 @@
       * held here under a OneID stg_identity__event_oneid logged as changed since then
         (`stg_identity__event_oneid__oneid_changes`; '*' there means every order).
     An order among those whose event no longer resolves (its buyer forgotten) is written with
-    an empty OneID, so delete+insert replaces its old row, and the post-hook drops it. Rows
+    an empty OneID, so delete+insert replaces its old row, and the post-hook drops it (only
+    looked for when the change log has an entry since the previous build). Rows
     that come out as held are not rewritten. Same rows as a full refresh but `_built_at`. -#}
 {{ config(
     materialized='incremental',
@@ -29,6 +30,10 @@ with
 {%- set built = "(select max(_built_at) from " ~ this ~ ")" %}
 {%- set changes = event_oneid_changes_relation_of(ref('stg_identity__event_oneid')) %}
 {%- set logged = execute and adapter.get_relation(database=changes.database, schema=changes.schema, identifier=changes.identifier) is not none %}
+{#- An order loses its OneID only when stg_identity__event_oneid dropped its event, and it
+    logs a OneID (or '*') whenever it may drop one: without a log entry since the previous
+    build there is nothing to remove, and the placeholder branch below is left out. -#}
+{%- set may_drop = (not logged) or (run_query("select count() from " ~ changes ~ " where _changed_at > " ~ built).columns[0].values()[0] > 0) %}
 affected as (
     {%- if logged %}
     select order_id from {{ ref('fct_orders') }}
@@ -93,7 +98,7 @@ final as (
         now64(3) as _built_at
     from with_lines as orders
     inner join oneids on oneids.event_id = orders.event_id
-    {%- if is_incremental() %}
+    {%- if is_incremental() and may_drop %}
     union all
     -- Held orders whose event no longer resolves: placeholders (see above).
     select '' as oneid, orders.*, now64(3) as _built_at
