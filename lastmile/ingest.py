@@ -94,16 +94,7 @@ def numbered_lines(block: bytes, first_line: int) -> list[tuple[int, bytes]]:
         lines.pop()  # the block's final newline ends a line; it does not start one
     if b"\r" in block:
         lines = [line.rstrip(b"\r") for line in lines]
-    numbered = zip(range(first_line, first_line + len(lines)), lines)
-    if _may_have_blank_lines(block):
-        return [(number, line) for number, line in numbered if line and not line.isspace()]
-    return list(numbered)
-
-
-def _may_have_blank_lines(block: bytes) -> bool:
-    """A cheap over-approximation (a few scans in C): could any line be empty or all blanks?"""
-    return (not block or block[:1].isspace() or b"\n\n" in block or b"\n " in block or b"\n\t" in block
-            or b"\n\r" in block or b"\n\x0b" in block or b"\n\x0c" in block)
+    return [(number, line) for number, line in enumerate(lines, first_line) if line and not line.isspace()]
 
 
 class Ingestor:
