@@ -7,7 +7,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import orjson
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
