@@ -13,8 +13,8 @@ The guarantee is the same as before, and simpler to see: for each batch,
 2. :meth:`StreamSink.handle` writes them and runs every batch handler;
 3. only then commit, for each partition, the offset after the batch's last record.
 
-Judging batch N+1 overlaps step 2 for batch N (see :meth:`BatchConsumer.run`); writes,
-handlers and commits stay in batch order. Nothing commits on its own
+Gathering and judging run ahead of step 2 by up to ``judged_ahead`` batches (see
+:meth:`BatchConsumer.run`); writes, handlers and commits stay in batch order. Nothing commits on its own
 (``enable_auto_commit=False``), so a committed offset always
 means "everything before it is in the warehouse". A worker killed at any point re-reads
 from the last commit; the ``event_id``-keyed tables absorb the replay.
@@ -32,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
@@ -61,7 +62,7 @@ class BatchConsumer(ConsumerRebalanceListener):
     """
 
     def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], sink: StreamSink, *,
-                 batch_rows: int = 20_000, flush_s: float = 0.5,
+                 batch_rows: int = 20_000, flush_s: float = 0.5, judged_ahead: int = 2,
                  after_batch: Callable[[WrittenBatch], Awaitable[None] | None] | None = None) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
@@ -70,6 +71,8 @@ class BatchConsumer(ConsumerRebalanceListener):
         self.batch_rows = batch_rows
         self.flush_s = flush_s
         self.after_batch = after_batch
+        #: Judged batches that may wait for the writer (each up to ``batch_rows`` records in memory).
+        self.judged_ahead = max(1, judged_ahead)
         self.committed_batches = 0
         self.first_record_at: float | None = None  # wall clock, for throughput figures
         self._consumer: AIOKafkaConsumer | None = None
@@ -94,31 +97,51 @@ class BatchConsumer(ConsumerRebalanceListener):
     async def run(self) -> None:
         """Gather → judge → (write + handlers → commit), until :meth:`stop`.
 
-        Two batches overlap: while batch N is written, handled and committed (a task),
-        batch N+1 is gathered and judged. Batch N+1 is written only after batch N has
-        committed, so writes, handlers and commits keep their order.
+        Two loops: this one gathers batches and hands each to the judges as soon as it is
+        gathered; :meth:`_write_in_order` takes the judged batches in gathering order and
+        writes, handles and commits each. Up to ``judged_ahead`` batches wait between them,
+        so the judges work on batch N+1 (and the consumer gathers N+2) while batch N is
+        written: neither the judging processes nor the writer wait for the other's turn.
+        Writes, handlers and commits keep batch order; a batch that fails stops the writer
+        before anything after it is written, and ``run`` raises.
         """
         self._running = asyncio.current_task()
-        previous: asyncio.Task | None = None
+        judged: asyncio.Queue[tuple[list[Record], asyncio.Future[Batch]] | None] = asyncio.Queue(self.judged_ahead)
+        writer = asyncio.create_task(self._write_in_order(judged))
         try:
             while not self._stopping.is_set():
                 records = await self._gather()
+                if writer.done():  # it ends early only on a failed batch: raise its error now
+                    writer.result()
                 if not records:
-                    if previous is not None and previous.done():
-                        finished: asyncio.Task = previous
-                        previous = None
-                        finished.result()  # re-raise a failed batch now, not at the next one
                     continue
-                batch = await self.sink.judge(records)
-                if previous is not None:
-                    await previous  # raises if batch N failed: N+1 is then neither written nor committed
-                previous = asyncio.create_task(self._store_and_commit(records, batch))
-            if previous is not None:
-                await previous
+                await self._until_put(judged, (records, asyncio.ensure_future(self.sink.judge(records))), writer)
+            await self._until_put(judged, None, writer)
+            await writer
         except BaseException:
-            if previous is not None and not previous.done():
-                previous.cancel()
+            writer.cancel()
+            while not judged.empty():  # judges of batches that will not be written
+                item = judged.get_nowait()
+                if item is not None:
+                    item[1].cancel()
             raise
+
+    @staticmethod
+    async def _until_put(queue: asyncio.Queue, item: Any, writer: asyncio.Task) -> None:
+        """Queue ``item`` for the writer; if the writer stops first (a failed batch), raise its error."""
+        put = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            if isinstance(item, tuple):
+                item[1].cancel()
+            writer.result()
+            raise RuntimeError("the batch writer stopped")  # pragma: no cover - writer returns only after None
+
+    async def _write_in_order(self, judged: asyncio.Queue) -> None:
+        while (item := await judged.get()) is not None:
+            records, judging = item
+            await self._store_and_commit(records, await judging)
 
     async def _store_and_commit(self, records: Sequence[Record], batch: Batch) -> None:
         async with self._busy:
