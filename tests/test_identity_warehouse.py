@@ -15,9 +15,10 @@ from lastmile.identity.audit import audit
 from lastmile.identity.forget import forget
 from lastmile.identity.profiles import build_profiles
 from lastmile.identity.rules import Rules
-from lastmile.identity.store import rebuild
+from lastmile.identity.store import _STATE_SCHEMA, KeptState, rebuild, resolve_pending
+from lastmile.ingest import Ingestor, write
 from lastmile.privacy import Identifiers
-from lastmile.warehouse import connect
+from lastmile.warehouse import connect, migrate
 from pipelines import beam_ingest
 from tests.factories import event
 
@@ -188,3 +189,47 @@ def test_pickup_by_the_buyer_links_across_ingests_in_either_order(home: Settings
     ingest(home, "second", second)
     assert oneid_of(o["event_id"]) == oneid_of(p["event_id"]) != ""
     assert oneid_of(other["event_id"]) != oneid_of(o["event_id"])
+
+
+def _state(warehouse) -> dict[str, list[tuple]]:
+    """The versioned state tables as the warehouse holds them (latest version, run left out)."""
+    return {table: sorted(warehouse.rows(f"SELECT {', '.join(cols)} FROM {table} FINAL"))
+            for table, cols in _STATE_SCHEMA.items() if table in ("identity_nodes", "identity_edges", "identity_oneids")}
+
+
+def test_a_kept_resolver_writes_only_what_changed_and_stays_what_the_warehouse_holds(home: Settings) -> None:
+    warehouse = connect()
+    migrate(warehouse)
+    identifiers = Identifiers(home)
+    ingestor, rules = Ingestor(identifiers), identifiers.rules
+    blocked = rules.blocked_tokens(identifiers.hasher)
+    steps = [
+        [order("ord-1", "2026-10-01T10:00:00+08:00", openid="oK-1"), order("ord-2", "2026-10-02T10:00:00+08:00", member_card="MC-501")],
+        [event("identify", occurred_at="2026-10-03T09:00:00+08:00", reason="issue_member_card",
+               identifiers={"openid": "oK-1", "member_card": "MC-501"})],  # a merge
+        [order("ord-3", "2026-10-04T10:00:00+08:00", openid="oK-2", phone="13955556666")],
+    ]
+    kept = KeptState()
+    for i, events in enumerate(steps):
+        write(warehouse, ingestor.process(f"test:{i}", [(n, orjson.dumps(e)) for n, e in enumerate(events)]))
+        resolve_pending(warehouse, rules, blocked, kept)
+        # What the kept resolver holds is what the warehouse holds, after every run.
+        in_memory = {t: sorted(map(tuple, f.itertuples(index=False))) for t, f in kept.saved.items() if t in _state(warehouse)}
+        assert in_memory == _state(warehouse), f"after step {i}"
+    assert kept.loads == 1, "the state is read from the warehouse once, then kept"
+
+    node_versions = connect().rows("SELECT count() FROM identity_nodes")[0][0]
+    resolve_pending(warehouse, rules, blocked, kept)  # nothing new
+    assert connect().rows("SELECT count() FROM identity_nodes")[0][0] == node_versions, "an idle run rewrote nodes"
+
+    # Another resolver ran meanwhile (here: the batch path's): the kept copy is stale and is reloaded.
+    resolve_pending(warehouse, rules, blocked)
+    before = _state(warehouse)
+    resolve_pending(warehouse, rules, blocked, kept)
+    assert kept.loads == 2
+    assert _state(warehouse) == before
+    # And the kept runs left a state that loads back to the same resolution.
+    rebuild(warehouse, rules, blocked)
+    assert _state(warehouse) == before
+    assert len({oid for _, oid in connect().rows(
+        "SELECT token, oneid FROM identity_nodes FINAL WHERE oneid != ''")}) == 2, "oK-1+MC-501 merged, oK-2+phone"

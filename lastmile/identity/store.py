@@ -20,9 +20,11 @@ the state back. ``rebuild`` re-resolves all kept links under the current rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from lastmile.identity.links import Link
@@ -242,17 +244,75 @@ def load_state(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str
     return IdentityResolver.from_rows(rows, rules, blocked_tokens)
 
 
-def save_state(warehouse: Warehouse, resolver: IdentityResolver, run: int) -> None:
-    """Write the state back; versioned tables replace their rows, the logs deduplicate."""
+def save_state(warehouse: Warehouse, resolver: IdentityResolver, run: int,
+               saved: Mapping[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
+    """Write the state back; versioned tables replace their rows, the logs deduplicate.
+
+    With ``saved`` - the rows as this process last wrote or read them (see :class:`KeptState`) -
+    only the rows that differ from those are written: the rest are in the warehouse already,
+    so a run costs what changed rather than the whole state. Returns the rows now saved.
+    """
+    rows: dict[str, pd.DataFrame] = {}
     for table, frame in resolver.to_rows().items():
-        if table not in TABLES or frame.empty:
+        if table not in TABLES:
             continue
-        frame = frame[_STATE_SCHEMA[table]].copy()
+        frame = frame[_STATE_SCHEMA[table]]
         if table == "identity_edges":
             frame = _canonical_edges(frame)
+        rows[table] = frame
+        changed = frame if saved is None else changed_rows(saved.get(table), frame)
+        if changed.empty:
+            continue
         if table in _VERSIONED:
-            frame["run"] = run
-        warehouse.client.insert_df(table, frame)
+            changed = changed.assign(run=run)
+        warehouse.client.insert_df(table, changed)
+    return rows
+
+
+def changed_rows(before: pd.DataFrame | None, after: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``after`` that are not identical to the row at the same position in ``before``.
+
+    The resolver only appends identifiers, links, OneIDs and log entries and updates them in
+    place, so positions are stable and this is exactly what changed (plus what is new). Were
+    rows ever to move, every moved row would differ from what stood at its position and be
+    written too: a superset, never a miss.
+    """
+    if before is None or len(before) > len(after) or list(before.columns) != list(after.columns):
+        return after
+    n = len(before)
+    same = np.ones(n, dtype=bool)
+    for column in after.columns:
+        same &= np.asarray(after[column].iloc[:n].to_numpy() == before[column].to_numpy(), dtype=bool)
+    keep = np.ones(len(after), dtype=bool)
+    keep[:n] = ~same
+    return after[keep]
+
+
+@dataclass
+class KeptState:
+    """A resolver kept in memory between runs by a process that resolves again and again
+    (the stream worker, every few seconds), with the rows it last saved.
+
+    Loading the state is O(state) (every node, link and OneID, read back and rebuilt) and so
+    was saving it; with a kept state a run reads only the new evidence and writes only the
+    rows it changed. The kept copy is used only while it is provably current: the warehouse's
+    latest run is the one this process wrote, under the same rules and blocked tokens.
+    Anything else (another process resolved or rebuilt, a forget request, a failed run)
+    reloads from the warehouse, as :func:`resolve_pending` always does without one.
+    """
+
+    resolver: IdentityResolver | None = None
+    saved: dict[str, pd.DataFrame] | None = None
+    run: int = -1
+    rules: Rules | None = None
+    blocked: frozenset[str] = frozenset()
+    loads: int = 0  # how often the state was (re)loaded from the warehouse
+
+    def current(self, run: int, rules: Rules, blocked: frozenset[str]) -> bool:
+        return self.resolver is not None and self.run == run and self.rules == rules and self.blocked == blocked
+
+    def clear(self) -> None:
+        self.resolver, self.saved, self.run = None, None, -1
 
 
 def _links_since(warehouse: Warehouse, since: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
@@ -281,24 +341,53 @@ def _as_links(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Link]]:
     return usable, refused
 
 
-def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str]) -> ResolveOutcome:
-    """Resolve the evidence ingested since the last run into the kept state."""
+def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str],
+                    kept: KeptState | None = None) -> ResolveOutcome:
+    """Resolve the evidence ingested since the last run into the kept state.
+
+    ``kept``: continue from a resolver kept in memory (see :class:`KeptState`) instead of
+    loading the state from the warehouse, and write only what changed. Same outcome.
+    """
     last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
     run, since = (int(last[0][0]), last[0][1]) if last else (0, None)
-    derive_cross_event_links(warehouse, since)
-    frame, through = _links_since(warehouse, since)
-    resolver = load_state(warehouse, rules, blocked_tokens)
-    usable, refused = _as_links(frame) if not frame.empty else (frame, [])
-    if not usable.empty:
-        resolver.add(usable)
-    if refused:
-        resolver.add(refused)
-    report = resolver.resolve()
-    run += 1
-    save_state(warehouse, resolver, run)
-    _record(warehouse, run, "resolve", through, len(frame), report)
-    warehouse.command(event_oneid_sql(rules))
+    try:
+        derive_cross_event_links(warehouse, since)
+        frame, through = _links_since(warehouse, since)
+        if kept is not None and kept.current(run, rules, blocked_tokens):
+            resolver, saved = kept.resolver, kept.saved
+        else:
+            resolver, saved = load_state(warehouse, rules, blocked_tokens), None
+            if kept is not None:
+                kept.loads += 1
+                saved = _as_saved(resolver)
+        assert resolver is not None
+        usable, refused = _as_links(frame) if not frame.empty else (frame, [])
+        if not usable.empty:
+            resolver.add(usable)
+        if refused:
+            resolver.add(refused)
+        report = resolver.resolve()
+        run += 1
+        saved = save_state(warehouse, resolver, run, saved)
+        _record(warehouse, run, "resolve", through, len(frame), report)
+        warehouse.command(event_oneid_sql(rules))
+    except BaseException:
+        if kept is not None:
+            kept.clear()  # the kept resolver may hold evidence the warehouse's state does not
+        raise
+    if kept is not None:
+        kept.resolver, kept.saved, kept.run, kept.rules, kept.blocked = resolver, saved, run, rules, blocked_tokens
     return ResolveOutcome(run, len(frame), report)
+
+
+def _as_saved(resolver: IdentityResolver) -> dict[str, pd.DataFrame]:
+    """The rows of a resolver just loaded, as :func:`save_state` would write them (they are in the warehouse)."""
+    rows = {}
+    for table, frame in resolver.to_rows().items():
+        if table in TABLES:
+            frame = frame[_STATE_SCHEMA[table]]
+            rows[table] = _canonical_edges(frame) if table == "identity_edges" else frame
+    return rows
 
 
 def rebuild(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str]) -> ResolveOutcome:

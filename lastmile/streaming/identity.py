@@ -4,7 +4,8 @@ Every batch the worker writes carries its identity evidence (``identity_links``,
 the same :class:`~lastmile.ingest.Ingestor` as the Beam backfill). This module runs the
 batch path's resolver over it - :func:`~lastmile.identity.store.resolve_pending`, then
 :func:`~lastmile.identity.profiles.build_profiles` - with two throttles, because both
-reload or rebuild whole tables and so cost far more than a batch:
+cost far more than a batch (the resolver keeps its state in memory between runs and
+writes only what changed, but resolves the whole graph; profiles are rebuilt whole):
 
 * resolve at most every ``resolve_every_s`` (default 5 s) when new evidence was written;
 * rebuild ``profiles`` at most every ``profiles_every_s`` (default 30 s) when new rows were
@@ -38,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lastmile.identity.profiles import build_profiles
-from lastmile.identity.store import resolve_pending
+from lastmile.identity.store import KeptState, resolve_pending
 from lastmile.privacy import Identifiers
 from lastmile.streaming.sink import BatchHandler, WrittenBatch
 from lastmile.warehouse import Warehouse
@@ -83,6 +84,9 @@ class IdentityRefresher:
         self._running: Future | None = None
         self._closing = False  # set by close(): the timer must not start a refresh behind its back
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-identity")
+        #: The resolver between runs: a run reads the new evidence and writes what changed,
+        #: instead of reloading and rewriting the whole state every few seconds.
+        self.kept = KeptState()
         #: Called after each resolution, on the identity thread, still holding the warehouse
         #: lock (e.g. the feature pusher re-reading the token -> OneID map).
         self.after_resolve: list[Callable[[], None]] = []
@@ -143,7 +147,7 @@ class IdentityRefresher:
             if resolve:
                 began = time.perf_counter()
                 with self.lock:
-                    outcome = resolve_pending(self.warehouse, self.rules, self.blocked)
+                    outcome = resolve_pending(self.warehouse, self.rules, self.blocked, self.kept)
                     for callback in self.after_resolve:
                         callback()
                 self.stats.resolves += 1
