@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -288,3 +289,31 @@ def test_feast_serve_works_against_the_repo(fs: Settings) -> None:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_fast_push_writes_the_rows_feast_push_writes(fs: Settings) -> None:
+    """The worker's push (bulk SQLite writer) and Feast's ``store.push`` leave byte-identical rows."""
+    from lastmile.features.push import PUSH_SOURCE, RealtimePush, _conform
+    from feast.data_source import PushMode
+
+    store = get_store(fs)
+    conn = store._get_provider().online_store._get_conn(store.config)
+    customers = _some_customers(fs, 3)
+    frame = pd.DataFrame([{"oneid": o, "event_timestamp": pd.Timestamp("2026-11-20 08:05:07.654", tz="UTC") + pd.Timedelta(hours=i),
+                           "rt_orders_today": i + 1, "rt_spend_today_cny": 12.5 * (i + 1), "rt_impulse_spend_today_cny": 0.0,
+                           "rt_last_order_ts": 1_795_000_000 + i} for i, o in enumerate(customers)])
+
+    def rows() -> list[tuple]:
+        return sorted(conn.execute(
+            "SELECT entity_key, feature_name, value, value_text, event_ts, created_ts, typeof(value), typeof(event_ts) "
+            "FROM lastmile_customer_realtime").fetchall())
+
+    pusher = RealtimePush(fs, connect(fs), threading.Lock())
+    assert [fv.name for fv in pusher.views] == ["customer_realtime"]
+    conn.execute("DELETE FROM lastmile_customer_realtime")
+    assert pusher._bulk_write(_conform(frame))
+    fast = rows()
+    assert len(fast) == 3 * 4
+    conn.execute("DELETE FROM lastmile_customer_realtime")
+    store.push(PUSH_SOURCE, frame.copy(), to=PushMode.ONLINE)
+    assert rows() == fast

@@ -11,9 +11,11 @@ scripts and tests.
 
 from __future__ import annotations
 
-import pandas as pd
-
 import threading
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from lastmile.config import Settings, settings as current_settings
 from lastmile.warehouse import Warehouse
@@ -80,6 +82,9 @@ class RealtimePush:
                        if o.name in REALTIME_OBJECTS]
             self.store.apply(objects)
             self.store.refresh_registry()
+        #: The views the push source feeds (``customer_realtime``).
+        self.views = [fv for fv in self.store.list_feature_views()
+                      if getattr(fv.stream_source, "name", None) == PUSH_SOURCE]
 
     def impulse_skus(self) -> frozenset[str]:
         """SKUs flagged impulse in the catalogue (``ref_skus``, loaded by ``lastmile transform``); empty before it is."""
@@ -99,10 +104,23 @@ class RealtimePush:
         from feast.data_source import PushMode
 
         df = _conform(frame)
-        if not df.empty:
+        if not df.empty and not self._bulk_write(df):
             self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
         df["_pushed_at"] = pd.Timestamp.now(tz="UTC")
         return df
+
+    def _bulk_write(self, df: pd.DataFrame) -> bool:
+        """On Feast's SQLite store, write the pushed rows with the bulk writer materialization
+        uses: the same rows ``store.push`` writes (Feast converts each value to a protobuf in
+        Python first, ~85 µs per customer here), in one upsert. False on any other store."""
+        from lastmile.features.store import bulk_write_online
+
+        if not self.views:
+            return False
+        stamps = df["event_timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+        data = pa.Table.from_pandas(df[list(COLUMNS)], preserve_index=False).append_column(
+            "_event_ts_s", pa.array(stamps.astype("datetime64[s]").astype(np.int64)))  # Feast stores whole seconds
+        return all(bulk_write_online(self.store, fv, data) for fv in self.views)
 
     def write_offline(self, df: pd.DataFrame) -> None:
         """Into ``feat_customer_realtime`` (under the warehouse lock): what serving saw, for training."""

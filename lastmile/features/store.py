@@ -416,6 +416,20 @@ def materialize_views(cfg: Settings, store, windows: Sequence[tuple[Any, datetim
             yield data.num_rows
 
 
+def bulk_write_online(store, fv, data) -> bool:
+    """Write ``data`` (an Arrow table: the join keys, the features, ``_event_ts_s`` in epoch
+    seconds) to ``fv``'s online table with the bulk SQLite writer, if the store is Feast's
+    SQLite store; returns False, having written nothing, for any other store.
+
+    The rows are the ones Feast's own ``online_write_batch`` writes (see
+    :mod:`lastmile.features.sqlite_online`), so materialization and pushes may use it.
+    """
+    if not _fast_sqlite(store):
+        return False
+    _sqlite_bulk_write(store, fv, data)
+    return True
+
+
 def _online_write_batch(store, fv, cols: dict[str, list[Any]]) -> None:
     """Any other online store (Redis, ...): protobuf values through its own online_write_batch."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto

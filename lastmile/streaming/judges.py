@@ -31,7 +31,7 @@ from pathlib import Path
 from lastmile.config import Settings
 from lastmile.ingest import Batch, Ingestor
 from lastmile.privacy import Identifiers
-from lastmile.streaming.sink import Record, ingest_records, merge_into
+from lastmile.streaming.sink import Record, merge_into, source_name
 
 _ingestor: Ingestor | None = None
 _forgotten_version = 0
@@ -50,7 +50,13 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _judge(records: list[Record], forgotten: tuple[int, str] = (0, "")) -> Batch:
+#: What crosses to a judge process: per topic partition, its records as two columns.
+#: (Plain lists of ints and bytes pickle at memory speed; a ``Record`` named tuple costs a
+#: Python-level ``__getnewargs__`` call each way.)
+Partition = tuple[str, int, list[int], list[bytes]]
+
+
+def _judge(partitions: list[Partition], forgotten: tuple[int, str] = (0, "")) -> Batch:
     """Judge a chunk; ``forgotten`` is ``(version, file)`` of the worker's current suppression list."""
     global _forgotten_version
     assert _ingestor is not None, "judge process not initialised"
@@ -58,7 +64,22 @@ def _judge(records: list[Record], forgotten: tuple[int, str] = (0, "")) -> Batch
     if version != _forgotten_version:
         _ingestor.identifiers.set_forgotten(frozenset(Path(path).read_text().split()))
         _forgotten_version = version
-    return ingest_records(_ingestor, records)
+    merged = Batch()
+    for topic, partition, offsets, values in partitions:
+        merge_into(merged, _ingestor.process(source_name(topic, partition), zip(offsets, values)))
+    return merged
+
+
+def as_partitions(chunk: Sequence[Record]) -> list[Partition]:
+    """A chunk's records as per-partition columns, partitions in first-seen order, offsets in record order."""
+    columns: dict[tuple[str, int], tuple[list[int], list[bytes]]] = {}
+    for record in chunk:
+        found = columns.get((record.topic, record.partition))
+        if found is None:
+            found = columns[(record.topic, record.partition)] = ([], [])
+        found[0].append(record.offset)
+        found[1].append(record.value)
+    return [(topic, partition, offsets, values) for (topic, partition), (offsets, values) in columns.items()]
 
 
 def split_by_partition(records: Sequence[Record], parts: int) -> list[list[Record]]:
@@ -93,7 +114,7 @@ class ProcessJudges:
 
     async def judge(self, records: Sequence[Record]) -> Batch:
         loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, chunk, self._version)
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, as_partitions(chunk), self._version)
                                        for chunk in split_by_partition(records, self.processes)))
         merged = Batch()
         for part in parts:
