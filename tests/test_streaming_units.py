@@ -121,8 +121,11 @@ def test_process_judges_judge_as_the_worker_would(tmp_path) -> None:
     records = [Record("lastmile.return", p % 3, n, _return(f"ret-{n:05d}", f"o-{n}", "temperature")) for n, p in enumerate(range(30))]
     records.append(Record("lastmile.return", 1, 99, b"{not json"))
     chunks = split_by_partition(records, 2)
-    assert len(chunks) == 2 and sorted(r.offset for c in chunks for r in c) == sorted(r.offset for r in records)
-    assert not {r.partition for r in chunks[0]} & {r.partition for r in chunks[1]}, "a partition never straddles chunks"
+    assert len(chunks) == 2
+    assert sorted((p, o) for c in chunks for _, p, offsets, _ in c for o in offsets) == sorted((r.partition, r.offset) for r in records)
+    assert not {p for _, p, _, _ in chunks[0]} & {p for _, p, _, _ in chunks[1]}, "a partition never straddles chunks"
+    by_offset = {(r.partition, r.offset): r.value for r in records}
+    assert all(by_offset[(p, o)] == v for c in chunks for _, p, offsets, values in c for o, v in zip(offsets, values))
 
     cfg = replace(settings(), home=tmp_path, hash_key="unit")
     judges = ProcessJudges(cfg, frozenset(), 2)

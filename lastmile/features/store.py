@@ -399,7 +399,6 @@ def materialize_views(cfg: Settings, store, windows: Sequence[tuple[Any, datetim
 
     if not windows:
         return
-    fast = _fast_sqlite(store)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-materialize-fetch") as pool:
         pending = pool.submit(_latest_rows, cfg, *windows[0])
         for i, (fv, _, _) in enumerate(windows):
@@ -409,9 +408,7 @@ def materialize_views(cfg: Settings, store, windows: Sequence[tuple[Any, datetim
             if data is None:
                 yield 0
                 continue
-            if fast:
-                _sqlite_bulk_write(store, fv, data)
-            else:
+            if not bulk_write_online(store, fv, data):
                 _online_write_batch(store, fv, {name: data.column(name).to_pylist() for name in data.column_names})
             yield data.num_rows
 

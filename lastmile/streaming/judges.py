@@ -70,26 +70,22 @@ def _judge(partitions: list[Partition], forgotten: tuple[int, str] = (0, "")) ->
     return merged
 
 
-def as_partitions(chunk: Sequence[Record]) -> list[Partition]:
-    """A chunk's records as per-partition columns, partitions in first-seen order, offsets in record order."""
+def split_by_partition(records: Sequence[Record], parts: int) -> list[list[Partition]]:
+    """At most ``parts`` chunks of similar size, each holding whole partitions as columns
+    (offsets in record order); partitions keep their first-seen order within a chunk."""
     columns: dict[tuple[str, int], tuple[list[int], list[bytes]]] = {}
-    for record in chunk:
+    for record in records:
         found = columns.get((record.topic, record.partition))
         if found is None:
             found = columns[(record.topic, record.partition)] = ([], [])
         found[0].append(record.offset)
         found[1].append(record.value)
-    return [(topic, partition, offsets, values) for (topic, partition), (offsets, values) in columns.items()]
-
-
-def split_by_partition(records: Sequence[Record], parts: int) -> list[list[Record]]:
-    """At most ``parts`` chunks of similar size, each holding whole partitions, in first-seen order."""
-    by_partition: dict[tuple[str, int], list[Record]] = {}
-    for record in records:
-        by_partition.setdefault((record.topic, record.partition), []).append(record)
-    chunks: list[list[Record]] = [[] for _ in range(max(1, parts))]
-    for group in sorted(by_partition.values(), key=len, reverse=True):  # largest first onto the lightest chunk
-        min(chunks, key=len).extend(group)
+    chunks: list[list[Partition]] = [[] for _ in range(max(1, parts))]
+    sizes = [0] * len(chunks)
+    for (topic, partition), (offsets, values) in sorted(columns.items(), key=lambda kv: -len(kv[1][0])):
+        lightest = sizes.index(min(sizes))  # largest partition first, onto the lightest chunk
+        chunks[lightest].append((topic, partition, offsets, values))
+        sizes[lightest] += len(offsets)
     return [chunk for chunk in chunks if chunk]
 
 
@@ -114,7 +110,7 @@ class ProcessJudges:
 
     async def judge(self, records: Sequence[Record]) -> Batch:
         loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, as_partitions(chunk), self._version)
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _judge, chunk, self._version)
                                        for chunk in split_by_partition(records, self.processes)))
         merged = Batch()
         for part in parts:
