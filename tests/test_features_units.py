@@ -72,3 +72,27 @@ def test_server_mode_config(monkeypatch: pytest.MonkeyPatch, home) -> None:
     raw = resolved_yaml(settings())
     off = raw["offline_store"]
     assert (off["host"], off["port"], off["additional_client_args"]) == ("ch.internal", 8443, {"interface": "https"})
+
+
+def test_new_online_store_gets_large_pages_and_wal(tmp_path) -> None:
+    """tune_connection on a new file sets the bulk-friendly page size and WAL; on an existing
+    store it keeps the page size it was created with (SQLite cannot change it in WAL mode)."""
+    import sqlite3
+
+    from lastmile.features.sqlite_online import SQLITE_PRAGMAS, tune_connection
+
+    fresh = sqlite3.connect(tmp_path / "new.db")
+    tune_connection(fresh)
+    fresh.execute("CREATE TABLE t (k BLOB PRIMARY KEY)")
+    assert fresh.execute("PRAGMA page_size").fetchone()[0] == SQLITE_PRAGMAS["page_size"] == 32768
+    assert fresh.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("PRAGMA page_size=4096")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE t (k BLOB PRIMARY KEY)")
+    old.close()
+    reopened = sqlite3.connect(tmp_path / "old.db")
+    tune_connection(reopened)
+    assert reopened.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert reopened.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -46,7 +46,13 @@ log = logging.getLogger(__name__)
 #:   record, the online store a cache of it).
 #: * mmap: page reads become memory reads (about a tenth off an online read of ~50 features).
 #: * journal_size_limit: the WAL file shrinks back after a bulk load instead of keeping its size.
+#: * page_size 32 KiB (first: it only takes effect on a new, empty file, before WAL mode is set;
+#:   an existing store keeps its page size): a bulk load writes each page to the WAL at commit
+#:   and again to the database at checkpoint, one system call per page, so 8x fewer pages
+#:   made a first load into an empty store ~25 % faster on bench/serving.py's data set, with
+#:   online reads unchanged (a read touches a handful of pages, memory-mapped).
 SQLITE_PRAGMAS: dict[str, str | int] = {
+    "page_size": 32 << 10,
     "journal_mode": "WAL",
     "synchronous": "NORMAL",
     "mmap_size": 1 << 30,
