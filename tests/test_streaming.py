@@ -319,3 +319,53 @@ def test_killed_worker_restarts_without_loss_or_double_counting(produced: Produc
     # Evidence written before the kill but not yet resolved is picked up after the restart.
     oneid = _oneid_state(home, monkeypatch)
     assert oneid.orders_with_oneid == oneid.orders_with_evidence
+
+
+def test_published_actions_arrive_once_in_order_on_the_key_partition(tmp_path: Path) -> None:
+    """The worker's publish (one record batch per partition) delivers every message exactly
+    once, on the partition aiokafka's own ``send`` would choose for its key, in order."""
+    import faust
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipelines.faust_worker import publish_batches
+
+    topic, partitions = "lastmile.publish-check", 4
+    # Enough messages to fill several record batches per partition (16 KiB each).
+    messages = [(f"welcome:{n % 97:03d}".encode(), orjson.dumps({"n": n, "pad": "x" * 200})) for n in range(1500)]
+
+    async def run(bootstrap: str) -> list:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+        await admin.close()
+        app = faust.App("publish-check", broker=f"kafka://{bootstrap}", web_enabled=False,
+                        datadir=str(tmp_path / "faust"))
+        await app.producer.start()
+        try:
+            await publish_batches(app.producer, topic, messages)
+        finally:
+            await app.producer.stop()
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    group_id="publish-check")
+        await consumer.start()
+        got: list = []
+        try:
+            deadline = time.monotonic() + 30
+            while len(got) < len(messages) and time.monotonic() < deadline:
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    got += [(tp.partition, r.key, r.value) for r in records]
+        finally:
+            await consumer.stop()
+        return got
+
+    with dev.dev_broker(log_path=tmp_path / "broker.log") as broker:
+        got = asyncio.run(run(broker.bootstrap))
+    assert len(got) == len(messages)
+    assert sorted((k, v) for _, k, v in got) == sorted(messages)
+    partitioner = DefaultPartitioner()
+    for partition, key, _ in got:
+        assert partition == partitioner(key, list(range(partitions)), list(range(partitions)))
+    for p in range(partitions):
+        sent = [orjson.loads(v)["n"] for k, v in messages if partitioner(k, list(range(partitions)), list(range(partitions))) == p]
+        assert [orjson.loads(v)["n"] for q, _, v in got if q == p] == sent

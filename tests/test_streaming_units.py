@@ -79,6 +79,35 @@ def test_welcome_only_when_every_identifier_is_new(tmp_path) -> None:
     assert again == [], "replaying a batch welcomes nobody twice"
     stranger = ingestor.process("t", [(3, _identify("idf-00003", "2026-10-06T08:00:00+08:00", phone="13700137000", unionid="u9"))])
     assert len(welcomes.decide(WrittenBatch(stranger, 1))[0]) == 1
+    known_phone_new_device = ingestor.process("t", [(4, _identify("idf-00004", "2026-10-07T08:00:00+08:00",
+                                                                   phone="13900139000", device_id="d7"))])
+    actions, new_rows = welcomes.decide(WrittenBatch(known_phone_new_device, 1))
+    assert actions == [] and [(id_type, event) for _, id_type, event, _ in new_rows] == [("device_id", "idf-00004")], \
+        "a known person's new device is remembered, not welcomed"
+
+
+def test_worker_keeps_the_log_level_it_was_given() -> None:
+    """faust's spinner would set the root logger to DEBUG (every library's debug call then
+    builds a record); the worker's own Worker class keeps the level asked for."""
+    import asyncio
+    import logging
+
+    import faust
+
+    from pipelines.faust_worker import _Worker
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    loop = asyncio.new_event_loop()
+    try:
+        app = faust.App("log-level-check", broker="kafka://127.0.0.1:1", web_enabled=False)
+        _Worker(app, loglevel="WARNING", quiet=True, override_logging=True, loop=loop)._setup_logging()
+        assert root.getEffectiveLevel() == logging.WARNING
+        assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
+    finally:
+        loop.close()
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 class _Recorder:
