@@ -252,14 +252,8 @@ def save_state(warehouse: Warehouse, resolver: IdentityResolver, run: int,
     only the rows that differ from those are written: the rest are in the warehouse already,
     so a run costs what changed rather than the whole state. Returns the rows now saved.
     """
-    rows: dict[str, pd.DataFrame] = {}
-    for table, frame in resolver.to_rows().items():
-        if table not in TABLES:
-            continue
-        frame = frame[_STATE_SCHEMA[table]]
-        if table == "identity_edges":
-            frame = _canonical_edges(frame)
-        rows[table] = frame
+    rows = _state_frames(resolver)
+    for table, frame in rows.items():
         changed = frame if saved is None else changed_rows(saved.get(table), frame)
         if changed.empty:
             continue
@@ -359,7 +353,7 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
             resolver, saved = load_state(warehouse, rules, blocked_tokens), None
             if kept is not None:
                 kept.loads += 1
-                saved = _as_saved(resolver)
+                saved = _state_frames(resolver)
         assert resolver is not None
         usable, refused = _as_links(frame) if not frame.empty else (frame, [])
         if not usable.empty:
@@ -380,8 +374,12 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
     return ResolveOutcome(run, len(frame), report)
 
 
-def _as_saved(resolver: IdentityResolver) -> dict[str, pd.DataFrame]:
-    """The rows of a resolver just loaded, as :func:`save_state` would write them (they are in the warehouse)."""
+def _state_frames(resolver: IdentityResolver) -> dict[str, pd.DataFrame]:
+    """The resolver's state tables as stored: the stored columns, edges in canonical order.
+
+    What :func:`save_state` writes, and - for a resolver just loaded - what the warehouse
+    already holds (the ``saved`` rows a kept state starts from).
+    """
     rows = {}
     for table, frame in resolver.to_rows().items():
         if table in TABLES:
