@@ -14,10 +14,21 @@ table with a declared structure, replacing the table atomically.
 
 The dbt artefacts (``target/``, logs) go under ``$LASTMILE_HOME/dbt`` so that two data
 directories never share a partial-parse cache or a manifest.
+
+Unit tests (``dbt/models/marts/indices/_indices__unit_tests.yml``) check the index formulas on
+static, hand-made inputs: their outcome depends on the project's SQL, never on the data. dbt's
+documentation recommends running them in development and CI only and excluding them from
+production builds (``--exclude-resource-type unit_test``, docs.getdbt.com/docs/build/unit-tests,
+"When to run unit tests"). :func:`build` therefore runs them whenever they could say something
+new: on a full refresh, and whenever the project (models, macros, tests, ``dbt_project.yml``) differs
+from the one they last passed on in this data directory (a first build, an edited model, an
+upgrade of lastmile); an incremental build of an unchanged project leaves them out. ``make test``
+and CI build fresh warehouses, so they always run them; ``unit_tests=True`` forces them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
@@ -69,10 +80,12 @@ class BuildResult:
     statuses: dict[str, int] = field(default_factory=dict)
     failures: list[NodeResult] = field(default_factory=list)
     reference_rows: dict[str, int] = field(default_factory=dict)
+    #: unit tests that ran (0 when the build left them out, see :func:`build`).
+    unit_tests: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"command": self.command, "success": self.success, "seconds": round(self.seconds, 2),
-                "statuses": self.statuses, "reference_rows": self.reference_rows,
+                "statuses": self.statuses, "reference_rows": self.reference_rows, "unit_tests": self.unit_tests,
                 "failures": [vars(f) for f in self.failures]}
 
     def summary(self) -> str:
@@ -160,35 +173,86 @@ def invoke(cfg: Settings | None, command: Sequence[str], quiet: bool = False) ->
     seconds = time.perf_counter() - started
     statuses: Counter[str] = Counter()
     failures: list[NodeResult] = []
+    units = 0
     results = getattr(outcome.result, "results", None) or []
     for r in results:
         status = str(getattr(r.status, "value", r.status))
         statuses[status] += 1
+        units += r.node.unique_id.startswith("unit_test.")
         if status in ("error", "fail", "runtime error"):
             failures.append(NodeResult(r.node.unique_id, status, " ".join(str(r.message or "").split())[:500]))
     if outcome.exception is not None:
         failures.append(NodeResult("dbt", "exception", " ".join(str(outcome.exception).split())[:500]))
-    return BuildResult(" ".join(command), bool(outcome.success), seconds, dict(statuses), failures), outcome
+    return BuildResult(" ".join(command), bool(outcome.success), seconds, dict(statuses), failures, unit_tests=units), outcome
+
+
+def project_fingerprint() -> str:
+    """Hash of everything that decides what a unit test sees: the dbt project's models, macros,
+    tests, docs and project file (not ``target/`` or logs), and the versions of dbt, the adapter
+    and the engine that run them."""
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    for package in ("dbt-core", "dbt-clickhouse", "chdb", "clickhouse-connect"):
+        try:
+            digest.update(f"{package}=={metadata.version(package)}\0".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package} absent\0".encode())
+    paths = [DBT_DIR / "dbt_project.yml", *sorted(p for folder in ("models", "macros", "tests", "docs")
+                                                for p in (DBT_DIR / folder).rglob("*") if p.is_file())]
+    for path in paths:
+        if path.exists():
+            digest.update(str(path.relative_to(DBT_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _unit_tests_stamp(cfg: Settings) -> Path:
+    """Where a data directory records the project fingerprint its unit tests last passed on."""
+    return cfg.home / "dbt" / "unit_tests_passed"
+
+
+def unit_tests_due(cfg: Settings, full_refresh: bool = False) -> bool:
+    """Would :func:`build` run the unit tests? On a full refresh, and whenever the project is not
+    the one they last passed on in this data directory (first build, edited SQL, upgrade)."""
+    stamp = _unit_tests_stamp(cfg)
+    return full_refresh or not stamp.exists() or stamp.read_text().strip() != project_fingerprint()
 
 
 def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None, full_refresh: bool = False,
-          exclude: str | Sequence[str] | None = None, load_reference_data: bool = True, quiet: bool = False) -> BuildResult:
-    """Load reference data, then ``dbt build`` (models, tests, unit tests) in this process.
+          exclude: str | Sequence[str] | None = None, load_reference_data: bool = True, quiet: bool = False,
+          unit_tests: bool | None = None) -> BuildResult:
+    """Load reference data, then ``dbt build`` (models, data tests and, when due, unit tests) in this process.
 
     ``full_refresh`` rebuilds the incremental models from scratch: needed after a formula
     change or a restore of raw rows with an older ``_ingested_at`` (dbt/README.md, "Incremental
     facts and full refresh"); late events need none, whatever their event time.
+
+    ``unit_tests``: ``None`` runs them when :func:`unit_tests_due` (full refresh, or a project
+    they have not passed on here yet) and leaves them out of an incremental build of an
+    unchanged project, as dbt recommends for production; ``True`` / ``False`` force the choice.
+    A build that ran every unit test of the project and saw them all pass records the project's
+    fingerprint for this data directory.
     """
     cfg = cfg or current_settings()
     loaded = load_reference(cfg) if load_reference_data else {}
+    run_units = unit_tests_due(cfg, full_refresh) if unit_tests is None else unit_tests
+    fingerprint = project_fingerprint()
     command = ["build"]
     for flag, value in (("--select", select), ("--exclude", exclude)):
         if value:
             command += [flag, *([value] if isinstance(value, str) else list(value))]
     if full_refresh:
         command.append("--full-refresh")
+    if not run_units:
+        command += ["--exclude-resource-type", "unit_test"]
     result, _ = invoke(cfg, command, quiet)
     result.reference_rows = loaded
+    stamp = _unit_tests_stamp(cfg)
+    if any(f.unique_id.startswith("unit_test.") for f in result.failures):
+        stamp.unlink(missing_ok=True)  # the next build runs them again, whatever it is
+    elif run_units and not select and not exclude and result.unit_tests > 0:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint + "\n")
     return result
 
 
@@ -230,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--select", "-s", default=None)
     parser.add_argument("--exclude", default=None)
     parser.add_argument("--full-refresh", action="store_true")
+    parser.add_argument("--unit-tests", action=argparse.BooleanOptionalAction, default=None,
+                        help="run (or leave out) dbt's unit tests; by default only when due (full refresh, changed project)")
     args = parser.parse_args(argv)
     if args.action == "load-reference":
         print(json.dumps(load_reference()))
@@ -237,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "docs":
         print(docs())
         return 0
-    result = build(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh)
+    result = build(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh, unit_tests=args.unit_tests)
     print(json.dumps(result.as_dict(), ensure_ascii=False))
     return 0 if result.success else 1
 
