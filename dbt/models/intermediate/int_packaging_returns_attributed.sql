@@ -1,6 +1,10 @@
 -- Each packaging return attributed to the order its packaging most likely came with: the
 -- same person's latest order collected before the return (ASOF join). That order's leader,
 -- locker and week then get the credit in the service-temperature index.
+-- A table (small: one row per packaging return): as a view, the ASOF join over every collected
+-- order ran twice per build, in int_order_service_signals and again in its unique test.
+{{ config(materialized='table', engine='MergeTree()', order_by='event_id') }}
+
 with packaging as (
     select event_id, oneid, returned_at, packaging_pieces, community_id
     from {{ ref('int_customer_returns') }}
