@@ -155,27 +155,49 @@ GROUP BY event_type, event_id
 PICKUP_BY_BUYER_SQL = """
 INSERT INTO identity_links (event_id, event_type, role, a_type, a_token, b_type, b_token, occurred_at_ms, reason, detail)
 WITH
+    -- Evidence that arrived since the last resolution. Read without FINAL: a replayed copy of
+    -- old evidence may look new, which only derives the same links again (identity_links keeps
+    -- their first ingestion), and every read below is narrowed to these events' orders.
+    new_evidence AS (
+        SELECT event_id, role FROM identity_links
+        WHERE _ingested_at > {since:DateTime64(3, 'UTC')} AND reason = '' AND role IN ('buyer', 'collector')
+    ),
     -- Orders whose evidence arrived since the last resolution: their earlier pickups pair up now.
     new_orders AS (
-        SELECT r.order_id FROM identity_links AS l FINAL
-        INNER JOIN (SELECT event_id, order_id FROM raw_order FINAL) AS r ON r.event_id = l.event_id
-        WHERE l.reason = '' AND l.role = 'buyer' AND l._ingested_at > {since:DateTime64(3, 'UTC')}
+        SELECT order_id FROM raw_order
+        WHERE event_id IN (SELECT event_id FROM new_evidence WHERE role = 'buyer')
     ),
+    -- Pickups by the buyer that are new, or whose order is. The raw tables collapse on
+    -- event_id keeping the latest ingestion (what FINAL would keep): argMax over the candidate
+    -- events' copies reads the same rows as FINAL without merging the whole table.
+    pickups AS (
+        SELECT event_id, argMax(order_id, _ingested_at) AS order_id FROM raw_pickup
+        WHERE event_id IN (SELECT event_id FROM raw_pickup
+                           WHERE event_id IN (SELECT event_id FROM new_evidence WHERE role = 'collector')
+                              OR order_id IN (SELECT order_id FROM new_orders))
+        GROUP BY event_id
+        HAVING argMax(collector_role, _ingested_at) = 'buyer'
+    ),
+    orders AS (
+        SELECT event_id, argMax(order_id, _ingested_at) AS order_id FROM raw_order
+        WHERE event_id IN (SELECT event_id FROM raw_order WHERE order_id IN (SELECT order_id FROM pickups))
+        GROUP BY event_id
+    ),
+    -- identity_links without FINAL: copies of a link share its whole key and differ only in
+    -- when they were ingested (as the event_oneid view reads it); DISTINCT drops them.
     p AS (
-        SELECT l.event_id AS event_id, r.order_id AS order_id, l.occurred_at_ms AS occurred_at_ms,
+        SELECT DISTINCT l.event_id AS event_id, r.order_id AS order_id, l.occurred_at_ms AS occurred_at_ms,
                arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
-        FROM identity_links AS l FINAL
-        INNER JOIN (SELECT event_id, order_id FROM raw_pickup FINAL WHERE collector_role = 'buyer') AS r ON r.event_id = l.event_id
-        WHERE l.reason = '' AND l.role = 'collector'
-          AND (l._ingested_at > {since:DateTime64(3, 'UTC')} OR r.order_id IN (SELECT order_id FROM new_orders))
+        FROM identity_links AS l
+        INNER JOIN pickups AS r ON r.event_id = l.event_id
+        WHERE l.reason = '' AND l.role = 'collector' AND l.event_id IN (SELECT event_id FROM pickups)
     ),
     o AS (
         SELECT DISTINCT r.order_id AS order_id,
                arrayJoin(arrayFilter(x -> x.2 != '', [(l.a_type, l.a_token), (l.b_type, l.b_token)])) AS id
-        FROM identity_links AS l FINAL
-        INNER JOIN (SELECT event_id, order_id FROM raw_order FINAL WHERE order_id IN (SELECT order_id FROM p)) AS r
-            ON r.event_id = l.event_id
-        WHERE l.reason = '' AND l.role = 'buyer'
+        FROM identity_links AS l
+        INNER JOIN orders AS r ON r.event_id = l.event_id
+        WHERE l.reason = '' AND l.role = 'buyer' AND l.event_id IN (SELECT event_id FROM orders)
     )
 SELECT p.event_id, 'pickup', 'collector=buyer', p.id.1, p.id.2, o.id.1, o.id.2, p.occurred_at_ms, '', concat('order ', p.order_id)
 FROM p INNER JOIN o ON o.order_id = p.order_id
