@@ -311,3 +311,42 @@ def test_judges_adopt_a_forget_request_while_running(tmp_path) -> None:
 
     ingestor.identifiers.set_forgotten(frozenset({phone_token}))  # in-process judging: the token cache is dropped too
     assert ingestor.identifiers.token("phone", "13800138000") is None
+
+
+def test_worker_gc_tuning_keeps_full_collections() -> None:
+    """The worker's GC tuning (pipelines.faust_worker.tune_gc) must not stop long-lived cyclic
+    garbage from being collected. Checked in a child process (the tuning is process-wide),
+    with the worker's middle/full ratios at a small young threshold: cycles that live long
+    enough to reach the oldest generation, then die, are collected by the allocations after them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import gc, weakref
+from pipelines.faust_worker import GC_THRESHOLDS, tune_gc
+tune_gc()
+assert gc.isenabled() and gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+young, middle, full = GC_THRESHOLDS
+gc.set_threshold(100, middle, full)  # the worker's ratios, at a scale a test can afford
+class Node:
+    pass
+held = []
+for _ in range(200):
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    held.append(a)
+probes = [weakref.ref(x) for x in held]
+keep = [[None] for _ in range(100 * middle * 3)]  # several middle collections: the cycles reach the oldest generation
+del held, a, b
+junk = []
+for i in range(400_000):  # keep allocating; never call gc.collect()
+    junk.append([None])
+    if i % 1000 == 0 and all(p() is None for p in probes):
+        break
+print(sum(p() is not None for p in probes))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0", "long-lived cyclic garbage was never collected"
