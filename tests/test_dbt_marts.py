@@ -258,53 +258,57 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
 
 def test_incremental_build_skips_unit_tests_and_tests_what_it_rewrote(built: tuple[Settings, transform.BuildResult]) -> None:
     """Production incremental builds: no unit tests on an unchanged project, data tests of the
-    big incremental models on the rows (or keys) the build may have rewritten, and a failure
-    there is caught, old copies included, and tested again by the next build."""
+    big incremental models on the keys builds rewrote since those tests last passed (old copies
+    included), a failure there caught and tested again by the next build."""
     cfg, _ = built
     wh = connect(cfg)
     compiled = cfg.home / "dbt" / "target" / "run" / "lastmile" / "models" / "marts" / "core" / "_core__models.yml"
+    sliced = "order_id in (select order_id from `lastmile`.`fct_orders__rewritten_keys`)"
 
     def sql(test: str) -> str:  # the test's SQL as the last invocation ran it
         return (compiled / f"{test}.sql").read_text()
 
+    def keys() -> set[str]:
+        return {r[0] for r in wh.rows("SELECT order_id FROM fct_orders__rewritten_keys")}
+
     assert not transform.unit_tests_due(cfg)  # they passed on this project in the first build
     assert transform.unit_tests_due(cfg, full_refresh=True)
-    # The previous test ended with a full refresh (`dbt run`), which clears the tested record:
-    # this build tests every row again, then records what its tests saw.
+    # The previous test ended with a full refresh (`dbt run`), which clears the record: this
+    # build tests every row again, then records that they passed.
     first = transform.build(cfg, load_reference_data=False)
     assert first.success, first.failures
     assert first.unit_tests == 0 and "--exclude-resource-type unit_test" in first.command
-    assert "_source_ingested_at >=" not in sql("not_null_fct_orders_order_id")
-    recorded = {r[0] for r in wh.rows("SELECT DISTINCT model FROM dbt_tests__tested_through")}
-    assert {"fct_orders", "fct_order_lines", "stg_identity__event_oneid", "int_customer_orders"} <= recorded
+    assert sliced not in sql("not_null_fct_orders_order_id") and sliced not in sql("unique_fct_orders_order_id")
+    passed = {r[0] for r in wh.rows("SELECT model FROM dbt_tests__passed")}
+    assert {"fct_orders", "fct_order_lines", "stg_identity__event_oneid", "int_customer_orders"} <= passed
+    assert not keys()  # emptied once their tests passed
 
     second = transform.build(cfg, load_reference_data=False)
     assert second.success, second.failures
-    assert "_source_ingested_at >=" in sql("not_null_fct_orders_order_id")  # rows the build may have rewritten
-    unique = sql("unique_fct_orders_order_id")
-    assert "order_id in (select order_id from" in unique and "_source_ingested_at >=" in unique  # their keys, whole table
+    assert sliced in sql("not_null_fct_orders_order_id") and sliced in sql("unique_fct_orders_order_id")
 
-    # A re-written copy of an old order (newest ingestion): the keyed slice sees both copies.
+    # A build wrote a second copy of an old order (as a faulty model would): the keyed slice
+    # sees both copies, the build fails, and the key stays to be tested again.
     order_id = wh.scalar("SELECT min(order_id) FROM fct_orders")
-    through = wh.scalar("SELECT max(through) FROM dbt_tests__tested_through WHERE model = 'fct_orders'")
     wh.command("INSERT INTO fct_orders SELECT * REPLACE (now64(3) AS _source_ingested_at) FROM fct_orders WHERE order_id = {o:String}",
                {"o": order_id})
     copy_ms = wh.scalar("SELECT toUnixTimestamp64Milli(max(_source_ingested_at)) FROM fct_orders WHERE order_id = {o:String}", {"o": order_id})
+    wh.command("INSERT INTO fct_orders__rewritten_keys VALUES ({o:String})", {"o": order_id})
     failed = transform.build(cfg, load_reference_data=False, select="fct_orders")
     assert not failed.success
     assert any("unique_fct_orders_order_id" in f.unique_id for f in failed.failures), failed.failures
-    assert wh.scalar("SELECT max(through) FROM dbt_tests__tested_through WHERE model = 'fct_orders'") == through  # not advanced
+    assert order_id in keys()
     wh.command("DELETE FROM fct_orders WHERE order_id = {o:String} AND toUnixTimestamp64Milli(_source_ingested_at) = {ms:Int64}",
                {"o": order_id, "ms": copy_ms})
     assert wh.scalar("SELECT count() FROM fct_orders WHERE order_id = {o:String}", {"o": order_id}) == 1
     fixed = transform.build(cfg, load_reference_data=False)
     assert fixed.success, fixed.failures
-    assert wh.scalar("SELECT max(through) FROM dbt_tests__tested_through WHERE model = 'fct_orders'") >= through
+    assert not keys()
 
-    # `dbt test` alone, and full refreshes, test every row.
+    # `dbt test` on its own tests every row.
     tested, _ = transform.invoke(cfg, ["test", "--select", "fct_orders"])
     assert tested.success, tested.failures
-    assert "_source_ingested_at >=" not in sql("not_null_fct_orders_order_id")
+    assert sliced not in sql("not_null_fct_orders_order_id")
 
 def test_cold_chain_fact_follows_its_optional_source(built: tuple[Settings, transform.BuildResult]) -> None:
     """`lastmile run` runs the PyFlink job, so the incidents exist; without it the fact is empty."""

@@ -35,5 +35,7 @@
     {% call statement('insert_new_data') %}
         insert into {{ existing_relation }} select {{ dest_cols_csv }} from {{ new_data_relation }} {{ adapter.get_model_query_settings(model) }}
     {% endcall %}
+    {#- what the data tests of this build (and the next ones, until they pass) look at: macros/test_slices.sql -#}
+    {% do test_slice_record_keys(existing_relation, new_data_relation) %}
     {% do adapter.drop_relation(new_data_relation) %}
 {% endmacro %}

@@ -1,100 +1,102 @@
-{#- Data tests of the big incremental models on what a build rewrote, not the whole table.
+{#- Data tests of the big incremental models on what builds rewrote, not the whole table.
 
     An incremental build rewrites a sliver of fct_orders and friends; a not_null or unique test
-    over the whole 1M-row table only re-checks rows that earlier builds already tested. So, in
-    `dbt build` without --full-refresh, tests with a `where` config naming a placeholder (dbt's
-    `where`, rendered by this override of get_where_subquery: the pattern of
-    docs.getdbt.com/reference/resource-configs/where, "Custom logic") see
+    over the whole 1M-row table only re-checks rows that earlier builds already tested. So:
 
-      * `__rewritten__`: the rows the model may have rewritten since its tests last passed,
-        `<written_column> >= <since>`, for tests of each row on its own (not_null, accepted
-        values, ranges, relationships to a fact that never loses rows);
-      * `__rewritten_keys__`: every row whose key is among those rows' keys, old copies
-        included, for unique tests: `<key> in (select <key> from <model> where <written_column> >= <since>)`.
+      * the delete+insert step (macros/incremental_delete_insert.sql) appends the keys it wrote
+        to `<model>__rewritten_keys`;
+      * in `dbt build` without --full-refresh, a test with `where: "__rewritten__"` (dbt's
+        `where` config, rendered by this override of get_where_subquery: the pattern of
+        docs.getdbt.com/reference/resource-configs/where, "Custom logic") sees every row whose
+        key is among those keys, `<key> in (select <key> from <model>__rewritten_keys)`: old
+        copies of a rewritten key included, so a unique test sees them all;
+      * that is the whole story only once every row of the model has passed its tests: the
+        first build of a model, or any build after a full refresh, tests every row, and
+        on-run-end records it (`dbt_tests__passed`);
+      * on-run-end empties a model's keys once every data test of the model ran and passed in
+        the build; after a failure they stay, so the next build tests them again.
 
-    `written_column` grows with every write (the facts' ingestion watermark, the customer
-    orders' `_built_at`, the OneIDs' `_resolved_at`). `since` is the newest value the model's
-    tests had seen when they last all passed (`dbt_tests__tested_through`, advanced by
-    on-run-end only then), never above what the model held when this build started, minus
-    vars.lookback_minutes for an ingestion watermark (the model re-reads that much before its
-    watermark). A failed build leaves `tested_through` alone, so the next one tests its rows
-    again.
+    A full refresh (`dbt run --full-refresh` included) clears the record, as does a model
+    table that went missing; `dbt test` on its own, and any model the record does not know,
+    test every row. Relationships to reference data (reloaded on every build) keep testing
+    every row. -#}
 
-    Everything is tested on a full refresh (which also clears the record, `dbt run
-    --full-refresh` included), on a model's first build, under `dbt test` (not `dbt build`)
-    and for a model the record does not know. Relationships to reference data (reloaded on
-    every build) keep testing every row. -#}
-
-{#- model -> (key, column that grows with every write, whether that column is an ingestion
-    time the model re-reads a lookback of: rows it rewrites may then carry values up to
-    vars.lookback_minutes older than its watermark; a write time (`_built_at`, `_resolved_at`,
-    now() of the build that wrote the row) needs no lookback). -#}
+{#- model -> the key its tests are sliced on (a column of the delete+insert's new rows). -#}
 {% macro test_slice_models() -%}
     {{ return({
-        'stg_identity__event_oneid': ('event_id', '_resolved_at', false),
-        'fct_orders': ('order_id', '_source_ingested_at', true),
-        'fct_order_lines': ('order_line_id', '_ingested_at', true),
-        'fct_pickups': ('event_id', '_ingested_at', true),
-        'fct_returns': ('event_id', '_ingested_at', true),
-        'fct_reviews': ('event_id', '_ingested_at', true),
-        'int_order_line_rollup': ('order_id', '_ingested_at', true),
-        'int_customer_orders': ('order_id', '_built_at', false),
+        'stg_identity__event_oneid': 'event_id',
+        'fct_orders': 'order_id',
+        'fct_order_lines': 'order_line_id',
+        'fct_pickups': 'event_id',
+        'fct_returns': 'event_id',
+        'fct_reviews': 'event_id',
+        'int_order_line_rollup': 'order_id',
+        'int_customer_orders': 'order_id',
     }) }}
 {%- endmacro %}
 
-{% macro test_slices_through_relation() -%}
-    {{ return(api.Relation.create(schema=target.schema, identifier='dbt_tests__tested_through')) }}
+{% macro test_slices_passed_relation() -%}
+    {{ return(api.Relation.create(schema=target.schema, identifier='dbt_tests__passed')) }}
 {%- endmacro %}
 
-{% macro test_slices_relation() -%}
-    {{ return(api.Relation.create(schema=target.schema, identifier='dbt_tests__slices')) }}
+{% macro test_slice_keys_relation(model) -%}
+    {{ return(api.Relation.create(schema=target.schema, identifier=model ~ '__rewritten_keys')) }}
 {%- endmacro %}
 
 {% macro test_slice_relation_exists(name) -%}
     {{ return(adapter.get_relation(database='', schema=target.schema, identifier=name) is not none) }}
 {%- endmacro %}
 
-{#- on-run-start: the slices of this build (`dbt_tests__slices`, one row per model), or none. -#}
+{#- Called by the delete+insert step once the new rows are in. -#}
+{% macro test_slice_record_keys(relation, new_data_relation) -%}
+    {%- set key = test_slice_models().get(relation.identifier) %}
+    {%- if key %}
+        {%- set keys = test_slice_keys_relation(relation.identifier) %}
+        {%- do run_query("create table if not exists " ~ keys ~ " engine = MergeTree order by tuple() empty as select "
+                         ~ key ~ " from " ~ new_data_relation) %}
+        {%- do run_query("insert into " ~ keys ~ " select " ~ key ~ " from " ~ new_data_relation) %}
+    {%- endif %}
+{%- endmacro %}
+
+{#- on-run-start -#}
 {% macro test_slices_start() -%}
     {%- if execute and flags.WHICH in ('build', 'run', 'test') %}
-        {%- set through = test_slices_through_relation() %}
-        {%- set slices = test_slices_relation() %}
-        {%- do run_query("create table if not exists " ~ through ~ " (model String, through DateTime64(3), recorded_at DateTime64(3)) engine = MergeTree order by model") %}
-        {%- do run_query("drop table if exists " ~ slices) %}
-        {%- do run_query("create table " ~ slices ~ " (model String, since DateTime64(3)) engine = MergeTree order by model") %}
+        {%- set passed = test_slices_passed_relation() %}
+        {%- do run_query("create table if not exists " ~ passed ~ " (model String, passed_at DateTime64(3)) engine = MergeTree order by model") %}
         {%- if flags.FULL_REFRESH %}
-            {#- Whatever was selected, the tested record no longer describes the tables. -#}
-            {%- do run_query("truncate table " ~ through) %}
-        {%- elif flags.WHICH == 'build' %}
-            {%- for model, spec in test_slice_models().items() if test_slice_relation_exists(model) %}
-                {%- do run_query("insert into " ~ slices ~ " select " ~ dbt.string_literal(model) ~ ", least(max(through), "
-                    ~ "(select toDateTime64(max(" ~ spec[1] ~ "), 3) from " ~ target.schema ~ "." ~ model ~ "))"
-                    ~ (" - interval " ~ var('lookback_minutes') ~ " minute " if spec[2] else " ")
-                    ~ "from " ~ through ~ " where model = " ~ dbt.string_literal(model) ~ " having count() > 0") %}
+            {#- Whatever was selected, the record no longer describes the tables. -#}
+            {%- do run_query("truncate table " ~ passed) %}
+        {%- else %}
+            {%- for model in test_slice_models() if not test_slice_relation_exists(model) %}
+                {%- do run_query("delete from " ~ passed ~ " where model = " ~ dbt.string_literal(model)) %}
             {%- endfor %}
         {%- endif %}
     {%- endif %}
     select 1
 {%- endmacro %}
 
-{#- on-run-end of a build: for each model built in it whose every data test ran and passed,
-    the newest write its tests have now seen. -#}
+{#- on-run-end of a build: models whose every data test ran and passed have been tested in
+    full (their rewritten keys included): record it, and start their keys afresh. -#}
 {% macro test_slices_end(results) -%}
     {%- if execute and flags.WHICH == 'build' %}
         {%- set status = {} %}
         {%- for r in results %}{% do status.update({r.node.unique_id: r.status | string}) %}{% endfor %}
-        {%- set through = test_slices_through_relation() %}
-        {%- for model, spec in test_slice_models().items() %}
+        {%- set passed = test_slices_passed_relation() %}
+        {%- for model in test_slice_models() %}
             {%- set model_id = 'model.' ~ project_name ~ '.' ~ model %}
             {%- set tests = [] %}
+            {%- set not_passed = [] %}
             {%- for node in graph.nodes.values() if node.resource_type == 'test' and model_id in node.depends_on.nodes %}
                 {%- do tests.append(node.unique_id) %}
+                {%- if status.get(node.unique_id) != 'pass' %}{% do not_passed.append(node.unique_id) %}{% endif %}
             {%- endfor %}
-            {#- (a list, not a flag: Jinja does not carry a `set` out of a for loop) -#}
-            {%- set not_passed = [] %}
-            {%- for t in tests if status.get(t) != 'pass' %}{% do not_passed.append(t) %}{% endfor %}
-            {%- if status.get(model_id) == 'success' and tests | length > 0 and not not_passed and test_slice_relation_exists(model) %}
-                {%- do run_query("insert into " ~ through ~ " select " ~ dbt.string_literal(model) ~ ", max(" ~ spec[1] ~ "), now64(3) from " ~ target.schema ~ "." ~ model) %}
+            {#- (lists, not flags: Jinja does not carry a `set` out of a for loop) -#}
+            {%- if tests and not not_passed and test_slice_relation_exists(model) %}
+                {%- do run_query("insert into " ~ passed ~ " select " ~ dbt.string_literal(model) ~ ", now64(3) where "
+                                 ~ dbt.string_literal(model) ~ " not in (select model from " ~ passed ~ ")") %}
+                {%- if test_slice_relation_exists(model ~ '__rewritten_keys') %}
+                    {%- do run_query("truncate table " ~ test_slice_keys_relation(model)) %}
+                {%- endif %}
             {%- endif %}
         {%- endfor %}
     {%- endif %}
@@ -102,22 +104,21 @@
 {%- endmacro %}
 
 {#- dbt's get_where_subquery (what a generic test's `model` argument becomes), with the
-    placeholders above. -#}
+    `__rewritten__` placeholder. -#}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') %}
-    {%- if where and '__rewritten' in where %}
-        {%- set spec = test_slice_models().get(relation.identifier) %}
-        {%- set since = none %}
-        {%- if execute and spec and flags.WHICH == 'build' and not flags.FULL_REFRESH and test_slice_relation_exists('dbt_tests__slices') %}
-            {%- set found = run_query("select toUnixTimestamp64Milli(since) from " ~ test_slices_relation() ~ " where model = " ~ dbt.string_literal(relation.identifier)) %}
-            {%- if found.rows | length > 0 %}{% set since = found.rows[0][0] %}{% endif %}
+    {%- if where and '__rewritten__' in where %}
+        {%- set key = test_slice_models().get(relation.identifier) %}
+        {%- set sliced = false %}
+        {%- if execute and key and flags.WHICH == 'build' and not flags.FULL_REFRESH
+               and test_slice_relation_exists('dbt_tests__passed') and test_slice_relation_exists(relation.identifier ~ '__rewritten_keys') %}
+            {%- set sliced = run_query("select count() from " ~ test_slices_passed_relation() ~ " where model = "
+                                       ~ dbt.string_literal(relation.identifier)).columns[0].values()[0] > 0 %}
         {%- endif %}
-        {%- if since is none %}
-            {%- set where = where | replace('__rewritten_keys__', '1') | replace('__rewritten__', '1') %}
+        {%- if sliced %}
+            {%- set where = where | replace('__rewritten__', key ~ " in (select " ~ key ~ " from " ~ test_slice_keys_relation(relation.identifier) ~ ")") %}
         {%- else %}
-            {%- set written = spec[1] ~ " >= fromUnixTimestamp64Milli(toInt64(" ~ since ~ "))" %}
-            {%- set where = where | replace('__rewritten_keys__', spec[0] ~ " in (select " ~ spec[0] ~ " from " ~ relation ~ " where " ~ written ~ ")")
-                                  | replace('__rewritten__', written) %}
+            {%- set where = where | replace('__rewritten__', '1') %}
         {%- endif %}
         {%- if where == '1' %}
             {%- do return(relation) %}
