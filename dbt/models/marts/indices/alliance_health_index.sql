@@ -36,38 +36,45 @@ cross_selling as (
 ),
 
 merchant_weeks as (
-    select alliance_id, community_id, order_week as week_start, merchant_id, sum(total_amount_cny) as gmv_cny
-    from orders
-    where is_in_alliance
-    group by alliance_id, community_id, week_start, merchant_id
-),
-
-concentration as (
-    -- Herfindahl-Hirschman index of the alliance merchants' GMV shares, 0..10000.
-    select m.alliance_id as alliance_id, m.community_id as community_id, m.week_start as week_start,
-           round(10000 * sum(pow(toFloat64(m.gmv_cny) / toFloat64(t.total), 2)), 1) as merchant_hhi,
-           count() as active_merchants
-    from merchant_weeks as m
-    inner join (
-        select alliance_id, community_id, week_start, sum(gmv_cny) as total
-        from merchant_weeks group by alliance_id, community_id, week_start
-    ) as t on t.alliance_id = m.alliance_id and t.community_id = m.community_id and t.week_start = m.week_start
-    where t.total > 0
-    group by alliance_id, community_id, week_start
-),
-
-retention as (
-    -- Of the merchants active the week before, the share still active this week.
+    -- One row per alliance merchant and week with sales: its GMV, the alliance GMV of that
+    -- community-week, and whether the merchant sells again the week after. Concentration and
+    -- retention both read it; it is one pass over the orders (window functions instead of the
+    -- self-joins, which ran this rollup four times: ClickHouse recomputes a CTE per reference).
     select
-        prev.alliance_id as alliance_id,
-        prev.community_id as community_id,
-        prev.week_start + 7 as week_start,
-        countIf(cur.merchant_id != '') / count() as merchant_retention
-    from merchant_weeks as prev
-    left join merchant_weeks as cur
-        on cur.alliance_id = prev.alliance_id and cur.community_id = prev.community_id
-       and cur.merchant_id = prev.merchant_id and cur.week_start = prev.week_start + 7
-    group by alliance_id, community_id, week_start
+        alliance_id,
+        community_id,
+        week_start,
+        merchant_id,
+        gmv_cny,
+        sum(gmv_cny) over (partition by alliance_id, community_id, week_start) as week_gmv_cny,
+        has(groupArray(week_start) over (partition by alliance_id, community_id, merchant_id), week_start + 7) as sells_next_week
+    from (
+        select alliance_id, community_id, order_week as week_start, merchant_id, sum(total_amount_cny) as gmv_cny
+        from orders
+        where is_in_alliance
+        group by alliance_id, community_id, week_start, merchant_id
+    )
+),
+
+merchant_scores as (
+    -- Per community-week: the Herfindahl-Hirschman index of the alliance merchants' GMV
+    -- shares (0..10000, weeks with alliance GMV), and of the merchants active the week
+    -- before, the share still active (credited to the later week). Each merchant-week counts
+    -- once for its own week and once for the week after, so both come out of one pass.
+    select
+        alliance_id,
+        community_id,
+        scored_week as week_start,
+        if(countIf(is_own and week_gmv_cny > 0) = 0, NULL,
+           round(10000 * sumIf(pow(toFloat64(gmv_cny) / toFloat64(week_gmv_cny), 2), is_own and week_gmv_cny > 0), 1)) as merchant_hhi,
+        countIf(is_own and week_gmv_cny > 0) as active_merchants,
+        if(countIf(not is_own) = 0, NULL, countIf(not is_own and sells_next_week) / countIf(not is_own)) as merchant_retention
+    from (
+        select *, role.1 as is_own, role.2 as scored_week
+        from merchant_weeks
+        array join [(true, week_start), (false, week_start + 7)] as role
+    )
+    group by alliance_id, community_id, scored_week
 ),
 
 scored as (
@@ -82,13 +89,12 @@ scored as (
         if(cross_selling.alliance_id = '', NULL, cross_selling.cross_selling_rate) as cross_selling_rate,
         weekly.median_hours_to_pickup as median_hours_to_pickup,
         weekly.avg_batch_age_days as avg_batch_age_days,
-        if(concentration.alliance_id = '', NULL, concentration.merchant_hhi) as merchant_hhi,
-        concentration.active_merchants as active_merchants,
-        if(retention.alliance_id = '', NULL, retention.merchant_retention) as merchant_retention
+        if(merchant_scores.alliance_id = '', NULL, merchant_scores.merchant_hhi) as merchant_hhi,
+        merchant_scores.active_merchants as active_merchants,
+        if(merchant_scores.alliance_id = '', NULL, merchant_scores.merchant_retention) as merchant_retention
     from weekly
     left join cross_selling using (alliance_id, community_id, week_start)
-    left join concentration using (alliance_id, community_id, week_start)
-    left join retention using (alliance_id, community_id, week_start)
+    left join merchant_scores using (alliance_id, community_id, week_start)
 ),
 
 final as (
