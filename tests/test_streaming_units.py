@@ -314,7 +314,7 @@ def test_judges_adopt_a_forget_request_while_running(tmp_path) -> None:
 
 
 def test_worker_gc_tuning_keeps_full_collections() -> None:
-    """The worker's GC tuning (pipelines.faust_worker.tune_gc) must not stop long-lived cyclic
+    """The worker's GC tuning (pipelines.faust_worker: tune_gc, then freeze_heap) must not stop long-lived cyclic
     garbage from being collected. Checked in a child process (the tuning is process-wide),
     with the worker's middle/full ratios at a small young threshold: cycles that live long
     enough to reach the oldest generation, then die, are collected by the allocations after them."""
@@ -324,8 +324,9 @@ def test_worker_gc_tuning_keeps_full_collections() -> None:
 
     code = """
 import gc, weakref
-from pipelines.faust_worker import GC_THRESHOLDS, tune_gc
+from pipelines.faust_worker import GC_THRESHOLDS, freeze_heap, tune_gc
 tune_gc()
+freeze_heap()
 assert gc.isenabled() and gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
 young, middle, full = GC_THRESHOLDS
 gc.set_threshold(100, middle, full)  # the worker's ratios, at a scale a test can afford
