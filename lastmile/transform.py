@@ -80,8 +80,9 @@ class BuildResult:
     statuses: dict[str, int] = field(default_factory=dict)
     failures: list[NodeResult] = field(default_factory=list)
     reference_rows: dict[str, int] = field(default_factory=dict)
-    #: unit tests that ran (0 when the build left them out, see :func:`build`).
+    #: unit tests in the invocation (0 when the build left them out, see :func:`build`), and how many passed.
     unit_tests: int = 0
+    unit_tests_passed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"command": self.command, "success": self.success, "seconds": round(self.seconds, 2),
@@ -173,17 +174,20 @@ def invoke(cfg: Settings | None, command: Sequence[str], quiet: bool = False) ->
     seconds = time.perf_counter() - started
     statuses: Counter[str] = Counter()
     failures: list[NodeResult] = []
-    units = 0
+    units = units_passed = 0
     results = getattr(outcome.result, "results", None) or []
     for r in results:
         status = str(getattr(r.status, "value", r.status))
         statuses[status] += 1
-        units += r.node.unique_id.startswith("unit_test.")
+        if r.node.unique_id.startswith("unit_test."):
+            units += 1
+            units_passed += status == "pass"
         if status in ("error", "fail", "runtime error"):
             failures.append(NodeResult(r.node.unique_id, status, " ".join(str(r.message or "").split())[:500]))
     if outcome.exception is not None:
         failures.append(NodeResult("dbt", "exception", " ".join(str(outcome.exception).split())[:500]))
-    return BuildResult(" ".join(command), bool(outcome.success), seconds, dict(statuses), failures, unit_tests=units), outcome
+    return BuildResult(" ".join(command), bool(outcome.success), seconds, dict(statuses), failures, unit_tests=units,
+                       unit_tests_passed=units_passed), outcome
 
 
 def project_fingerprint() -> str:
@@ -250,7 +254,7 @@ def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None
     stamp = _unit_tests_stamp(cfg)
     if any(f.unique_id.startswith("unit_test.") for f in result.failures):
         stamp.unlink(missing_ok=True)  # the next build runs them again, whatever it is
-    elif run_units and not select and not exclude and result.unit_tests > 0:
+    elif run_units and not select and not exclude and 0 < result.unit_tests == result.unit_tests_passed:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(fingerprint + "\n")
     return result
