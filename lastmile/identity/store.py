@@ -332,7 +332,17 @@ class KeptState:
 
 
 def _links_since(warehouse: Warehouse, since: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
-    where = "" if since is None else "WHERE _ingested_at > {since:DateTime64(3, 'UTC')}"
+    """Evidence first ingested after ``since`` (all of it for ``None``), and the new watermark.
+
+    ``FINAL`` keeps each link's first ingestion, so a replayed copy never looks new. It is
+    applied only to the events that have a copy ingested after ``since`` (``event_id`` leads
+    the table's key, so the other granules are skipped): the same rows as ``FINAL`` over the
+    whole table, at a cost that follows what is new rather than the history (the stream
+    resolves every few seconds).
+    """
+    where = "" if since is None else (
+        "WHERE event_id IN (SELECT event_id FROM identity_links WHERE _ingested_at > {since:DateTime64(3, 'UTC')}) "
+        "AND _ingested_at > {since:DateTime64(3, 'UTC')}")
     frame = warehouse.client.query_df(
         f"SELECT {', '.join(LINK_FIELDS)}, _ingested_at FROM identity_links FINAL {where}",
         parameters={"since": since} if since is not None else None,
