@@ -15,7 +15,7 @@ from lastmile.identity.audit import audit
 from lastmile.identity.forget import forget
 from lastmile.identity.profiles import build_profiles
 from lastmile.identity.rules import Rules
-from lastmile.identity.store import _STATE_SCHEMA, KeptState, rebuild, resolve_pending
+from lastmile.identity.store import _STATE_SCHEMA, KeptState, _state_frames, rebuild, resolve_pending
 from lastmile.ingest import Ingestor, write
 from lastmile.privacy import Identifiers
 from lastmile.warehouse import connect, migrate
@@ -214,7 +214,8 @@ def test_a_kept_resolver_writes_only_what_changed_and_stays_what_the_warehouse_h
         write(warehouse, ingestor.process(f"test:{i}", [(n, orjson.dumps(e)) for n, e in enumerate(events)]))
         resolve_pending(warehouse, rules, blocked, kept)
         # What the kept resolver holds is what the warehouse holds, after every run.
-        in_memory = {t: sorted(map(tuple, f.itertuples(index=False))) for t, f in kept.saved.items() if t in _state(warehouse)}
+        in_memory = {t: sorted(map(tuple, f.itertuples(index=False)))
+                     for t, f in _state_frames(kept.resolver).items() if t in _state(warehouse)}
         assert in_memory == _state(warehouse), f"after step {i}"
     assert kept.loads == 1, "the state is read from the warehouse once, then kept"
 
@@ -233,3 +234,39 @@ def test_a_kept_resolver_writes_only_what_changed_and_stays_what_the_warehouse_h
     assert _state(warehouse) == before
     assert len({oid for _, oid in connect().rows(
         "SELECT token, oneid FROM identity_nodes FINAL WHERE oneid != ''")}) == 2, "oK-1+MC-501 merged, oK-2+phone"
+
+
+def test_a_resolution_leaves_the_warehouse_lock_free_while_it_computes(home: Settings, monkeypatch) -> None:
+    """The stream worker writes batches while OneID resolves: the resolver's arithmetic runs
+    without the warehouse lock, and a batch written meanwhile is resolved by the next run."""
+    import threading
+
+    from lastmile.identity.resolver import IdentityResolver
+
+    warehouse = connect()
+    migrate(warehouse)
+    identifiers = Identifiers(home)
+    ingestor, rules = Ingestor(identifiers), identifiers.rules
+    blocked = rules.blocked_tokens(identifiers.hasher)
+    lock = threading.Lock()
+    first = order("ord-1", "2026-10-01T10:00:00+08:00", openid="oK-1", phone="13911112222")
+    meanwhile = order("ord-2", "2026-10-01T11:00:00+08:00", openid="oK-9")
+    held_while_resolving: list[bool] = []
+    real_resolve = IdentityResolver.resolve
+
+    def resolve(self: IdentityResolver):
+        held_while_resolving.append(lock.locked())
+        if len(held_while_resolving) == 1:  # a batch arrives while the first run computes
+            with lock:
+                write(warehouse, ingestor.process("test:1", [(0, orjson.dumps(meanwhile))]))
+        return real_resolve(self)
+
+    monkeypatch.setattr(IdentityResolver, "resolve", resolve)
+    write(warehouse, ingestor.process("test:0", [(0, orjson.dumps(first))]))
+    kept = KeptState()
+    resolve_pending(warehouse, rules, blocked, kept, lock=lock)
+    assert oneid_of(first["event_id"]) != "" and oneid_of(meanwhile["event_id"]) == ""
+    resolve_pending(warehouse, rules, blocked, kept, lock=lock)
+    assert held_while_resolving == [False, False]
+    assert not lock.locked()
+    assert oneid_of(meanwhile["event_id"]) not in ("", oneid_of(first["event_id"])), "the batch written meanwhile is resolved next"

@@ -177,7 +177,7 @@ def _refresher(tmp_path, monkeypatch, resolve=None):
 
     calls: list[str] = []
 
-    def resolved(*_):
+    def resolved(*_, **__):
         calls.append("resolve")
         return ResolveOutcome(len(calls), 0, _Report())
 
@@ -261,7 +261,7 @@ def test_identity_refresher_starts_nothing_while_closing(tmp_path, monkeypatch) 
 
     release = threading.Event()
 
-    def resolve(*_):
+    def resolve(*_, **__):
         release.wait(10)
         calls.append("resolve")
         return ResolveOutcome(len(calls), 0, _Report())

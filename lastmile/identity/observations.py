@@ -364,6 +364,8 @@ class LinkStats:
     first: np.ndarray
     last: np.ndarray
     count: np.ndarray
+    #: Each group's smallest row (its first row in input order, not in time).
+    anchor: np.ndarray
 
 
 def link_stats(parts: Iterator[gr.Part], first: np.ndarray, last: np.ndarray | None, count: np.ndarray | None,
@@ -379,8 +381,10 @@ def link_stats(parts: Iterator[gr.Part], first: np.ndarray, last: np.ndarray | N
     counts: list[np.ndarray] = []
     tie_groups: list[np.ndarray] = []
     tie_rows: list[np.ndarray] = []
+    anchors: list[np.ndarray] = []
     for part in parts:
         k, codes = len(part), part.codes
+        anchors.append(part.rows[part.first])
         t = first[part.rows]
         gmin = np.full(k, _I64MAX, dtype=np.int64)
         np.minimum.at(gmin, codes, t)
@@ -408,7 +412,8 @@ def link_stats(parts: Iterator[gr.Part], first: np.ndarray, last: np.ndarray | N
     if tie_groups:
         _break_first_ties(pick, np.concatenate(tie_groups), np.concatenate(tie_rows), events_of)
     return LinkStats(pick=pick, first=np.concatenate(firsts) if firsts else empty,
-                     last=np.concatenate(lasts) if lasts else empty, count=np.concatenate(counts) if counts else empty)
+                     last=np.concatenate(lasts) if lasts else empty, count=np.concatenate(counts) if counts else empty,
+                     anchor=np.concatenate(anchors) if anchors else empty)
 
 
 def _break_first_ties(pick: np.ndarray, groups: np.ndarray, rows: np.ndarray,

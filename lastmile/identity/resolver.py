@@ -208,8 +208,12 @@ class IdentityResolver:
 
         Each distinct link keeps its earliest time (its first event being the smallest event
         id among those at that millisecond), its latest time and its count. Strings are
-        gathered once, at the end, for the observations that end up first. The table's row
-        order is arbitrary (grouping order), as node ids are.
+        gathered once, at the end, for the observations that end up first.
+
+        Links already in the table keep their positions and new ones are appended in batch
+        order, as nodes are: a run's new evidence then changes only the rows it touches, so a
+        kept state writes those rows and no others (:func:`lastmile.identity.state.changed_since`).
+        Positions carry no meaning for resolution, which is order-independent.
         """
         n_old = len(self._u)
         if not n_old and batch.distinct:
@@ -229,18 +233,24 @@ class IdentityResolver:
         stats = obs.link_stats(gr.group_parts(keys), np.concatenate([self._efirst, batch.first]),
                                np.concatenate([self._elast, batch.last]), np.concatenate([self._ecount, batch.count]),
                                events_of)
-        pick, gmin, gmax, count, k = stats.pick, stats.first, stats.last, stats.count, len(stats.pick)
-        # links first seen in the old table first, so their strings come from two takes
-        from_old = pick < n_old
-        out = np.concatenate([np.flatnonzero(from_old), np.flatnonzero(~from_old)])
-        pick = pick[out]
-        n_from_old = int(from_old.sum())
-        old_rows = pick[:n_from_old]
-        new_rows = batch.event_row[pick[n_from_old:] - n_old]
+        k = len(stats.pick)
+        # A group's smallest row is its old row if it has one (old links are distinct and come
+        # first), so ordering groups by it keeps old links in place and appends the new ones.
+        out = np.argsort(stats.anchor, kind="stable")
+        pick = stats.pick[out]
         self._u, self._v = np.divmod(keys[pick], n)
-        self._efirst, self._elast, self._ecount = gmin[out], gmax[out], count[out]
-        self._eevent = _concat_strings(gr.take_strings(self._eevent, old_rows), gr.take_strings(events, new_rows))
-        self._eetype = _concat_strings(gr.take_strings(self._eetype, old_rows), gr.take_strings(etypes, new_rows))
+        self._efirst, self._elast, self._ecount = stats.first[out], stats.last[out], stats.count[out]
+        # The first event's strings: from the old table where an old row is still first, else from the batch.
+        from_old = pick < n_old
+        n_from_old = int(from_old.sum())
+        where = np.empty(k, dtype=np.int64)  # position of each link's strings in old + new
+        where[from_old] = np.arange(n_from_old, dtype=np.int64)
+        where[~from_old] = np.arange(n_from_old, k, dtype=np.int64)
+        old_rows, new_rows = pick[from_old], batch.event_row[pick[~from_old] - n_old]
+        in_place = bool(from_old[:n_from_old].all())  # the usual case: every old link is still first by an old row
+        for name, new_strings in (("_eevent", events), ("_eetype", etypes)):
+            both = _concat_strings(gr.take_strings(getattr(self, name), old_rows), gr.take_strings(new_strings, new_rows))
+            setattr(self, name, both if in_place else gr.take_strings(both, where))
         self._status = np.zeros(k, dtype=np.int8)
 
     # -- resolution -----------------------------------------------------------------------
@@ -432,11 +442,11 @@ class IdentityResolver:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_rows(self) -> dict[str, pd.DataFrame]:
-        """The state as tables for the warehouse; see :mod:`lastmile.identity.state`."""
+    def to_rows(self, select: Mapping[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
+        """The state as tables for the warehouse (or the rows ``select`` names); see :mod:`lastmile.identity.state`."""
         from lastmile.identity.state import to_rows
 
-        return to_rows(self)
+        return to_rows(self, select)
 
     @classmethod
     def from_rows(cls, rows: Mapping[str, pd.DataFrame], rules: Rules | None = None,

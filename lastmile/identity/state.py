@@ -24,13 +24,16 @@ The audit of refused links is ``identity_edges`` where status != "used" plus
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from lastmile.identity import graph as g
+from lastmile.identity import grouping as gr
 from lastmile.identity.identifiers import TYPE_NAMES
 from lastmile.identity.rules import STATUS_REASONS
 
@@ -44,33 +47,55 @@ REFUSAL_COLUMNS = ["event_id", "event_type", "occurred_at_ms", "role", "id_type"
 CHANGE_COLUMNS = ["run", "kind", "from_oneid", "to_oneid", "identifiers"]
 
 
-def to_rows(r: "IdentityResolver") -> dict[str, pd.DataFrame]:
-    """All five tables of a resolver's state."""
+#: Which rows of each table to build (an index array per table; a missing table: every row).
+Selection = Mapping[str, np.ndarray]
+
+
+def to_rows(r: "IdentityResolver", select: Selection | None = None) -> dict[str, pd.DataFrame]:
+    """All five tables of a resolver's state, or the rows of them that ``select`` names.
+
+    Building only the selected rows matters for a kept resolver (the stream's): strings
+    become Python objects only for the rows written, not for the whole state every run.
+    """
+    select = select or {}
+
+    def rows_of(table: str, n: int) -> np.ndarray | slice:
+        picked = select.get(table)
+        return slice(0, n) if picked is None else picked
+
     names = np.array(r._oid_names + [""], dtype=object)  # index -1 -> ""
-    tokens = r._tok.to_numpy(zero_copy_only=False)
+    at = rows_of("identity_nodes", len(r._tok))
+    node_tokens = _strings(r._tok, at)
     nodes = pd.DataFrame({
-        "token": tokens,
-        "id_type": _TYPE_NAMES[r._type.astype(np.int64)],
-        "first_seen_ms": r._first,
-        "last_seen_ms": r._last,
-        "oneid": names[r._oidc],
-        "shared": r._shared,
+        "token": node_tokens,
+        "id_type": _TYPE_NAMES[r._type[at].astype(np.int64)],
+        "first_seen_ms": r._first[at],
+        "last_seen_ms": r._last[at],
+        "oneid": names[r._oidc[at]],
+        "shared": r._shared[at],
     })
+    at = rows_of("identity_edges", len(r._u))
+    u, v = r._u[at], r._v[at]
     edges = pd.DataFrame({
-        "token_a": tokens[r._u], "type_a": _TYPE_NAMES[r._type[r._u].astype(np.int64)],
-        "token_b": tokens[r._v], "type_b": _TYPE_NAMES[r._type[r._v].astype(np.int64)],
-        "first_seen_ms": r._efirst, "last_seen_ms": r._elast, "count": r._ecount,
-        "first_event_id": r._eevent.to_numpy(zero_copy_only=False),
-        "first_event_type": r._eetype.to_numpy(zero_copy_only=False),
-        "status": _STATUS_NAMES[r._status.astype(np.int64)],
+        "token_a": _strings(r._tok, u), "type_a": _TYPE_NAMES[r._type[u].astype(np.int64)],
+        "token_b": _strings(r._tok, v), "type_b": _TYPE_NAMES[r._type[v].astype(np.int64)],
+        "first_seen_ms": r._efirst[at], "last_seen_ms": r._elast[at], "count": r._ecount[at],
+        "first_event_id": _strings(r._eevent, at),
+        "first_event_type": _strings(r._eetype, at),
+        "status": _STATUS_NAMES[r._status[at].astype(np.int64)],
     })
+    at = rows_of("identity_oneids", len(r._oid_names))
+    surv = names[r._oid_surv] if len(r._oid_surv) else np.array([], dtype=object)
     oneids = pd.DataFrame({
-        "oneid": r._oid_names,
-        "origin_token": r._oid_origin,
-        "survivor": names[r._oid_surv] if len(r._oid_surv) else np.array([], dtype=object),
+        "oneid": np.array(r._oid_names, dtype=object)[at] if r._oid_names else np.array([], dtype=object),
+        "origin_token": np.array(r._oid_origin, dtype=object)[at] if r._oid_origin else np.array([], dtype=object),
+        "survivor": surv[at],
     })
-    refusals = pd.DataFrame(list(r._refusals), columns=REFUSAL_COLUMNS)
-    changes = pd.DataFrame([asdict(c) for c in r.changes], columns=["kind", "from_oneid", "to_oneid", "identifiers", "run"])
+    at = rows_of("identity_refusals", len(r._refusals))
+    refusals = pd.DataFrame(_pick(r._refusals, at), columns=REFUSAL_COLUMNS)
+    at = rows_of("identity_changes", len(r.changes))
+    changes = pd.DataFrame([asdict(c) for c in _pick(r.changes, at)],
+                           columns=["kind", "from_oneid", "to_oneid", "identifiers", "run"])
     return {
         "identity_nodes": nodes,
         "identity_edges": edges,
@@ -78,6 +103,86 @@ def to_rows(r: "IdentityResolver") -> dict[str, pd.DataFrame]:
         "identity_refusals": refusals,
         "identity_changes": changes[CHANGE_COLUMNS],
     }
+
+
+def _strings(arr: pa.Array, at: np.ndarray | slice) -> np.ndarray:
+    """Rows of a string array as an object array (a whole-array slice without a take)."""
+    if isinstance(at, slice):
+        return arr.to_numpy(zero_copy_only=False)
+    return gr.take_strings(arr, at).to_numpy(zero_copy_only=False) if len(at) else np.array([], dtype=object)
+
+
+def _pick(items: list, at: np.ndarray | slice) -> list:
+    return items[at] if isinstance(at, slice) else [items[i] for i in at.tolist()]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A resolver's state as it was last written (or read back): what :func:`changed_since` compares to.
+
+    Arrays rather than frames: taking one copies a few numeric arrays (the resolver updates
+    some in place) and keeps references to its immutable string arrays, so a kept resolver
+    pays nothing per run for the rows that did not change.
+    """
+
+    nodes: tuple[np.ndarray, ...]  # type, first, last, oneid code, shared
+    edges: tuple[np.ndarray, ...]  # u, v, first, last, count, status
+    edge_strings: tuple[pa.Array, pa.Array]  # first event id and type
+    oneids: tuple[np.ndarray, np.ndarray]  # survivor code, origin token
+    refusals: int
+    changes: int
+
+
+def snapshot(r: "IdentityResolver") -> Snapshot:
+    return Snapshot(
+        nodes=(r._type.copy(), r._first.copy(), r._last.copy(), r._oidc.copy(), r._shared.copy()),
+        edges=(r._u.copy(), r._v.copy(), r._efirst.copy(), r._elast.copy(), r._ecount.copy(), r._status.copy()),
+        edge_strings=(r._eevent, r._eetype),
+        oneids=(r._oid_surv.copy(), np.array(r._oid_origin, dtype=object)),
+        refusals=len(r._refusals), changes=len(r.changes),
+    )
+
+
+def changed_since(r: "IdentityResolver", before: Snapshot) -> dict[str, np.ndarray]:
+    """Per table, the rows that differ from ``before`` or are new (a :data:`Selection`).
+
+    Identifiers, links and OneIDs keep their positions between runs (the resolver appends;
+    see ``IdentityResolver._merge_links``) and the logs only grow, so comparing position by
+    position finds exactly what changed. A table that shrank (a forget request removed
+    rows) is selected whole: a superset, never a miss.
+    """
+    import pyarrow.compute as pc
+
+    def differs(now: tuple[np.ndarray, ...], then: tuple[np.ndarray, ...], extra: Sequence[np.ndarray] = ()) -> np.ndarray | None:
+        n_now, n_then = len(now[0]), len(then[0])
+        if n_now < n_then:
+            return None
+        moved = np.zeros(n_then, dtype=bool)
+        for a, b in zip(now, then):
+            moved |= a[:n_then] != b
+        for m in extra:
+            moved |= m
+        return np.concatenate([np.flatnonzero(moved), np.arange(n_then, n_now, dtype=np.int64)])
+
+    selection: dict[str, np.ndarray] = {}
+    nodes = differs((r._type, r._first, r._last, r._oidc, r._shared), before.nodes)
+    edges_now = (r._u, r._v, r._efirst, r._elast, r._ecount, r._status)
+    n_then = len(before.edges[0])
+    strings = []
+    if len(r._u) >= n_then and n_then:
+        for now, then in zip((r._eevent, r._eetype), before.edge_strings):
+            strings.append(np.asarray(pc.not_equal(now.slice(0, n_then), then), dtype=bool))
+    edges = differs(edges_now, before.edges, strings)
+    origin_now = np.array(r._oid_origin, dtype=object)
+    oneids = differs((r._oid_surv, origin_now), before.oneids)
+    for table, picked in (("identity_nodes", nodes), ("identity_edges", edges), ("identity_oneids", oneids)):
+        if picked is not None:
+            selection[table] = picked
+    if len(r._refusals) >= before.refusals:
+        selection["identity_refusals"] = np.arange(before.refusals, len(r._refusals), dtype=np.int64)
+    if len(r.changes) >= before.changes:
+        selection["identity_changes"] = np.arange(before.changes, len(r.changes), dtype=np.int64)
+    return selection
 
 
 def audit(rows: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -21,16 +21,18 @@ the state back. ``rebuild`` re-resolves all kept links under the current rules.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lastmile.identity.links import Link
 from lastmile.identity.resolver import IdentityResolver, ResolveReport
 from lastmile.identity.rules import Rules
-from lastmile.identity.state import TABLES
+from lastmile.identity.state import TABLES, Selection, Snapshot, changed_since, snapshot
 from lastmile.warehouse import Warehouse
 from lastmile.warehouse.migrations import Migration, register
 
@@ -267,41 +269,25 @@ def load_state(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str
 
 
 def save_state(warehouse: Warehouse, resolver: IdentityResolver, run: int,
-               saved: Mapping[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
+               saved: Snapshot | None = None) -> Snapshot:
     """Write the state back; versioned tables replace their rows, the logs deduplicate.
 
-    With ``saved`` - the rows as this process last wrote or read them (see :class:`KeptState`) -
-    only the rows that differ from those are written: the rest are in the warehouse already,
-    so a run costs what changed rather than the whole state. Returns the rows now saved.
+    With ``saved`` - the state as this process last wrote or read it (see :class:`KeptState`) -
+    only the rows that differ from it are built and written: the rest are in the warehouse
+    already, so a run costs what changed rather than the whole state. Returns the snapshot
+    of what is now saved.
     """
-    rows = _state_frames(resolver)
-    for table, frame in rows.items():
-        changed = frame if saved is None else changed_rows(saved.get(table), frame)
-        if changed.empty:
+    _insert_state(warehouse, _state_frames(resolver, None if saved is None else changed_since(resolver, saved)), run)
+    return snapshot(resolver)
+
+
+def _insert_state(warehouse: Warehouse, frames: Mapping[str, pd.DataFrame], run: int) -> None:
+    for table, frame in frames.items():
+        if frame.empty:
             continue
         if table in _VERSIONED:
-            changed = changed.assign(run=run)
-        warehouse.client.insert_df(table, changed)
-    return rows
-
-
-def changed_rows(before: pd.DataFrame | None, after: pd.DataFrame) -> pd.DataFrame:
-    """Rows of ``after`` that are not identical to the row at the same position in ``before``.
-
-    The resolver only appends identifiers, links, OneIDs and log entries and updates them in
-    place, so positions are stable and this is exactly what changed (plus what is new). Were
-    rows ever to move, every moved row would differ from what stood at its position and be
-    written too: a superset, never a miss.
-    """
-    if before is None or len(before) > len(after) or list(before.columns) != list(after.columns):
-        return after
-    n = len(before)
-    same = np.ones(n, dtype=bool)
-    for column in after.columns:
-        same &= np.asarray(after[column].iloc[:n].to_numpy() == before[column].to_numpy(), dtype=bool)
-    keep = np.ones(len(after), dtype=bool)
-    keep[:n] = ~same
-    return after[keep]
+            frame = frame.assign(run=run)
+        warehouse.client.insert_df(table, frame)
 
 
 @dataclass
@@ -318,7 +304,7 @@ class KeptState:
     """
 
     resolver: IdentityResolver | None = None
-    saved: dict[str, pd.DataFrame] | None = None
+    saved: Snapshot | None = None
     run: int = -1
     rules: Rules | None = None
     blocked: frozenset[str] = frozenset()
@@ -331,89 +317,102 @@ class KeptState:
         self.resolver, self.saved, self.run = None, None, -1
 
 
-def _links_since(warehouse: Warehouse, since: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
+def _links_since(warehouse: Warehouse, since: datetime | None) -> tuple[pa.Table, datetime | None]:
     """Evidence first ingested after ``since`` (all of it for ``None``), and the new watermark.
 
     ``FINAL`` keeps each link's first ingestion, so a replayed copy never looks new. It is
     applied only to the events that have a copy ingested after ``since`` (``event_id`` leads
     the table's key, so the other granules are skipped): the same rows as ``FINAL`` over the
     whole table, at a cost that follows what is new rather than the history (the stream
-    resolves every few seconds).
+    resolves every few seconds). Read as Arrow, which the resolver takes as it is: a pandas
+    frame of Python strings cost twice the query itself.
     """
     where = "" if since is None else (
         "WHERE event_id IN (SELECT event_id FROM identity_links WHERE _ingested_at > {since:DateTime64(3, 'UTC')}) "
         "AND _ingested_at > {since:DateTime64(3, 'UTC')}")
-    frame = warehouse.client.query_df(
+    table = warehouse.client.query_arrow(
         f"SELECT {', '.join(LINK_FIELDS)}, _ingested_at FROM identity_links FINAL {where}",
         parameters={"since": since} if since is not None else None,
     )
-    if frame.empty:
-        return frame, since
-    return frame, frame["_ingested_at"].max().to_pydatetime()
+    if table.num_rows == 0:
+        return table, since
+    return table, pc.max(table.column("_ingested_at")).as_py()
 
 
-def _as_links(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Link]]:
-    """Split evidence rows into the usable frame and refusals (as :class:`Link`)."""
-    usable = frame[frame["reason"] == ""].copy()
-    sighting = (usable["b_token"] == "").to_numpy()
-    for column in ("b_type", "b_token"):  # a sighting has no second identifier: None, not ""
-        values = usable[column].astype(object).to_numpy()
-        values[sighting] = None
-        usable[column] = values
+def _as_links(table: pa.Table) -> tuple[pa.Table, list[Link]]:
+    """Split evidence rows into the usable links and refusals (as :class:`Link`)."""
+    refused_rows = pc.not_equal(table.column("reason"), "")
+    usable = table.filter(pc.invert(refused_rows))
+    sighting = pc.equal(usable.column("b_token"), "")
+    for column in ("b_type", "b_token"):  # a sighting has no second identifier: null, not ""
+        at = usable.schema.get_field_index(column)
+        values = usable.column(column)
+        usable = usable.set_column(at, pa.field(column, pa.string()),
+                                   pc.if_else(sighting, pa.scalar(None, pa.string()), values))
     refused = [
-        Link(r.a_type, r.a_token, None, None, int(r.occurred_at_ms), r.event_id, r.event_type, r.role, r.reason, r.detail or None)
-        for r in frame[frame["reason"] != ""].itertuples(index=False)
+        Link(r["a_type"], r["a_token"], None, None, int(r["occurred_at_ms"]), r["event_id"], r["event_type"], r["role"],
+             r["reason"], r["detail"] or None)
+        for r in table.filter(refused_rows).to_pylist()
     ]
     return usable, refused
 
 
 def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str],
-                    kept: KeptState | None = None) -> ResolveOutcome:
+                    kept: KeptState | None = None, lock: AbstractContextManager | None = None) -> ResolveOutcome:
     """Resolve the evidence ingested since the last run into the kept state.
 
     ``kept``: continue from a resolver kept in memory (see :class:`KeptState`) instead of
     loading the state from the warehouse, and write only what changed. Same outcome.
+
+    ``lock``: the process's warehouse lock, when other threads use the warehouse meanwhile
+    (the stream worker writes batches while OneID resolves). It is held for each warehouse
+    step - deriving and reading the new evidence, then writing the state - and released while
+    the resolver computes, so batch writes are not held up by the arithmetic. Nothing a batch
+    writes in between can be lost: it is ingested after this run's watermark (read under the
+    lock), so the next run reads it.
     """
-    last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
-    run, since = (int(last[0][0]), last[0][1]) if last else (0, None)
+    lock = lock or nullcontext()
     try:
-        derive_cross_event_links(warehouse, since)
-        frame, through = _links_since(warehouse, since)
-        if kept is not None and kept.current(run, rules, blocked_tokens):
-            resolver, saved = kept.resolver, kept.saved
-        else:
-            resolver, saved = load_state(warehouse, rules, blocked_tokens), None
-            if kept is not None:
-                kept.loads += 1
-                saved = _state_frames(resolver)
+        with lock:
+            last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
+            run, since = (int(last[0][0]), last[0][1]) if last else (0, None)
+            derive_cross_event_links(warehouse, since)
+            evidence, through = _links_since(warehouse, since)
+            if kept is not None and kept.current(run, rules, blocked_tokens):
+                resolver, saved = kept.resolver, kept.saved
+            else:
+                resolver, saved = load_state(warehouse, rules, blocked_tokens), None
+                if kept is not None:
+                    kept.loads += 1
+                    saved = snapshot(resolver)  # what the warehouse holds now
         assert resolver is not None
-        usable, refused = _as_links(frame) if not frame.empty else (frame, [])
-        if not usable.empty:
+        usable, refused = _as_links(evidence)
+        if usable.num_rows:
             resolver.add(usable)
         if refused:
             resolver.add(refused)
         report = resolver.resolve()
         run += 1
-        saved = save_state(warehouse, resolver, run, saved)
-        _record(warehouse, run, "resolve", through, len(frame), report)
-        warehouse.command(event_oneid_sql(rules))
+        frames = _state_frames(resolver, None if saved is None else changed_since(resolver, saved))
+        saved = snapshot(resolver)
+        with lock:
+            _insert_state(warehouse, frames, run)
+            _record(warehouse, run, "resolve", through, evidence.num_rows, report)
+            warehouse.command(event_oneid_sql(rules))
     except BaseException:
         if kept is not None:
             kept.clear()  # the kept resolver may hold evidence the warehouse's state does not
         raise
     if kept is not None:
         kept.resolver, kept.saved, kept.run, kept.rules, kept.blocked = resolver, saved, run, rules, blocked_tokens
-    return ResolveOutcome(run, len(frame), report)
+    return ResolveOutcome(run, evidence.num_rows, report)
 
 
-def _state_frames(resolver: IdentityResolver) -> dict[str, pd.DataFrame]:
-    """The resolver's state tables as stored: the stored columns, edges in canonical order.
-
-    What :func:`save_state` writes, and - for a resolver just loaded - what the warehouse
-    already holds (the ``saved`` rows a kept state starts from).
-    """
+def _state_frames(resolver: IdentityResolver, select: Selection | None = None) -> dict[str, pd.DataFrame]:
+    """The resolver's state tables as stored (the stored columns, edges in canonical order):
+    every row, or the rows ``select`` names (see :func:`lastmile.identity.state.to_rows`)."""
     rows = {}
-    for table, frame in resolver.to_rows().items():
+    for table, frame in resolver.to_rows(select).items():
         if table in TABLES:
             frame = frame[_STATE_SCHEMA[table]]
             rows[table] = _canonical_edges(frame) if table == "identity_edges" else frame

@@ -15,9 +15,11 @@ writes only what changed, but resolves the whole graph; profiles are rebuilt who
 A resolution that runs without a rebuild marks profiles stale, so the next due rebuild (or
 the one on stop) always follows the latest resolution.
 
-The work runs on its own thread, taking the warehouse lock for each step (chDB allows one
-writer per process; the lock also serialises it with the batch writes, which the
-resolver's "evidence ingested since" watermark relies on). The consumer does not wait for
+The work runs on its own thread, taking the warehouse lock for each warehouse step (chDB
+allows one writer per process; the lock also serialises it with the batch writes, which the
+resolver's "evidence ingested since" watermark relies on). A resolution releases it while
+it computes, between reading the new evidence and writing what changed, so batches are
+written meanwhile; a profiles rebuild is one SQL statement and holds it throughout. The consumer does not wait for
 it: a batch is committed once written, whether or not it has been resolved yet. That is
 safe because the evidence itself is in the warehouse: whatever was written and not yet
 resolved - even across a crash - is picked up by the next resolution, here or in
@@ -146,8 +148,9 @@ class IdentityRefresher:
         try:
             if resolve:
                 began = time.perf_counter()
+                # The lock is held for the resolution's warehouse steps only, not while it computes.
+                outcome = resolve_pending(self.warehouse, self.rules, self.blocked, self.kept, lock=self.lock)
                 with self.lock:
-                    outcome = resolve_pending(self.warehouse, self.rules, self.blocked, self.kept)
                     for callback in self.after_resolve:
                         callback()
                 self.stats.resolves += 1
