@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--freshness-events", type=int, default=15_000)
     parser.add_argument("--log-level", default="WARNING", help="worker log level (INFO shows OneID runs)")
     parser.add_argument("--identity-seconds", type=float, default=5.0, help="worker's OneID resolve interval (0: off)")
+    parser.add_argument("--identity-waiting-seconds", type=float, default=1.0,
+                        help="worker's OneID resolve interval while orders wait for a OneID (0: no hurry)")
     parser.add_argument("--profiles-seconds", type=float, default=30.0, help="worker's profiles rebuild interval (0: off)")
     args = parser.parse_args()
 
@@ -126,6 +128,7 @@ def main() -> None:
         started = time.monotonic()
         worker = subprocess.Popen([sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", "bench",
                                    "--log-level", args.log_level, "--identity-seconds", str(args.identity_seconds),
+                                   "--identity-waiting-seconds", str(args.identity_waiting_seconds),
                                    "--profiles-seconds", str(args.profiles_seconds)],
                                   cwd=ROOT, env=env, stdout=open(home / "worker.log", "wb"), stderr=subprocess.STDOUT)
         try:

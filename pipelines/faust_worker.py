@@ -14,7 +14,7 @@ What Faust does here, and what it does not:
 
 One batch: gather up to ``batch_rows`` records or ``flush_s`` → judge with the same
 ``Ingestor`` as the Beam backfill → write rows, quarantine records and identity evidence →
-handlers (quarantine topic, actions, OneID notice, Feast push of today's counters) → commit the batch's offsets. A worker
+handlers (Feast push of today's counters, OneID notice, quarantine topic, actions) → commit the batch's offsets. A worker
 killed at any point re-reads from the last commit; idempotent keys absorb the replay. A
 batch that fails exits the process (code 70) without committing it.
 
@@ -73,6 +73,7 @@ class StreamOptions:
     group_id: str = APP_ID
     judges: int = -1  # processes judging batches; 0: a thread of the worker; -1: one per core but one (max 4)
     identity_every_s: float = 5.0  # 0: no OneID resolution in this worker
+    identity_waiting_every_s: float = 1.0  # resolve this often while orders wait for a OneID (0: no hurry)
     profiles_every_s: float = 30.0  # 0: no profiles rebuild
     features: bool = True  # push today's counters to Feast's online store
     replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
@@ -142,9 +143,12 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         if replenishments is not None and (actions := replenishments.drain()):
             await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in actions])
 
-    sink.handlers += [handlers.quarantine_topic(publish), handlers.triggers(sink, publish), refresher.handler()]
+    # The Feast push goes first: it needs no warehouse lock, while remembering new identifiers
+    # (the welcome rule) waits for it behind a OneID run or a profiles rebuild - up to a second
+    # or two on the embedded warehouse, which the online feature should not pay.
     if pusher is not None:
         sink.handlers.append(pusher.handler())
+    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish)]
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
@@ -247,11 +251,13 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
         judges.warm_up()
     sink = StreamSink(warehouse, Ingestor(identifiers), lock=threading.Lock(), judges=judges)
     refresher = IdentityRefresher(warehouse, sink.lock, identifiers, resolve_every_s=options.identity_every_s,
-                                  profiles_every_s=options.profiles_every_s)
+                                  profiles_every_s=options.profiles_every_s,
+                                  waiting_every_s=options.identity_waiting_every_s)
     refresher.blocked = refresher.blocked | forgotten
     pusher = FeaturePusher(cfg, warehouse, sink.lock, identifiers.rules.strength) if options.features else None
     if pusher is not None:
         refresher.after_resolve.append(pusher.on_resolved)
+        pusher.on_waiting = refresher.hurry
     replenishments = None
     if refresher.enabled and options.replenish_every_s > 0:
         replenishments = Replenishments(warehouse, every_s=options.replenish_every_s)

@@ -351,3 +351,33 @@ print(sum(p() is not None for p in probes))
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0", "long-lived cyclic garbage was never collected"
+
+
+def test_identity_refresher_hurries_while_orders_wait_for_a_oneid(tmp_path, monkeypatch) -> None:
+    """A new neighbour's orders wait for a OneID before their features exist: the refresher
+    then resolves after ``waiting_every_s`` (1 s) instead of ``resolve_every_s`` (5 s), once."""
+    refresher, calls, now, with_links = _refresher(tmp_path, monkeypatch)
+
+    async def scenario() -> None:
+        handle = refresher.handler()
+        await handle(with_links)  # first batch: resolve + profiles
+        refresher._running.result()
+        now[0] = 1.5
+        await handle(with_links)
+        assert not refresher.tick()  # nobody waits: 5 s between resolutions
+        refresher.hurry()
+        assert refresher.tick()  # someone waits: 1 s is enough
+        refresher._running.result()
+        now[0] = 2.0
+        await handle(with_links)
+        refresher.hurry()
+        assert not refresher.tick()  # even in a hurry, 1 s from the last start
+        now[0] = 2.6
+        assert refresher.tick()
+        refresher._running.result()
+        now[0] = 4.0
+        await handle(with_links)
+        assert not refresher.tick()  # the hurry was for that resolution only
+
+    asyncio.run(scenario())
+    assert calls == ["resolve", "profiles", "resolve", "resolve"]

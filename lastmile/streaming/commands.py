@@ -81,6 +81,9 @@ def stream(
                                       "process; -1: one per core but one, at most 4."),
     identity_seconds: float = typer.Option(5.0, help="Resolve new identity evidence into OneIDs at most this often (0: never; "
                                                     "with several workers, enable it on one)."),
+    identity_waiting_seconds: float = typer.Option(1.0, help="...or this often while orders of a new neighbour wait "
+                                                   "for a OneID, so their online features follow within seconds "
+                                                   "(0: no hurry)."),
     profiles_seconds: float = typer.Option(30.0, help="Rebuild the profiles table at most this often (0: never)."),
     replenish_seconds: float = typer.Option(60.0, help="Evaluate replenishment nudges (staples due today) at most "
                                             "this often, after OneID runs (0: never)."),
@@ -97,7 +100,8 @@ def stream(
 
     run(settings(), StreamOptions(batch_rows=batch_rows, flush_s=flush_seconds, partitions=partitions,
                                   serve_port=serve_port, serve_readonly=not serve_writable, group_id=group, judges=judges,
-                                  identity_every_s=identity_seconds, profiles_every_s=profiles_seconds,
+                                  identity_every_s=identity_seconds,
+                                  identity_waiting_every_s=identity_waiting_seconds, profiles_every_s=profiles_seconds,
                                   features=features, replenish_every_s=replenish_seconds),
         loglevel=log_level.upper())
 

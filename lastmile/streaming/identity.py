@@ -7,7 +7,10 @@ batch path's resolver over it - :func:`~lastmile.identity.store.resolve_pending`
 cost far more than a batch (the resolver keeps its state in memory between runs and
 writes only what changed, but resolves the whole graph; profiles are rebuilt whole):
 
-* resolve at most every ``resolve_every_s`` (default 5 s) when new evidence was written;
+* resolve at most every ``resolve_every_s`` (default 5 s) when new evidence was written -
+  or every ``waiting_every_s`` (default 1 s) while someone waits for a OneID (:meth:`hurry`:
+  the feature pusher holds orders of a new neighbour, whose online features cannot exist
+  before their person has a OneID);
 * rebuild ``profiles`` at most every ``profiles_every_s`` (default 30 s) when new rows were
   written (profiles aggregate orders, pickups, reviews and claims, not only identities);
 * both once more on a graceful stop, so a stopped worker leaves OneID complete.
@@ -70,7 +73,7 @@ class IdentityRefresher:
     """
 
     def __init__(self, warehouse: Warehouse, lock: threading.Lock, identifiers: Identifiers, *,
-                 resolve_every_s: float = 5.0, profiles_every_s: float = 30.0,
+                 resolve_every_s: float = 5.0, profiles_every_s: float = 30.0, waiting_every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.warehouse = warehouse
         self.lock = lock
@@ -78,6 +81,9 @@ class IdentityRefresher:
         self.blocked = self.rules.blocked_tokens(identifiers.hasher)
         self.resolve_every_s = resolve_every_s
         self.profiles_every_s = profiles_every_s if resolve_every_s > 0 else 0.0
+        #: The interval while someone waits for a OneID (never longer than ``resolve_every_s``).
+        self.waiting_every_s = min(waiting_every_s, resolve_every_s) if waiting_every_s > 0 else resolve_every_s
+        self._waiting = False  # hurry() was called since the running/last resolution began
         self.clock = clock
         self.stats = IdentityStats()
         self._links_pending = False  # evidence written since the running/last resolution began
@@ -110,12 +116,18 @@ class IdentityRefresher:
         self._links_pending |= bool(written.batch.links)
         self._rows_pending |= written.batch.valid > 0
 
+    def hurry(self) -> None:
+        """Someone waits for the next resolution (orders of a person without a OneID yet):
+        resolve after ``waiting_every_s`` instead of ``resolve_every_s``. Any thread."""
+        self._waiting = True
+
     def due(self) -> tuple[bool, bool]:
         """``(resolve, profiles)``: which steps a refresh started now would run."""
         if not self.enabled:
             return False, False
         now = self.clock()
-        resolve = self._links_pending and now - self._last_resolve >= self.resolve_every_s
+        every = self.waiting_every_s if self._waiting else self.resolve_every_s
+        resolve = self._links_pending and now - self._last_resolve >= every
         profiles = (self.profiles_every_s > 0 and self._rows_pending
                     and now - self._last_profiles >= self.profiles_every_s)
         return resolve, profiles
@@ -138,7 +150,7 @@ class IdentityRefresher:
         now = self.clock()
         # Cleared before the work starts: anything written meanwhile sets them again.
         if resolve:
-            self._links_pending, self._last_resolve = False, now
+            self._links_pending, self._waiting, self._last_resolve = False, False, now
         if profiles:
             self._rows_pending, self._last_profiles = False, now
         return self._pool.submit(self._refresh, resolve, profiles)
