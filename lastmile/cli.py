@@ -486,7 +486,7 @@ def forget_cmd(
     device_id: Optional[str] = typer.Option(None, help="... with this device id."),
     as_json: bool = typer.Option(False, "--json", help="Print what was touched as JSON."),
 ) -> None:
-    """Remove a person from profiles and identity tables and anonymise their events (PIPL, GDPR)."""
+    """Remove a person from profiles, identity tables, marts and the feature store, and anonymise their events (PIPL, GDPR)."""
     from lastmile.identity.forget import forget
     from lastmile.privacy import Identifiers
     from lastmile.warehouse import connect, migrate
@@ -499,6 +499,16 @@ def forget_cmd(
     warehouse = connect(cfg)
     migrate(warehouse)
     report = forget(warehouse, Identifiers(cfg), id_type, value)
+    if report.oneid:
+        # The online store is a copy outside the warehouse: it would go on serving their features.
+        from lastmile.features.forget import UnsupportedOnlineStore, forget_online
+
+        try:
+            report.touched["online_store"] = forget_online(cfg, [report.oneid])
+        except UnsupportedOnlineStore as exc:
+            err.print(f"[red]error:[/red] the warehouse has forgotten {report.oneid}, the online store has not: {exc}",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
     if as_json:
         print(json.dumps({"oneid": report.oneid, "identifiers": report.identifiers, "touched": report.touched}))
         return

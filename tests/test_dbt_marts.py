@@ -224,7 +224,14 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
 
     late_event = next(e["event_id"] for e in events if e["event_type"] == "order")
     assert wh.scalar("SELECT count() FROM stg_identity__event_oneid WHERE event_id = {e:String}", {"e": late_event}) == 1
-    assert forget(wh, Identifiers(cfg), "phone", "13912345678").anything
+    forgotten = wh.scalar("SELECT oneid FROM fct_orders WHERE order_id = 'ord-late-000001'")
+    assert wh.scalar("SELECT count() FROM dim_customer WHERE oneid = {o:String}", {"o": forgotten}) == 1
+    report = forget(wh, Identifiers(cfg), "phone", "13912345678")
+    assert report.oneid == forgotten and report.touched["dim_customer"] == 1 and report.touched["fct_orders"] >= 1
+    # at once, before any build: the person's rows are gone, their order stays and belongs to nobody
+    for table in ("dim_customer", "customer_rfm", "neighbor_credit_score", "spending_health", "int_customer_orders"):
+        assert wh.scalar(f"SELECT count() FROM {table} WHERE oneid = {{o:String}}", {"o": forgotten}) == 0, table
+    assert wh.rows("SELECT oneid FROM fct_orders WHERE order_id = 'ord-late-000001'") == [(None,)]
     result = transform.run(cfg)
     assert result.success, result.failures
     assert wh.scalar("SELECT count() FROM stg_identity__event_oneid WHERE event_id = {e:String}", {"e": late_event}) == 0

@@ -252,6 +252,13 @@ def test_redis_online_store(fs: Settings, monkeypatch: pytest.MonkeyPatch, tmp_p
         rows = [{"oneid": o} for o in oneids] + [{"oneid": "nobody"}]
         refs = ["customer_profile:orders_total", "customer_profile:home_community_id"]
         assert online_features(redis_fs, refs, rows) == store.get_online_features(features=refs, entity_rows=rows).to_dict()
+        # forgetting a person deletes their entity's hash (every view of theirs), nobody else's
+        from lastmile.features.forget import forget_online
+
+        assert forget_online(redis_fs, [oneids[0]]) == 1
+        after = store.get_online_features(features=refs, entity_rows=rows).to_dict()
+        assert after["orders_total"][0] is None and after["orders_total"][1:3] == from_redis["orders_total"][1:3]
+        assert forget_online(redis_fs, [oneids[0]]) == 0
     finally:
         proc.terminate()
         proc.wait(10)
@@ -317,3 +324,69 @@ def test_fast_push_writes_the_rows_feast_push_writes(fs: Settings) -> None:
     conn.execute("DELETE FROM lastmile_customer_realtime")
     store.push(PUSH_SOURCE, frame.copy(), to=PushMode.ONLINE)
     assert rows() == fast
+
+
+def _a_buyer(cfg: Settings) -> tuple[str, str, str]:
+    """``(id_type, raw value, OneID)`` of a buyer with online features: read from the simulated
+    order events (the warehouse holds only tokens), the quietest such customer first."""
+    from lastmile.privacy import Identifiers
+
+    ids, wh = Identifiers(cfg), connect(cfg)
+    quiet = dict(wh.rows("SELECT oneid, orders_total FROM feat_customer_profile ORDER BY event_timestamp"))
+    best: tuple[int, str, str, str] | None = None
+    for path in sorted(cfg.home.rglob("order.jsonl")):
+        for line in path.read_text().splitlines()[:400]:
+            try:
+                buyer = json.loads(line).get("buyer") or {}
+            except json.JSONDecodeError:
+                continue  # the simulator's deliberately broken lines
+            for id_type in ("openid", "phone"):
+                if buyer.get(id_type):
+                    token = ids.token(id_type, buyer[id_type])
+                    found = wh.rows("SELECT oneid FROM identity_nodes FINAL WHERE token = {t:String} AND oneid != ''",
+                                    {"t": token})
+                    if found and found[0][0] in quiet and (best is None or quiet[found[0][0]] < best[0]):
+                        best = (quiet[found[0][0]], id_type, buyer[id_type], found[0][0])
+                    break
+    assert best is not None, "no simulated buyer has online features"
+    return best[1], best[2], best[3]
+
+
+def test_forget_removes_the_person_from_the_feature_store(fs: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lastmile forget` reaches the feature store: the person's online rows (materialized and
+    pushed) and every feat_* row keyed by their OneID are gone; everybody else is untouched.
+    Last in this module: it changes the shared warehouse."""
+    from typer.testing import CliRunner
+
+    from lastmile.cli import app
+    from lastmile.features.push import push
+    from lastmile.identity.forget import oneid_columns
+
+    monkeypatch.setenv("LASTMILE_HOME", str(fs.home))
+    id_type, value, oneid = _a_buyer(fs)
+    other = next(o for o in _some_customers(fs, 2) if o != oneid)
+    push(fs, pd.DataFrame([{"oneid": o, "event_timestamp": datetime.now(timezone.utc), "rt_orders_today": 2,
+                            "rt_spend_today_cny": 30.0, "rt_impulse_spend_today_cny": 0.0, "rt_last_order_ts": 1_800_000_000}
+                           for o in (oneid, other)]), offline=True)
+    refs = ["customer_profile:orders_total", "customer_realtime:rt_orders_today"]
+    rows = [{"oneid": oneid}, {"oneid": other}]
+    before = online_features(fs, refs, rows)
+    assert before["orders_total"][0] is not None and before["rt_orders_today"] == [2, 2]
+    wh = connect(fs)
+    tables = [t for t, c, *_ in oneid_columns(wh) if c == "oneid" and t.startswith("feat_")]
+    assert {"feat_customer_profile", "feat_customer_realtime"} <= set(tables)
+
+    result = CliRunner().invoke(app, ["forget", f"--{id_type.replace('_', '-')}", value, "--json"])
+    assert result.exit_code == 0, result.output
+    touched = json.loads(result.stdout)["touched"]
+    assert touched["online_store"] >= 2 and touched["feat_customer_profile"] >= 1 and touched["feat_customer_realtime"] == 1
+
+    store = get_store(fs)
+    for read in (online_features(fs, refs, rows), store.get_online_features(features=refs, entity_rows=rows).to_dict()):
+        assert read["orders_total"][0] is None and read["rt_orders_today"][0] is None  # the person: gone
+        assert read["orders_total"][1] == before["orders_total"][1] and read["rt_orders_today"][1] == 2  # the rest: kept
+    for table in tables:
+        assert wh.scalar(f"SELECT count() FROM {table} WHERE oneid = {{o:String}}", {"o": oneid}) == 0, table
+    assert wh.scalar("SELECT count() FROM feat_customer_realtime WHERE oneid = {o:String}", {"o": other}) >= 1
+    again = json.loads(CliRunner().invoke(app, ["forget", f"--{id_type.replace('_', '-')}", value, "--json"]).stdout)
+    assert not any(again["touched"].values())  # idempotent: nothing left to touch

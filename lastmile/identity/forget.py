@@ -8,7 +8,14 @@
 2. anonymises their events: identifier columns holding those tokens become NULL (the order
    still counts in sales, but belongs to nobody);
 3. deletes quarantined payloads that contain the raw identifier (they are raw JSON);
-4. rebuilds the profiles, and logs what it touched in ``forget_log``.
+4. removes their OneID from every table derived from it (:func:`erase_oneid`): rows about the
+   person - the customer marts, the ``feat_*`` tables the feature store reads, pushed real-time
+   features, recommendation logs - are deleted; facts that only name them (``fct_orders.oneid``,
+   ``fct_pickups.collector_oneid``, ...) lose the OneID, as a full dbt refresh would leave them;
+5. rebuilds the profiles, and logs what it touched in ``forget_log``.
+
+The feature store's online copy is cleared by the caller (:func:`lastmile.features.forget.forget_online`,
+which ``lastmile forget`` runs): it lives outside the warehouse.
 
 Running it again finds nothing left to touch and says so: it is idempotent.
 """
@@ -109,6 +116,8 @@ def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: 
         warehouse.command(f"DELETE FROM quarantine WHERE {where}", params)
     report.touched["quarantine"] = n
 
+    if oneid:
+        report.touched.update(erase_oneid(warehouse, oneid))
     if "profiles" in warehouse.tables():
         build_profiles(warehouse)
     warehouse.insert_rows(
@@ -117,3 +126,49 @@ def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: 
         ["at", "request_token", "oneid", "identifiers", "touched"],
     )
     return report
+
+
+#: Tables that keep a OneID on purpose, or whose OneIDs their owner re-derives itself: the
+#: identity state and its logs (``identity_changes`` maps old OneIDs for downstream remapping),
+#: the forget log, ``profiles`` (rebuilt above), and dbt's OneID staging with its bookkeeping,
+#: which the next build re-resolves from the identity state (tests/test_dbt_marts.py).
+_KEEPS_ONEID = ("identity_", "forget_log", "profiles", "stg_identity__")
+
+
+def oneid_columns(warehouse: Warehouse) -> list[tuple[str, str, bool, bool]]:
+    """``(table, column, in_sorting_key, nullable)`` for every OneID column of the warehouse's
+    tables (``oneid`` or ``*_oneid``), but those of :data:`_KEEPS_ONEID`. Views are left out:
+    they show what their tables hold."""
+    rows = warehouse.rows("""
+        SELECT c.table, c.name, c.is_in_sorting_key, startsWith(c.type, 'Nullable')
+        FROM system.columns AS c
+        INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table
+        WHERE c.database = currentDatabase() AND t.engine LIKE '%MergeTree'
+          AND (c.name = 'oneid' OR endsWith(c.name, '_oneid')) AND c.type IN ('String', 'Nullable(String)')
+        ORDER BY c.table, c.name""")
+    return [(table, column, bool(key), bool(nullable)) for table, column, key, nullable in rows
+            if not table.startswith(_KEEPS_ONEID)]
+
+
+def erase_oneid(warehouse: Warehouse, oneid: str) -> dict[str, int]:
+    """Remove ``oneid`` from every table derived from it; returns the rows touched per table.
+
+    Where the OneID is part of a table's sorting key, the row is about the person (a customer
+    mart, a feature row keyed by OneID, a pushed real-time counter): it is deleted. Where it is
+    an attribute of a business fact (an order, a pickup, a claim), the fact stays and the OneID
+    becomes NULL (or '' in a column that cannot be NULL) - what a full dbt refresh writes for
+    an event that no longer resolves. Idempotent: a second call finds nothing.
+    """
+    touched: dict[str, int] = {}
+    for table, column, in_key, nullable in oneid_columns(warehouse):
+        name, col = quote_ident(table), quote_ident(column)
+        n = int(warehouse.scalar(f"SELECT count() FROM {name} WHERE {col} = {{o:String}}", {"o": oneid}))
+        if n:
+            if in_key:
+                warehouse.command(f"DELETE FROM {name} WHERE {col} = {{o:String}}", {"o": oneid})
+            else:
+                blank = "NULL" if nullable else "''"
+                warehouse.command(f"ALTER TABLE {name} UPDATE {col} = {blank} WHERE {col} = {{o:String}} "
+                                  "SETTINGS mutations_sync = 1", {"o": oneid})
+        touched[table] = touched.get(table, 0) + n
+    return touched
