@@ -381,3 +381,53 @@ def test_identity_refresher_hurries_while_orders_wait_for_a_oneid(tmp_path, monk
 
     asyncio.run(scenario())
     assert calls == ["resolve", "profiles", "resolve", "resolve"]
+
+
+class _RecordingPush:
+    """The push target of a FeaturePusher, recording the frames it is given (no feature store)."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+
+    def impulse_skus(self) -> frozenset[str]:
+        return frozenset()
+
+    def push_online(self, frame):
+        import pandas as pd
+
+        self.frames.append(frame)
+        return frame.assign(_pushed_at=pd.Timestamp.now(tz="UTC"))
+
+    def write_offline(self, frame) -> None:
+        pass
+
+
+def test_feature_pusher_hurries_oneid_only_while_the_stream_keeps_up(home) -> None:
+    """A new neighbour's order waits for a OneID: the pusher asks the refresher to hurry when
+    the batch came by time (the worker keeps up), not while it drains a backlog (full batches)."""
+    import threading
+
+    from lastmile.streaming.features import FeaturePusher
+    from lastmile.warehouse import connect, migrate
+    from tests.factories import event
+
+    warehouse = connect(home)
+    migrate(warehouse)
+    ingestor = Ingestor(Identifiers(home))
+    pusher = FeaturePusher(home, warehouse, threading.Lock(), ingestor.identifiers.rules.strength, target=_RecordingPush())
+    hurried: list[int] = []
+    pusher.on_waiting = lambda: hurried.append(1)
+
+    def batch(full: bool) -> WrittenBatch:
+        order = event("order", buyer={"openid": f"oNew-{len(hurried)}-{full}", "phone": "13700001111"})
+        return WrittenBatch(ingestor.process("kafka:lastmile.order/0", [(1, orjson.dumps(order))]), 1, full=full)
+
+    async def scenario() -> None:
+        await pusher.handler()(batch(full=True))
+        assert hurried == [] and pusher.counters.unresolved == 1  # a backlog: waits for the regular run
+        await pusher.handler()(batch(full=False))
+        assert hurried == [1] and pusher.counters.unresolved == 2  # keeping up: resolve soon
+
+    asyncio.run(scenario())
+    pusher.close()
+    assert pusher.target.frames == []  # nobody has a OneID yet: nothing to push

@@ -145,7 +145,7 @@ class BatchConsumer(ConsumerRebalanceListener):
 
     async def _store_and_commit(self, records: Sequence[Record], batch: Batch) -> None:
         async with self._busy:
-            written = await self.sink.store(records, batch)
+            written = await self.sink.store(records, batch, full=len(records) >= self.batch_rows)
             await self._commit(records)
         if self.after_batch is not None:
             result = self.after_batch(written)

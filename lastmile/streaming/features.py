@@ -81,7 +81,10 @@ class FeaturePusher:
         self._dirty: set[str] = set()  # customers whose last push failed: retried with the next one
         self._identity_run = 0  # identity_nodes rows up to this run are in the counters' map
         #: Called (any thread) while orders wait for a OneID: the OneID refresher's ``hurry``.
+        #: Only while the stream keeps up: draining a backlog (full batches), an early
+        #: resolution cannot make those orders fresh, and resolving every 5 s costs far less.
         self.on_waiting: Callable[[], None] | None = None
+        self._keeping_up = True  # the last batch was gathered by time, not full
         with lock:
             self.impulse_skus = self.target.impulse_skus()
             self.counters = TodayCounters()
@@ -93,6 +96,7 @@ class FeaturePusher:
         """The batch handler: count the batch's orders and push the changed customers (before the commit)."""
 
         async def handle(written: WrittenBatch) -> None:
+            self._keeping_up = not written.full
             facts = [order_fact(row, self.columns, self.impulse_skus, written.oldest_timestamp_ms)
                      for row in written.rows("raw_order")]
             if not facts:
@@ -101,7 +105,7 @@ class FeaturePusher:
                 touched = self.counters.add(facts)
                 counted = list(self.counters.counted)
                 waiting = self.counters.unresolved
-            if waiting and self.on_waiting is not None:
+            if waiting and self._keeping_up and self.on_waiting is not None:
                 self.on_waiting()  # a new neighbour's orders: their features wait for a OneID
             if touched:
                 await asyncio.get_running_loop().run_in_executor(self._pool, self._push, touched, counted)
@@ -115,7 +119,7 @@ class FeaturePusher:
             touched = self.counters.update_identities(changes)
             counted = list(self.counters.counted)
             waiting = self.counters.unresolved
-        if waiting and self.on_waiting is not None:
+        if waiting and self._keeping_up and self.on_waiting is not None:
             self.on_waiting()  # evidence written while this run read: the next one names them
         if touched:
             self._pool.submit(self._push, touched, counted)

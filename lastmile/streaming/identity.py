@@ -10,7 +10,7 @@ writes only what changed, but resolves the whole graph; profiles are rebuilt who
 * resolve at most every ``resolve_every_s`` (default 5 s) when new evidence was written -
   or every ``waiting_every_s`` (default 1 s) while someone waits for a OneID (:meth:`hurry`:
   the feature pusher holds orders of a new neighbour, whose online features cannot exist
-  before their person has a OneID);
+  before their person has a OneID, and the stream keeps up: not while it drains a backlog);
 * rebuild ``profiles`` at most every ``profiles_every_s`` (default 30 s) when new rows were
   written (profiles aggregate orders, pickups, reviews and claims, not only identities);
 * both once more on a graceful stop, so a stopped worker leaves OneID complete.

@@ -56,6 +56,9 @@ class WrittenBatch:
     records: int
     oldest_timestamp_ms: int | None = None
     write_seconds: float = 0.0
+    #: Gathered full (``batch_rows`` records) rather than by time: the consumer is draining a
+    #: backlog, not keeping up with the producers (freshness is lost for these events anyway).
+    full: bool = False
     _parsed: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
@@ -157,12 +160,14 @@ class StreamSink:
             return await self.judges.judge(records)
         return await asyncio.get_running_loop().run_in_executor(self._judge, ingest_records, self.ingestor, records)
 
-    async def store(self, records: Sequence[Record], batch: Batch) -> WrittenBatch:
-        """Write a judged batch, then run every handler; when this returns, the records may be committed."""
+    async def store(self, records: Sequence[Record], batch: Batch, full: bool = False) -> WrittenBatch:
+        """Write a judged batch, then run every handler; when this returns, the records may be committed.
+
+        ``full``: the batch was gathered full (a backlog), see :attr:`WrittenBatch.full`."""
         began = time.perf_counter()
         await self.run_blocking(write, self.warehouse, batch)
         stamps = [r.timestamp_ms for r in records if r.timestamp_ms and r.timestamp_ms > 0]
-        written = WrittenBatch(batch, len(records), min(stamps) if stamps else None, time.perf_counter() - began)
+        written = WrittenBatch(batch, len(records), min(stamps) if stamps else None, time.perf_counter() - began, full)
         for handler in self.handlers:
             await handler(written)
         self.stats.add(batch)
