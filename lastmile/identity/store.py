@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+import time
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -226,6 +227,8 @@ class ResolveOutcome:
     run: int
     links_added: int
     report: ResolveReport
+    #: Seconds per step (``derive``, ``read``, ``resolve``, ``diff``, ``write``), for logs and benchmarks.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def merges(self) -> int:
@@ -375,11 +378,21 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
     lock), so the next run reads it.
     """
     lock = lock or nullcontext()
+    steps: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        steps[name] = round(steps.get(name, 0.0) + now - clock, 4)
+        clock = now
+
     try:
         with lock:
             last = warehouse.rows("SELECT run, resolved_through FROM identity_runs ORDER BY run DESC LIMIT 1")
             run, since = (int(last[0][0]), last[0][1]) if last else (0, None)
             derive_cross_event_links(warehouse, since)
+            step("derive")
             evidence, through = _links_since(warehouse, since)
             if kept is not None and kept.current(run, rules, blocked_tokens):
                 resolver, saved = kept.resolver, kept.saved
@@ -389,6 +402,7 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
                     kept.loads += 1
                     kept.view_sql = ""
                     saved = snapshot(resolver)  # what the warehouse holds now
+        step("read")
         assert resolver is not None
         usable, refused = _as_links(evidence)
         if usable.num_rows:
@@ -396,15 +410,18 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
         if refused:
             resolver.add(refused)
         report = resolver.resolve()
+        step("resolve")
         run += 1
         frames = _state_frames(resolver, None if saved is None else changed_since(resolver, saved))
         saved = snapshot(resolver)
+        step("diff")
         with lock:
             _insert_state(warehouse, frames, run)
             _record(warehouse, run, "resolve", through, evidence.num_rows, report)
             view = event_oneid_sql(rules)
             if kept is None or kept.view_sql != view:
                 warehouse.command(view)
+        step("write")
     except BaseException:
         if kept is not None:
             kept.clear()  # the kept resolver may hold evidence the warehouse's state does not
@@ -412,7 +429,7 @@ def resolve_pending(warehouse: Warehouse, rules: Rules, blocked_tokens: frozense
     if kept is not None:
         kept.resolver, kept.saved, kept.run, kept.rules, kept.blocked = resolver, saved, run, rules, blocked_tokens
         kept.view_sql = view
-    return ResolveOutcome(run, evidence.num_rows, report)
+    return ResolveOutcome(run, evidence.num_rows, report, steps)
 
 
 def _state_frames(resolver: IdentityResolver, select: Selection | None = None) -> dict[str, pd.DataFrame]:

@@ -162,16 +162,18 @@ class IdentityRefresher:
                 began = time.perf_counter()
                 # The lock is held for the resolution's warehouse steps only, not while it computes.
                 outcome = resolve_pending(self.warehouse, self.rules, self.blocked, self.kept, lock=self.lock)
+                handed = time.perf_counter()
                 with self.lock:
                     for callback in self.after_resolve:
                         callback()
+                outcome.steps["callbacks"] = round(time.perf_counter() - handed, 4)
                 self.stats.resolves += 1
                 self.stats.last_run = outcome.run
                 if not profiles:
                     self._rows_pending = True  # OneIDs moved: profiles are stale until the next rebuild
                 self.stats.last_resolve_s = time.perf_counter() - began
-                log.info("OneID run %d: %d links added, %d profiles, %.2f s", outcome.run, outcome.links_added,
-                         outcome.report.profiles, self.stats.last_resolve_s)
+                log.info("OneID run %d: %d links added, %d profiles, %.2f s %s", outcome.run, outcome.links_added,
+                         outcome.report.profiles, self.stats.last_resolve_s, outcome.steps)
             if profiles:
                 began = time.perf_counter()
                 with self.lock:
