@@ -431,3 +431,26 @@ def test_feature_pusher_hurries_oneid_only_while_the_stream_keeps_up(home) -> No
     asyncio.run(scenario())
     pusher.close()
     assert pusher.target.frames == []  # nobody has a OneID yet: nothing to push
+
+
+def test_quarantine_topic_copies_of_huge_payloads_fit_a_kafka_message(tmp_path) -> None:
+    """An oversized event is quarantined whole (up to 1 MiB) in the table; its copy on the
+    quarantine topic is cut to fit a broker's message limit, and says so. Before, a quoted
+    ~1 MiB payload made the send fail, the batch fail, and the restarted worker fail again."""
+    from lastmile.streaming.handlers import TOPIC_COPY_MAX_BYTES, topic_copy
+
+    huge = orjson.dumps({**ENVELOPE, "event_id": "ev-huge-1", "event_type": "review", "order_id": "o-1", "stars": 5,
+                         "text": '"很好" ' * 120_000, "reviewer": {"phone": "13800138000"}})
+    assert len(huge) > 1_000_000
+    batch = _ingestor(tmp_path).process("kafka:lastmile.review/0", [(7, huge)])
+    (line,) = batch.quarantined
+    assert len(line) > TOPIC_COPY_MAX_BYTES  # the table's record keeps (nearly) all of it
+    copy = topic_copy(line)
+    record, original = orjson.loads(copy), orjson.loads(line)
+    assert len(copy) <= TOPIC_COPY_MAX_BYTES
+    assert record["payload_truncated"] is True and record["payload_bytes"] == len(original["payload"].encode())
+    assert original["payload"].startswith(record["payload"]) and len(record["payload"]) > 10_000
+    assert {k: record[k] for k in ("source", "position", "reason", "event_id")} == \
+        {k: original[k] for k in ("source", "position", "reason", "event_id")}
+    small = _ingestor(tmp_path).process("kafka:lastmile.review/0", [(8, b'{"event_type": "review"')]).quarantined[0]
+    assert topic_copy(small) is small  # everyday rejects travel as they are

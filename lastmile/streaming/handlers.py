@@ -19,17 +19,49 @@ from lastmile.streaming.triggers import Welcomes, compensations
 Publisher = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
 
 
+#: The largest quarantine copy sent to the topic, in bytes. Brokers refuse messages over
+#: ``message.max.bytes`` (1 MiB by default), and a rejected payload, quoted inside the
+#: quarantine record's JSON, can grow past the size it was consumed at: a refused send would
+#: fail the batch, and the worker would re-read and fail it again after every restart.
+TOPIC_COPY_MAX_BYTES = 512 * 1024
+
+
+def topic_copy(line: bytes, limit: int = TOPIC_COPY_MAX_BYTES) -> bytes:
+    """The quarantine record as the topic carries it: whole, or - when larger than ``limit`` -
+    with its payload cut to fit and ``payload_truncated``/``payload_bytes`` saying so (the
+    quarantine table keeps the whole payload)."""
+    import orjson
+
+    if len(line) <= limit:
+        return line
+    record = orjson.loads(line)
+    payload = str(record.get("payload") or "")
+    record.update(payload="", payload_truncated=True, payload_bytes=len(payload.encode()))
+    room = max(0, limit - len(orjson.dumps(record)))
+    # Each character may take up to 6 bytes once JSON-escaped (\uXXXX): cut by characters, then check.
+    cut = payload[: room // 6 if room < len(payload) * 6 else len(payload)]
+    while cut:
+        record["payload"] = cut
+        out = orjson.dumps(record)
+        if len(out) <= limit:
+            return out
+        cut = cut[: len(cut) * 3 // 4]
+    record["payload"] = ""
+    return orjson.dumps(record)
+
+
 def quarantine_topic(publish: Publisher) -> BatchHandler:
     """Copy each quarantine record (reason, error, payload) to ``lastmile.quarantine``.
 
     The table is the durable record; the topic lets operations alert on bad producers in
-    real time. Keyed by source partition, so one partition's rejects stay in order.
+    real time. Keyed by source partition, so one partition's rejects stay in order. A copy
+    over :data:`TOPIC_COPY_MAX_BYTES` carries the start of its payload only (:func:`topic_copy`).
     """
     import orjson
 
     async def handle(batch: WrittenBatch) -> None:
         if batch.batch.quarantined:
-            messages = [(orjson.loads(line)["source"].encode(), line) for line in batch.batch.quarantined]
+            messages = [(orjson.loads(line)["source"].encode(), topic_copy(line)) for line in batch.batch.quarantined]
             await publish(QUARANTINE_TOPIC, messages)
 
     return handle
