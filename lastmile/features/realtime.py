@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from functools import cached_property, lru_cache
+from datetime import date, timedelta
 
 import pandas as pd
 
@@ -55,14 +56,28 @@ class OrderFact:
     produced_ms: int | None = None  # when it entered the stream (Kafka timestamp), for freshness
     source: str = ""  # the partition it came from (``kafka:<topic>/<n>``); '' when reloaded from the warehouse
 
-    @property
+    @cached_property
     def day(self) -> date:
+        # Cached: the counters compare it on every add, push and move of the window.
         return business_day(self.occurred_at_ms)
+
+
+_MS_PER_DAY = 86_400_000
+_OFFSET_MS = int(_OFFSET.total_seconds() * 1000)
 
 
 def business_day(ms: int) -> date:
     """The Asia/Shanghai calendar day of a UTC epoch-millisecond instant."""
-    return (datetime.fromtimestamp(ms / 1000, timezone.utc) + _OFFSET).date()
+    return _day_number((ms + _OFFSET_MS) // _MS_PER_DAY)
+
+
+@lru_cache(maxsize=4096)
+def _day_number(days: int) -> date:
+    """The date ``days`` after 1970-01-01 (a stream spans few days: cached)."""
+    return _EPOCH + timedelta(days=days)
+
+
+_EPOCH = date(1970, 1, 1)
 
 
 def order_fact(row: Mapping, buyer_columns: Iterable[str], impulse_skus: frozenset[str],
