@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lastmile.identity.profiles import build_profiles
 from lastmile.identity.store import KeptState, resolve_pending
@@ -62,6 +62,7 @@ class IdentityStats:
     errors: int = 0
     last_run: int = 0  # identity_runs.run of the latest resolution
     last_resolve_s: float = 0.0
+    last_steps: dict[str, float] = field(default_factory=dict)  # seconds per step of the latest resolution
     last_profiles_s: float = 0.0
 
 
@@ -172,6 +173,7 @@ class IdentityRefresher:
                 if not profiles:
                     self._rows_pending = True  # OneIDs moved: profiles are stale until the next rebuild
                 self.stats.last_resolve_s = time.perf_counter() - began
+                self.stats.last_steps = outcome.steps
                 log.info("OneID run %d: %d links added, %d profiles, %.2f s %s", outcome.run, outcome.links_added,
                          outcome.report.profiles, self.stats.last_resolve_s, outcome.steps)
             if profiles:

@@ -40,7 +40,8 @@ def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refreshe
         "batches": stats.batches, "read": stats.read, "valid": stats.valid, "quarantined": stats.quarantined,
         "committed_batches": consumer.committed_batches, "first_record_at": consumer.first_record_at,
         "identity_runs": ids.resolves, "identity_last_run": ids.last_run, "identity_errors": ids.errors,
-        "identity_last_resolve_s": round(ids.last_resolve_s, 3), "profiles": ids.profiles,
+        "identity_last_resolve_s": round(ids.last_resolve_s, 3), "identity_last_steps_s": ids.last_steps,
+        "profiles": ids.profiles,
         "profiles_last_build_s": round(ids.last_profiles_s, 3), **features, "updated_at": time.time(),
     }))
     tmp.replace(path)
