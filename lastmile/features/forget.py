@@ -52,9 +52,9 @@ def _entity_keys(store, oneids: Sequence[str]) -> list[bytes]:
 
 
 def forget_online(cfg: Settings, oneids: Sequence[str]) -> int:
-    """Delete ``oneids``' rows from the online store; returns how many rows (SQLite: one per
-    view and entity) or entity hashes (Redis) were deleted. A store nobody applied yet holds
-    nothing: 0."""
+    """Delete ``oneids``' rows from the online store; returns how many were deleted: SQLite
+    rows (Feast keeps one per entity and feature) or entity hashes (Redis: one per entity,
+    holding every view). A store nobody applied yet holds nothing: 0."""
     from lastmile.features.store import feast_dir, get_store
 
     oneids = sorted({o for o in oneids if o})
