@@ -38,7 +38,7 @@ def topic_copy(line: bytes, limit: int = TOPIC_COPY_MAX_BYTES) -> bytes:
     payload = str(record.get("payload") or "")
     record.update(payload="", payload_truncated=True, payload_bytes=len(payload.encode()))
     room = max(0, limit - len(orjson.dumps(record)))
-    # Each character may take up to 6 bytes once JSON-escaped (\uXXXX): cut by characters, then check.
+    # A character may take up to 6 bytes once JSON-escaped (a \u0001-style escape): cut by characters, then check.
     cut = payload[: room // 6 if room < len(payload) * 6 else len(payload)]
     while cut:
         record["payload"] = cut
