@@ -20,10 +20,10 @@ the state back. ``rebuild`` re-resolves all kept links under the current rules.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-import time
 from datetime import datetime, timezone
 
 import pandas as pd
