@@ -64,6 +64,7 @@ class OrderFact:
 
 _MS_PER_DAY = 86_400_000
 _OFFSET_MS = int(_OFFSET.total_seconds() * 1000)
+_EPOCH = date(1970, 1, 1)
 
 
 def business_day(ms: int) -> date:
@@ -75,9 +76,6 @@ def business_day(ms: int) -> date:
 def _day_number(days: int) -> date:
     """The date ``days`` after 1970-01-01 (a stream spans few days: cached)."""
     return _EPOCH + timedelta(days=days)
-
-
-_EPOCH = date(1970, 1, 1)
 
 
 def order_fact(row: Mapping, buyer_columns: Iterable[str], impulse_skus: frozenset[str],

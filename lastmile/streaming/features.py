@@ -105,8 +105,7 @@ class FeaturePusher:
                 touched = self.counters.add(facts)
                 counted = list(self.counters.counted)
                 waiting = self.counters.unresolved
-            if waiting and self._keeping_up and self.on_waiting is not None:
-                self.on_waiting()  # a new neighbour's orders: their features wait for a OneID
+            self._hurry_oneid(waiting)  # a new neighbour's orders: their features wait for a OneID
             if touched:
                 await asyncio.get_running_loop().run_in_executor(self._pool, self._push, touched, counted)
 
@@ -119,10 +118,14 @@ class FeaturePusher:
             touched = self.counters.update_identities(changes)
             counted = list(self.counters.counted)
             waiting = self.counters.unresolved
-        if waiting and self._keeping_up and self.on_waiting is not None:
-            self.on_waiting()  # evidence written while this run read: the next one names them
+        self._hurry_oneid(waiting)  # evidence written while this run read: the next one names them
         if touched:
             self._pool.submit(self._push, touched, counted)
+
+    def _hurry_oneid(self, waiting: int) -> None:
+        """Ask for an early resolution when orders wait for a OneID and the stream keeps up."""
+        if waiting and self._keeping_up and self.on_waiting is not None:
+            self.on_waiting()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

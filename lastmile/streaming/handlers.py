@@ -37,9 +37,9 @@ def topic_copy(line: bytes, limit: int = TOPIC_COPY_MAX_BYTES) -> bytes:
     record = orjson.loads(line)
     payload = str(record.get("payload") or "")
     record.update(payload="", payload_truncated=True, payload_bytes=len(payload.encode()))
-    room = max(0, limit - len(orjson.dumps(record)))
-    # A character may take up to 6 bytes once JSON-escaped (a \u0001-style escape): cut by characters, then check.
-    cut = payload[: room // 6 if room < len(payload) * 6 else len(payload)]
+    # Cut by characters, then check: escaping (quotes, control characters) and UTF-8 can make
+    # the cut longer in bytes than in characters, so shrink until it fits.
+    cut = payload[: max(0, limit - len(orjson.dumps(record)))]
     while cut:
         record["payload"] = cut
         out = orjson.dumps(record)
