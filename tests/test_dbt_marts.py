@@ -232,8 +232,25 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     for table in ("dim_customer", "customer_rfm", "neighbor_credit_score", "spending_health", "int_customer_orders"):
         assert wh.scalar(f"SELECT count() FROM {table} WHERE oneid = {{o:String}}", {"o": forgotten}) == 0, table
     assert wh.rows("SELECT oneid FROM fct_orders WHERE order_id = 'ord-late-000001'") == [(None,)]
+
+    # A locker replays old readings, ingested after every reading the weekly rollup counted:
+    # one exactly as before, one with a corrected temperature. The rollup counts neither twice
+    # and shows the correction, as the deduplicated telemetry does.
+    replayed = wh.rows("SELECT event_id FROM raw_locker_telemetry WHERE product_class = 'frozen' ORDER BY event_id LIMIT 2")
+    for (event_id,), temperature in zip(replayed, ("temperature_c", "toFloat64(9.5)")):
+        wh.command(f"INSERT INTO raw_locker_telemetry SELECT * REPLACE ({temperature} AS temperature_c, "
+                   "(SELECT max(_ingested_at) FROM raw_locker_telemetry) + INTERVAL 2 HOUR AS _ingested_at) "
+                   f"FROM raw_locker_telemetry FINAL WHERE event_id = '{event_id}'")
     result = transform.run(cfg)
     assert result.success, result.failures
+    direct = wh.rows("SELECT compartment_id, toDate(toMonday(occurred_at, 'Asia/Shanghai')) AS week, count(), max(temperature_c) "
+                     "FROM raw_locker_telemetry FINAL WHERE product_class IN ('chilled', 'frozen') GROUP BY ALL ORDER BY ALL")
+    rollup = wh.rows("SELECT compartment_id, week_start, readings, temperature_max_c FROM int_compartment_weekly_compliance ORDER BY ALL")
+    assert rollup == direct
+    corrected = wh.rows(f"SELECT compartment_id, toDate(toMonday(occurred_at, 'Asia/Shanghai')) FROM raw_locker_telemetry "
+                        f"WHERE event_id = '{replayed[1][0]}' LIMIT 1")[0]
+    assert wh.scalar("SELECT temperature_max_c FROM int_compartment_weekly_compliance WHERE (compartment_id, week_start) = "
+                     "({c:String}, {w:Date})", {"c": corrected[0], "w": corrected[1]}) == 9.5
     assert wh.scalar("SELECT count() FROM stg_identity__event_oneid WHERE event_id = {e:String}", {"e": late_event}) == 0
 
     # Incremental == full refresh, for every incremental model and every mart. The facts' OneID
@@ -243,7 +260,7 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     as_of_build = {"fct_orders": ["oneid"], "fct_pickups": ["collector_oneid"], "fct_returns": ["oneid"], "fct_reviews": ["oneid"],
                    "stg_identity__event_oneid": ["_resolved_at"], "int_customer_orders": ["_built_at"]}
     tables = ["stg_identity__event_oneid", "fct_orders", "fct_order_lines", "fct_pickups", "fct_returns", "fct_reviews",
-              "int_order_line_rollup", "int_customer_orders",
+              "int_order_line_rollup", "int_customer_orders", "int_order_service_signals", "int_compartment_weekly_compliance",
               "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",
               "alliance_health_index", "spending_health"]
 

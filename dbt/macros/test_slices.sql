@@ -38,6 +38,7 @@
         'fct_reviews': 'event_id',
         'int_order_line_rollup': 'order_id',
         'int_customer_orders': 'order_id',
+        'int_order_service_signals': 'order_id',
     }) }}
 {%- endmacro %}
 
