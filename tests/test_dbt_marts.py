@@ -233,24 +233,39 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
         assert wh.scalar(f"SELECT count() FROM {table} WHERE oneid = {{o:String}}", {"o": forgotten}) == 0, table
     assert wh.rows("SELECT oneid FROM fct_orders WHERE order_id = 'ord-late-000001'") == [(None,)]
 
-    # A locker replays old readings, ingested after every reading the weekly rollup counted:
-    # one exactly as before, one with a corrected temperature. The rollup counts neither twice
-    # and shows the correction, as the deduplicated telemetry does.
-    replayed = wh.rows("SELECT event_id FROM raw_locker_telemetry WHERE product_class = 'frozen' ORDER BY event_id LIMIT 2")
-    for (event_id,), temperature in zip(replayed, ("temperature_c", "toFloat64(9.5)")):
-        wh.command(f"INSERT INTO raw_locker_telemetry SELECT * REPLACE ({temperature} AS temperature_c, "
-                   "(SELECT max(_ingested_at) FROM raw_locker_telemetry) + INTERVAL 2 HOUR AS _ingested_at) "
+    # A locker replays readings: one exactly as before, one with a corrected temperature. The
+    # weekly rollup counts neither twice and shows the correction, as the deduplicated
+    # telemetry does, whether the build's batch held the first version (the previous build
+    # counted it from its own batch) or not (counted before the cut: lookback 0).
+    replayed = [r[0] for r in wh.rows("SELECT event_id FROM raw_locker_telemetry WHERE product_class = 'frozen' ORDER BY event_id LIMIT 3")]
+
+    def replay(event_id: str, temperature: str) -> tuple[str, object]:
+        wh.command(f"INSERT INTO raw_locker_telemetry SELECT * REPLACE ({temperature} AS temperature_c, now64(3) AS _ingested_at) "
                    f"FROM raw_locker_telemetry FINAL WHERE event_id = '{event_id}'")
+        return wh.rows("SELECT compartment_id, toDate(toMonday(occurred_at, 'Asia/Shanghai')) FROM raw_locker_telemetry "
+                       f"WHERE event_id = '{event_id}' LIMIT 1")[0]
+
+    def assert_rollup_counts_the_telemetry(corrected: tuple[str, object], temperature: float) -> None:
+        direct = wh.rows("SELECT compartment_id, toDate(toMonday(occurred_at, 'Asia/Shanghai')) AS week, count(), max(temperature_c) "
+                         "FROM raw_locker_telemetry FINAL WHERE product_class IN ('chilled', 'frozen') GROUP BY ALL ORDER BY ALL")
+        rollup = wh.rows("SELECT compartment_id, week_start, readings, temperature_max_c FROM int_compartment_weekly_compliance ORDER BY ALL")
+        assert rollup == direct
+        assert wh.scalar("SELECT temperature_max_c FROM int_compartment_weekly_compliance WHERE (compartment_id, week_start) = "
+                         "({c:String}, {w:Date})", {"c": corrected[0], "w": corrected[1]}) == temperature
+
+    replay(replayed[0], "temperature_c")
+    corrected = replay(replayed[1], "toFloat64(30)")
     result = transform.run(cfg)
     assert result.success, result.failures
-    direct = wh.rows("SELECT compartment_id, toDate(toMonday(occurred_at, 'Asia/Shanghai')) AS week, count(), max(temperature_c) "
-                     "FROM raw_locker_telemetry FINAL WHERE product_class IN ('chilled', 'frozen') GROUP BY ALL ORDER BY ALL")
-    rollup = wh.rows("SELECT compartment_id, week_start, readings, temperature_max_c FROM int_compartment_weekly_compliance ORDER BY ALL")
-    assert rollup == direct
-    corrected = wh.rows(f"SELECT compartment_id, toDate(toMonday(occurred_at, 'Asia/Shanghai')) FROM raw_locker_telemetry "
-                        f"WHERE event_id = '{replayed[1][0]}' LIMIT 1")[0]
-    assert wh.scalar("SELECT temperature_max_c FROM int_compartment_weekly_compliance WHERE (compartment_id, week_start) = "
-                     "({c:String}, {w:Date})", {"c": corrected[0], "w": corrected[1]}) == 9.5
+    assert_rollup_counts_the_telemetry(corrected, 30)
+    # Lookback 0: a build's batch then holds only what was ingested after the previous build
+    # started, so after one such build the next one meets the first version before its cut.
+    no_lookback = ["run", "--select", "int_compartment_weekly_compliance", "--vars", "{lookback_minutes: 0}"]
+    assert transform.invoke(cfg, no_lookback)[0].success
+    corrected = replay(replayed[2], "toFloat64(31)")
+    result, _ = transform.invoke(cfg, no_lookback)
+    assert result.success, result.failures
+    assert_rollup_counts_the_telemetry(corrected, 31)
     assert wh.scalar("SELECT count() FROM stg_identity__event_oneid WHERE event_id = {e:String}", {"e": late_event}) == 0
 
     # Incremental == full refresh, for every incremental model and every mart. The facts' OneID
@@ -258,7 +273,8 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     # (documented); the customer marts re-join the current one, so they are compared whole.
     # Bookkeeping columns (when a build wrote the row) differ by construction.
     as_of_build = {"fct_orders": ["oneid"], "fct_pickups": ["collector_oneid"], "fct_returns": ["oneid"], "fct_reviews": ["oneid"],
-                   "stg_identity__event_oneid": ["_resolved_at"], "int_customer_orders": ["_built_at"]}
+                   "stg_identity__event_oneid": ["_resolved_at"], "int_customer_orders": ["_built_at"],
+                   "int_compartment_weekly_compliance": ["_built_at"]}
     tables = ["stg_identity__event_oneid", "fct_orders", "fct_order_lines", "fct_pickups", "fct_returns", "fct_reviews",
               "int_order_line_rollup", "int_customer_orders", "int_order_service_signals", "int_compartment_weekly_compliance",
               "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",

@@ -1,13 +1,20 @@
 {#- The reading batch of int_compartment_weekly_compliance: the telemetry readings one build
     adds to the weekly counts, and the record of what the previous build counted.
 
-    The pre-hook takes every raw reading ingested after the model's cut (its watermark, the
-    newest `_ingested_at` it counted, minus vars.lookback_minutes; on a full refresh, the
-    newest in the raw table minus the lookback) into `<this>__readings_batch`, one row per
-    reading (its newest version), before the model reads anything. The model counts from that
-    table, so what it counted and what it records are the same rows even while ingestion
-    goes on. The post-hook keeps the batch as `<this>__readings_counted`: the next build skips
-    those readings at that version, as its lookback reads them again.
+    The pre-hook takes every raw reading ingested after the build's cut into
+    `<this>__readings_batch`, one row per reading (its newest version), before the model
+    reads anything. The cut is when the previous build that wrote counts started (the newest
+    `_built_at` of the model) minus vars.lookback_minutes: a reading ingested before it was
+    visible to that build, unless its insert was in flight for longer than the lookback (the
+    lookback also absorbs clock skew between the dbt host and the writers). A build without a
+    previous one, or a full refresh, cuts at its own start minus the lookback.
+    The model counts from the batch, so what it counted and what it records are the same rows
+    even while ingestion goes on. The post-hook keeps the batch as `<this>__readings_counted`:
+    the next build skips those readings at that version, as its batch holds them again.
+
+    The cut follows the clock, not the newest ingestion: a backfill ingested in minutes
+    followed by a full refresh leaves a record of the readings of the last lookback minutes
+    of wall time, not the whole backfill.
 
     A failed build leaves the previous record and the previous counts in place: the next build
     starts from the same cut again. The tables belong to the model: a full refresh rebuilds
@@ -23,14 +30,17 @@
                                                identifier=relation.identifier) is not none) }}
 {%- endmacro %}
 
-{#- Where the batch starts: readings ingested after this instant. An incremental build with a
-    record of what it counted starts at its watermark minus the lookback; anything else counts
-    every reading, and starts the batch at the raw table's newest ingestion minus the lookback. -#}
+{#- When this build started (dbt's run_started_at, UTC): the `_built_at` of the rows it writes. -#}
+{% macro telemetry_batch_build_time() -%}
+    parseDateTime64BestEffort('{{ run_started_at.isoformat() }}', 3, 'UTC')
+{%- endmacro %}
+
+{#- Where the batch starts: readings ingested after this instant (see above). -#}
 {% macro telemetry_batch_cut(additive) -%}
     {%- if additive -%}
-    (select max(_ingested_at) - interval {{ var('lookback_minutes') }} minute from {{ this }})
+    (select max(_built_at) - interval {{ var('lookback_minutes') }} minute from {{ this }})
     {%- else -%}
-    (select max(_ingested_at) - interval {{ var('lookback_minutes') }} minute from {{ source('lastmile', 'raw_locker_telemetry') }})
+    ({{ telemetry_batch_build_time() }} - interval {{ var('lookback_minutes') }} minute)
     {%- endif -%}
 {%- endmacro %}
 
@@ -55,8 +65,7 @@
         newest.1 as community_id,
         newest.2 as product_class,
         newest.3 as temperature_c,
-        newest.4 as _ingested_at,
-        {{ telemetry_batch_cut(additive) }} as _cut
+        newest.4 as _ingested_at
     from (
         select
             locker_id, compartment_id, occurred_at, event_id,
@@ -104,7 +113,7 @@
               select event_id from {{ source('lastmile', 'raw_locker_telemetry') }}
               -- the reading's time first: a cheap column that rules out almost every row
               prewhere occurred_at in (select read_at from {{ fresh }})
-              where _ingested_at <= (select any(_cut) from {{ telemetry_batch_relation('batch') }})
+              where _ingested_at <= {{ telemetry_batch_cut(true) }}
                 and event_id in (select event_id from {{ fresh }})
           )
     {%- else -%}

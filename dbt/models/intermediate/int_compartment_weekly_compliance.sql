@@ -27,10 +27,10 @@
 {%- set batch = telemetry_batch_relation('batch') %}
 {%- set fresh = telemetry_batch_relation('fresh') %}
 {%- set recounted = telemetry_batch_relation('recounted') %}
-{%- set cut = "(select any(_cut) from " ~ batch ~ ")" %}
 {%- set week = "toDate(" ~ business_week('read_at') ~ ")" %}
 {%- set cold = "product_class in ('chilled', 'frozen')" %}
 {%- set additive = telemetry_batch_additive() %}
+{%- set cut = telemetry_batch_cut(additive) %}
 
 with
 
@@ -40,8 +40,7 @@ readings as (
     where {{ cold }} and (compartment_id, {{ week }}) not in (select compartment_id, week_start from {{ recounted }})
     union all
     -- recounted weeks: every reading, as a full refresh counts them
-    select event_id, read_at, locker_id, compartment_id, community_id, product_class, temperature_c, _ingested_at,
-           {{ cut }} as _cut
+    select event_id, read_at, locker_id, compartment_id, community_id, product_class, temperature_c, _ingested_at
     from {{ ref('stg_lastmile__locker_telemetry') }}
     where {{ cold }} and _ingested_at <= {{ cut }}
       and (compartment_id, {{ week }}) in (select compartment_id, week_start from {{ recounted }})
@@ -51,8 +50,7 @@ readings as (
 ),
 {% else %}
 readings as (
-    select event_id, read_at, locker_id, compartment_id, community_id, product_class, temperature_c, _ingested_at,
-           {{ cut }} as _cut
+    select event_id, read_at, locker_id, compartment_id, community_id, product_class, temperature_c, _ingested_at
     from {{ ref('stg_lastmile__locker_telemetry') }}
     where {{ cold }} and _ingested_at <= {{ cut }}
     union all
@@ -69,8 +67,7 @@ counts as (
         any(product_class) as product_class,
         count() as readings,
         countIf(is_in_range) as readings_in_range,
-        max(temperature_c) as temperature_max_c,
-        max(_ingested_at) as _ingested_at
+        max(temperature_c) as temperature_max_c
     from (select *, {{ in_temperature_range('product_class', 'temperature_c') }} as is_in_range from readings)
     group by compartment_id, week_start
 ),
@@ -86,8 +83,7 @@ added as (
         if(held.compartment_id = '', counts.product_class, held.product_class) as product_class,
         counts.readings + held.readings as readings,
         counts.readings_in_range + held.readings_in_range as readings_in_range,
-        if(held.compartment_id = '', counts.temperature_max_c, greatest(counts.temperature_max_c, held.temperature_max_c)) as temperature_max_c,
-        greatest(counts._ingested_at, held._ingested_at) as _ingested_at
+        if(held.compartment_id = '', counts.temperature_max_c, greatest(counts.temperature_max_c, held.temperature_max_c)) as temperature_max_c
     from counts
     left join (
         select * from {{ this }}
@@ -107,7 +103,7 @@ final as (
         readings_in_range,
         readings_in_range / readings as in_range_share,
         temperature_max_c,
-        _ingested_at
+        {{ telemetry_batch_build_time() }} as _built_at
     from {{ 'added' if additive else 'counts' }}
 )
 
