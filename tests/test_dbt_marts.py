@@ -260,7 +260,7 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     assert_rollup_counts_the_telemetry(corrected, 30)
     # Lookback 0: a build's batch then holds only what was ingested after the previous build
     # started, so after one such build the next one meets the first version before its cut.
-    no_lookback = ["run", "--select", "int_compartment_weekly_compliance", "--vars", "{lookback_minutes: 0}"]
+    no_lookback = ["run", "--select", "int_compartment_weekly_compliance+", "--vars", "{lookback_minutes: 0}"]
     assert transform.invoke(cfg, no_lookback)[0].success
     corrected = replay(replayed[2], "toFloat64(31)")
     result, _ = transform.invoke(cfg, no_lookback)
