@@ -37,9 +37,25 @@
     (SELECT max({{ watermark_column }}) - INTERVAL {{ var('lookback_minutes') }} MINUTE FROM {{ this }})
 {%- endmacro %}
 
-{% macro lookback_filter(ingested_at='_ingested_at') -%}
+{#- The events of `raw_table` about the orders `order_ids` (a subquery), as a condition on
+    event_id: on a staging view over that table, its FINAL then reads only those events
+    (see lookback_filter). -#}
+{% macro events_of_orders(raw_table, order_ids) -%}
+    event_id in (select event_id from {{ source('lastmile', raw_table) }} where order_id in ({{ order_ids }}))
+{%- endmacro %}
+
+{#- The lookback window of an event fact, as a filter on a staging view over `raw_table`:
+    the events with a row ingested after the watermark. Tested on event_id, a sorting-key
+    column of every raw table, so the view's FINAL reads and merges only those events
+    (profiles.yml: optimize_move_to_prewhere_if_final); the raw table is read without FINAL
+    for the ids, which is the same set (a ReplacingMergeTree versioned by `_ingested_at`: an
+    event has a row newer than the watermark exactly when its newest row is). -#}
+{% macro lookback_filter(raw_table) -%}
     {%- if is_incremental() %}
-    WHERE {{ ingested_at }} > {{ incremental_watermark(ingested_at) }}
+    WHERE event_id IN (
+        SELECT event_id FROM {{ source('lastmile', raw_table) }}
+        WHERE _ingested_at > {{ incremental_watermark() }}
+    )
     {%- endif %}
 {%- endmacro %}
 

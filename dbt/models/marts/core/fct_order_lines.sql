@@ -10,7 +10,7 @@
 
 with lines as (
     select * from {{ ref('stg_lastmile__order_lines') }}
-    {{ lookback_filter() }}
+    {{ lookback_filter('raw_order') }}
 ),
 
 skus as (

@@ -31,21 +31,23 @@ in_scope as (
 ),
 {% endif %}
 
-{#- ClickHouse inlines a CTE wherever it is named, so the filters below repeat the same
-    `in (select order_id from in_scope)` subquery (its set is built once per query) rather
-    than reading `orders` again. -#}
-{%- set scoped = "where order_id in (select order_id from in_scope)" if is_incremental() else "" %}
+{#- The staging views read their raw table with FINAL: each is filtered on the ids of the
+    in-scope orders' events (events_of_orders), a sorting-key column, so FINAL reads and merges
+    only those (profiles.yml). ClickHouse inlines a CTE wherever it is named: in_scope is
+    recomputed per filter, which costs little (four scans of `_ingested_at`). -#}
 
 orders as (
     select * from {{ ref('stg_lastmile__orders') }}
-    {{ scoped }}
+    {%- if is_incremental() %}
+    where {{ events_of_orders('raw_order', 'select order_id from in_scope') }}
+    {%- endif %}
 ),
 
 oneids as (
     select event_id, oneid from {{ ref('stg_identity__event_oneid') }}
     where event_type = 'order'
     {%- if is_incremental() %}
-      and event_id in (select event_id from {{ ref('stg_lastmile__orders') }} {{ scoped }})
+      and {{ events_of_orders('raw_order', 'select order_id from in_scope') }}
     {%- endif %}
 ),
 
@@ -57,7 +59,9 @@ pickups as (
         count() as pickup_events,
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__pickups') }}
-    {{ scoped }}
+    {%- if is_incremental() %}
+    where {{ events_of_orders('raw_pickup', 'select order_id from in_scope') }}
+    {%- endif %}
     group by order_id
 ),
 
@@ -69,7 +73,10 @@ claims as (
         min(returned_at) as first_claimed_at,
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__returns') }}
-    where return_kind = 'claim'{% if is_incremental() %} and order_id in (select order_id from in_scope){% endif %}
+    where return_kind = 'claim'
+    {%- if is_incremental() %}
+      and {{ events_of_orders('raw_return', 'select order_id from in_scope') }}
+    {%- endif %}
     group by order_id
 ),
 
@@ -82,7 +89,10 @@ reviews as (
         count() as review_count,
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__reviews') }}
-    {{ scoped }}
+    -- order_id leads raw_review's sorting key: FINAL reads only these orders' reviews as is
+    {%- if is_incremental() %}
+    where order_id in (select order_id from in_scope)
+    {%- endif %}
     group by order_id
 ),
 

@@ -8,7 +8,7 @@
 
 with pickups as (
     select * from {{ ref('stg_lastmile__pickups') }}
-    {{ lookback_filter() }}
+    {{ lookback_filter('raw_pickup') }}
 ),
 
 oneids as (

@@ -8,7 +8,7 @@
 
 with returns as (
     select * from {{ ref('stg_lastmile__returns') }}
-    {{ lookback_filter() }}
+    {{ lookback_filter('raw_return') }}
 ),
 
 oneids as (

@@ -8,7 +8,7 @@
 
 with reviews as (
     select * from {{ ref('stg_lastmile__reviews') }}
-    {{ lookback_filter() }}
+    {{ lookback_filter('raw_review') }}
 ),
 
 oneids as (

@@ -6,6 +6,7 @@ with source as (
 unnested as (
     select
         concat(order_id, '#', toString(line_number)) as order_line_id,
+        event_id,
         order_id,
         line_number,
         occurred_at as ordered_at,
