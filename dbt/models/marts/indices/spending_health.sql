@@ -1,7 +1,22 @@
 -- Spending health per person: impulse share, late-night share, spend velocity against the
 -- person's own baseline, category balance, and recommendation acceptance (NULL until the
 -- recommender writes recommendation_events). See docs/indices.md.
-{{ config(order_by='oneid') }}
+{#- Incremental (delete+insert on oneid): a build recomputes only the people in its scope
+    (macros/customer_scope.sql): whose orders int_customer_orders rewrote, whose OneID changed,
+    whose recommendation acceptance changed; everyone when the observation date or the
+    catalogue changed. People in the scope without orders any more are written as
+    placeholders (orders = 0) and deleted by the post-hook. Same rows as a full refresh but
+    `_built_at`. -#}
+-- depends_on: {{ ref('stg_identity__event_oneid') }}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete_insert',
+    unique_key='oneid',
+    engine='MergeTree()',
+    order_by='oneid',
+    pre_hook=["{{ spending_health_scope_prepare() }}"],
+    post_hook=["{{ customer_scope_drop() }}", "{{ delete_placeholder_rows('orders = 0') }}"],
+) }}
 
 {%- set w = var('spending_weights') %}
 
@@ -23,6 +38,7 @@ orders as (
         category_amounts_cny
     from {{ ref('int_customer_orders') }}
     where lines > 0
+    {%- if is_incremental() %} and oneid in (select oneid from {{ customer_scope_relation() }}){% endif %}
 ),
 
 catalogue as (
@@ -53,28 +69,40 @@ per_person as (
 recommendations as (
     select oneid, count() as shown, countIf(is_accepted) as accepted
     from {{ ref('stg_recommender__recommendation_events') }}
+    {{ customer_scope_filter() }}
     group by oneid
+),
+
+people as (
+    {%- if is_incremental() %}
+    -- everyone in the scope: those without orders any more come out with orders = 0
+    select scope.oneid as oneid, per_person.* except (oneid)
+    from {{ customer_scope_relation() }} as scope
+    left join per_person on per_person.oneid = scope.oneid
+    {%- else %}
+    select * from per_person
+    {%- endif %}
 ),
 
 scored as (
     select
-        per_person.oneid as oneid,
-        per_person.orders as orders,
-        round(per_person.spend_cny, 2) as spend_cny,
-        round(per_person.impulse_share, 4) as impulse_share,
-        round(per_person.healthy_share, 4) as healthy_share,
-        round(per_person.late_night_share, 4) as late_night_share,
-        round(per_person.recent_weekly_spend_cny, 2) as recent_weekly_spend_cny,
-        if(per_person.has_baseline, round(per_person.baseline_weekly_spend_cny, 2), NULL) as baseline_weekly_spend_cny,
-        if(per_person.has_baseline and per_person.baseline_weekly_spend_cny > 0,
-           round(per_person.recent_weekly_spend_cny / per_person.baseline_weekly_spend_cny, 4), NULL) as spend_velocity,
+        people.oneid as oneid,
+        people.orders as orders,
+        round(people.spend_cny, 2) as spend_cny,
+        round(people.impulse_share, 4) as impulse_share,
+        round(people.healthy_share, 4) as healthy_share,
+        round(people.late_night_share, 4) as late_night_share,
+        round(people.recent_weekly_spend_cny, 2) as recent_weekly_spend_cny,
+        if(people.has_baseline, round(people.baseline_weekly_spend_cny, 2), NULL) as baseline_weekly_spend_cny,
+        if(people.has_baseline and people.baseline_weekly_spend_cny > 0,
+           round(people.recent_weekly_spend_cny / people.baseline_weekly_spend_cny, 4), NULL) as spend_velocity,
         -- Normalised Shannon entropy of spend over categories: 1 = spread evenly over the whole
         -- catalogue's categories, 0 = everything in one category.
-        round(abs(arraySum(x -> (x / arraySum(per_person.category_spend)) * log(x / arraySum(per_person.category_spend)), per_person.category_spend))
+        round(abs(arraySum(x -> (x / arraySum(people.category_spend)) * log(x / arraySum(people.category_spend)), people.category_spend))
               / log((select catalogue_categories from catalogue)), 4) as category_balance,
         if(recommendations.oneid = '', NULL, round(recommendations.accepted / recommendations.shown, 4)) as recommendation_acceptance
-    from per_person
-    left join recommendations on recommendations.oneid = per_person.oneid
+    from people
+    left join recommendations on recommendations.oneid = people.oneid
 ),
 
 final as (
@@ -89,7 +117,9 @@ final as (
             'impulse_score': w['impulse'], 'late_night_score': w['late_night'],
             'velocity_score': w['velocity'], 'balance_score': w['balance'],
             'acceptance_score': w['acceptance']}) }} as spending_health_score,
-        (select as_of_date from observation) as as_of_date
+        (select as_of_date from observation) as as_of_date,
+        (select catalogue_categories from catalogue) as _catalogue_categories,
+        now64(3) as _built_at
     from scored
 )
 

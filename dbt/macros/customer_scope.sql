@@ -1,0 +1,65 @@
+{#- The people a per-person mart rewrites in an incremental build (`<this>__scope`), computed
+    once by its pre-hook into a small table and dropped by its post-hook (a CTE is recomputed
+    wherever it is named). Everyone whose orders int_customer_orders rewrote since the mart's
+    previous build (its newest `_built_at`), every OneID stg_identity__event_oneid logged as
+    changed since then (merged, split, forgotten: their rows may have to go), plus the
+    mart's own `extra` keys (a subquery of oneids). When `everyone` (a condition) holds, the
+    mart depends on something global that changed (the observation date, the catalogue), or
+    the change log says every event was re-resolved ('*'): the scope is every person. -#}
+
+{% macro customer_scope_relation() -%}
+    {{ return(this.incorporate(path={"identifier": this.identifier ~ '__scope'})) }}
+{%- endmacro %}
+
+{% macro customer_scope_prepare(extra=none, everyone='false') -%}
+    {%- if is_incremental() -%}
+    {%- set built = "(select max(_built_at) from " ~ this ~ ")" -%}
+    {%- set changes = event_oneid_changes_relation_of(ref('stg_identity__event_oneid')) -%}
+    {%- set logged = adapter.get_relation(database=changes.database, schema=changes.schema, identifier=changes.identifier) is not none -%}
+    {%- set all_changed = "(select count() from " ~ changes ~ " where oneid = '*' and _changed_at > " ~ built ~ ") > 0" if logged else "true" -%}
+    create or replace table {{ customer_scope_relation() }} engine = MergeTree order by oneid as
+    select oneid from {{ ref('int_customer_orders') }}
+    where _built_at > {{ built }} or ({{ everyone }}) or {{ all_changed }}
+    union distinct
+    select oneid from {{ this }}
+    where ({{ everyone }}) or {{ all_changed }}
+    {%- if logged %}
+    union distinct
+    select oneid from {{ changes }} where _changed_at > {{ built }} and oneid != '*'
+    {%- endif %}
+    {%- if extra %}
+    union distinct
+    {{ extra }}
+    {%- endif %}
+    {%- else -%}
+    select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro customer_scope_drop() -%}
+    drop table if exists {{ customer_scope_relation() }}
+{%- endmacro %}
+
+{#- `where` for the rows of a per-person input in the scope (nothing on a full build). -#}
+{% macro customer_scope_filter(column='oneid') -%}
+    {%- if is_incremental() %}where {{ column }} in (select oneid from {{ customer_scope_relation() }}){% endif -%}
+{%- endmacro %}
+
+{#- spending_health: its acceptance comes from recommendation events (no ingestion time to
+    watch, so the acceptance as it would be now is compared with the stored one), and it
+    depends on two globals: the observation date and the size of the catalogue. -#}
+{% macro spending_health_scope_prepare() -%}
+    {%- set recs = ref('stg_recommender__recommendation_events') -%}
+    {%- set acceptance = "select oneid, round(countIf(is_accepted) / count(), 4) as acceptance from " ~ recs ~ " group by oneid" -%}
+    {%- set stored = "select oneid, assumeNotNull(recommendation_acceptance) as acceptance from " ~ this ~ " where recommendation_acceptance is not null" -%}
+    {%- set extra -%}
+    select oneid from ({{ acceptance }}) where (oneid, acceptance) not in ({{ stored }})
+    union distinct
+    select oneid from ({{ stored }}) where (oneid, acceptance) not in ({{ acceptance }})
+    {%- endset -%}
+    {%- set everyone -%}
+    (select any(as_of_date) from {{ this }}) != (select as_of_date from {{ ref('int_observation_window') }})
+    or (select any(_catalogue_categories) from {{ this }}) != (select uniqExact(category) from {{ ref('stg_reference__skus') }})
+    {%- endset -%}
+    {{ return(customer_scope_prepare(extra, everyone)) }}
+{%- endmacro %}
