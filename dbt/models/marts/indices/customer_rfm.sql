@@ -1,7 +1,21 @@
 -- Recency, frequency, monetary value and age per person, with the BTYD definitions of
 -- lifetimes.utils.summary_data_from_transaction_data (freq='D'), so the numbers can be fed
 -- to BG/NBD or Gamma-Gamma models and checked against that library. See docs/indices.md.
-{{ config(order_by='oneid') }}
+{#- Incremental (delete+insert on oneid): a build recomputes the people in its scope
+    (macros/customer_scope.sql: rewritten orders, changed OneIDs), everyone when the
+    observation date moved (T and the days since the last purchase count to it). People in
+    the scope without orders any more are written as placeholders (purchase_days = 0) and
+    deleted by the post-hook. Same rows as a full refresh but `_built_at`. -#}
+-- depends_on: {{ ref('stg_identity__event_oneid') }}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete_insert',
+    unique_key='oneid',
+    engine='MergeTree()',
+    order_by='oneid',
+    pre_hook=["{{ customer_scope_prepare(everyone='(select any(as_of_date) from ' ~ this ~ ') != (select as_of_date from ' ~ ref('int_observation_window') ~ ')') }}"],
+    post_hook=["{{ customer_scope_drop() }}", "{{ delete_placeholder_rows('purchase_days = 0') }}"],
+) }}
 
 with observation as (
     select * from {{ ref('int_observation_window') }}
@@ -11,6 +25,7 @@ daily as (
     -- Transactions are bucketed into business days; several orders on one day are one period.
     select oneid, toDate(ordered_at, '{{ var("business_tz") }}') as purchase_date, sum(total_amount_cny) as day_amount_cny
     from {{ ref('int_customer_orders') }}
+    {{ customer_scope_filter() }}
     group by oneid, purchase_date
 ),
 
@@ -27,6 +42,17 @@ per_customer as (
     group by oneid
 ),
 
+people as (
+    {%- if is_incremental() %}
+    -- everyone in the scope: those without orders any more come out with purchase_days = 0
+    select scope.oneid as oneid, per_customer.* except (oneid)
+    from {{ customer_scope_relation() }} as scope
+    left join per_customer on per_customer.oneid = scope.oneid
+    {%- else %}
+    select * from per_customer
+    {%- endif %}
+),
+
 final as (
     select
         oneid,
@@ -39,8 +65,9 @@ final as (
         toUInt32(dateDiff('day', last_purchase_date, (select as_of_date from observation))) as days_since_last_purchase,
         purchase_days,
         total_spend_cny,
-        (select as_of_date from observation) as as_of_date
-    from per_customer
+        (select as_of_date from observation) as as_of_date,
+        now64(3) as _built_at
+    from people
 )
 
 select * from final
