@@ -2,31 +2,32 @@
 -- when we first and last saw them, and how many identifiers of each kind resolve to them.
 {{ config(materialized='table', engine='MergeTree()', order_by='oneid') }}
 
-with orders as (
-    select * from {{ ref('int_customer_orders') }}
-),
-
-homes as (
+with per_place as (
+    -- One pass over the orders (a CTE named twice is computed twice): per person and
+    -- (community, building), then per person below.
     select
         oneid,
-        argMax(community_id, n) as home_community_id,
-        argMax(building_id, n) as home_building_id
-    from (
-        select oneid, community_id, building_id, count() as n, min(ordered_at) as since
-        from orders
-        group by oneid, community_id, building_id
-    )
-    group by oneid
+        community_id,
+        building_id,
+        count() as place_orders,
+        sum(total_amount_cny) as place_spend_cny,
+        min(ordered_at) as place_first_order_at,
+        max(ordered_at) as place_last_order_at
+    from {{ ref('int_customer_orders') }}
+    group by oneid, community_id, building_id
 ),
 
 order_totals as (
     select
         oneid,
-        count() as orders,
-        sum(total_amount_cny) as total_spend_cny,
-        min(ordered_at) as first_order_at,
-        max(ordered_at) as last_order_at
-    from orders
+        -- home: the community and building most of their orders go to
+        argMax(community_id, place_orders) as home_community_id,
+        argMax(building_id, place_orders) as home_building_id,
+        sum(place_orders) as orders,
+        sum(place_spend_cny) as total_spend_cny,
+        min(place_first_order_at) as first_order_at,
+        max(place_last_order_at) as last_order_at
+    from per_place
     group by oneid
 ),
 
@@ -48,8 +49,8 @@ identifiers as (
 final as (
     select
         order_totals.oneid as oneid,
-        homes.home_community_id as home_community_id,
-        homes.home_building_id as home_building_id,
+        order_totals.home_community_id as home_community_id,
+        order_totals.home_building_id as home_building_id,
         order_totals.orders as orders,
         order_totals.total_spend_cny as total_spend_cny,
         order_totals.first_order_at as first_order_at,
@@ -63,7 +64,6 @@ final as (
         identifiers.devices as devices,
         identifiers.shared_identifiers as shared_identifiers
     from order_totals
-    inner join homes on homes.oneid = order_totals.oneid
     left join identifiers on identifiers.oneid = order_totals.oneid
 )
 
