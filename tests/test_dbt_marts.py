@@ -216,6 +216,16 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     assert after_sti[week2] < before_sti[week2] - 2, (before_sti, after_sti)  # the injected excursion shows
     others = [w for w in before_sti if w != week2]
     assert max(abs(after_sti[w] - before_sti[w]) for w in others) < 1.0
+    # The per-person marts recomputed the people the late events touched (their incremental
+    # scope): the newcomer has rows, and the late pickup's buyer has it counted as collected.
+    newcomer = wh.scalar("SELECT oneid FROM int_customer_orders WHERE order_id = 'ord-late-000001'")
+    for table in ("spending_health", "customer_rfm", "int_customer_monthly_activity"):
+        assert wh.scalar(f"SELECT count() FROM {table} WHERE oneid = {{o:String}}", {"o": newcomer}) == 1, table
+    buyer = wh.scalar("SELECT oneid FROM int_customer_orders WHERE order_id = {o:String}", {"o": late_order})
+    assert wh.rows("SELECT activity_month, orders, collected_orders FROM int_customer_monthly_activity "
+                   "WHERE oneid = {b:String} AND orders > 0 ORDER BY activity_month", {"b": buyer}) == \
+        wh.rows("SELECT toStartOfMonth(ordered_at, 'Asia/Shanghai') AS month, count(), countIf(is_collected) "
+                "FROM int_customer_orders WHERE oneid = {b:String} GROUP BY month ORDER BY month", {"b": buyer})
 
     # The late buyer asks to be forgotten: their identity evidence and identifiers go, so the
     # next incremental build must drop their order event from stg_identity__event_oneid.
@@ -274,10 +284,11 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     # Bookkeeping columns (when a build wrote the row) differ by construction.
     as_of_build = {"fct_orders": ["oneid"], "fct_pickups": ["collector_oneid"], "fct_returns": ["oneid"], "fct_reviews": ["oneid"],
                    "stg_identity__event_oneid": ["_resolved_at"], "int_customer_orders": ["_built_at"],
-                   "int_compartment_weekly_compliance": ["_built_at"], "spending_health": ["_built_at"], "customer_rfm": ["_built_at"]}
+                   "int_compartment_weekly_compliance": ["_built_at"], "spending_health": ["_built_at"], "customer_rfm": ["_built_at"],
+                   "int_customer_monthly_activity": ["_built_at"]}
     tables = ["stg_identity__event_oneid", "fct_orders", "fct_order_lines", "fct_pickups", "fct_returns", "fct_reviews",
               "int_order_line_rollup", "int_customer_orders", "int_order_service_signals", "int_compartment_weekly_compliance",
-              "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",
+              "int_customer_monthly_activity", "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",
               "alliance_health_index", "spending_health"]
 
     def snapshot() -> dict[str, pd.DataFrame]:

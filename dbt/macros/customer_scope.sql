@@ -63,3 +63,27 @@
     {%- endset -%}
     {{ return(customer_scope_prepare(extra, everyone)) }}
 {%- endmacro %}
+
+{#- int_customer_monthly_activity: besides the orders, its returns and reviews (new since the
+    previous build, or re-resolved to another OneID), the claims on orders with a cold-chain
+    decision (decisions change without a new event; there are few), and everyone when the
+    observation date moved (it decides which orders count as uncollected). -#}
+{% macro monthly_activity_scope_prepare() -%}
+    {%- set since = "(select max(_built_at) - interval " ~ var('lookback_minutes') ~ " minute from " ~ this ~ ")" -%}
+    {%- set event_oneid = ref('stg_identity__event_oneid') -%}
+    {%- set extra -%}
+    select oneid from {{ ref('int_customer_returns') }} where _ingested_at > {{ since }}
+    union distinct
+    select oneid from {{ event_oneid }}
+    where event_type in ('return', 'review') and _resolved_at > (select max(_built_at) from {{ this }})
+    union distinct
+    select oneid from {{ event_oneid }}
+    where event_type = 'review'
+      and event_id in (select event_id from {{ ref('fct_reviews') }} where _ingested_at > {{ since }})
+    union distinct
+    select oneid from {{ ref('int_customer_returns') }}
+    where return_kind = 'claim' and order_id in (select order_id from {{ ref('stg_coldchain__claim_decisions') }})
+    {%- endset -%}
+    {%- set everyone = "(select any(_as_of_date) from " ~ this ~ ") != (select as_of_date from " ~ ref('int_observation_window') ~ ")" -%}
+    {{ return(customer_scope_prepare(extra, everyone)) }}
+{%- endmacro %}

@@ -1,5 +1,21 @@
--- Per person and business month, the conduct the neighbour credit score rewards or penalises.
-{{ config(materialized='table', engine='MergeTree()', order_by='(oneid, activity_month)') }}
+{#- Per person and business month, the conduct the neighbour credit score rewards or penalises.
+
+    Incremental by person: a build recomputes every month of the people in its scope
+    (macros/customer_scope.sql: rewritten orders, changed OneIDs, new or re-resolved returns
+    and reviews, claims with a cold-chain decision; everyone when the observation date moved).
+    The delete+insert key is the person, so all their old months go and the new ones come in;
+    a person left with no activity is written as one placeholder month (1970-01-01) that the
+    post-hook deletes. Same rows as a full refresh but `_built_at`. -#}
+-- depends_on: {{ ref('stg_identity__event_oneid') }}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete_insert',
+    unique_key='oneid',
+    engine='MergeTree()',
+    order_by='(oneid, activity_month)',
+    pre_hook=["{{ monthly_activity_scope_prepare() }}"],
+    post_hook=["{{ customer_scope_drop() }}", "{{ delete_placeholder_rows(\"activity_month = '1970-01-01'\") }}"],
+) }}
 
 with observation as (
     select * from {{ ref('int_observation_window') }}
@@ -17,6 +33,7 @@ orders as (
         countIf(not is_collected and toDate(slot_end_at, '{{ var("business_tz") }}') + 2 < (select as_of_date from observation)) as uncollected_orders,
         uniqExact(order_week) as active_weeks
     from {{ ref('int_customer_orders') }}
+    {{ customer_scope_filter() }}
     group by oneid, activity_month
 ),
 
@@ -34,6 +51,7 @@ returns as (
         countIf(r.return_kind = 'claim' and d.decision not in ('auto_approved', 'matched_customer_claim')) as unsubstantiated_claims
     from {{ ref('int_customer_returns') }} as r
     left join decisions as d on d.order_id = r.order_id
+    {{ customer_scope_filter('r.oneid') }}
     group by oneid, activity_month
 ),
 
@@ -44,12 +62,15 @@ reviews as (
         count() as reviews_written,
         countIf(length(coalesce(reviews.review_text, '')) > 0) as reviews_with_text
     from {{ ref('fct_reviews') }} as reviews
-    inner join (select event_id, oneid from {{ ref('stg_identity__event_oneid') }} where event_type = 'review') as oneids
-        on oneids.event_id = reviews.event_id
+    inner join (
+        select event_id, oneid from {{ ref('stg_identity__event_oneid') }}
+        where event_type = 'review'
+        {%- if is_incremental() %} and oneid in (select oneid from {{ customer_scope_relation() }}){% endif %}
+    ) as oneids on oneids.event_id = reviews.event_id
     group by oneid, activity_month
 ),
 
-final as (
+activity as (
     -- Every (person, month) with any conduct: full joins on the key, so each rollup above is
     -- computed once (a CTE named twice is computed twice). A side without a row gives zeros.
     select
@@ -70,6 +91,26 @@ final as (
     from orders
     full outer join returns using (oneid, activity_month)
     full outer join reviews using (oneid, activity_month)
+),
+
+people as (
+    {%- if is_incremental() %}
+    -- everyone in the scope: one without any activity left comes out as a single row of the
+    -- default month, 1970-01-01 (the placeholder the post-hook deletes)
+    select scope.oneid as oneid, activity.* except (oneid)
+    from {{ customer_scope_relation() }} as scope
+    left join activity on activity.oneid = scope.oneid
+    {%- else %}
+    select * from activity
+    {%- endif %}
+),
+
+final as (
+    select
+        *,
+        (select as_of_date from observation) as _as_of_date,
+        now64(3) as _built_at
+    from people
 )
 
 select * from final
