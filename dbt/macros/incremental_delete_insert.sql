@@ -17,15 +17,21 @@
         {{ get_create_table_as_sql(False, new_data_relation, sql) }}
     {% endcall %}
 
+    {#- The rows of the table whose key is among the new rows'. A tuple IN over a big table is
+        slow (0.125 s against 0.04 s for one column, 11M OneID rows): a composite key is first
+        matched on its hash, a cheap UInt64 set, and then exactly. -#}
+    {%- set in_new = "(" ~ unique_key ~ ") in (select " ~ unique_key ~ " from " ~ new_data_relation ~ ")" %}
+    {%- if ',' in unique_key %}
+        {%- set in_new = "cityHash64(" ~ unique_key ~ ") in (select cityHash64(" ~ unique_key ~ ") from "
+                         ~ new_data_relation ~ ") and " ~ in_new %}
+    {%- endif %}
     {%- set predicates -%}
         {%- for predicate in incremental_predicates or [] %} and {{ predicate }}{% endfor -%}
     {%- endset -%}
-    {% set held = run_query("select count() from (select 1 from " ~ existing_relation ~ " where (" ~ unique_key ~ ") in (select "
-                            ~ unique_key ~ " from " ~ new_data_relation ~ ")" ~ predicates ~ " limit 1)") %}
+    {% set held = run_query("select count() from (select 1 from " ~ existing_relation ~ " where " ~ in_new ~ predicates ~ " limit 1)") %}
     {% if held.columns[0].values()[0] > 0 %}
         {% call statement('delete_existing_data') %}
-            delete from {{ existing_relation }} where ({{ unique_key }}) in (select {{ unique_key }}
-                                          from {{ new_data_relation }}){{ predicates }}
+            delete from {{ existing_relation }} where {{ in_new }}{{ predicates }}
             {{ adapter.get_model_query_settings(model) }}
         {% endcall %}
     {% endif %}
