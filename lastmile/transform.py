@@ -83,6 +83,8 @@ class BuildResult:
     #: unit tests in the invocation (0 when the build left them out, see :func:`build`), and how many passed.
     unit_tests: int = 0
     unit_tests_passed: int = 0
+    #: unique ids of the nodes the invocation ran (models, tests, ...), in dbt's result order.
+    nodes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"command": self.command, "success": self.success, "seconds": round(self.seconds, 2),
@@ -187,7 +189,7 @@ def invoke(cfg: Settings | None, command: Sequence[str], quiet: bool = False) ->
     if outcome.exception is not None:
         failures.append(NodeResult("dbt", "exception", " ".join(str(outcome.exception).split())[:500]))
     return BuildResult(" ".join(command), bool(outcome.success), seconds, dict(statuses), failures, unit_tests=units,
-                       unit_tests_passed=units_passed), outcome
+                       unit_tests_passed=units_passed, nodes=[r.node.unique_id for r in results]), outcome
 
 
 def project_fingerprint() -> str:
@@ -222,6 +224,40 @@ def unit_tests_due(cfg: Settings, full_refresh: bool = False) -> bool:
     return full_refresh or not stamp.exists() or stamp.read_text().strip() != project_fingerprint()
 
 
+#: Optional sources: a staging view over one reads an empty relation until the table exists,
+#: so the view has to be created again once it appears (see :func:`views_state`).
+OPTIONAL_SOURCES = ("cold_chain_incidents", "claim_decisions", "recommendation_events")
+#: What an incremental build of an unchanged project selects: everything but the view models
+#: (their data tests included: selected by resource type, not through the views).
+ALL_BUT_VIEWS = ("resource_type:test", "config.materialized:table", "config.materialized:incremental")
+
+
+def _views_stamp(cfg: Settings) -> Path:
+    """Where a data directory records what its views were last created from."""
+    return cfg.home / "dbt" / "views_built"
+
+
+def views_state(cfg: Settings) -> str:
+    """What the warehouse's views are created from: the project (:func:`project_fingerprint`),
+    the database, which optional sources exist, and which views exist (one dropped by hand, or
+    missing after a failed build, changes it)."""
+    from lastmile.warehouse import connect
+
+    tables = connect(cfg).rows(
+        "SELECT name, engine FROM system.tables WHERE database = {db:String} "
+        "AND (engine = 'View' OR name IN {optional:Array(String)}) ORDER BY name",
+        {"db": cfg.clickhouse_database, "optional": list(OPTIONAL_SOURCES)})
+    digest = hashlib.sha256(f"{project_fingerprint()}\0{cfg.clickhouse_database}\0{tables!r}".encode())
+    return digest.hexdigest()
+
+
+def views_current(cfg: Settings) -> bool:
+    """Are the views the ones this project would create? True when a build created them from
+    the same project, database and optional sources, and none went missing since."""
+    stamp = _views_stamp(cfg)
+    return stamp.exists() and stamp.read_text().strip() == views_state(cfg)
+
+
 def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None, full_refresh: bool = False,
           exclude: str | Sequence[str] | None = None, load_reference_data: bool = True, quiet: bool = False,
           unit_tests: bool | None = None) -> BuildResult:
@@ -236,6 +272,11 @@ def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None
     unchanged project, as dbt recommends for production; ``True`` / ``False`` force the choice.
     A build that ran every unit test of the project and saw them all pass records the project's
     fingerprint for this data directory.
+
+    The view models are created again only when they may have changed (:func:`views_current`):
+    a view is a definition, and re-creating twenty unchanged ones cost a statement and dbt's
+    bookkeeping each, at the start of the build where everything waits for them (~0.5 s of an
+    incremental build). Their data tests run either way.
     """
     cfg = cfg or current_settings()
     loaded = load_reference(cfg) if load_reference_data else {}
@@ -249,8 +290,18 @@ def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None
         command.append("--full-refresh")
     if not run_units:
         command += ["--exclude-resource-type", "unit_test"]
+    whole = not select and not exclude
+    skip_views = whole and not full_refresh and not run_units and views_current(cfg)
+    if skip_views:
+        command += ["--select", *ALL_BUT_VIEWS]
     result, _ = invoke(cfg, command, quiet)
     result.reference_rows = loaded
+    if whole and not skip_views:
+        if result.success:
+            _views_stamp(cfg).parent.mkdir(parents=True, exist_ok=True)
+            _views_stamp(cfg).write_text(views_state(cfg) + "\n")
+        else:
+            _views_stamp(cfg).unlink(missing_ok=True)
     stamp = _unit_tests_stamp(cfg)
     if any(f.unique_id.startswith("unit_test.") for f in result.failures):
         stamp.unlink(missing_ok=True)  # the next build runs them again, whatever it is

@@ -365,6 +365,39 @@ def test_incremental_build_skips_unit_tests_and_tests_what_it_rewrote(built: tup
     assert tested.success, tested.failures
     assert sliced not in sql("unique_fct_orders_order_id")
 
+def test_incremental_build_creates_views_again_only_when_they_may_have_changed(built: tuple[Settings, transform.BuildResult]) -> None:
+    """An unchanged project's views are left as they are, their data tests still run; a view
+    that went missing, or a new optional source, makes the next build create them again."""
+    cfg, _ = built
+    wh = connect(cfg)
+    view = "model.lastmile.stg_lastmile__orders"
+    view_test = "test.lastmile.accepted_values_stg_lastmile__orders_channel__mini_program__group_chat__store.b1e5aac885"
+    first = transform.build(cfg, load_reference_data=False)
+    assert first.success, first.failures
+    assert transform.views_current(cfg)
+    skipped = transform.build(cfg, load_reference_data=False)
+    assert skipped.success, skipped.failures
+    assert view not in skipped.nodes and view_test in skipped.nodes
+    assert "model.lastmile.fct_orders" in skipped.nodes and "model.lastmile.dim_customer" in skipped.nodes
+    views = {r[0] for r in wh.rows("SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'View'")}
+    assert len(views) > 10 and not {n for n in skipped.nodes if n.removeprefix("model.lastmile.") in views}
+
+    wh.command("DROP VIEW stg_lastmile__orders")
+    assert not transform.views_current(cfg)
+    again = transform.build(cfg, load_reference_data=False)
+    assert again.success, again.failures
+    assert view in again.nodes and "stg_lastmile__orders" in wh.tables()
+
+    # The recommender starts writing: its staging view must now read the table.
+    assert "recommendation_events" not in wh.tables()
+    wh.command("CREATE TABLE recommendation_events (event_id String, oneid String, "
+               "shown_at DateTime64(3, 'UTC'), sku String, accepted_at Nullable(DateTime64(3, 'UTC'))) "
+               "ENGINE = MergeTree ORDER BY event_id")
+    try:
+        assert not transform.views_current(cfg)
+    finally:
+        wh.command("DROP TABLE recommendation_events")
+
 def test_cold_chain_fact_follows_its_optional_source(built: tuple[Settings, transform.BuildResult]) -> None:
     """`lastmile run` runs the PyFlink job, so the incidents exist; without it the fact is empty."""
     cfg, _ = built
