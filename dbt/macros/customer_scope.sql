@@ -7,7 +7,9 @@
     mart depends on something global that changed (the observation date, the catalogue), or
     the change log says every event was re-resolved ('*'): the scope is every person. -#}
 
-{% macro customer_scope_relation() -%}
+{#- `<this>__scope`: the keys an incremental build rewrites, for this model and the per-order
+    int_order_service_signals (macros/order_service_signals.sql) alike. -#}
+{% macro scope_relation() -%}
     {{ return(this.incorporate(path={"identifier": this.identifier ~ '__scope'})) }}
 {%- endmacro %}
 
@@ -17,7 +19,7 @@
     {%- set changes = event_oneid_changes_relation_of(ref('stg_identity__event_oneid')) -%}
     {%- set logged = adapter.get_relation(database=changes.database, schema=changes.schema, identifier=changes.identifier) is not none -%}
     {%- set all_changed = "(select count() from " ~ changes ~ " where oneid = '*' and _changed_at > " ~ built ~ ") > 0" if logged else "true" -%}
-    create or replace table {{ customer_scope_relation() }} engine = MergeTree order by oneid as
+    create or replace table {{ scope_relation() }} engine = MergeTree order by oneid as
     select oneid from {{ ref('int_customer_orders') }}
     where _built_at > {{ built }} or ({{ everyone }}) or {{ all_changed }}
     union distinct
@@ -36,13 +38,27 @@
     {%- endif -%}
 {%- endmacro %}
 
-{% macro customer_scope_drop() -%}
-    drop table if exists {{ customer_scope_relation() }}
+{% macro scope_drop() -%}
+    drop table if exists {{ scope_relation() }}
+{%- endmacro %}
+
+{#- The people of the mart: on an incremental build, everyone in the scope, with the columns
+    of `rollup` (a CTE with a oneid column) or, for someone it has no row for any more, its
+    defaults (placeholders: each mart's post-hook deletes them, so the delete+insert drops their
+    old rows); on a full build, `rollup` itself. -#}
+{% macro customer_scope_people(rollup) -%}
+    {%- if is_incremental() %}
+    select scope.oneid as oneid, {{ rollup }}.* except (oneid)
+    from {{ scope_relation() }} as scope
+    left join {{ rollup }} on {{ rollup }}.oneid = scope.oneid
+    {%- else %}
+    select * from {{ rollup }}
+    {%- endif %}
 {%- endmacro %}
 
 {#- `where` for the rows of a per-person input in the scope (nothing on a full build). -#}
 {% macro customer_scope_filter(column='oneid') -%}
-    {%- if is_incremental() %}where {{ column }} in (select oneid from {{ customer_scope_relation() }}){% endif -%}
+    {%- if is_incremental() %}where {{ column }} in (select oneid from {{ scope_relation() }}){% endif -%}
 {%- endmacro %}
 
 {#- spending_health: its acceptance comes from recommendation events (no ingestion time to

@@ -26,14 +26,10 @@
     ) as packaging on packaging.order_id = decisions.order_id
 {%- endmacro %}
 
-{% macro order_service_scope_relation() -%}
-    {{ return(this.incorporate(path={"identifier": this.identifier ~ '__scope'})) }}
-{%- endmacro %}
-
 {#- Incremental builds: the orders to rewrite (see the model for why each). -#}
 {% macro order_service_scope_prepare() -%}
     {%- if is_incremental() -%}
-    create or replace table {{ order_service_scope_relation() }} engine = MergeTree order by order_id as
+    create or replace table {{ scope_relation() }} engine = MergeTree order by order_id as
     with small_signals as (
         {{ order_small_signals() }}
     ),
@@ -58,8 +54,4 @@
     {%- else -%}
     select 1
     {%- endif -%}
-{%- endmacro %}
-
-{% macro order_service_scope_drop() -%}
-    drop table if exists {{ order_service_scope_relation() }}
 {%- endmacro %}

@@ -14,7 +14,7 @@
     engine='MergeTree()',
     order_by='(oneid, activity_month)',
     pre_hook=["{{ monthly_activity_scope_prepare() }}"],
-    post_hook=["{{ customer_scope_drop() }}", "{{ delete_placeholder_rows(\"activity_month = '1970-01-01'\") }}"],
+    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows(\"activity_month = '1970-01-01'\") }}"],
 ) }}
 
 with observation as (
@@ -65,7 +65,7 @@ reviews as (
     inner join (
         select event_id, oneid from {{ ref('stg_identity__event_oneid') }}
         where event_type = 'review'
-        {%- if is_incremental() %} and oneid in (select oneid from {{ customer_scope_relation() }}){% endif %}
+        {%- if is_incremental() %} and oneid in (select oneid from {{ scope_relation() }}){% endif %}
     ) as oneids on oneids.event_id = reviews.event_id
     group by oneid, activity_month
 ),
@@ -94,15 +94,9 @@ activity as (
 ),
 
 people as (
-    {%- if is_incremental() %}
-    -- everyone in the scope: one without any activity left comes out as a single row of the
-    -- default month, 1970-01-01 (the placeholder the post-hook deletes)
-    select scope.oneid as oneid, activity.* except (oneid)
-    from {{ customer_scope_relation() }} as scope
-    left join activity on activity.oneid = scope.oneid
-    {%- else %}
-    select * from activity
-    {%- endif %}
+    -- a person of the scope without any activity left comes out as one row of the default
+    -- month, 1970-01-01: the placeholder
+    {{ customer_scope_people('activity') }}
 ),
 
 final as (

@@ -21,11 +21,11 @@
     engine='MergeTree()',
     order_by='(community_id, order_week, order_id)',
     pre_hook=["{{ order_service_scope_prepare() }}"],
-    post_hook=["{{ order_service_scope_drop() }}"],
+    post_hook=["{{ scope_drop() }}"],
 ) }}
 
 {#- The orders an incremental build rewrites: a table the pre-hook fills (macros/order_service_signals.sql). -#}
-{%- set in_scope = "order_id in (select order_id from " ~ order_service_scope_relation() ~ ")" %}
+{%- set in_scope = "order_id in (select order_id from " ~ scope_relation() ~ ")" %}
 {%- set scoped = "where " ~ in_scope if is_incremental() else "" %}
 
 with

@@ -14,7 +14,7 @@
     engine='MergeTree()',
     order_by='oneid',
     pre_hook=["{{ customer_scope_prepare(everyone='(select any(as_of_date) from ' ~ this ~ ') != (select as_of_date from ' ~ ref('int_observation_window') ~ ')') }}"],
-    post_hook=["{{ customer_scope_drop() }}", "{{ delete_placeholder_rows('purchase_days = 0') }}"],
+    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows('purchase_days = 0') }}"],
 ) }}
 
 with observation as (
@@ -43,14 +43,8 @@ per_customer as (
 ),
 
 people as (
-    {%- if is_incremental() %}
-    -- everyone in the scope: those without orders any more come out with purchase_days = 0
-    select scope.oneid as oneid, per_customer.* except (oneid)
-    from {{ customer_scope_relation() }} as scope
-    left join per_customer on per_customer.oneid = scope.oneid
-    {%- else %}
-    select * from per_customer
-    {%- endif %}
+    -- placeholders (purchase_days = 0) for people of the scope without orders any more
+    {{ customer_scope_people('per_customer') }}
 ),
 
 final as (

@@ -15,7 +15,7 @@
     engine='MergeTree()',
     order_by='oneid',
     pre_hook=["{{ spending_health_scope_prepare() }}"],
-    post_hook=["{{ customer_scope_drop() }}", "{{ delete_placeholder_rows('orders = 0') }}"],
+    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows('orders = 0') }}"],
 ) }}
 
 {%- set w = var('spending_weights') %}
@@ -38,7 +38,7 @@ orders as (
         category_amounts_cny
     from {{ ref('int_customer_orders') }}
     where lines > 0
-    {%- if is_incremental() %} and oneid in (select oneid from {{ customer_scope_relation() }}){% endif %}
+    {%- if is_incremental() %} and oneid in (select oneid from {{ scope_relation() }}){% endif %}
 ),
 
 catalogue as (
@@ -74,14 +74,8 @@ recommendations as (
 ),
 
 people as (
-    {%- if is_incremental() %}
-    -- everyone in the scope: those without orders any more come out with orders = 0
-    select scope.oneid as oneid, per_person.* except (oneid)
-    from {{ customer_scope_relation() }} as scope
-    left join per_person on per_person.oneid = scope.oneid
-    {%- else %}
-    select * from per_person
-    {%- endif %}
+    -- placeholders (orders = 0) for people of the scope without orders any more
+    {{ customer_scope_people('per_person') }}
 ),
 
 scored as (
