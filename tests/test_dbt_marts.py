@@ -285,10 +285,10 @@ def test_incremental_build_picks_up_late_events_and_equals_full_refresh(built: t
     as_of_build = {"fct_orders": ["oneid"], "fct_pickups": ["collector_oneid"], "fct_returns": ["oneid"], "fct_reviews": ["oneid"],
                    "stg_identity__event_oneid": ["_resolved_at"], "int_customer_orders": ["_built_at"],
                    "int_compartment_weekly_compliance": ["_built_at"], "spending_health": ["_built_at"], "customer_rfm": ["_built_at"],
-                   "int_customer_monthly_activity": ["_built_at"]}
+                   "int_customer_monthly_activity": ["_built_at"], "int_packaging_returns_attributed": ["_built_at"]}
     tables = ["stg_identity__event_oneid", "fct_orders", "fct_order_lines", "fct_pickups", "fct_returns", "fct_reviews",
               "int_order_line_rollup", "int_customer_orders", "int_order_service_signals", "int_compartment_weekly_compliance",
-              "int_customer_monthly_activity", "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",
+              "int_customer_monthly_activity", "int_packaging_returns_attributed", "fct_cold_chain_incidents", "dim_customer", "customer_rfm", "neighbor_credit_score", "service_temperature_index",
               "alliance_health_index", "spending_health"]
 
     def snapshot() -> dict[str, pd.DataFrame]:

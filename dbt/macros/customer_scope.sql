@@ -103,3 +103,17 @@
     {%- set everyone = "(select any(_as_of_date) from " ~ this ~ ") != (select as_of_date from " ~ ref('int_observation_window') ~ ")" -%}
     {{ return(customer_scope_prepare(extra, everyone)) }}
 {%- endmacro %}
+
+{#- int_packaging_returns_attributed: besides the orders (a newly collected order can take over
+    a return's attribution), the packaging returns new since the previous build or re-resolved
+    to another OneID. -#}
+{% macro packaging_attribution_scope_prepare() -%}
+    {%- set since = "(select max(_built_at) - interval " ~ var('lookback_minutes') ~ " minute from " ~ this ~ ")" -%}
+    {%- set extra -%}
+    select oneid from {{ ref('int_customer_returns') }} where return_kind = 'packaging' and _ingested_at > {{ since }}
+    union distinct
+    select oneid from {{ ref('stg_identity__event_oneid') }}
+    where event_type = 'return' and _resolved_at > (select max(_built_at) from {{ this }})
+    {%- endset -%}
+    {{ return(customer_scope_prepare(extra)) }}
+{%- endmacro %}
