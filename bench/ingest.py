@@ -12,8 +12,8 @@ What it measures, on a fresh embedded warehouse:
 * ``peak_rss_mb`` — peak resident memory of this process (chDB runs inside it) plus its
   validation worker processes.
 
-Target (issue 2): ingest >= 50k events/s. For reference, RudderStack publishes roughly
-300-850 events/s per vCPU. Usage: ``python bench/ingest.py [--events 1000000] [--seed 42]``.
+Target: ingest >= 50,000 events/s. For scale, RudderStack publishes roughly 300-850
+events/s per vCPU for its own pipeline. Usage: ``python bench/ingest.py [--events 1000000] [--seed 42]``.
 """
 
 from __future__ import annotations

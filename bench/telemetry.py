@@ -14,7 +14,7 @@ excursion per compartment and week, so MATCH_RECOGNIZE has work to do):
 * ``peak_rss_mb`` — peak resident memory of this process plus its children (the JVM):
   RUSAGE_SELF, RUSAGE_CHILDREN for children already gone, VmHWM of the living ones.
 
-Target (issue 4): >= 200k readings/s. Usage: ``python bench/telemetry.py [--readings 10000000]``.
+Target: >= 200,000 readings/s. Usage: ``python bench/telemetry.py [--readings 10000000]``.
 """
 
 from __future__ import annotations
