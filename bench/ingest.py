@@ -44,13 +44,13 @@ def main() -> None:
     os.environ.pop("LASTMILE_CLICKHOUSE_URL", None)
 
     from lastmile.config import settings
-    from lastmile.simulator import SimulationConfig, simulate
+    from lastmile.simulator import for_total_events, simulate
     from lastmile.warehouse import connect, quote_ident
     from pipelines import beam_ingest
 
     cfg = settings()
     start = time.perf_counter()
-    result = simulate(SimulationConfig.for_total_events(args.events, seed=args.seed), home)
+    result = simulate(for_total_events(args.events, seed=args.seed), home)
     simulate_s = time.perf_counter() - start
     total = sum(result.counts.values())
     print(f"simulate: {total:,} events in {simulate_s:.1f} s = {total / simulate_s:,.0f} events/s")

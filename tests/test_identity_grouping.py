@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from lastmile.identity import IdentityResolver
 from lastmile.identity import grouping as gr
 from lastmile.identity import observations as obs
+from lastmile.identity.state import to_rows
 
 from tests.test_identity_properties import SETTINGS, TIGHT, link_sets
 
@@ -86,7 +87,7 @@ def test_string_helpers_match_arrow(values: list[str]) -> None:
 
 def _state(resolver: IdentityResolver) -> dict[str, pd.DataFrame]:
     """The resolver's tables in an order that does not depend on node or link ids."""
-    rows = resolver.to_rows()
+    rows = to_rows(resolver)
     edges = rows["identity_edges"].copy()
     swap = edges["token_a"] > edges["token_b"]
     for a, b in (("token_a", "token_b"), ("type_a", "type_b")):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from lastmile.identity import IdentityResolver, Rules
 from lastmile.identity import grouping as gr
 from lastmile.identity.identifiers import TYPE_NAMES
+from lastmile.identity.state import to_rows
 
 from tests.test_identity_support import HASHER
 
@@ -169,7 +170,7 @@ def test_incremental_history_ends_where_a_fresh_rebuild_does(rows: list[dict], d
     batches = [rows[i:j] for i, j in zip([0] + cuts, cuts + [len(rows)])]
     resolver = resolve_in(batches)
     clusters = resolver.clusters()
-    oneids = resolver.to_rows()["identity_oneids"]
+    oneids = to_rows(resolver)["identity_oneids"]
     for name, origin, survivor in oneids.itertuples(index=False):
         assert survivor in clusters
         assert origin in clusters[survivor]
@@ -212,11 +213,11 @@ def _write_kept(batches: list[list[dict]]) -> None:
         if batch:
             resolver.add(pd.DataFrame(batch))
         resolver.resolve()
-        full = _keyed(resolver.to_rows())
+        full = _keyed(to_rows(resolver))
         if before is None:
             stored = full
         else:
-            written = resolver.to_rows(changed_since(resolver, before))
+            written = to_rows(resolver, changed_since(resolver, before))
             for table, frame in written.items():
                 for r in frame.to_dict("records"):
                     if table not in STATE_KEYS:  # an append-only log: the selected rows are the new ones, in order

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from lastmile.identity import IdentityResolver, Rules
+from lastmile.identity.state import from_rows, to_rows
 
 from lastmile.contracts import EventParser
 
@@ -80,7 +81,7 @@ def run(s: Scenario) -> tuple[IdentityResolver, Any]:
 
 
 def refusal_counts(resolver: IdentityResolver) -> Counter[str]:
-    rows = resolver.to_rows()
+    rows = to_rows(resolver)
     counts: Counter[str] = Counter(rows["identity_refusals"]["reason"])
     edges = rows["identity_edges"]
     counts.update(edges.loc[edges["status"] != "used", "status"])
@@ -219,7 +220,7 @@ def test_merge_keeps_older_oneid_and_maps_the_other() -> None:
     older = oneid_named_after(O1)
     assert report.remap() == {younger: older}
     assert resolver.survivor(younger) == older and resolver.survivor(older) == older
-    oneids = resolver.to_rows()["identity_oneids"].set_index("oneid")["survivor"].to_dict()
+    oneids = to_rows(resolver)["identity_oneids"].set_index("oneid")["survivor"].to_dict()
     assert oneids == {older: older, younger: older}
 
 
@@ -246,7 +247,7 @@ def test_forget_returns_what_it_removed_and_leaves_no_trace() -> None:
     gone = resolver.forget([token(O1), token(P1), "not-a-known-token"])
     assert gone.tokens == sorted([token(O1), token(P1)])
     assert gone.links == 1
-    rows = resolver.to_rows()
+    rows = to_rows(resolver)
     assert not rows["identity_nodes"]["token"].isin([token(O1), token(P1)]).any()
     assert not rows["identity_edges"][["token_a", "token_b"]].isin([token(O1), token(P1)]).any().any()
     assert resolver.partition() == partition_of([[U2, O2]])
@@ -259,7 +260,7 @@ def test_state_round_trips_through_rows() -> None:
     resolver.resolve()
     feed(resolver, [identify(20, **ids(P1, U1))])
     resolver.resolve()
-    restored = IdentityResolver.from_rows(resolver.to_rows(), resolver.rules, resolver.blocked_tokens)
+    restored = from_rows(IdentityResolver(resolver.rules, resolver.blocked_tokens), to_rows(resolver))
     assert restored.resolve().changes == []
     assert restored.clusters() == resolver.clusters()
     assert restored.survivor(oneid_named_after(U1)) == oneid_named_after(O1)

@@ -22,7 +22,7 @@ so its cost follows the distinct pairs more than the raw observations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -439,22 +439,6 @@ class IdentityResolver:
     def partition(self) -> frozenset[frozenset[str]]:
         """The clusters without their names (compare groupings across runs)."""
         return frozenset(self.clusters().values())
-
-    # -- persistence ------------------------------------------------------------------------
-
-    def to_rows(self, select: Mapping[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
-        """The state as tables for the warehouse (or the rows ``select`` names); see :mod:`lastmile.identity.state`."""
-        from lastmile.identity.state import to_rows
-
-        return to_rows(self, select)
-
-    @classmethod
-    def from_rows(cls, rows: Mapping[str, pd.DataFrame], rules: Rules | None = None,
-                  blocked_tokens: Iterable[str] = ()) -> "IdentityResolver":
-        """Restore a resolver from :meth:`to_rows` output (e.g. read back from ClickHouse)."""
-        from lastmile.identity.state import from_rows
-
-        return from_rows(cls(rules, blocked_tokens), rows)
 
     @property
     def refusals(self) -> Sequence[dict[str, Any]]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -35,10 +35,8 @@ import pyarrow as pa
 from lastmile.identity import graph as g
 from lastmile.identity import grouping as gr
 from lastmile.identity.identifiers import TYPE_NAMES
+from lastmile.identity.resolver import IdentityResolver
 from lastmile.identity.rules import STATUS_REASONS
-
-if TYPE_CHECKING:
-    from lastmile.identity.resolver import IdentityResolver
 
 TABLES = ("identity_nodes", "identity_edges", "identity_oneids", "identity_refusals", "identity_changes")
 _STATUS_NAMES = np.array(["used"] + [STATUS_REASONS[c] for c in sorted(STATUS_REASONS)], dtype=object)
@@ -51,7 +49,7 @@ CHANGE_COLUMNS = ["run", "kind", "from_oneid", "to_oneid", "identifiers"]
 Selection = Mapping[str, np.ndarray]
 
 
-def to_rows(r: "IdentityResolver", select: Selection | None = None) -> dict[str, pd.DataFrame]:
+def to_rows(r: IdentityResolver, select: Selection | None = None) -> dict[str, pd.DataFrame]:
     """All five tables of a resolver's state, or the rows of them that ``select`` names.
 
     Building only the selected rows matters for a kept resolver (the stream's): strings
@@ -133,7 +131,7 @@ class Snapshot:
     changes: int
 
 
-def snapshot(r: "IdentityResolver") -> Snapshot:
+def snapshot(r: IdentityResolver) -> Snapshot:
     return Snapshot(
         nodes=(r._type.copy(), r._first.copy(), r._last.copy(), r._oidc.copy(), r._shared.copy()),
         edges=(r._u.copy(), r._v.copy(), r._efirst.copy(), r._elast.copy(), r._ecount.copy(), r._status.copy()),
@@ -143,7 +141,7 @@ def snapshot(r: "IdentityResolver") -> Snapshot:
     )
 
 
-def changed_since(r: "IdentityResolver", before: Snapshot) -> dict[str, np.ndarray]:
+def changed_since(r: IdentityResolver, before: Snapshot) -> dict[str, np.ndarray]:
     """Per table, the rows that differ from ``before`` or are new (a :data:`Selection`).
 
     Identifiers, links and OneIDs keep their positions between runs (the resolver appends;
@@ -198,7 +196,7 @@ def audit(rows: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([extraction, graph_part], ignore_index=True)
 
 
-def from_rows(r: "IdentityResolver", rows: Mapping[str, pd.DataFrame]) -> "IdentityResolver":
+def from_rows(r: IdentityResolver, rows: Mapping[str, pd.DataFrame]) -> IdentityResolver:
     """Load tables written by :func:`to_rows` into an empty resolver ``r``.
 
     The next :meth:`~IdentityResolver.resolve` under unchanged rules logs no change: the

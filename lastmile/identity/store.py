@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from lastmile.identity.links import Link
 from lastmile.identity.resolver import IdentityResolver, ResolveReport
 from lastmile.identity.rules import Rules
-from lastmile.identity.state import TABLES, Selection, Snapshot, changed_since, snapshot
+from lastmile.identity.state import TABLES, Selection, Snapshot, changed_since, from_rows, snapshot, to_rows
 from lastmile.warehouse import Warehouse
 from lastmile.warehouse.migrations import Migration, register
 
@@ -268,7 +268,7 @@ def load_state(warehouse: Warehouse, rules: Rules, blocked_tokens: frozenset[str
     rows = {t: _read(warehouse, t, cols) for t, cols in _STATE_SCHEMA.items()}
     if rows["identity_nodes"].empty:
         return IdentityResolver(rules, blocked_tokens)
-    return IdentityResolver.from_rows(rows, rules, blocked_tokens)
+    return from_rows(IdentityResolver(rules, blocked_tokens), rows)
 
 
 def save_state(warehouse: Warehouse, resolver: IdentityResolver, run: int,
@@ -436,7 +436,7 @@ def _state_frames(resolver: IdentityResolver, select: Selection | None = None) -
     """The resolver's state tables as stored (the stored columns, edges in canonical order):
     every row, or the rows ``select`` names (see :func:`lastmile.identity.state.to_rows`)."""
     rows = {}
-    for table, frame in resolver.to_rows(select).items():
+    for table, frame in to_rows(resolver, select).items():
         if table in TABLES:
             frame = frame[_STATE_SCHEMA[table]]
             rows[table] = _canonical_edges(frame) if table == "identity_edges" else frame

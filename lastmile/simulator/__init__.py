@@ -36,11 +36,12 @@ from .identify import build_identify
 from .identities import IdentityBook
 from .incidents import plan_cold_chain
 from .orders import build_orders
+from .sizing import estimated_events, for_total_events
 from .telemetry import render_telemetry, telemetry_count
 from .world import build_world, person_rows, reference_rows
 from .writer import EventFileWriter, write_events, write_jsonl
 
-__all__ = ["SimulationConfig", "SimulationResult", "simulate"]
+__all__ = ["SimulationConfig", "SimulationResult", "estimated_events", "for_total_events", "simulate"]
 
 Progress = Callable[[str, int, int], None]
 

@@ -8,9 +8,8 @@ more residents, more communities and therefore more lockers reporting telemetry.
 
 from __future__ import annotations
 
-import math
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
 
@@ -29,10 +28,6 @@ UTC_OFFSET = "+08:00"
 
 #: Event types, in the order files are written (telemetry first: it is the bulk).
 EVENT_TYPES = ("locker_telemetry", "order", "pickup", "return", "review", "identify")
-
-#: Non-telemetry events per order at default rates (orders, pickups, reviews, returns,
-#: identifies), measured on seeded runs; used only to *estimate* sizes in ``for_total_events``.
-EVENTS_PER_ORDER = 2.58
 
 
 @dataclass(frozen=True)
@@ -117,41 +112,3 @@ class SimulationConfig:
         data = asdict(self)
         data["start"] = self.start.isoformat()
         return data
-
-    # -- sizing by total events -----------------------------------------------------------
-
-    def estimated_events(self) -> int:
-        """Roughly how many lines ``simulate`` writes for this config (within a few %)."""
-        from .world import count_compartments  # late import: world imports this module
-
-        telemetry = count_compartments(self) * self.telemetry_steps
-        other = self.orders * EVENTS_PER_ORDER
-        bad = 1.0 + self.malformed_share + self.duplicate_share
-        return int((telemetry + other) * bad)
-
-    @classmethod
-    def for_total_events(cls, n: int, seed: int = 42, **overrides: Any) -> "SimulationConfig":
-        """A config whose run writes about ``n`` events in total (all files, all types).
-
-        Telemetry grows in steps (a whole community of lockers at a time, ~145k readings over
-        8 weeks), so this searches ``orders`` for the estimate closest to ``n`` and may land a
-        few % off: ``for_total_events(1_000_000)`` picks 55k orders and writes ~1.06M events.
-        """
-        if n < 1000:
-            raise ValueError("n must be >= 1000")
-        base = replace(cls(seed=seed, **overrides), orders=1000)
-        best, best_err = base, math.inf
-        lo, hi = 100, max(1000, n)
-        # estimated_events is monotone up to the community steps; bisect, then polish nearby.
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if replace(base, orders=mid).estimated_events() < n:
-                lo = mid + 1
-            else:
-                hi = mid
-        for orders in range(max(100, lo - 2000), lo + 2001, 50):
-            cfg = replace(base, orders=orders)
-            err = abs(cfg.estimated_events() - n)
-            if err < best_err:
-                best, best_err = cfg, err
-        return best

@@ -7,7 +7,7 @@ mid-window, a member card issued, a number changed), because OneID ground truth 
 meaningful if the events carry identifiers the way real channels do.
 
 The locker layout uses its own random stream so :func:`count_compartments` can size a run
-(for ``SimulationConfig.for_total_events``) without building any people.
+(for :func:`lastmile.simulator.sizing.for_total_events`) without building any people.
 """
 
 from __future__ import annotations
