@@ -79,7 +79,8 @@ def _load() -> float:
 
 
 def _build(orders: int) -> None:
-    from lastmile.features.testing import build_feature_warehouse
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test support builds the data dir
+    from tests.feature_warehouse import build_feature_warehouse
     from lastmile.models.recommender import train_recommender
     from lastmile.models.spending import train_spending
 

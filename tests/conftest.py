@@ -52,7 +52,7 @@ def trained_warehouse(tmp_path_factory: pytest.TempPathFactory):
     Returns ``(home, recommender, spending)``; enter :func:`tests.warehouses.feature_home`
     with ``home`` to use it.
     """
-    from lastmile.features.testing import build_feature_warehouse
+    from tests.feature_warehouse import build_feature_warehouse
     from lastmile.models.recommender import train_recommender
     from lastmile.models.spending import train_spending
     from tests.warehouses import feature_home

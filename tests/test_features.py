@@ -38,7 +38,7 @@ from lastmile.features.store import (
     online_reader,
     repo_dir,
 )
-from lastmile.features.testing import build_feature_warehouse
+from tests.feature_warehouse import build_feature_warehouse
 from lastmile.warehouse import connect
 from tests.warehouses import feature_home
 
