@@ -126,7 +126,7 @@ def main() -> None:
                "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": "bench-key", "LASTMILE_KAFKA_BOOTSTRAP": broker.bootstrap}
         home.mkdir(parents=True)
         started = time.monotonic()
-        worker = subprocess.Popen([sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", "bench",
+        worker = subprocess.Popen([sys.executable, "-m", "lastmile.cli", "stream", "--group", "bench",
                                    "--log-level", args.log_level, "--identity-seconds", str(args.identity_seconds),
                                    "--identity-waiting-seconds", str(args.identity_waiting_seconds),
                                    "--profiles-seconds", str(args.profiles_seconds)],

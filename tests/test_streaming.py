@@ -100,7 +100,7 @@ def _env(home: Path, bootstrap: str) -> dict[str, str]:
 def _start_worker(home: Path, bootstrap: str, group: str, batch_rows: int = 400) -> subprocess.Popen:
     log = open(home.parent / f"{home.name}-worker.log", "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "lastmile.streaming.commands", "stream", "--group", group, "--batch-rows", str(batch_rows),
+        [sys.executable, "-m", "lastmile.cli", "stream", "--group", group, "--batch-rows", str(batch_rows),
          "--flush-seconds", "0.3", "--identity-seconds", "1", "--profiles-seconds", "2", "--replenish-seconds", "1"],
         cwd=ROOT, env=_env(home, bootstrap), stdout=log, stderr=subprocess.STDOUT)
 

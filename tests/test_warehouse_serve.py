@@ -82,7 +82,7 @@ def test_another_process_reads_while_the_server_owns_the_warehouse(home: Setting
     close_all()
     port = free_port()
     env = {**os.environ, "LASTMILE_HOME": str(home.home), "LASTMILE_HASH_KEY": "test-key-not-secret"}
-    server = subprocess.Popen([sys.executable, "-m", "lastmile.streaming.commands", "warehouse", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "lastmile.cli", "warehouse", "serve", "--port", str(port),
                                "--readonly"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_ready("127.0.0.1", port, timeout_s=30, process=server)
