@@ -7,9 +7,7 @@ would read.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import sys
 import time
@@ -241,15 +239,16 @@ def run_cmd(
             apply(cfg)
             out["features"] = materialize(cfg).summary()
     if wanted("train"):
-        from lastmile.models import recommend_command, train_command
+        from lastmile.models import recommend_command, train_models
 
         try:
-            with _stage("train models", timings), contextlib.redirect_stdout(io.StringIO()) as printed:
-                out["models"] = train_command(cfg, refresh_features=False)
+            with _stage("train models", timings):
+                trained = train_models(cfg, refresh_features=False)
         except ValueError as exc:  # too little history for a time split: say so, keep the rest
             out["models_report"] = f"models not trained: {exc}"
         else:
-            out["models_report"] = printed.getvalue()
+            out["models"] = trained.as_dict()
+            out["models_report"] = trained.text()
             top = [o for (o,) in connect(cfg).rows("SELECT oneid FROM profiles ORDER BY orders DESC NULLS LAST, oneid LIMIT 2")]
             out["examples"] = {oneid: json.loads(recommend_command(oneid, limit=5, cfg=cfg)) for oneid in top}
     with _stage("summary", timings):
@@ -749,11 +748,12 @@ def features_env_cmd() -> None:
 @friendly
 def train_cmd(as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON.")) -> None:
     """Train the recommender and the spending-health model on point-in-time features; print metrics vs baselines."""
-    from lastmile.models import train_command
+    from lastmile.models import train_models
 
-    metrics = train_command(settings())
+    trained = train_models(settings())
+    typer.echo(trained.text())
     if as_json:
-        print(json.dumps(metrics, default=str))
+        print(json.dumps(trained.as_dict(), default=str))
 
 
 @app.command("recommend")

@@ -265,5 +265,11 @@ def write_report(cfg: Settings | None = None, path: Path | str | None = None) ->
     return target
 
 
-if __name__ == "__main__":
+def main() -> int:
+    """``python -m lastmile.report``: write the report to its default place, print the path."""
     print(write_report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
