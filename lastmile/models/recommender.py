@@ -34,9 +34,8 @@ import numpy as np
 import pandas as pd
 
 from lastmile.config import Settings, settings as current_settings
-from lastmile.features.tables import TZ
 from lastmile.models.candidates import FittedCandidates
-from lastmile.models.linear import Logistic, ndcg_at_k, recall_at_k
+from lastmile.models.linear import Logistic, ranking_metrics
 
 FEATURE_SERVICE = "recommendation_v1"
 MODEL_NAME = "recommender"
@@ -96,18 +95,18 @@ def candidate_features(row: dict[str, Any], als_score: float, als_rank: int, as_
 
 
 def load_lines(cfg: Settings) -> pd.DataFrame:
-    """Order lines with the buyer's OneID (the feature build's intermediate table)."""
+    """Order lines with the buyer's OneID (dbt's int_customer_order_lines, which the feature histories read)."""
     from lastmile.warehouse import connect
 
     df = connect(cfg).client.query_df(
-        "SELECT oneid, order_id, day, community_id, sku, qty FROM feat__order_lines")
+        "SELECT oneid, order_id, order_date AS day, community_id, sku, qty FROM int_customer_order_lines")
     df["day"] = pd.to_datetime(df["day"]).dt.date
     return df
 
 
 def cutoff_timestamp(day: date) -> pd.Timestamp:
     """Start of business day ``day`` (= close of the day before), in UTC."""
-    return pd.Timestamp(datetime(day.year, day.month, day.day)).tz_localize(TZ).tz_convert("UTC")
+    return pd.Timestamp(datetime(day.year, day.month, day.day)).tz_localize(current_settings().business_tz).tz_convert("UTC")
 
 
 def community_popularity(lines: pd.DataFrame, before: date, days: int = 28) -> dict[str, list[str]]:
@@ -218,15 +217,12 @@ def model_dir(cfg: Settings, name: str) -> Path:
 
 
 def _evaluate(model_scores: dict[str, list[str]], split: Split, popular: dict[str, list[str]], k: int) -> dict:
-    res = {"model": {"recall@10": [], "ndcg@10": []}, "baseline": {"recall@10": [], "ndcg@10": []}}
-    for u, ranked in model_scores.items():
-        rel = split.truth[u]
-        base = popular.get(split.community[u], [])
-        res["model"]["recall@10"].append(recall_at_k(ranked, rel, k))
-        res["model"]["ndcg@10"].append(ndcg_at_k(ranked, rel, k))
-        res["baseline"]["recall@10"].append(recall_at_k(base, rel, k))
-        res["baseline"]["ndcg@10"].append(ndcg_at_k(base, rel, k))
-    return {side: {m: round(float(np.mean(v)), 4) for m, v in d.items()} for side, d in res.items()}
+    """Recall@k and NDCG@k of the rankings and of the community-popularity baseline, on what
+    each customer bought in the window."""
+    users = list(model_scores)
+    relevant = [split.truth[u] for u in users]
+    return {"model": ranking_metrics([model_scores[u] for u in users], relevant, k),
+            "baseline": ranking_metrics([popular.get(split.community[u], []) for u in users], relevant, k)}
 
 
 def train_recommender(cfg: Settings | None = None, window_days: int = 7, max_users: int = 1200, k: int = 10,

@@ -1,8 +1,9 @@
 """Spending health: a score of over-consumption risk, with the reasons behind it.
 
-A logistic model over the ``spending_health_v1`` feature service (impulse and healthy spend
-shares, late-night ordering, spend velocity, basket growth, category balance, order
-frequency, today's real-time counters). Trained on point-in-time features at the end of
+A logistic model (scikit-learn; see :mod:`lastmile.models.linear`) over the
+``spending_health_v1`` feature service (impulse and healthy spend shares, late-night
+ordering, spend velocity, basket growth, category balance, order frequency, today's
+real-time counters). Trained on point-in-time features at the end of
 the history and evaluated against the simulator's persona ground truth (label: the
 "impulse" over-consumer persona) on a held-out third of customers: the AUC is printed by
 ``lastmile train``. The product never sees personas: it sees the score, a risk flag and,
@@ -113,7 +114,6 @@ def train_spending(cfg: Settings | None = None, save: bool = True) -> SpendingMo
     score on the same held-out customers.
     """
     from lastmile.features.store import historical_features
-    from lastmile.features.tables import TZ
     from lastmile.models.evaluation import persona_labels
     from lastmile.models.recommender import load_lines, model_dir
 
@@ -122,7 +122,7 @@ def train_spending(cfg: Settings | None = None, save: bool = True) -> SpendingMo
     labels = persona_labels(cfg)
     lines = load_lines(cfg)
     as_of = max(lines["day"])
-    ts = pd.Timestamp(datetime(as_of.year, as_of.month, as_of.day) + timedelta(days=1)).tz_localize(TZ).tz_convert("UTC")
+    ts = pd.Timestamp(datetime(as_of.year, as_of.month, as_of.day) + timedelta(days=1)).tz_localize(cfg.business_tz).tz_convert("UTC")
     customers = sorted(set(lines["oneid"]) & set(labels))
     entity = pd.DataFrame({"oneid": customers, "event_timestamp": ts})
     feats = historical_features(cfg, FEATURE_SERVICE, entity).replace({np.nan: None})
