@@ -161,7 +161,7 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
-RUN_STAGES = ("ingest", "cold-chain", "profiles", "transform", "quality", "features", "train")
+RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "train")
 
 
 @app.command("run")
@@ -173,7 +173,7 @@ def run_cmd(
     through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → profiles → dbt → quality gate → features → models.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → models.
 
     Re-running gives the same counts. A failed great-expectations checkpoint stops the run
     before any feature is published, and says which expectations failed.
@@ -200,11 +200,8 @@ def run_cmd(
             telemetry = _telemetry(cfg.events_dir)
         out["cold_chain"] = _telemetry_dict(telemetry)
     quality = None
-    if wanted("profiles"):
-        from lastmile.identity.profiles import build_profiles
-
-        with _stage("profiles", timings):
-            out["profiles"] = build_profiles(connect(cfg))
+    if wanted("identity"):
+        out["profiles"] = report.profiles  # OneIDs after the ingest's resolution; dbt builds the OneID 360 (dim_customer)
         with _stage("identity evaluation", timings):
             quality = _evaluate(cfg.home / "truth" / "identifiers.jsonl")
         out["identity"] = quality.as_dict()
@@ -236,7 +233,7 @@ def run_cmd(
             # Simulation only: the health-form declarations a real deployment would load
             # with `lastmile consent PATH`.
             load_dietary_declarations(cfg, simulated_declarations(cfg))
-            apply(cfg)
+            apply(cfg, run_dbt=False)  # the feature tables are dbt models: the dbt stage built them
             out["features"] = materialize(cfg).summary()
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
@@ -249,7 +246,7 @@ def run_cmd(
         else:
             out["models"] = trained.as_dict()
             out["models_report"] = trained.text()
-            top = [o for (o,) in connect(cfg).rows("SELECT oneid FROM profiles ORDER BY orders DESC NULLS LAST, oneid LIMIT 2")]
+            top = [o for (o,) in connect(cfg).rows("SELECT oneid FROM dim_customer ORDER BY orders DESC, oneid LIMIT 2")]
             out["examples"] = {oneid: json.loads(recommend_command(oneid, limit=5, cfg=cfg)) for oneid in top}
     with _stage("summary", timings):
         summary = summarize(connect(cfg))
@@ -463,7 +460,7 @@ def identity_rebuild_cmd(as_json: bool = typer.Option(False, "--json", help="Pri
     migrate(warehouse)
     rules = Rules.load()
     outcome = rebuild(warehouse, rules, rules.blocked_tokens(Identifiers(cfg, rules).hasher))
-    build_profiles(warehouse)
+    build_profiles(cfg)  # the OneID 360 follows the new OneIDs (when dbt has built it)
     figures = {"run": outcome.run, "profiles": outcome.report.profiles, "merges": outcome.merges, "splits": outcome.splits}
     if as_json:
         print(json.dumps(figures))
@@ -592,7 +589,7 @@ def stream_cmd(
     identity_waiting_seconds: float = typer.Option(1.0, help="...or this often while orders of a new neighbour wait "
                                                    "for a OneID, so their online features follow within seconds "
                                                    "(0: no hurry)."),
-    profiles_seconds: float = typer.Option(30.0, help="Rebuild the profiles table at most this often (0: never)."),
+    profiles_seconds: float = typer.Option(30.0, help="Refresh the OneID 360 (dbt run of dim_customer and what it reads, once dbt built the warehouse) at most this often (0: never)."),
     replenish_seconds: float = typer.Option(60.0, help="Evaluate replenishment nudges (staples due today) at most "
                                             "this often, after OneID runs (0: never)."),
     features: bool = typer.Option(True, "--features/--no-features",
@@ -606,6 +603,13 @@ def stream_cmd(
     """
     from pipelines.faust_worker import StreamOptions, run
 
+    if serve_port:  # the users file is checked (or a first reader made) before the worker starts
+        from lastmile.warehouse.auth import ensure_users, load_users
+
+        cfg = settings()
+        generated = ensure_users(cfg.warehouse_users_file, cfg.home / "warehouse_users.toml", cfg.home)
+        load_users(cfg.warehouse_users_file)
+        _echo_warehouse_users(generated, cfg.warehouse_users_file)
     run(settings(), StreamOptions(batch_rows=batch_rows, flush_s=flush_seconds, partitions=partitions,
                                   serve_port=serve_port, serve_readonly=not serve_writable, group_id=group, judges=judges,
                                   identity_every_s=identity_seconds,
@@ -618,24 +622,31 @@ def stream_cmd(
 @friendly
 def warehouse_serve_cmd(
     port: int = typer.Option(8123, help="Port on the host below (8123 is ClickHouse's HTTP port)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; keep it loopback (no authentication)."),
-    readonly: bool = typer.Option(False, "--readonly", help="Refuse everything but SELECT/SHOW/DESCRIBE/EXISTS/EXPLAIN/WITH."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. There is no TLS: beyond loopback, put a TLS proxy in front."),
+    readonly: bool = typer.Option(True, "--readonly/--writable", help="Read-only (the default): every user reads only. "
+                                  "--writable: users with the writer role may also write (dbt, Feast)."),
 ) -> None:
     """Serve the embedded warehouse over ClickHouse's HTTP interface (for dbt, BI tools, Feast).
 
     chDB lets one process open the warehouse; this process becomes that one and others
-    connect with clickhouse-connect to http://HOST:PORT. Not while ``lastmile stream`` runs:
-    give the worker --serve-port instead. Production uses a ClickHouse server.
+    connect with clickhouse-connect to http://HOST:PORT with a user and password from the
+    users file (LASTMILE_WAREHOUSE_USERS; `lastmile warehouse user` adds one). Not while
+    ``lastmile stream`` runs: give the worker --serve-port instead. Production uses a
+    ClickHouse server.
     """
     import signal
 
     from lastmile.warehouse import connect, migrate
-    from lastmile.warehouse.http_server import WarehouseHTTPServer
+    from lastmile.warehouse.http_server import WarehouseHTTPServer, is_loopback
 
     cfg = settings()
     migrate(connect(cfg))
     server = WarehouseHTTPServer.for_settings(cfg, host=host, port=port, readonly=readonly)
-    typer.echo(f"serving {cfg.warehouse_dir} on {server.url} ({'read-only' if readonly else 'read-write'}); Ctrl-C stops")
+    _echo_warehouse_users(server.generated, cfg.warehouse_users_file)
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS: passwords and results cross the network "
+                  "in clear; put a TLS proxy in front", highlight=False, soft_wrap=True)
+    typer.echo(f"serving {cfg.warehouse_dir} on {server.url} ({'read-only' if readonly else 'read-write for writers'}); Ctrl-C stops")
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         server.serve_forever()
@@ -647,6 +658,49 @@ def warehouse_serve_cmd(
 
 def _interrupt_on_sigterm(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+def _echo_warehouse_users(generated: Any, users_file: Path) -> None:
+    """Say where a generated first user's password is (never the password itself)."""
+    if generated is not None:
+        typer.echo(f"no warehouse users were configured: created reader '{generated.name}' in {generated.users_file}; "
+                   f"its password is in {generated.password_file} (readable by you only)")
+    else:
+        typer.echo(f"warehouse users: {users_file}")
+
+
+@warehouse_app.command("user")
+@friendly
+def warehouse_user_cmd(
+    name: str = typer.Argument(..., help="User name BI tools and dbt log in with."),
+    role: str = typer.Option("reader", help="reader (read-only, with limits) or writer (DDL and DML), or a role of the file."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin instead of "
+                                        "generating one."),
+) -> None:
+    """Add or replace a user of the warehouse's HTTP interface (password stored as sha256).
+
+    A generated password goes to $LASTMILE_HOME/warehouse_NAME.password (mode 600) and is
+    never printed. A running server reads the users file when it starts.
+    """
+    import os
+    import secrets
+
+    from lastmile.warehouse.auth import add_user
+
+    cfg = settings()
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        add_user(cfg.warehouse_users_file, name, password, role)
+        typer.echo(f"user '{name}' ({role}) saved in {cfg.warehouse_users_file}")
+        return
+    password = secrets.token_urlsafe(24)
+    add_user(cfg.warehouse_users_file, name, password, role)
+    target = cfg.home / f"warehouse_{name}.password"
+    target.unlink(missing_ok=True)
+    with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as out:
+        out.write(password + "\n")
+    typer.echo(f"user '{name}' ({role}) saved in {cfg.warehouse_users_file}; its password is in {target} "
+               "(readable by you only)")
 
 
 @app.command("transform")
@@ -759,7 +813,7 @@ def train_cmd(as_json: bool = typer.Option(False, "--json", help="Print the metr
 @app.command("recommend")
 @friendly
 def recommend_cmd(
-    oneid: str = typer.Argument(..., help="The customer's OneID (see `lastmile sql \"SELECT oneid FROM profiles LIMIT 5\"`)."),
+    oneid: str = typer.Argument(..., help="The customer's OneID (see `lastmile sql \"SELECT oneid FROM dim_customer LIMIT 5\"`)."),
     limit: int = typer.Option(10, help="How many recommendations."),
 ) -> None:
     """Recommendations for one customer, as marketing automation would get them (JSON)."""
@@ -778,6 +832,64 @@ def serve_cmd(
     from lastmile.models import serve_command
 
     serve_command(host=host, port=port, cfg=settings())
+
+
+api_key_app = typer.Typer(help="API keys of `lastmile serve`: create, list, revoke; read the audit log.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+@api_key_app.command("create")
+@friendly
+def api_key_create_cmd(
+    name: str = typer.Option(..., help="Who uses the key (e.g. marketing)."),
+    scopes: str = typer.Option(..., help="Comma-separated: marketing:read, marketing:write, health:read, board:read, admin."),
+    rate_per_minute: Optional[int] = typer.Option(None, help="Requests a minute (default LASTMILE_API_RATE_PER_MINUTE)."),
+) -> None:
+    """Create an API key and print its secret once (only its sha256 is stored)."""
+    from lastmile.api_auth import create_key, keys_path
+
+    key, secret = create_key(settings(), name, scopes.split(","), rate_per_minute)
+    err.print(f"key {key.id} ({key.name}, {', '.join(key.scopes)}, {key.rate_per_minute}/min) added to "
+              f"{keys_path(settings())}; the secret below is shown only now:", highlight=False)
+    print(secret)
+
+
+@api_key_app.command("list")
+@friendly
+def api_key_list_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The keys (ids, names, scopes, limits; never secrets)."""
+    from lastmile.api_auth import list_keys
+
+    keys = [{k: v for k, v in key.as_json().items() if k != "sha256"} for key in list_keys(settings())]
+    if as_json:
+        print(json.dumps(keys))
+        return
+    table = Table("id", "name", "scopes", "per minute", "created", "revoked")
+    for k in keys:
+        table.add_row(k["id"], k["name"], ", ".join(k["scopes"]), str(k["rate_per_minute"]), k["created_at"], k["revoked_at"] or "")
+    console.print(table)
+
+
+@api_key_app.command("revoke")
+@friendly
+def api_key_revoke_cmd(key_id: str = typer.Argument(..., help="The key's id (`lastmile api-key list`).")) -> None:
+    """Revoke a key: the API refuses it from its next request on."""
+    from lastmile.api_auth import revoke_key
+
+    console.print(f"revoked key {revoke_key(settings(), key_id).id}")
+
+
+@api_key_app.command("audit")
+@friendly
+def api_key_audit_cmd(
+    oneid: Optional[str] = typer.Option(None, help="Only reads of this person's data."),
+    key_id: Optional[str] = typer.Option(None, "--key", help="Only reads by this key id."),
+) -> None:
+    """Print the API's audit log (JSON lines): who read which personal fields of whom, when."""
+    from lastmile.api_auth import read_audit
+
+    for entry in read_audit(settings(), oneid=oneid, key_id=key_id):
+        print(json.dumps(entry))
 
 
 @app.command("consent")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,17 +20,24 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_CLICKHOUSE_USER": ("default", "ClickHouse user (server mode)."),
     "LASTMILE_CLICKHOUSE_PASSWORD": ("", "ClickHouse password (server mode)."),
     "LASTMILE_CLICKHOUSE_DATABASE": ("lastmile", "Database holding lastmile's tables."),
+    "LASTMILE_WAREHOUSE_USERS": ("", "Users and roles (TOML, passwords as sha256 hex) of `warehouse serve` and `stream --serve-port`. Empty: $LASTMILE_HOME/warehouse_users.toml, created with one generated reader at first serve."),
     "LASTMILE_HASH_KEY": ("", "Secret key for the keyed hashes of direct identifiers. Empty: generated once into $LASTMILE_HOME/hash.key."),
     "LASTMILE_BEAM_RUNNER": ("DirectRunner", "Beam runner for ingest (DirectRunner, FlinkRunner, DataflowRunner)."),
     "LASTMILE_INGEST_CHUNK_MB": ("8", "Input read per chunk in the ingest pipeline: the unit one worker validates and one insert per table writes."),
     "LASTMILE_INGEST_WORKERS": ("0", "Processes validating events in the Beam ingest; 0 = one per core for inputs over 32 MiB, else in-process."),
     "LASTMILE_MAX_EVENT_BYTES": ("65536", "Largest accepted event payload; larger ones are quarantined."),
     "LASTMILE_MAX_CLOCK_SKEW_S": ("300", "How far in the future an event's occurred_at may be before it is quarantined."),
+    "LASTMILE_MIN_OCCURRED_AT": ("2000-01-01T00:00:00+00:00", "Earliest accepted occurred_at (ISO 8601 with offset); older events are quarantined as too_old."),
     "LASTMILE_KAFKA_BOOTSTRAP": ("", "Empty: the development broker on loopback. host:port selects real Kafka."),
     "LASTMILE_FEAST_ONLINE_STORE": ("", "Empty: Feast online store in SQLite at $LASTMILE_HOME/feast/online.db. redis://host:6379[/db] selects Redis."),
+    "LASTMILE_REDIS_PASSWORD": ("", "Password of the Redis online store (its requirepass); empty: none."),
+    "LASTMILE_API_KEYS_FILE": ("", "API keys of `lastmile serve` (JSON, secrets stored as sha256; `lastmile api-key create`). Empty: $LASTMILE_HOME/api/keys.json."),
+    "LASTMILE_API_AUDIT_LOG": ("", "Append-only log of API reads of personal data (who, what, whose, when). Empty: $LASTMILE_HOME/api/audit.jsonl."),
+    "LASTMILE_API_RATE_PER_MINUTE": ("600", "Requests a minute a new API key may make (token bucket, bursts of a tenth); `api-key create --rate-per-minute` sets a key's own."),
     "LASTMILE_FEAST_REPO": ("", "Feast repository directory. Empty: the feature_store/ shipped with lastmile."),
     "LASTMILE_FLINK_JOBMANAGER": ("", "Empty: PyFlink's embedded mini-cluster. host:port submits the telemetry job to a Flink cluster."),
     "LASTMILE_FLINK_KAFKA_JAR": ("", "Path or URL of flink-sql-connector-kafka 4.0.x, needed when the telemetry job reads Kafka on a cluster."),
+    "LASTMILE_BUSINESS_TZ": ("Asia/Shanghai", "IANA time zone of the business calendar: where days, weeks and months end for every mart, feature and live counter (passed to dbt as var business_tz)."),
 }
 
 
@@ -52,11 +60,19 @@ class Settings:
     ingest_workers: int
     max_event_bytes: int
     max_clock_skew_s: int
+    min_occurred_at: datetime
     kafka_bootstrap: str
     feast_online_store: str
+    redis_password: str
+    api_keys_file: str
+    api_audit_log: str
+    api_rate_per_minute: int
     feast_repo: str
     flink_jobmanager: str
     flink_kafka_jar: str
+    #: IANA zone name of the business calendar (validated: an unknown zone fails at start-up).
+    business_tz: str = "Asia/Shanghai"
+    warehouse_users: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -64,8 +80,20 @@ class Settings:
         return not self.clickhouse_url
 
     @property
+    def business_zone(self) -> "ZoneInfo":
+        """The business time zone (``LASTMILE_BUSINESS_TZ``): where every day, week and month ends."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.business_tz)
+
+    @property
     def warehouse_dir(self) -> Path:
         return self.home / "warehouse"
+
+    @property
+    def warehouse_users_file(self) -> Path:
+        """Users and roles of the warehouse's HTTP interface (``LASTMILE_WAREHOUSE_USERS``)."""
+        return Path(self.warehouse_users).expanduser().resolve() if self.warehouse_users else self.home / "warehouse_users.toml"
 
     @property
     def events_dir(self) -> Path:
@@ -87,6 +115,26 @@ class Settings:
         return path.read_text().strip().encode()
 
 
+def _business_tz(name: str) -> str:
+    """The business zone, checked once: a typo would otherwise cut every day at the wrong hour."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"LASTMILE_BUSINESS_TZ={name!r} is not an IANA time zone (e.g. Asia/Shanghai)") from exc
+    return name
+
+
+def _aware(text: str, name: str) -> datetime:
+    """An ISO 8601 time from the environment, in UTC (a date alone means its midnight UTC)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an ISO 8601 time (e.g. 2000-01-01T00:00:00+00:00)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
 @lru_cache(maxsize=None)
 def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
     env = dict(key)
@@ -96,17 +144,24 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         clickhouse_user=env["LASTMILE_CLICKHOUSE_USER"],
         clickhouse_password=env["LASTMILE_CLICKHOUSE_PASSWORD"],
         clickhouse_database=env["LASTMILE_CLICKHOUSE_DATABASE"],
+        warehouse_users=env["LASTMILE_WAREHOUSE_USERS"],
         hash_key=env["LASTMILE_HASH_KEY"],
         beam_runner=env["LASTMILE_BEAM_RUNNER"],
         ingest_chunk_bytes=max(1, int(float(env["LASTMILE_INGEST_CHUNK_MB"]) * (1 << 20))),
         ingest_workers=int(env["LASTMILE_INGEST_WORKERS"]),
         max_event_bytes=int(env["LASTMILE_MAX_EVENT_BYTES"]),
         max_clock_skew_s=int(env["LASTMILE_MAX_CLOCK_SKEW_S"]),
+        min_occurred_at=_aware(env["LASTMILE_MIN_OCCURRED_AT"], "LASTMILE_MIN_OCCURRED_AT"),
         kafka_bootstrap=env["LASTMILE_KAFKA_BOOTSTRAP"],
         feast_online_store=env["LASTMILE_FEAST_ONLINE_STORE"],
+        redis_password=env["LASTMILE_REDIS_PASSWORD"],
+        api_keys_file=env["LASTMILE_API_KEYS_FILE"],
+        api_audit_log=env["LASTMILE_API_AUDIT_LOG"],
+        api_rate_per_minute=int(env["LASTMILE_API_RATE_PER_MINUTE"]),
         feast_repo=env["LASTMILE_FEAST_REPO"],
         flink_jobmanager=env["LASTMILE_FLINK_JOBMANAGER"],
         flink_kafka_jar=env["LASTMILE_FLINK_KAFKA_JAR"],
+        business_tz=_business_tz(env["LASTMILE_BUSINESS_TZ"]),
     )
 
 

@@ -285,7 +285,7 @@ DATASETS: tuple[Dataset, ...] = (
         LEFT JOIN (SELECT order_id, occurred_at FROM raw_order FINAL) AS o ON o.order_id = v.order_id""",
             _reviews, ("raw_review", "raw_order")),
     Dataset("raw_locker_telemetry", "raw", f"""
-        SELECT compartment_id, toDate(occurred_at, 'Asia/Shanghai') AS day, any(product_class) AS compartment_class,
+        SELECT compartment_id, toDate(occurred_at, '{{business_tz}}') AS day, any(product_class) AS compartment_class,
                count() AS readings,
                if(any(product_class) = 'ambient', NULL,
                   countIf(multiIf(product_class = 'chilled', temperature_c BETWEEN 0 AND 4, temperature_c <= -18)) / count()) AS cold_in_range_share,
@@ -325,7 +325,7 @@ DATASETS: tuple[Dataset, ...] = (
 
 
 def _snapshot(warehouse: Any, dataset: Dataset, params: dict[str, Any], folder: Path) -> int:
-    sql = dataset.sql
+    sql = dataset.sql.replace("{business_tz}", params["business_tz"])
     if dataset.name == "raw_order":
         if params["has_identity"]:
             sql = sql.replace("{oneid}", "nullIf(e.oneid, '')").replace(
@@ -377,7 +377,7 @@ def check(cfg: Settings | None = None, freshness_hours: float = DEFAULT_FRESHNES
     snapshots.mkdir(parents=True, exist_ok=True)
     warehouse = connect(cfg)
     tables = set(warehouse.tables())
-    params = {"freshness_hours": freshness_hours, "has_identity": "event_oneid" in tables,
+    params = {"freshness_hours": freshness_hours, "business_tz": cfg.business_tz, "has_identity": "event_oneid" in tables,
               "has_recommendations": "recommendation_events" in tables, "min_oneid_share": min_oneid_share}
 
     result = QualityResult(success=False)

@@ -139,6 +139,7 @@ def _environment(cfg: Settings) -> Iterator[None]:
         "LASTMILE_CLICKHOUSE_USER": cfg.clickhouse_user,
         "LASTMILE_CLICKHOUSE_PASSWORD": cfg.clickhouse_password,
         "LASTMILE_CLICKHOUSE_DATABASE": cfg.clickhouse_database,
+        "LASTMILE_BUSINESS_TZ": cfg.business_tz,
         "DO_NOT_TRACK": os.environ.get("DO_NOT_TRACK", "1"),
     }
     saved = {k: os.environ.get(k) for k in values}
@@ -153,10 +154,34 @@ def _environment(cfg: Settings) -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: dbt commands that take ``--vars``.
+_TAKES_VARS = frozenset({"build", "run", "test", "compile", "parse", "docs", "ls", "list", "seed", "snapshot", "show",
+                         "source", "run-operation", "retry", "clone"})
+
+
+def _with_settings_vars(cfg: Settings, command: Sequence[str]) -> list[str]:
+    """``command`` with lastmile's settings among dbt's ``--vars`` (``business_tz``), merged
+    into any ``--vars`` the caller gave (theirs win): dbt cuts days, weeks and months in the
+    same zone as every Python reader of :func:`lastmile.config.settings`."""
+    import json
+
+    import yaml
+
+    args = list(command)
+    if not args or args[0] not in _TAKES_VARS:
+        return args
+    given: dict[str, Any] = {}
+    if "--vars" in args:
+        at = args.index("--vars")
+        given = yaml.safe_load(args[at + 1]) or {}
+        del args[at:at + 2]
+    return [*args, "--vars", json.dumps({"business_tz": cfg.business_tz, **given})]
+
+
 def _dbt_args(cfg: Settings, command: Sequence[str], quiet: bool = False) -> list[str]:
     work = cfg.home / "dbt"
-    return [*(["--quiet"] if quiet else []), *command, "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
-            "--target-path", str(work / "target"), "--log-path", str(work / "logs")]
+    return [*(["--quiet"] if quiet else []), *_with_settings_vars(cfg, command), "--project-dir", str(DBT_DIR),
+            "--profiles-dir", str(DBT_DIR), "--target-path", str(work / "target"), "--log-path", str(work / "logs")]
 
 
 def invoke(cfg: Settings | None, command: Sequence[str], quiet: bool = False) -> tuple[BuildResult, Any]:
@@ -312,11 +337,12 @@ def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None
 
 
 def run(cfg: Settings | None = None, select: str | Sequence[str] | None = None, full_refresh: bool = False,
-        quiet: bool = False) -> BuildResult:
-    """Load reference data, then ``dbt run`` (models only, no tests): for jobs that only need
-    fresh marts and gate them afterwards with :func:`lastmile.quality.check`."""
+        quiet: bool = False, load_reference_data: bool = True) -> BuildResult:
+    """Load reference data (unless ``load_reference_data`` is off: the tables already loaded are
+    used), then ``dbt run`` (models only, no tests): for jobs that only need fresh marts and gate
+    them afterwards with :func:`lastmile.quality.check`."""
     cfg = cfg or current_settings()
-    loaded = load_reference(cfg)
+    loaded = load_reference(cfg) if load_reference_data else {}
     command = ["run"]
     if select:
         command += ["--select", *([select] if isinstance(select, str) else list(select))]

@@ -14,16 +14,16 @@ from lastmile.config import Settings, settings
 
 def build_feature_warehouse(home: Path, orders: int = 3000, weeks: int = 4, dbt: bool = False,
                             declarations: bool = True, materialize: bool = True) -> tuple[Settings, dict[str, float]]:
-    """Simulate + ingest + profiles (the CLI commands ``lastmile run`` chains, without the cold
-    chain stage: no feature reads telemetry analytics), load reference data (or run dbt),
-    apply the feature store and materialize it. The caller must have set LASTMILE_HOME=home."""
+    """Simulate + ingest (the CLI commands ``lastmile run`` chains, without the cold chain
+    stage: no feature reads telemetry analytics), build the feature models with dbt (``dbt run
+    --select +marts.features``; ``dbt=True``: the whole ``dbt build``), apply the feature store
+    and materialize it. The caller must have set LASTMILE_HOME=home."""
     from typer.testing import CliRunner
 
     from lastmile import transform
     from lastmile.cli import app
-    from lastmile.identity.profiles import build_profiles
-    from lastmile.warehouse import connect
     from lastmile.features.store import apply, materialize as do_materialize
+    from lastmile.features.tables import FEATURE_SELECTION
     from lastmile.models.consent import load_dietary_declarations, simulated_declarations
 
     timings: dict[str, float] = {}
@@ -34,18 +34,17 @@ def build_feature_warehouse(home: Path, orders: int = 3000, weeks: int = 4, dbt:
         result = CliRunner().invoke(app, [*command, "--json"])
         if result.exit_code != 0:
             raise RuntimeError(f"lastmile {command[0]} failed: {result.output[-2000:]}") from result.exception
-    build_profiles(connect(cfg))
     timings["run"] = time.perf_counter() - t
     t = time.perf_counter()
     if dbt:
         transform.build(cfg)
     else:
-        transform.load_reference(cfg)
-    timings["reference" if not dbt else "dbt"] = time.perf_counter() - t
+        transform.run(cfg, select=FEATURE_SELECTION)
+    timings["dbt"] = time.perf_counter() - t
     if declarations:
         load_dietary_declarations(cfg, simulated_declarations(cfg))
     t = time.perf_counter()
-    apply(cfg)
+    apply(cfg, run_dbt=False)
     timings["apply"] = time.perf_counter() - t
     if materialize:
         t = time.perf_counter()

@@ -40,7 +40,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
     """Simulate + ingest (the `lastmile run` main job), then `dbt build` in-process."""
     home = tmp_path_factory.mktemp("dbt") / "home"
     # through the cold chain: dbt's own build below is what these tests are about
-    with simulated_home(home, ("run", "--orders", "4000", "--weeks", "4", "--through", "profiles")) as cfg:
+    with simulated_home(home, ("run", "--orders", "4000", "--weeks", "4", "--through", "identity")) as cfg:
         yield cfg, transform.build(cfg)
 
 def frame(cfg: Settings, sql: str) -> pd.DataFrame:

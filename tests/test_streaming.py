@@ -168,7 +168,6 @@ class OneIdState:
     orders: set[str]  # every order event in raw_order
     orders_with_evidence: set[str]  # ... that names at least one usable (not blocked) identifier
     orders_with_oneid: set[str]  # ... that event_oneid gives a OneID
-    profiles: int
     oneids: int  # distinct live OneIDs in identity_nodes
 
 
@@ -180,7 +179,6 @@ def _oneid_state(home: Path, monkeypatch: pytest.MonkeyPatch) -> OneIdState:
         orders=ids("SELECT event_id FROM raw_order FINAL"),
         orders_with_evidence=ids("SELECT event_id FROM identity_links FINAL WHERE event_type = 'order' AND reason = ''"),
         orders_with_oneid=ids("SELECT event_id FROM event_oneid WHERE event_type = 'order' AND oneid != ''"),
-        profiles=int(warehouse.scalar("SELECT count() FROM profiles")),
         oneids=int(warehouse.scalar("SELECT uniqExact(oneid) FROM identity_nodes FINAL WHERE oneid != ''")),
     )
     close_all()
@@ -255,7 +253,7 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     assert oneid.runs >= 1
     assert oneid.orders_with_oneid == oneid.orders_with_evidence, "every order naming a usable identifier has a OneID"
     assert len(oneid.orders - oneid.orders_with_evidence) <= len(oneid.orders) // 100, "only blocked identifiers go without"
-    assert oneid.profiles == oneid.oneids > 0, "profiles rebuilt after the last resolution"
+    assert oneid.oneids > 0, "people resolved (the OneID 360 is dbt's dim_customer, built by lastmile transform)"
 
     # Fresh features: the counters of every customer who ordered in the stream's last two
     # days, pushed to Feast's online store (and offline), equal what the warehouse says once

@@ -3,7 +3,7 @@
 Marketing automation wants to know *now* that a neighbour has ordered three times today and
 spent 400 yuan, mostly on snacks - the batch features only know it after the day closes.
 :class:`TodayCounters` keeps, per OneID, the orders of that customer's latest business day
-(Asia/Shanghai, like the batch features) and turns them into the push source's columns
+(the business time zone ``LASTMILE_BUSINESS_TZ``, like the batch features and marts) and turns them into the push source's columns
 (:data:`lastmile.features.push.COLUMNS`).
 
 Why per order and not running sums: the stream is at-least-once, so the same order arrives
@@ -30,14 +30,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from lastmile.features.tables import TZ
-
-_OFFSET = timedelta(hours=8)  # Asia/Shanghai has no daylight saving: a fixed offset is exact
-assert TZ == "Asia/Shanghai"
+from lastmile.config import settings
 #: Resolutions an order may wait for a OneID before it is given up.
 WAIT_RESOLUTIONS = 2
 #: Business days kept behind the watermark's (the watermark's day and the one before).
@@ -62,20 +60,16 @@ class OrderFact:
         return business_day(self.occurred_at_ms)
 
 
-_MS_PER_DAY = 86_400_000
-_OFFSET_MS = int(_OFFSET.total_seconds() * 1000)
-_EPOCH = date(1970, 1, 1)
+def business_day(ms: int, zone: ZoneInfo | None = None) -> date:
+    """The business day (``LASTMILE_BUSINESS_TZ`` unless ``zone`` is given) of a UTC
+    epoch-millisecond instant: the day dbt's ``business_date`` macro gives the same instant.
+    Computed through the zone's rules, so a zone with daylight saving cuts days right too."""
+    return datetime.fromtimestamp(ms / 1000, zone or _zone(settings().business_tz)).date()
 
 
-def business_day(ms: int) -> date:
-    """The Asia/Shanghai calendar day of a UTC epoch-millisecond instant."""
-    return _day_number((ms + _OFFSET_MS) // _MS_PER_DAY)
-
-
-@lru_cache(maxsize=4096)
-def _day_number(days: int) -> date:
-    """The date ``days`` after 1970-01-01 (a stream spans few days: cached)."""
-    return _EPOCH + timedelta(days=days)
+@lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def order_fact(row: Mapping, buyer_columns: Iterable[str], impulse_skus: frozenset[str],

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from lastmile.features.tables import TZ
+from lastmile.config import settings
 from lastmile.warehouse import Warehouse
 
 
@@ -57,8 +57,9 @@ def due_replenishments(warehouse: Warehouse, as_of: datetime, rhythm: Rhythm = R
     the grace days). Needs ``event_oneid``."""
     if not {"raw_order", "event_oneid"} <= set(warehouse.tables()):
         return []
+    tz = settings().business_tz
     rows = warehouse.rows(f"""
-        WITH toDate({{as_of:DateTime64(3, 'UTC')}}, '{TZ}') AS today
+        WITH toDate({{as_of:DateTime64(3, 'UTC')}}, '{tz}') AS today
         SELECT oneid, sku, n, last_day, mean_gap, due FROM (
             SELECT oneid, sku, length(days) AS n, days[-1] AS last_day,
                    arrayMap((d, p) -> toFloat64(d - p), arrayPopFront(days), arrayPopBack(days)) AS gaps,
@@ -66,12 +67,12 @@ def due_replenishments(warehouse: Warehouse, as_of: datetime, rhythm: Rhythm = R
                    sqrt(arrayAvg(arrayMap(g -> (g - mean_gap) * (g - mean_gap), gaps))) AS sd_gap,
                    last_day + toIntervalDay(toUInt32(round(mean_gap))) AS due
             FROM (
-                SELECT e.oneid AS oneid, item.1 AS sku, arraySort(groupUniqArray(toDate(o.occurred_at, '{TZ}'))) AS days
+                SELECT e.oneid AS oneid, item.1 AS sku, arraySort(groupUniqArray(toDate(o.occurred_at, '{tz}'))) AS days
                 FROM raw_order AS o FINAL
                 ARRAY JOIN o.items AS item
                 INNER JOIN event_oneid AS e ON e.event_id = o.event_id AND e.event_type = 'order'
                 WHERE o.occurred_at <= {{as_of:DateTime64(3, 'UTC')}}
-                  AND toDate(o.occurred_at, '{TZ}') >= today - {int(rhythm.history_days)}
+                  AND toDate(o.occurred_at, '{tz}') >= today - {int(rhythm.history_days)}
                 GROUP BY oneid, sku
                 HAVING length(days) >= {int(rhythm.min_purchases)}
             )

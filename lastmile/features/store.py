@@ -14,17 +14,18 @@ Materialization has two paths:
 * ``fast=True`` (the default) asks ClickHouse for the latest row per entity in the interval
   (``argMax ... GROUP BY``, as Arrow) and, for SQLite, writes the rows Feast's SQLite store
   writes, encoded per column and upserted in primary-key order in one transaction per view
-  (:mod:`lastmile.features.sqlite_online`); any other online store (Redis) gets protobuf
+  (:func:`lastmile.features.feast_adapter.bulk_write`); any other online store (Redis) gets protobuf
   values through its own ``online_write_batch``. It records the interval in the registry
   exactly as Feast does, so ``materialize_incremental`` and ``feast serve`` see the same state
   whichever path ran.
 
 :func:`get_store` also opens Feast's SQLite connection with lastmile's pragmas (WAL, mmap;
-:data:`lastmile.features.sqlite_online.SQLITE_PRAGMAS`): Feast's yaml has no option for them.
+:data:`lastmile.features.feast_adapter.SQLITE_PRAGMAS`): Feast's yaml has no option for them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -35,13 +36,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import yaml
 
 from lastmile.config import Settings, settings as current_settings
-from lastmile.features.sqlite_online import (  # noqa: F401  (encoders re-exported for callers and tests)
-    bulk_write,
-    encode_entity_keys,
-    encode_values,
-    tune_connection,
-    value_texts,
-)
+from lastmile.features import feast_adapter
 
 #: The Feast repository shipped with lastmile.
 FEATURE_REPO = Path(__file__).resolve().parent.parent.parent / "feature_store"
@@ -92,6 +87,11 @@ def online_store_config(cfg: Settings) -> dict[str, Any] | None:
         raise FeatureStoreError(f"LASTMILE_FEAST_ONLINE_STORE must be empty, sqlite or redis://host:port[/db], not {url!r}")
     host, port, db = m.groups()
     conn = f"{host}:{port or 6379}" + (f",db={db}" if db else "")
+    if cfg.redis_password:
+        # Feast splits its connection string on commas and JSON-decodes each value.
+        if "," in cfg.redis_password:
+            raise FeatureStoreError("LASTMILE_REDIS_PASSWORD must not contain a comma (Feast's Redis connection string splits on it)")
+        conn += ",password=" + json.dumps(cfg.redis_password)
     return {"type": "redis", "connection_string": conn}
 
 
@@ -119,8 +119,7 @@ def resolved_yaml(cfg: Settings | None = None) -> dict[str, Any]:
 def repo_config(cfg: Settings | None = None):
     from feast.repo_config import RepoConfig
 
-    import lastmile.features.offline_store  # noqa: F401  (installs the kept-open client)
-
+    feast_adapter.install()  # the kept-open ClickHouse client (see feast_adapter)
     raw = resolved_yaml(cfg)
     config = RepoConfig(**raw)
     config.repo_path = repo_dir()
@@ -139,20 +138,20 @@ def get_store(cfg: Settings | None = None, fresh: bool = False):
     if fresh or key not in _stores:
         feast_dir(cfg).mkdir(parents=True, exist_ok=True)
         store = FeatureStore(repo_path=str(repo_dir()), config=repo_config(cfg))
-        _tune_online_store(store)
+        tune_online_store(store)
         _stores[key] = store
     return _stores[key]
 
 
-def _tune_online_store(store) -> None:
+def tune_online_store(store) -> None:
     """Open Feast's SQLite connection now, with lastmile's pragmas (WAL, mmap, ...).
 
     Feast's ``sqlite`` online store takes no pragma options in feature_store.yaml, and opens
     its connection lazily; opening it here also takes that cost off the first request.
     """
-    online = store._get_provider().online_store
-    if type(online).__name__ == "SqliteOnlineStore":
-        tune_connection(online._get_conn(store.config))
+    conn = feast_adapter.sqlite_connection(store)
+    if conn is not None:
+        feast_adapter.tune_connection(conn)
 
 
 @dataclass
@@ -220,20 +219,22 @@ class ApplyReport:
             f"{t} {n:,}" for t, n in self.tables.items())
 
 
-def apply(cfg: Settings | None = None, build_tables: bool = True) -> ApplyReport:
+def apply(cfg: Settings | None = None, build_tables: bool = True, run_dbt: bool = True) -> ApplyReport:
     """`lastmile features apply`: build the feat_* tables, then register the repository.
+
+    The feature tables are dbt models: ``run_dbt`` brings them up to date first (leave it off
+    right after ``lastmile transform``, which built them).
 
     Also writes the resolved configuration to ``$LASTMILE_HOME/feast/feature_store.yaml`` so
     ``feast -f <that file> serve`` serves exactly this store (SQLite or Redis).
     """
     from lastmile.features.tables import build_feature_tables
-    from lastmile.warehouse import connect
 
     cfg = cfg or current_settings()
     t0 = time.perf_counter()
     tables: dict[str, int] = {}
     if build_tables:
-        tables = build_feature_tables(connect(cfg)).rows
+        tables = build_feature_tables(cfg, run_dbt=run_dbt).rows
     store = get_store(cfg)
     repo = definitions()
     objects = [*repo.entities, *repo.data_sources, *repo.feature_views, *repo.feature_services]
@@ -353,40 +354,6 @@ def _latest_rows(cfg: Settings, fv, start: datetime, end: datetime):
     return table if table.num_rows else None
 
 
-def _protos(values: Iterable[Any], kind: str) -> list:
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-    empty = ValueProto()
-    if kind == "double":
-        return [empty if v is None or v != v else ValueProto(double_val=v) for v in values]
-    if kind == "int64":
-        return [empty if v is None else ValueProto(int64_val=int(v)) for v in values]
-    if kind == "bool":
-        return [empty if v is None else ValueProto(bool_val=bool(v)) for v in values]
-    return [empty if v is None else ValueProto(string_val=str(v)) for v in values]
-
-
-def _kind(dtype) -> str:
-    from feast.types import Bool, Float32, Float64, Int32, Int64
-
-    if dtype in (Float64, Float32):
-        return "double"
-    if dtype in (Int64, Int32):
-        return "int64"
-    if dtype == Bool:
-        return "bool"
-    return "string"
-
-
-def _fast_sqlite(store) -> bool:
-    """Whether the online store is Feast's plain SQLite store, whose rows bulk_write reproduces."""
-    online = store._get_provider().online_store
-    config = store.config
-    return (type(online).__name__ == "SqliteOnlineStore" and not config.online_store.vector_enabled
-            and not getattr(config.online_store, "enable_openai_compatible_store", False)
-            and config.entity_key_serialization_version == 3)
-
-
 def materialize_views(cfg: Settings, store, windows: Sequence[tuple[Any, datetime, datetime]]) -> Iterator[int]:
     """Load each (view, start, end) window into the online store; yields each view's entity rows.
 
@@ -409,7 +376,7 @@ def materialize_views(cfg: Settings, store, windows: Sequence[tuple[Any, datetim
                 yield 0
                 continue
             if not bulk_write_online(store, fv, data):
-                _online_write_batch(store, fv, {name: data.column(name).to_pylist() for name in data.column_names})
+                feast_adapter.write_through_feast(store, fv, {name: data.column(name).to_pylist() for name in data.column_names})
             yield data.num_rows
 
 
@@ -419,42 +386,9 @@ def bulk_write_online(store, fv, data) -> bool:
     SQLite store; returns False, having written nothing, for any other store.
 
     The rows are the ones Feast's own ``online_write_batch`` writes (see
-    :mod:`lastmile.features.sqlite_online`), so materialization and pushes may use it.
+    :mod:`lastmile.features.feast_adapter`), so materialization and pushes may use it.
     """
-    if not _fast_sqlite(store):
-        return False
-    _sqlite_bulk_write(store, fv, data)
-    return True
-
-
-def _online_write_batch(store, fv, cols: dict[str, list[Any]]) -> None:
-    """Any other online store (Redis, ...): protobuf values through its own online_write_batch."""
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-    keys = list(fv.join_keys)
-    names = [f.name for f in fv.features]
-    proto_cols = [_protos(cols[f.name], _kind(f.dtype)) for f in fv.features]
-    key_values = [cols[k] for k in keys]
-    ts = [datetime.fromtimestamp(t, timezone.utc) for t in cols["_event_ts_s"]]
-    data = []
-    for i in range(len(ts)):
-        ek = EntityKeyProto(join_keys=keys, entity_values=[ValueProto(string_val=str(kv[i])) for kv in key_values])
-        data.append((ek, {name: col[i] for name, col in zip(names, proto_cols)}, ts[i], None))
-    store._get_provider().online_store.online_write_batch(store.config, fv, data, progress=None)
-
-
-def _sqlite_bulk_write(store, fv, data) -> None:
-    """The rows Feast's SqliteOnlineStore.online_write_batch writes, in one bulk upsert.
-
-    Same table, same columns, same bytes (see :mod:`lastmile.features.sqlite_online`).
-    """
-    from feast.infra.online_stores.sqlite import _table_id
-
-    config = store.config
-    conn = store._get_provider().online_store._get_conn(config)
-    table = _table_id(config.project, fv, config.registry.enable_online_feature_view_versioning)
-    bulk_write(conn, table, list(fv.join_keys), [(f.name, _kind(f.dtype)) for f in fv.features], data)
+    return feast_adapter.bulk_write_view(store, fv, data)
 
 
 # -- reading -------------------------------------------------------------------------------------

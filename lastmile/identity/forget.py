@@ -12,7 +12,7 @@
    person - the customer marts, the ``feat_*`` tables the feature store reads, pushed real-time
    features, recommendation logs - are deleted; facts that only name them (``fct_orders.oneid``,
    ``fct_pickups.collector_oneid``, ...) lose the OneID, as a full dbt refresh would leave them;
-5. rebuilds the profiles, and logs what it touched in ``forget_log``.
+5. logs what it touched in ``forget_log`` (the OneID 360, ``dim_customer``, lost the person in step 4).
 
 The feature store's online copy is cleared by the caller (:func:`lastmile.features.forget.forget_online`,
 which ``lastmile forget`` runs): it lives outside the warehouse.
@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 
 from lastmile.contracts import contracts
 from lastmile.identity.identifiers import check
-from lastmile.identity.profiles import build_profiles
 from lastmile.privacy import Identifiers
 from lastmile.warehouse import Warehouse, quote_ident
 from lastmile.warehouse.migrations import Migration, register
@@ -118,8 +117,6 @@ def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: 
 
     if oneid:
         report.touched.update(erase_oneid(warehouse, oneid))
-    if "profiles" in warehouse.tables():
-        build_profiles(warehouse)
     warehouse.insert_rows(
         "forget_log",
         [(datetime.now(timezone.utc), token, oneid, report.identifiers, report.touched)],
@@ -130,9 +127,9 @@ def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: 
 
 #: Tables that keep a OneID on purpose, or whose OneIDs their owner re-derives itself: the
 #: identity state and its logs (``identity_changes`` maps old OneIDs for downstream remapping),
-#: the forget log, ``profiles`` (rebuilt above), and dbt's OneID staging with its bookkeeping,
+#: the forget log, and dbt's OneID staging with its bookkeeping,
 #: which the next build re-resolves from the identity state (tests/test_dbt_marts.py).
-_KEEPS_ONEID = ("identity_", "forget_log", "profiles", "stg_identity__")
+_KEEPS_ONEID = ("identity_", "forget_log", "stg_identity__")
 
 
 def oneid_columns(warehouse: Warehouse) -> list[tuple[str, str, bool, bool]]:

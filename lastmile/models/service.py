@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from datetime import date, datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from lastmile.config import Settings, settings as current_settings
 from lastmile.features.online import OnlineReader
-from lastmile.features.tables import CATEGORIES, TZ
+from lastmile.features.tables import CATEGORIES
 from lastmile.models.policy import CapLedger, SpendingPolicy
 from lastmile.models.recommender import MODEL_NAME as RECO, RecommenderModel, candidate_features, model_dir
 from lastmile.models.spending import MODEL_NAME as SPEND, SpendingModel
@@ -112,10 +111,17 @@ class ModelService:
                  "community_rank_28d": cand.get("cb_rank_28d"), "bought_before": int(cand.get("np_purchases") or 0)}
                 for sku, cand, score in zip(cands, rows, decisions)]
 
-    def recommend(self, oneid: str, limit: int = 10, now: datetime | None = None) -> dict[str, Any]:
+    @staticmethod
+    def business_day(now: datetime) -> date:
+        return now.astimezone(current_settings().business_zone).date()
+
+    def recommend(self, oneid: str, limit: int = 10, now: datetime | None = None,
+                  features: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Recommendations with the policy applied. A read: it counts nothing against the daily
+        cap (the send path does, :meth:`record_impressions`)."""
         now = now or datetime.now(timezone.utc)
-        today: date = now.astimezone(ZoneInfo(TZ)).date()
-        row = self.customer_features(oneid)
+        today = self.business_day(now)
+        row = features or self.customer_features(oneid)
         community = row.get("home_community_id") or ""
         scores = self.reco.candidates.score_all(oneid)
         ranked_als = sorted(scores, key=lambda s: -scores[s])
@@ -136,3 +142,16 @@ class ModelService:
             "model": {"name": RECO, "feature_service": self.reco.feature_service, "trained_at": self.reco.trained_at,
                       "candidate_backend": self.reco.candidates.backend, "beats_baseline": self.reco.beats_baseline},
         }
+
+    def record_impressions(self, oneid: str, skus: list[str], now: datetime | None = None,
+                           send_id: str | None = None, features: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Count the recommendations a send shows ``oneid`` today; a capped customer's beyond the
+        cap are refused (not counted: the sender must not show them). A repeated ``send_id``
+        counts nothing again."""
+        now = now or datetime.now(timezone.utc)
+        row = features or self.customer_features(oneid)
+        health = self.spend.assess(row)
+        exempt = bool(row.get("dietary_need_declared"))
+        done = self.policy.record(oneid, skus, health, exempt, self.ledger, self.business_day(now), send_id)
+        return {"oneid": oneid, "recorded": done.recorded, "refused": done.refused, "shown_today": done.shown_today,
+                "capped": done.capped, "daily_cap": done.cap}

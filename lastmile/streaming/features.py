@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lastmile.config import Settings
+from lastmile.config import Settings, settings
 from lastmile.features.push import RealtimePush
 from lastmile.features.realtime import KEEP_DAYS, OrderFact, TodayCounters, order_fact
-from lastmile.features.tables import TZ
 from lastmile.streaming.seen import person_columns
 from lastmile.streaming.sink import BatchHandler, WrittenBatch
 from lastmile.warehouse import Warehouse
@@ -183,12 +182,13 @@ class FeaturePusher:
         restart resumes from, so a replayed batch finds its orders already counted."""
         if "raw_order" not in self.warehouse.tables():
             return []
+        tz = settings().business_tz
         rows = self.warehouse.rows(f"""
             SELECT event_id, toUnixTimestamp64Milli(occurred_at), toFloat64(total_amount),
                    arraySum(i -> if(i.1 IN {{impulse:Array(String)}}, i.3 * toFloat64(i.4), 0), items),
                    [{", ".join(f"ifNull({c}, '')" for c in self.columns)}]
             FROM raw_order FINAL
-            WHERE toDate(occurred_at, '{TZ}') > (SELECT toDate(max(occurred_at), '{TZ}') FROM raw_order) - {KEEP_DAYS}
+            WHERE toDate(occurred_at, '{tz}') > (SELECT toDate(max(occurred_at), '{tz}') FROM raw_order) - {KEEP_DAYS}
             """, {"impulse": sorted(self.impulse_skus)})
         return [OrderFact(event_id, tuple(t for t in tokens if t), int(at_ms), spend, round(float(impulse), 2))
                 for event_id, at_ms, spend, impulse, tokens in rows]

@@ -1,17 +1,19 @@
-"""OneID behind the stream: resolve new identity evidence and refresh profiles, off the hot path.
+"""OneID behind the stream: resolve new identity evidence and refresh the OneID 360, off the hot path.
 
 Every batch the worker writes carries its identity evidence (``identity_links``, written by
 the same :class:`~lastmile.ingest.Ingestor` as the Beam backfill). This module runs the
 batch path's resolver over it - :func:`~lastmile.identity.store.resolve_pending`, then
-:func:`~lastmile.identity.profiles.build_profiles` - with two throttles, because both
-cost far more than a batch (the resolver keeps its state in memory between runs and
-writes only what changed, but resolves the whole graph; profiles are rebuilt whole):
+:func:`~lastmile.identity.profiles.build_profiles`, which runs dbt's ``dim_customer`` and what
+it reads (the one definition of the OneID 360; only once ``lastmile transform`` built the
+warehouse) - with two throttles, because both cost far more than a batch (the resolver keeps
+its state in memory between runs and writes only what changed, but resolves the whole graph;
+a dbt run takes seconds):
 
 * resolve at most every ``resolve_every_s`` (default 5 s) when new evidence was written -
   or every ``waiting_every_s`` (default 1 s) while someone waits for a OneID (:meth:`hurry`:
   the feature pusher holds orders of a new neighbour, whose online features cannot exist
   before their person has a OneID, and the stream keeps up: not while it drains a backlog);
-* rebuild ``profiles`` at most every ``profiles_every_s`` (default 30 s) when new rows were
+* refresh the OneID 360 at most every ``profiles_every_s`` (default 30 s) when new rows were
   written (profiles aggregate orders, pickups, reviews and claims, not only identities);
 * both once more on a graceful stop, so a stopped worker leaves OneID complete.
 
@@ -22,7 +24,7 @@ The work runs on its own thread, taking the warehouse lock for each warehouse st
 allows one writer per process; the lock also serialises it with the batch writes, which the
 resolver's "evidence ingested since" watermark relies on). A resolution releases it while
 it computes, between reading the new evidence and writing what changed, so batches are
-written meanwhile; a profiles rebuild is one SQL statement and holds it throughout. The consumer does not wait for
+written meanwhile; a OneID 360 refresh (a dbt run) holds it throughout. The consumer does not wait for
 it: a batch is committed once written, whether or not it has been resolved yet. That is
 safe because the evidence itself is in the warehouse: whatever was written and not yet
 resolved - even across a crash - is picked up by the next resolution, here or in
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from lastmile.config import Settings, settings
 from lastmile.identity.profiles import build_profiles
 from lastmile.identity.store import KeptState, resolve_pending
 from lastmile.privacy import Identifiers
@@ -67,7 +70,7 @@ class IdentityStats:
 
 
 class IdentityRefresher:
-    """Keeps OneID and ``profiles`` current behind the stream (see the module docstring).
+    """Keeps OneID and the OneID 360 (``dim_customer``) current behind the stream (see the module docstring).
 
     ``resolve_every_s <= 0`` turns the whole thing off (profiles need OneIDs);
     ``profiles_every_s <= 0`` resolves but never rebuilds profiles.
@@ -75,7 +78,8 @@ class IdentityRefresher:
 
     def __init__(self, warehouse: Warehouse, lock: threading.Lock, identifiers: Identifiers, *,
                  resolve_every_s: float = 5.0, profiles_every_s: float = 30.0, waiting_every_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, cfg: Settings | None = None) -> None:
+        self.cfg = cfg or settings()  # whose OneID 360 a refresh runs dbt for
         self.warehouse = warehouse
         self.lock = lock
         self.rules = identifiers.rules
@@ -181,7 +185,7 @@ class IdentityRefresher:
                 with self.lock:
                     if self.stats.resolves == 0 and "event_oneid" not in self.warehouse.tables():
                         return  # nothing resolved yet anywhere: no OneIDs to build profiles on
-                    self.stats.profiles = build_profiles(self.warehouse)
+                    self.stats.profiles = build_profiles(self.cfg)
                 self.stats.profile_builds += 1
                 self.stats.last_profiles_s = time.perf_counter() - began
         except Exception:  # noqa: BLE001 - evidence stays in the warehouse; the next turn retries

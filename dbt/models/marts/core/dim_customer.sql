@@ -38,6 +38,10 @@ spending as (
     select * from {{ ref('spending_health') }}
 ),
 
+habits as (
+    select * from {{ ref('int_customer_habits') }}
+),
+
 communities as (
     select community_id, community_name, alliance_id from {{ ref('stg_reference__communities') }}
 ),
@@ -59,6 +63,11 @@ final as (
         profiles.shared_identifiers as shared_identifiers,
         profiles.orders as orders,
         profiles.total_spend_cny as total_spend_cny,
+        profiles.first_order_at as first_order_at,
+        profiles.last_order_at as last_order_at,
+        habits.last_channel as last_channel,
+        habits.top_category as top_category,
+        habits.last_pickup_at as last_pickup_at,
         activity.collected_orders as collected_orders,
         activity.on_time_pickups as on_time_pickups,
         activity.uncollected_orders as uncollected_orders,
@@ -82,6 +91,7 @@ final as (
     left join rfm on rfm.oneid = profiles.oneid
     left join credit on credit.oneid = profiles.oneid
     left join spending on spending.oneid = profiles.oneid
+    left join habits on habits.oneid = profiles.oneid
     left join communities on communities.community_id = profiles.home_community_id
 )
 

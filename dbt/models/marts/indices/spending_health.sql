@@ -10,12 +10,10 @@
 -- depends_on: {{ ref('stg_identity__event_oneid') }}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='oneid',
     engine='MergeTree()',
     order_by='oneid',
-    pre_hook=["{{ spending_health_scope_prepare() }}"],
-    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows('orders = 0') }}"],
+    incremental_scope='person', scope_rules='spending_health_scope_rules', placeholders='orders = 0',
 ) }}
 
 {%- set w = var('spending_weights') %}
@@ -53,7 +51,7 @@ per_person as (
         sum(amount) as spend_cny,
         sum(impulse_amount) / nullIf(sum(amount), 0) as impulse_share,
         sum(healthy_amount) / nullIf(sum(amount), 0) as healthy_share,
-        countIf({{ local_hour('ordered_at') }} >= 23 or {{ local_hour('ordered_at') }} < 5) / count() as late_night_share,
+        countIf({{ is_late_night('ordered_at') }}) / count() as late_night_share,
         -- Velocity: average weekly spend of the last 4 weeks over the average weekly spend of
         -- the weeks before (the person's own baseline); NULL without 2 baseline weeks.
         sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') > (select as_of_date from observation) - 28) / 4 as recent_weekly_spend_cny,
