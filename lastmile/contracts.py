@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jsonschema_rs
 import orjson
@@ -30,11 +31,24 @@ REASONS = (
     "unexpected_field",
     "wrong_type",
     "invalid_value",
+    "duplicate_key",
     "future_timestamp",
+    "too_old",
+    "warehouse_refused",
 )
 
 DEFAULT_MAX_EVENT_BYTES = 65536
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
+#: Events older than this are quarantined (``too_old``): no business event of lastmile's
+#: predates it, and a year 0001 or 1900 is a producer's placeholder, not a time.
+DEFAULT_MIN_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=timezone.utc)
+#: What a ``DateTime64`` column stores; ClickHouse clamps anything outside without a word.
+WAREHOUSE_TIME_RANGE = (datetime(1900, 1, 1, tzinfo=timezone.utc), datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc))
+#: A UTF-8 byte-order mark: some Windows tools write one before the JSON; it is not content.
+UTF8_BOM = b"\xef\xbb\xbf"
+_WAREHOUSE_EPOCHS = (WAREHOUSE_TIME_RANGE[0].timestamp(), WAREHOUSE_TIME_RANGE[1].timestamp())
+#: ``Int64`` columns hold integers of at most this magnitude.
+_INT64_MAX = (1 << 63) - 1
 
 
 class ContractError(ValueError):
@@ -93,6 +107,61 @@ class Contract:
         if validator.is_valid(event):  # the hot path: a yes/no in Rust
             return
         raise _explain(list(validator.iter_errors(event)), self.event_type)
+
+    @cached_property
+    def numeric_fields(self) -> tuple[tuple[tuple[str, ...], int | None], ...]:
+        """Where the contract's numbers sit, and what their columns hold.
+
+        Each entry is ``(path, scale)``: ``scale`` None for an integer column, the number of
+        decimals for a ``Decimal`` column. A path step ``"[]"`` means "every item of the
+        array". JSON Schema calls ``2.0`` an integer; ClickHouse refuses it for ``Int64``, so
+        :meth:`normalise` writes such numbers the way their column reads them.
+        """
+        found: list[tuple[tuple[str, ...], int | None]] = []
+
+        def visit(properties: dict[str, Any], path: tuple[str, ...]) -> None:
+            for name, spec in properties.items():
+                here = path + (name,)
+                kind = spec.get("type")
+                ch_type = str(spec.get("x-clickhouse-type", ""))
+                if kind == "integer":
+                    found.append((here, None))
+                elif ch_type.startswith("Decimal("):
+                    found.append((here, int(ch_type.rstrip(")").split(",")[-1])))
+                elif kind == "object" and "properties" in spec:
+                    visit(spec["properties"], here)
+                elif kind == "array" and spec.get("items", {}).get("type") == "object":
+                    visit(spec["items"].get("properties", {}), here + ("[]",))
+
+        visit(self.properties, ())
+        return tuple(found)
+
+    @cached_property
+    def time_fields(self) -> tuple[str, ...]:
+        """Top-level ``date-time`` fields besides ``occurred_at`` (their values must fit the warehouse)."""
+        return tuple(name for name, spec in self.properties.items()
+                     if spec.get("format") == "date-time" and name != "occurred_at")
+
+    def normalise(self, event: dict[str, Any]) -> bool:
+        """Write numbers as their columns read them (``2.0`` -> ``2`` for an integer, a price
+        rounded to its ``Decimal`` scale); True if anything changed. Call after :meth:`validate`."""
+        changed = False
+        for path, scale in self.numeric_fields:
+            for holder, key in _slots(event, path):
+                value = holder[key]
+                if type(value) is float:
+                    if scale is None:
+                        if abs(value) > _INT64_MAX:
+                            raise ContractError("invalid_value", f"{self.event_type}: field {'.'.join(path)} = {value!r} "
+                                                "does not fit a 64-bit integer", self.event_type)
+                        holder[key] = int(value)
+                        changed = True
+                    else:
+                        rounded = round(value, scale)  # also keeps tiny values out of exponent notation
+                        if rounded != value:
+                            holder[key] = rounded
+                            changed = True
+        return changed
 
 
 def _field_name(path: list[str | int]) -> str:
@@ -168,28 +237,74 @@ def parse_timestamp(value: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def _slots(event: dict[str, Any], path: tuple[str, ...]) -> Iterator[tuple[Any, Any]]:
+    """``(container, key)`` of every value at ``path`` ("[]": each item of an array) that is present."""
+    holders: list[Any] = [event]
+    for step in path[:-1]:
+        if step == "[]":
+            holders = [item for holder in holders if isinstance(holder, list) for item in holder]
+        else:
+            holders = [holder[step] for holder in holders if isinstance(holder, dict) and holder.get(step) is not None]
+    last = path[-1]
+    for holder in holders:
+        if isinstance(holder, dict) and last in holder:
+            yield holder, last
+
+
+_RFC3339_SECOND = re.compile(r"(T\d\d:\d\d:)60")
+
+
+def read_time(text: str) -> tuple[datetime, str]:
+    """An RFC 3339 time as an aware datetime, with the text the warehouse should be given.
+
+    JSON Schema's ``date-time`` is RFC 3339, which allows a lowercase ``t``/``z`` and a leap
+    second (``23:59:60``); Python and ClickHouse read neither. Both are rewritten (upper case;
+    a leap second becomes ``59.999``, the last millisecond a ``DateTime64(3)`` can hold
+    before it). Raises ``ValueError`` naming what is actually wrong.
+    """
+    canonical = text
+    if "t" in text or "z" in text:
+        canonical = canonical.upper()
+    if ":60" in canonical:
+        canonical = _RFC3339_SECOND.sub(r"\g<1>59.999", canonical, count=1)
+        canonical = re.sub(r"(59\.999)\.\d+", r"\1", canonical)
+    try:
+        moment = datetime.fromisoformat(canonical)
+    except ValueError as exc:
+        raise ValueError(f"it is not a time that can be read ({exc})") from None
+    if moment.tzinfo is None:
+        raise ValueError("it has no UTC offset (add one, e.g. +08:00 or Z)")
+    return moment, canonical
+
+
 class EventParser:
     """Turns raw payloads into valid events or :class:`ContractError`.
 
-    Holds the limits (payload size, clock skew) so the hot path does not look them up per
-    event. ``now`` is injectable so tests and backfills can judge "future" against a fixed
-    clock.
+    Holds the limits (payload size, clock skew, earliest event time) so the hot path does
+    not look them up per event. ``now`` is injectable so tests and backfills can judge
+    "future" against a fixed clock. Limits left unset come from :func:`lastmile.config.settings`.
     """
 
     def __init__(
         self,
         *,
-        max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
+        max_bytes: int | None = None,
+        max_clock_skew: timedelta | None = None,
+        min_occurred_at: datetime | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
-        self.max_bytes = max_bytes
-        self.max_clock_skew = max_clock_skew
+        from lastmile.config import settings
+
+        cfg = settings()
+        self.max_bytes = cfg.max_event_bytes if max_bytes is None else max_bytes
+        self.max_clock_skew = timedelta(seconds=cfg.max_clock_skew_s) if max_clock_skew is None else max_clock_skew
+        self.min_occurred_at = cfg.min_occurred_at if min_occurred_at is None else min_occurred_at
+        self._min_ts = self.min_occurred_at.timestamp()
         self._now = now
         self._contracts = contracts()
         self._limit_ts = 0.0
         self._limit_checked = -1.0
-        self._epochs: dict[str, float] = {}
+        self._epochs: dict[str, tuple[float, str]] = {}
 
     def _future_limit(self) -> float:
         """now + allowed skew, as epoch seconds; recomputed at most once a second (hot path)."""
@@ -199,38 +314,64 @@ class EventParser:
             self._limit_checked = tick
         return self._limit_ts
 
-    def _epoch(self, text: str, event_type: str) -> float:
-        """``occurred_at`` as epoch seconds, remembered: readings of one tick share their timestamp
-        (every compartment reports on the minute), so most events skip the parse."""
+    def _epoch(self, text: str, field_name: str, event_type: str) -> tuple[float, str]:
+        """A time field as epoch seconds and its canonical text, remembered: readings of one
+        tick share their timestamp (every compartment reports on the minute), so most events
+        skip the parse."""
+        found = self._epochs.get(text)
+        if found is not None:
+            return found
         try:
-            occurred = datetime.fromisoformat(text)
-            if occurred.tzinfo is None:
-                raise ValueError("no offset")
-        except ValueError:
+            moment, canonical = read_time(text)
+        except ValueError as exc:
             raise ContractError(
                 "invalid_value",
-                f"{event_type}: field occurred_at must carry a UTC offset (e.g. 2026-11-20T16:05:00+08:00), "
-                f"got {text!r}",
+                f"{event_type}: field {field_name} = {text!r}: {exc}; write ISO 8601 with an offset, "
+                "e.g. 2026-11-20T16:05:00+08:00",
                 event_type,
             ) from None
         if len(self._epochs) >= 4096:
             self._epochs.clear()
-        epoch = self._epochs[text] = occurred.timestamp()
-        return epoch
+        found = self._epochs[text] = (moment.timestamp(), canonical)
+        return found
+
+    @staticmethod
+    def _stored(epoch: float, text: str, field_name: str, event_type: str) -> None:
+        """Refuse a time a ``DateTime64`` column cannot hold (ClickHouse would clamp it silently)."""
+        if not _WAREHOUSE_EPOCHS[0] <= epoch <= _WAREHOUSE_EPOCHS[1]:
+            low, high = WAREHOUSE_TIME_RANGE
+            raise ContractError(
+                "invalid_value",
+                f"{event_type}: field {field_name} = {text!r} is outside the times the warehouse stores "
+                f"({low:%Y-%m-%d} to {high:%Y-%m-%d} UTC)",
+                event_type,
+            )
 
     def parse(self, raw: bytes | str) -> dict[str, Any]:
         """Decode, validate and return one event; raise :class:`ContractError` if it is bad."""
+        return self.judge(raw)[0]
+
+    def judge(self, raw: bytes | str) -> tuple[dict[str, Any], bytes | None]:
+        """Like :meth:`parse`, and also the payload as it may be stored verbatim: the raw
+        bytes (without a byte-order mark), or None when the event had to be rewritten to
+        match its columns (numbers, times) and must be serialised again."""
         size = len(raw)
         if size > self.max_bytes:
             raise ContractError("oversized", f"payload is {size} bytes; the limit is {self.max_bytes}")
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        if raw[:3] == UTF8_BOM:
+            raw = raw[3:]
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ContractError("not_json", f"not valid JSON: {exc}") from None
-        return self.check(event)
+        if isinstance(event, dict):
+            _refuse_duplicate_keys(raw, event)
+        return self.check(event), (None if self._rewritten else raw)
 
     def check(self, event: Any) -> dict[str, Any]:
-        """Validate an already-decoded event."""
+        """Validate an already-decoded event (and write its numbers and times as the warehouse reads them)."""
         if not isinstance(event, dict):
             raise ContractError("not_an_object", f"an event must be a JSON object, got {type(event).__name__}")
         event_type = event.get("event_type")
@@ -243,10 +384,11 @@ class EventParser:
                 f"unknown event_type {event_type!r}; known: {', '.join(sorted(self._contracts))}",
             )
         found.validate(event)
+        rewritten = found.normalise(event)
         text = event["occurred_at"]
-        epoch = self._epochs.get(text)
-        if epoch is None:
-            epoch = self._epoch(text, event_type)
+        epoch, canonical = self._epoch(text, "occurred_at", event_type)
+        if canonical != text:
+            event["occurred_at"], rewritten = canonical, True
         if epoch > self._future_limit():
             raise ContractError(
                 "future_timestamp",
@@ -254,4 +396,73 @@ class EventParser:
                 f"(more than {int(self.max_clock_skew.total_seconds())} s after now)",
                 event_type,
             )
+        if epoch < self._min_ts:
+            raise ContractError(
+                "too_old",
+                f"{event_type}: occurred_at {text} is before {self.min_occurred_at.isoformat()}, the earliest "
+                "time lastmile accepts (LASTMILE_MIN_OCCURRED_AT)",
+                event_type,
+            )
+        self._stored(epoch, text, "occurred_at", event_type)
+        for name in found.time_fields:
+            value = event.get(name)
+            if value is not None:
+                epoch, canonical = self._epoch(value, name, event_type)
+                self._stored(epoch, value, name, event_type)
+                if canonical != value:
+                    event[name], rewritten = canonical, True
+        self._rewritten = rewritten
         return event
+
+    _rewritten = False
+
+
+_KEY_AFTER_BLANKS = re.compile(rb'"[ \t\r\n]+:')
+
+
+def _key_count(value: Any) -> int:
+    """Keys of every object inside a decoded JSON value."""
+    if isinstance(value, dict):
+        return len(value) + sum(_key_count(v) for v in value.values() if isinstance(v, (dict, list)))
+    if isinstance(value, list):
+        return sum(_key_count(v) for v in value if isinstance(v, (dict, list)))
+    return 0
+
+
+def _refuse_duplicate_keys(raw: bytes, event: dict[str, Any]) -> None:
+    """Raise ``duplicate_key`` if an object of ``raw`` names a key twice.
+
+    A JSON parser keeps one of the two values silently (orjson and the validator the last,
+    ClickHouse refuses the row), so the producer's intent is unknown: the event is rejected.
+    Fast path: when every key is followed directly by ``:``, each key adds one ``":`` to the
+    payload, so ``payload.count(b'":')`` equal to the keys decoded proves there was no
+    duplicate; only otherwise is the payload parsed again, pair by pair.
+    """
+    if raw.count(b'":') == _key_count(event) and not _KEY_AFTER_BLANKS.search(raw):
+        return
+    try:
+        json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _Duplicate as duplicate:
+        raise ContractError(
+            "duplicate_key",
+            f"key {duplicate.key!r} appears twice in one object; send each field once",
+            str(event.get("event_type") or "")[:64] or None,
+        ) from None
+    except ValueError:
+        pass  # orjson read it; the standard library's stricter corners are not this check's business
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return out

@@ -14,8 +14,12 @@ touches an event one by one.
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import os
+import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -113,12 +117,12 @@ class Ingestor:
         """Ingest ``(position, payload)`` records read from ``source`` (a file or a topic)."""
         batch = Batch()
         received_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        parse = self.parser.parse
+        judge = self.parser.judge
         source_json = orjson.dumps(source)
         for position, payload in records:
             batch.read += 1
             try:
-                event = parse(payload)
+                event, verbatim = judge(payload)
             except ContractError as exc:
                 if self.identifiers.mentions_forgotten(payload):
                     payload = b"(withheld: the payload names a person who asked to be forgotten)"
@@ -127,7 +131,7 @@ class Ingestor:
                 continue
             event_type = event["event_type"]
             mapper = self._mappers[event_type]
-            batch.rows.setdefault(mapper.table, []).append(mapper.line(event, payload, source, source_json))
+            batch.rows.setdefault(mapper.table, []).append(mapper.line(event, verbatim, source, source_json))
             batch.valid += 1
             if event_type in IDENTIFIER_OBJECT:
                 batch.links.extend(_link_line(link) for link in self.identifiers.links(event))
@@ -143,11 +147,19 @@ def _link_line(link: Link) -> bytes:
 
 
 def _quarantine_line(source: str, position: int, payload: bytes, exc: ContractError, received_at: str) -> bytes:
-    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
+    raw = payload if isinstance(payload, bytes) else str(payload).encode("utf-8", "surrogatepass")
     error = exc.message
-    if len(text) > MAX_QUARANTINE_PAYLOAD:
-        text = text[:MAX_QUARANTINE_PAYLOAD]
+    if len(raw) > MAX_QUARANTINE_PAYLOAD:
+        raw = raw[:MAX_QUARANTINE_PAYLOAD]
         error += f" (payload cut to {MAX_QUARANTINE_PAYLOAD} bytes in quarantine)"
+    original = ""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # ``payload`` is a String read as text, so it shows the bytes with replacement
+        # characters; the exact bytes are kept beside it (``payload_bytes`` reads them back).
+        text = raw.decode("utf-8", errors="replace")
+        original = base64.b64encode(raw).decode("ascii")
     event_type, event_id = exc.event_type or "", ""
     if exc.reason not in ("not_json", "oversized"):
         try:
@@ -167,19 +179,123 @@ def _quarantine_line(source: str, position: int, payload: bytes, exc: ContractEr
             "reason": exc.reason,
             "error": error,
             "payload": text,
+            **({"payload_base64": original} if original else {}),
         }
     )
 
 
 def write(warehouse: Warehouse, batch: Batch | PackedBatch) -> int:
-    """Write a batch's rows, quarantine records and identity evidence; returns the valid rows written."""
+    """Write a batch's rows, quarantine records and identity evidence; returns the valid rows written.
+
+    A row the warehouse refuses (whatever the contract allowed) must not take its block
+    with it: a refused block is split in halves and each half inserted again, down to the
+    single rows that are refused, which go to quarantine with the warehouse's reason while
+    the rest lands. Re-inserting is harmless (raw tables collapse on ``event_id``). Errors
+    that are not about the data (the warehouse unreachable, out of memory or disk) still
+    fail the whole write, so the batch is retried rather than quarantined.
+    """
     packed = batch.packed() if isinstance(batch, Batch) else batch
     written = 0
+    refused: list[tuple[bytes, str]] = []  # (quarantine line, event_id)
+    received_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     for table, (block, rows) in packed.blocks.items():
-        written += warehouse.insert_json_block(table, block, rows)
-    warehouse.insert_json_block("quarantine", *packed.quarantine)
-    warehouse.insert_json_block("identity_links", *packed.identity_links)
+        written += _insert_or_split(warehouse, table, block, rows, refused, received_at)
+    quarantine, quarantined = packed.quarantine
+    links = packed.identity_links
+    if refused:
+        lines = [line for line, _ in refused]
+        quarantine = b"\n".join(([quarantine] if quarantined else []) + lines)
+        quarantined += len(lines)
+        gone = {row_id for _, row_id in refused}
+        kept_links = [line for line in links[0].split(b"\n") if links[1] and orjson.loads(line).get("event_id") not in gone]
+        links = (b"\n".join(kept_links), len(kept_links))
+        _account_refusals(batch, refused, quarantine, quarantined, links)
+    warehouse.insert_json_block("quarantine", quarantine, quarantined)
+    warehouse.insert_json_block("identity_links", *links)
     return written
+
+
+def _account_refusals(batch: Batch | PackedBatch, refused: list[tuple[bytes, str]], quarantine: bytes,
+                      quarantined: int, links: tuple[bytes, int]) -> None:
+    """Make the batch say what was written: refused rows count as quarantined, not valid, and
+    leave its rows and evidence (handlers of the stream only see rows that are stored)."""
+    batch.valid -= len(refused)
+    batch.reasons["warehouse_refused"] += len(refused)
+    if isinstance(batch, PackedBatch):
+        batch.quarantine = (quarantine, quarantined)
+        batch.identity_links = links
+        return
+    gone = {row_id for _, row_id in refused}
+    for table, rows in batch.rows.items():
+        batch.rows[table] = [row for row in rows if _row_id(row) not in gone] if gone else rows
+    batch.quarantined.extend(line for line, _ in refused)
+    batch.links = links[0].split(b"\n") if links[1] else []
+
+
+def _row_id(row: bytes) -> str:
+    try:
+        found = orjson.loads(row)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(found.get("event_id") or "") if isinstance(found, dict) else ""
+
+
+#: ClickHouse error codes that say nothing about the rows sent: the write is retried whole.
+_NOT_ABOUT_THE_DATA = frozenset({
+    3, 16, 47, 60, 74, 75, 76, 81, 159, 164, 173, 202, 209, 210, 236, 241, 242, 243, 279, 394, 425, 497, 516, 999,
+})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def refusal_of_the_data(exc: BaseException) -> bool:
+    """Did the warehouse refuse what was sent (a value it cannot parse or store), rather than fail?"""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if not isinstance(exc, DatabaseError) or isinstance(exc, OperationalError):
+        return False
+    found = _CODE.search(str(exc))
+    return found is not None and int(found.group(1)) not in _NOT_ABOUT_THE_DATA
+
+
+def _insert_or_split(warehouse: Warehouse, table: str, block: bytes, rows: int, refused: list[tuple[bytes, str]],
+                     received_at: str) -> int:
+    """Insert ``block``; on a refusal of its data, bisect it. Refused rows are appended to ``refused``
+    as (quarantine line, event_id); returns the rows that landed."""
+    try:
+        return warehouse.insert_json_block(table, block, rows)
+    except Exception as exc:
+        if not refusal_of_the_data(exc):
+            raise
+        lines = block.split(b"\n")
+        if len(lines) == 1:
+            refused.append((_refused_line(table, block, exc, received_at), _row_id(block)))
+            return 0
+        half = len(lines) // 2
+        return (_insert_or_split(warehouse, table, b"\n".join(lines[:half]), half, refused, received_at)
+                + _insert_or_split(warehouse, table, b"\n".join(lines[half:]), len(lines) - half, refused, received_at))
+
+
+def _refused_line(table: str, row: bytes, exc: BaseException, received_at: str) -> bytes:
+    """A quarantine record for a row the warehouse refused: the row as it was sent (identifiers
+    already hashed), the warehouse's own words as the error."""
+    try:
+        head = orjson.loads(row)
+    except orjson.JSONDecodeError:
+        head = {}
+    head = head if isinstance(head, dict) else {}
+    message = " ".join(str(exc).split())
+    message = re.sub(r"^(Code: \d+\. DB::Exception: )+", "", message)
+    message = message.split(" Stack trace")[0][:500]
+    return orjson.dumps({
+        "received_at": received_at,
+        "source": str(head.get("_source") or table)[:256],
+        "position": 0,
+        "event_type": str(head.get("event_type") or "")[:64],
+        "event_id": str(head.get("event_id") or "")[:64],
+        "reason": "warehouse_refused",
+        "error": f"the warehouse refused the row for {table}: {message}",
+        "payload": row.decode("utf-8", errors="replace")[:MAX_QUARANTINE_PAYLOAD],
+    })
 
 
 # -- validating on several cores -------------------------------------------------------------
@@ -190,9 +306,34 @@ POOL_THRESHOLD_BYTES = 32 << 20
 _worker_ingestor: Ingestor | None = None
 
 
-def _start_worker(cfg: Settings, forgotten: frozenset[str]) -> None:
+def _start_worker(cfg: Settings, forgotten: frozenset[str], parent: int) -> None:
     global _worker_ingestor
+    die_with_parent(parent)
     _worker_ingestor = Ingestor(Identifiers(cfg, forgotten=forgotten))
+
+
+#: How often an orphan check runs in a validation process (seconds).
+ORPHAN_CHECK_S = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process within :data:`ORPHAN_CHECK_S` of ``parent`` dying, even by SIGKILL.
+
+    A killed ``lastmile ingest`` cannot stop its validation processes, and they would go on
+    judging (and keep the multiprocessing resource tracker alive) with nobody to write. A
+    daemon thread watches for the re-parenting. (``PR_SET_PDEATHSIG`` is not used: it fires
+    when the parent *thread* that started the process ends, and the pool may be started
+    from a runner's thread that ends before the pipeline does.)
+    """
+    if os.getppid() != parent:
+        os._exit(0)
+    threading.Thread(target=_watch_parent, args=(parent,), name="lastmile-orphan-check", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(0)
 
 
 def process_block(ingestor: Ingestor, source: str, first_line: int, block: bytes) -> PackedBatch:
@@ -228,7 +369,7 @@ class IngestPool:
         self.workers = workers
         self._pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(cfg, forgotten),
+            initializer=_start_worker, initargs=(cfg, forgotten, os.getpid()),
         )
 
     def submit(self, source: str, first_line: int, block: bytes) -> Future[PackedBatch]:

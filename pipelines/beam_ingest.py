@@ -161,23 +161,26 @@ class WriteToWarehouse(beam.DoFn):
     def __init__(self) -> None:
         self.written = Metrics.counter(NAMESPACE, "written")
         self.links = Metrics.counter(NAMESPACE, "links")
+        #: Rows judged valid that the warehouse refused; ``write`` quarantined them instead.
+        self.refused = Metrics.counter(NAMESPACE, "refused")
 
     def setup(self) -> None:
         self.warehouse = connect(current_settings())
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-writer")
 
     def start_bundle(self) -> None:
-        self.in_flight: deque[tuple[Future[int], int]] = deque()
+        self.in_flight: deque[tuple[Future[int], PackedBatch, int]] = deque()
 
     def _landed(self) -> int:
-        future, links = self.in_flight.popleft()
+        future, batch, judged_quarantined = self.in_flight.popleft()
         written = future.result()  # re-raises a failed insert here, failing the bundle
         self.written.inc(written)
-        self.links.inc(links)
+        self.links.inc(batch.link_count)
+        self.refused.inc(batch.quarantine_count - judged_quarantined)
         return written
 
     def process(self, batch: PackedBatch) -> Iterator[int]:
-        self.in_flight.append((self.pool.submit(write, self.warehouse, batch), batch.link_count))
+        self.in_flight.append((self.pool.submit(write, self.warehouse, batch), batch, batch.quarantine_count))
         while len(self.in_flight) > self.MAX_IN_FLIGHT:
             yield self._landed()
 
@@ -262,12 +265,19 @@ def run(events_dir: Path, pattern: str = "*.jsonl", cfg: Settings | None = None,
         build(pipeline, root, pattern, cfg.ingest_chunk_bytes, workers)
     result = pipeline.result
     report = IngestReport(seconds=time.perf_counter() - clock)
+    refused = 0
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         name, value = counter.key.metric.name, counter.committed or counter.attempted or 0
         if name.startswith("quarantined."):
             report.reasons[name.split(".", 1)[1]] = value
+        elif name == "refused":
+            refused = value
         elif hasattr(report, name):
             setattr(report, name, value)
+    if refused:  # judged valid, refused by the warehouse, quarantined with its reason
+        report.valid -= refused
+        report.quarantined += refused
+        report.reasons["warehouse_refused"] = report.reasons.get("warehouse_refused", 0) + refused
     warehouse.insert_rows(
         "ingest_runs",
         [(uuid.uuid4().hex, "beam", started, datetime.now(timezone.utc), [root + "/" + pattern],

@@ -57,6 +57,10 @@ DEFAULT_PLACEHOLDERS: frozenset[str] = frozenset(
 #: Numbers used on forms and in demos rather than owned by a person (configurable in rules.toml).
 DEFAULT_TEST_PHONES: frozenset[str] = frozenset({"+8613800000000", "+8613900000000", "+8613000000000"})
 
+#: Longest value kept per type. The event contracts accept any identifier value (a junk one
+#: must not cost the sale), so a value longer than any real identifier is refused here.
+MAX_LENGTH: dict[str, int] = {"unionid": 64, "openid": 64, "member_card": 32, "phone": 32, "device_id": 64}
+
 _PHONE_SEPARATORS = re.compile(r"[\s\-().\u00a0\u3000]")
 _DIGITS = re.compile(r"^\+?\d+$")
 _MAINLAND_MOBILE = re.compile(r"^1[3-9]\d{9}$")
@@ -70,7 +74,8 @@ class Normalized:
 
     ``reason`` is ``None`` on success, else one of ``empty``, ``blocked_value`` or
     ``malformed``; ``detail`` names the rule (``placeholder``, ``all_zero``,
-    ``repeated_digits``, ``test_number``, ``configured``, ``not_a_mobile_number``, ...).
+    ``repeated_digits``, ``test_number``, ``configured``, ``not_a_mobile_number``,
+    ``too_long``, ...).
     """
 
     value: str | None
@@ -159,6 +164,8 @@ def check(id_type: str | IdType, raw: object, blocklist: Blocklist = DEFAULT_BLO
     text = str(raw).strip()
     if not text:
         return Normalized(None, "empty", "blank")
+    if len(text) > MAX_LENGTH[name]:
+        return Normalized(None, "malformed", "too_long")
     if text.lower() in blocklist.placeholders:
         return Normalized(None, "blocked_value", "placeholder")
     if blocklist.reject_all_zero and _ZERO_LIKE.match(text):

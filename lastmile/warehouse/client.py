@@ -29,7 +29,11 @@ _lock = threading.RLock()
 #: does not have is an error rather than silently dropped. ``optimize_on_insert`` off: the
 #: raw tables are ReplacingMergeTrees read with FINAL, so collapsing a block's duplicates at
 #: insert time (a sort-and-merge pass per block, ~15 % of the insert) bought nothing.
-_JSON_INSERT = {"date_time_input_format": "best_effort", "input_format_skip_unknown_fields": 0, "optimize_on_insert": 0}
+#: ``max_partitions_per_insert_block`` 0: a backfill block may span any number of months
+#: (ClickHouse refuses more than 100 by default), and an insert must not fail for how a
+#: batch happens to be cut.
+_JSON_INSERT = {"date_time_input_format": "best_effort", "input_format_skip_unknown_fields": 0, "optimize_on_insert": 0,
+                "max_partitions_per_insert_block": 0}
 
 _open: dict[str, "Warehouse"] = {}
 

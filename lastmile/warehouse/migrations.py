@@ -39,6 +39,20 @@ ORDER BY (source, position, payload_hash)
 COMMENT 'Events that broke their contract, kept with the reason. Re-ingesting a source replaces, never duplicates.'
 """
 
+#: ``payload`` is text: a payload that is not valid UTF-8 is shown there with replacement
+#: characters, and its exact bytes are kept in ``payload_base64``; ``payload_bytes`` reads
+#: the original bytes of every quarantined payload, whichever column holds them.
+QUARANTINE_BYTES_DDL = (
+    "ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS payload_base64 String DEFAULT '' "
+    "COMMENT 'The payload''s exact bytes in base64 when they are not valid UTF-8 (payload then shows replacement characters); empty otherwise.' "
+    "AFTER payload"
+)
+QUARANTINE_BYTES_ALIAS_DDL = (
+    "ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS payload_bytes String "
+    "ALIAS if(payload_base64 = '', payload, base64Decode(payload_base64)) "
+    "COMMENT 'The payload exactly as received (bytes), whichever column holds it.' AFTER payload_base64"
+)
+
 INGEST_RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS ingest_runs (
     run_id String,
@@ -75,6 +89,7 @@ MIGRATIONS: list[Migration] = [
     Migration(1, "raw_event_tables", _raw_tables),
     Migration(2, "quarantine", lambda: [QUARANTINE_DDL]),
     Migration(3, "ingest_runs", lambda: [INGEST_RUNS_DDL]),
+    Migration(4, "quarantine_original_bytes", lambda: [QUARANTINE_BYTES_DDL, QUARANTINE_BYTES_ALIAS_DDL]),
 ]
 
 

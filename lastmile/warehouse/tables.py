@@ -52,6 +52,9 @@ class Column:
 
 
 def _scalar_type(spec: dict[str, Any]) -> tuple[str, str]:
+    if spec.get("x-pii"):
+        # An identifier is stored as its keyed hash whatever the producer typed (text or a number).
+        return "String", "pii"
     if "x-clickhouse-type" in spec:
         return spec["x-clickhouse-type"], "scalar"
     if "enum" in spec or "const" in spec:
@@ -165,11 +168,17 @@ class RowMapper:
                 row[name] = hasher(_pii_type(name), value)
         return row
 
-    def line(self, event: dict[str, Any], payload: bytes, source: str, source_json: bytes) -> bytes:
-        """The row as one JSONEachRow line; ``source_json`` is ``orjson.dumps(source)``."""
-        if self.passthrough:
+    def line(self, event: dict[str, Any], payload: bytes | None, source: str, source_json: bytes) -> bytes:
+        """The row as one JSONEachRow line; ``source_json`` is ``orjson.dumps(source)``.
+
+        ``payload`` is the event as received when it can be stored verbatim, None when
+        the parser rewrote a value to match its column (then the event is serialised again).
+        """
+        if self.passthrough and payload is not None and b"\n" not in payload:
             # The payload is a validated JSON object, so it ends with "}" (after blanks)
-            # and cannot already hold "_source" (contracts forbid unknown fields).
+            # and cannot already hold "_source" (contracts forbid unknown fields). A line
+            # break inside it (JSON allows one between tokens) would split the insert block
+            # into lines that are not rows, so such a payload is serialised again.
             return payload.rstrip()[:-1] + b',"_source":' + source_json + b"}"
         return orjson.dumps(self.row(event, source))
 
