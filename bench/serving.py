@@ -124,7 +124,8 @@ def bench_first_load(cfg) -> float:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    from lastmile.features.store import _tune_online_store, materialize_views, repo_dir, resolved_yaml
+    from lastmile.features import feast_adapter
+    from lastmile.features.store import materialize_views, repo_dir, resolved_yaml, tune_online_store
 
     with tempfile.TemporaryDirectory(prefix="lastmile-online-") as tmp:
         raw = resolved_yaml(cfg)
@@ -132,10 +133,9 @@ def bench_first_load(cfg) -> float:
         config = RepoConfig(**raw)
         config.repo_path = repo_dir()
         store = FeatureStore(repo_path=str(repo_dir()), config=config)
-        _tune_online_store(store)
+        tune_online_store(store)
         fvs = [fv for fv in store.list_feature_views() if fv.online]
-        store._get_provider().online_store.update(config, tables_to_delete=[], tables_to_keep=fvs,
-                                                  entities_to_delete=[], entities_to_keep=[], partial=False)
+        feast_adapter.create_online_tables(store, fvs)
         start, end = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc)
         t = time.perf_counter()
         rows = sum(materialize_views(cfg, store, [(fv, start, end) for fv in fvs]))

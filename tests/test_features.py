@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from lastmile.config import Settings
-from lastmile.features import offline_store
+from lastmile.features import feast_adapter
 from lastmile.features.store import (
     definitions,
     feature_env,
@@ -81,7 +81,7 @@ def test_definitions_match_the_warehouse_tables(fs: Settings) -> None:
 
 def test_offline_client_survives_schema_inference(fs: Settings) -> None:
     """Regression: Feast's `with get_client(...)` closed the cached chDB client ("The client has been closed")."""
-    assert offline_store.installed()
+    assert feast_adapter.installed()
     store = get_store(fs)
     source = store.get_feature_view("customer_profile").batch_source
     for _ in range(2):  # the `with` block that used to close the shared client
@@ -159,7 +159,7 @@ def test_fast_path_writes_the_rows_feast_writes(fs: Settings) -> None:
     """lastmile's bulk SQLite write and Feast's own materialize leave byte-identical rows
     (entity keys, Value messages, value_text, timestamps and SQLite storage types)."""
     store = get_store(fs)
-    conn = store._get_provider().online_store._get_conn(store.config)
+    conn = feast_adapter.sqlite_connection(store)
     views = ["customer_profile", "community_bestsellers", "sku_catalog", "customer_consent"]  # int, double, str, bool
 
     def rows() -> dict[str, list[tuple]]:
@@ -304,7 +304,7 @@ def test_fast_push_writes_the_rows_feast_push_writes(fs: Settings) -> None:
     from feast.data_source import PushMode
 
     store = get_store(fs)
-    conn = store._get_provider().online_store._get_conn(store.config)
+    conn = feast_adapter.sqlite_connection(store)
     customers = _some_customers(fs, 3)
     frame = pd.DataFrame([{"oneid": o, "event_timestamp": pd.Timestamp("2026-11-20 08:05:07.654", tz="UTC") + pd.Timedelta(hours=i),
                            "rt_orders_today": i + 1, "rt_spend_today_cny": 12.5 * (i + 1), "rt_impulse_spend_today_cny": 0.0,
@@ -372,6 +372,16 @@ def test_forget_removes_the_person_from_the_feature_store(fs: Settings, monkeypa
     rows = [{"oneid": oneid}, {"oneid": other}]
     before = online_features(fs, refs, rows)
     assert before["orders_total"][0] is not None and before["rt_orders_today"] == [2, 2]
+    # next_purchase is keyed by OneID and SKU: the person's SKUs, and the other customer's
+    w = connect(fs)
+    sku_rows = [{"oneid": o, "sku": s} for o in (oneid, other) for (s,) in w.rows(
+        "SELECT DISTINCT sku FROM feat_customer_sku WHERE oneid = {o:String} ORDER BY sku LIMIT 5", {"o": o})]
+    assert {r["oneid"] for r in sku_rows} == {oneid, other}
+    np_refs = ["next_purchase:np_purchases", "sku_catalog:sku_category"]
+    np_before = get_store(fs).get_online_features(features=np_refs, entity_rows=sku_rows).to_dict()
+    assert all(v is not None for v in np_before["np_purchases"])
+    online_files = [p for p in (fs.home / "feast").glob("online.db*") if p.stat().st_size]
+    assert any(oneid.encode() in p.read_bytes() for p in online_files)
     wh = connect(fs)
     tables = [t for t, c, *_ in oneid_columns(wh) if c == "oneid" and t.startswith("feat_")]
     assert {"feat_customer_profile", "feat_customer_realtime"} <= set(tables)
@@ -385,6 +395,15 @@ def test_forget_removes_the_person_from_the_feature_store(fs: Settings, monkeypa
     for read in (online_features(fs, refs, rows), store.get_online_features(features=refs, entity_rows=rows).to_dict()):
         assert read["orders_total"][0] is None and read["rt_orders_today"][0] is None  # the person: gone
         assert read["orders_total"][1] == before["orders_total"][1] and read["rt_orders_today"][1] == 2  # the rest: kept
+    np_after = store.get_online_features(features=np_refs, entity_rows=sku_rows).to_dict()
+    for i, row in enumerate(sku_rows):
+        if row["oneid"] == oneid:
+            assert np_after["np_purchases"][i] is None  # every (OneID, SKU) row of the person: gone
+        else:
+            assert np_after["np_purchases"][i] == np_before["np_purchases"][i]
+    assert np_after["sku_category"] == np_before["sku_category"]  # views not about people: unchanged
+    # and not a byte of the OneID is left in the online store's files (free pages, WAL)
+    assert not [p.name for p in (fs.home / "feast").glob("online.db*") if oneid.encode() in p.read_bytes()]
     for table in tables:
         assert wh.scalar(f"SELECT count() FROM {table} WHERE oneid = {{o:String}}", {"o": oneid}) == 0, table
     assert wh.scalar("SELECT count() FROM feat_customer_realtime WHERE oneid = {o:String}", {"o": other}) >= 1

@@ -8,14 +8,8 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from lastmile.features.store import (
-    FeatureStoreError,
-    encode_entity_keys,
-    encode_values,
-    online_store_config,
-    resolved_yaml,
-    value_texts,
-)
+from lastmile.features.feast_adapter import encode_entity_keys, encode_values, value_texts
+from lastmile.features.store import FeatureStoreError, online_store_config, resolved_yaml
 
 
 def test_value_encodings_match_protobuf() -> None:
@@ -44,7 +38,7 @@ def test_entity_key_encoding_matches_feast() -> None:
 
 
 def test_serving_entity_keys_match_feast() -> None:
-    from lastmile.features.online import entity_key_bytes
+    from lastmile.features.feast_adapter import entity_key_bytes
 
     for keys, values in ((["oneid"], ["oid_甲"]), (["community_id", "oneid", "sku"], ["C01", "oid_a", "SK0001"])):
         proto = EntityKey(join_keys=keys, entity_values=[Value(string_val=v) for v in values])
@@ -79,7 +73,7 @@ def test_new_online_store_gets_large_pages_and_wal(tmp_path) -> None:
     store it keeps the page size it was created with (SQLite cannot change it in WAL mode)."""
     import sqlite3
 
-    from lastmile.features.sqlite_online import SQLITE_PRAGMAS, tune_connection
+    from lastmile.features.feast_adapter import SQLITE_PRAGMAS, tune_connection
 
     fresh = sqlite3.connect(tmp_path / "new.db")
     tune_connection(fresh)

@@ -24,15 +24,15 @@ at start-up), as ``feast serve`` refreshes its registry.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lastmile.features import feast_adapter
+from lastmile.features.feast_adapter import entity_key_bytes
+
 #: Value kinds whose Python value is the message field itself (Feast's converter agrees).
 _PLAIN_KINDS = frozenset({"int64_val", "int32_val", "double_val", "float_val", "bool_val", "bytes_val", "string_val"})
-_STRING = 2  # feast ValueType.STRING in a serialized entity key
-_U32 = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,6 @@ class ViewRead:
     converted: dict[str, Any] = field(default_factory=dict)  # feature -> ValueType Feast converts strings of (UUIDs)
 
 
-def entity_key_bytes(join_keys: Sequence[str], values: Sequence[str]) -> bytes:
-    """Feast's ``serialize_entity_key`` (version 3) for string join keys sorted by name."""
-    out = [_U32.pack(len(join_keys))]
-    for key in join_keys:
-        raw = key.encode("utf8")
-        out += [_U32.pack(_STRING), _U32.pack(len(raw)), raw]
-    for value in values:
-        raw = value.encode("utf8")
-        out += [_U32.pack(_STRING), _U32.pack(len(raw)), raw]
-    return b"".join(out)
-
-
 class OnlineReader:
     """Reads one feature service (or list of ``view:feature`` references) for entity rows."""
 
@@ -68,7 +56,8 @@ class OnlineReader:
 
         self.store = store
         self.config = store.config
-        self.online_store = store._get_provider().online_store
+        self.online_store = feast_adapter.online_store(store)
+        self._kind = feast_adapter.online_store_kind(store)
         if isinstance(features, str):
             features = store.get_feature_service(features)
         if isinstance(features, FeatureService):
@@ -87,11 +76,10 @@ class OnlineReader:
         if len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError("two views give a feature the same name; read them separately")
         self.entity_columns = list(dict.fromkeys(c for r in self.reads for c in r.columns))
-        self._sqlite = type(self.online_store).__name__ == "SqliteOnlineStore" and all(r.string_keys for r in self.reads)
+        self._sqlite = self._kind == "sqlite" and all(r.string_keys for r in self.reads)
         self._statements: dict[tuple[int, ...], str] = {}
 
     def _plan(self, view_name: str, alias: str, features: list[str], join_key_map: dict[str, str]) -> ViewRead:
-        from feast.infra.online_stores.helpers import compute_table_id
         from feast.value_type import ValueType
 
         view = self.store.get_feature_view(view_name)
@@ -107,10 +95,7 @@ class OnlineReader:
         uuid_types = {ValueType.UUID, ValueType.TIME_UUID}
         converted = {f.name: f.dtype.to_value_type() for f in view.features
                      if f.name in features and f.dtype.to_value_type() in uuid_types}
-        table = ""
-        if type(self.online_store).__name__ == "SqliteOnlineStore":
-            table = compute_table_id(self.config.project, view,
-                                     self.config.registry.enable_online_feature_view_versioning)
+        table = feast_adapter.sqlite_table(self.config, view) if self._kind == "sqlite" else ""
         return ViewRead(view=view, features=tuple(features), join_keys=tuple(c.name for c in keys),
                         columns=tuple(join_key_map.get(c.name, c.name) for c in keys),
                         string_keys=all(c.dtype.to_value_type() == ValueType.STRING for c in keys),
@@ -148,7 +133,7 @@ class OnlineReader:
         unique = [list(dict.fromkeys(k)) for k in keys]
         sql = self._statement(tuple(len(u) for u in unique))
         params = [k for u in unique for k in u]
-        conn = self.online_store._get_conn(self.config)
+        conn = feast_adapter.sqlite_connection(self.store)
         found: list[dict[bytes, dict[str, Any]]] = [{} for _ in self.reads]
         wanted = [frozenset(r.features) for r in self.reads]
         converted = [r.converted for r in self.reads]
@@ -163,13 +148,7 @@ class OnlineReader:
     def _statement(self, counts: tuple[int, ...]) -> str:
         sql = self._statements.get(counts)
         if sql is None:
-            parts = []
-            for i, (read, count) in enumerate(zip(self.reads, counts)):
-                quoted = '"' + read.table.replace('"', '""') + '"'
-                parts.append(f"SELECT {i}, entity_key, feature_name, value FROM {quoted} "
-                             f"WHERE entity_key IN ({','.join('?' * count)})")
-            sql = " UNION ALL ".join(parts)
-            self._statements[counts] = sql
+            sql = self._statements[counts] = feast_adapter.read_statement([r.table for r in self.reads], counts)
         return sql
 
     def _read_generic(self, entity_rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any] | None]]:
