@@ -497,11 +497,11 @@ def forget_cmd(
     report = forget(warehouse, Identifiers(cfg), id_type, value)
     if report.oneid:
         # The online store is a copy outside the warehouse: it would go on serving their features.
-        from lastmile.features.forget import UnsupportedOnlineStore, forget_online
+        from lastmile.features.forget import OnlineForgetError, forget_online
 
         try:
             report.touched["online_store"] = forget_online(cfg, [report.oneid])
-        except UnsupportedOnlineStore as exc:
+        except OnlineForgetError as exc:
             err.print(f"[red]error:[/red] the warehouse has forgotten {report.oneid}, the online store has not: {exc}",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
