@@ -759,7 +759,7 @@ def check_cmd(
 @app.command("report")
 @friendly
 def report_cmd(out: Optional[Path] = typer.Option(None, help="Default $LASTMILE_HOME/reports/report.html.")) -> None:
-    """Static HTML report from the marts (inline SVG, no CDN)."""
+    """HTML report from the marts: one file with interactive charts that opens offline (no CDN)."""
     from lastmile.report import write_report
 
     console.print(str(write_report(settings(), out)))

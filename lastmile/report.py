@@ -1,9 +1,10 @@
-"""A static HTML report from the marts: one file, charts as inline SVG, no CDN, no JavaScript.
+"""The HTML report from the marts: one file with interactive charts that opens offline.
 
-Why hand-drawn SVG: the environment has no plotting library that can render offline
-(matplotlib and plotly are not installed; altair is, but turning a chart into an image needs
-vl-convert, which is not), and a report that loads scripts from a CDN breaks on the
-intranets where these reports are read. Line and bar charts are a few dozen lines of SVG.
+Charts are plotly figures. The report is ONE self-contained HTML file: plotly.js (shipped
+inside the plotly wheel) is inlined once, before the first chart, and every later chart
+uses it; nothing is loaded from a CDN, so the file works on intranets and as an e-mail
+attachment. Labels from the data are HTML-escaped before plotly sees them (plotly renders
+a subset of HTML tags in text), and plotly escapes its JSON inside the page.
 
 Every chart is one SQL query over a mart, shown under the chart, so an analyst can rebuild it
 in any BI tool connected to ClickHouse.
@@ -18,142 +19,78 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
 from lastmile.config import Settings, settings as current_settings
 
 PALETTE = ("#d1495b", "#00798c", "#edae49", "#66a182", "#2e4057", "#8d96a3", "#9b5de5", "#f15bb5", "#00bbf9", "#fee440")
-WIDTH, HEIGHT = 760, 300
-MARGIN = {"left": 56, "right": 150, "top": 16, "bottom": 48}
+WIDTH, HEIGHT = 780, 340
+#: plotly.js options: no plotly logo (a link off the page); charts follow the page width.
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _ticks(low: float, high: float, n: int = 5) -> list[float]:
-    if high <= low:
-        high = low + 1
-    step = (high - low) / n
-    return [low + i * step for i in range(n + 1)]
+def _figure(title: str, height: int = HEIGHT) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(template="plotly_white", width=WIDTH, height=height, colorway=list(PALETTE),
+                      margin={"l": 56, "r": 20, "t": 16, "b": 48}, font={"family": "sans-serif", "size": 12},
+                      meta={"title": _e(title)}, legend={"font": {"size": 11}})
+    return fig
 
 
-def _fmt(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}" if abs(value) >= 10 else f"{value:,.2f}"
-
-
-def _frame(y_low: float, y_high: float, x_labels: Sequence[str]) -> tuple[list[str], Any, Any]:
-    """Axes and grid; returns (svg parts, x position of label i, y position of value)."""
-    plot_w = WIDTH - MARGIN["left"] - MARGIN["right"]
-    plot_h = HEIGHT - MARGIN["top"] - MARGIN["bottom"]
-    n = max(1, len(x_labels))
-
-    def x_at(i: float) -> float:
-        return MARGIN["left"] + (i + 0.5) * plot_w / n
-
-    def y_at(v: float) -> float:
-        span = (y_high - y_low) or 1
-        return MARGIN["top"] + plot_h * (1 - (v - y_low) / span)
-
-    parts = []
-    for t in _ticks(y_low, y_high):
-        y = y_at(t)
-        parts.append(f'<line x1="{MARGIN["left"]}" x2="{MARGIN["left"] + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{MARGIN["left"] - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_e(_fmt(t))}</text>')
-    every = max(1, n // 10)
-    for i, label in enumerate(x_labels):
-        if i % every == 0:
-            parts.append(f'<text x="{x_at(i):.1f}" y="{HEIGHT - MARGIN["bottom"] + 16}" text-anchor="middle" font-size="11">{_e(label)}</text>')
-    parts.append(f'<line x1="{MARGIN["left"]}" x2="{MARGIN["left"]}" y1="{MARGIN["top"]}" y2="{MARGIN["top"] + plot_h}" stroke="#999"/>')
-    return parts, x_at, y_at
-
-
-def _legend(names: Sequence[str]) -> list[str]:
-    x = WIDTH - MARGIN["right"] + 14
-    out = []
-    for k, name in enumerate(names[:14]):
-        y = MARGIN["top"] + 14 + 18 * k
-        out.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{PALETTE[k % len(PALETTE)]}"/>')
-        out.append(f'<text x="{x + 16}" y="{y}" font-size="11">{_e(name)}</text>')
-    return out
-
-
-def _svg(parts: list[str], title: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-            f'role="img" aria-label="{_e(title)}" font-family="sans-serif">' + "".join(parts) + "</svg>")
+def _empty(title: str) -> go.Figure:
+    """A chart with no trace that says so (a mart with no rows yet)."""
+    fig = _figure(title, height=120)
+    fig.add_annotation(text="No data.", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 14, "color": "#777"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
 
 
 def line_chart(x_labels: Sequence[str], series: dict[str, Sequence[float | None]], title: str,
-               y_range: tuple[float, float] | None = None) -> str:
-    """One line per series over shared x labels; None leaves a gap."""
-    values = [v for s in series.values() for v in s if v is not None]
-    if not values:
+               y_range: tuple[float, float] | None = None) -> go.Figure:
+    """One line per series over shared x labels; None leaves a gap (the line is not bridged)."""
+    if not any(v is not None for s in series.values() for v in s):
         return _empty(title)
-    low, high = y_range or (min(values), max(values))
-    if y_range is None:
-        pad = (high - low) * 0.1 or 1
-        low, high = low - pad, high + pad
-    parts, x_at, y_at = _frame(low, high, x_labels)
-    for k, (name, points) in enumerate(series.items()):
-        color = PALETTE[k % len(PALETTE)]
-        segment: list[str] = []
-        for i, v in enumerate(points):
-            if v is None:
-                if len(segment) > 1:
-                    parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(segment)}"/>')
-                segment = []
-                continue
-            segment.append(f"{x_at(i):.1f},{y_at(v):.1f}")
-            parts.append(f'<circle cx="{x_at(i):.1f}" cy="{y_at(v):.1f}" r="2.5" fill="{color}"><title>{_e(name)} {_e(x_labels[i])}: {v:.1f}</title></circle>')
-        if len(segment) > 1:
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(segment)}"/>')
-    parts += _legend(list(series))
-    return _svg(parts, title)
+    fig = _figure(title)
+    labels = [_e(x) for x in x_labels]
+    for name, points in series.items():
+        fig.add_trace(go.Scatter(x=labels, y=list(points), name=_e(name), mode="lines+markers", connectgaps=False,
+                                 marker={"size": 5}, hovertemplate="%{x}: %{y:.1f}"))
+    fig.update_xaxes(type="category")
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
+    return fig
 
 
-def bar_chart(x_labels: Sequence[str], stacks: dict[str, Sequence[float]], title: str) -> str:
+def bar_chart(x_labels: Sequence[str], stacks: dict[str, Sequence[float]], title: str) -> go.Figure:
     """Vertical bars, stacked when there are several series."""
     if not x_labels or not stacks:
         return _empty(title)
-    totals = [sum(s[i] for s in stacks.values()) for i in range(len(x_labels))]
-    parts, x_at, y_at = _frame(0, max(totals) * 1.1 or 1, x_labels)
-    plot_w = WIDTH - MARGIN["left"] - MARGIN["right"]
-    bar_w = 0.7 * plot_w / len(x_labels)
-    base = [0.0] * len(x_labels)
-    for k, (name, values) in enumerate(stacks.items()):
-        color = PALETTE[k % len(PALETTE)]
-        for i, v in enumerate(values):
-            if v <= 0:
-                continue
-            top, bottom = y_at(base[i] + v), y_at(base[i])
-            parts.append(f'<rect x="{x_at(i) - bar_w / 2:.1f}" y="{top:.1f}" width="{bar_w:.1f}" height="{bottom - top:.1f}" '
-                         f'fill="{color}"><title>{_e(name)} {_e(x_labels[i])}: {_fmt(v)}</title></rect>')
-            base[i] += v
-    if len(stacks) > 1:
-        parts += _legend(list(stacks))
-    return _svg(parts, title)
+    fig = _figure(title)
+    labels = [_e(x) for x in x_labels]
+    for name, values in stacks.items():
+        fig.add_trace(go.Bar(x=labels, y=list(values), name=_e(name), hovertemplate="%{x}: %{y:,}"))
+    fig.update_layout(barmode="stack", showlegend=len(stacks) > 1)
+    fig.update_xaxes(type="category")
+    return fig
 
 
-def hbar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str:
-    """Horizontal bars, largest first (rankings such as top SKUs)."""
+def hbar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> go.Figure:
+    """Horizontal bars, largest first at the top (rankings such as top SKUs)."""
     if not labels:
         return _empty(title)
-    left, right = 190, 60
-    row = 22
-    height = 20 + row * len(labels)
-    top = max(values) or 1
-    parts = []
-    for i, (label, v) in enumerate(zip(labels, values)):
-        y = 10 + i * row
-        w = (WIDTH - left - right) * v / top
-        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end" font-size="11">{_e(label)}</text>')
-        parts.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 6}" fill="{PALETTE[1]}"/>')
-        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 14}" font-size="11">{_e(_fmt(v))}</text>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
-            f'role="img" aria-label="{_e(title)}" font-family="sans-serif">' + "".join(parts) + "</svg>")
-
-
-def _empty(title: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="60" role="img" aria-label="{_e(title)}">'
-            f'<text x="10" y="35" font-family="sans-serif" font-size="13" fill="#777">No data.</text></svg>')
+    fig = _figure(title, height=60 + 24 * len(labels))
+    fig.add_trace(go.Bar(x=list(values), y=[_e(label) for label in labels], orientation="h", marker_color=PALETTE[1],
+                         text=[f"{v:,.0f}" for v in values], textposition="outside", cliponaxis=False,
+                         hovertemplate="%{y}: %{x:,.0f}", name=_e(title)))
+    fig.update_layout(margin={"l": 200, "r": 60, "t": 10, "b": 30}, showlegend=False)
+    fig.update_yaxes(autorange="reversed", type="category")
+    return fig
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -162,7 +99,7 @@ def _empty(title: str) -> str:
 @dataclass
 class Section:
     title: str
-    chart: str
+    chart: go.Figure
     sql: str
     note: str = ""
 
@@ -193,7 +130,7 @@ GROUP BY l.sku ORDER BY revenue_cny DESC LIMIT 15"""
 
 
 def build_sections(warehouse: Any) -> list[Section]:
-    """Query the marts and draw each chart."""
+    """Query the marts and build each chart."""
     sections: list[Section] = []
 
     rows = warehouse.rows(SQL_STI)
@@ -237,10 +174,13 @@ def build_sections(warehouse: Any) -> list[Section]:
 
 
 def render(sections: Sequence[Section], subtitle: str) -> str:
+    """The whole page: plotly.js inlined with the first chart, the later charts reuse it."""
     body = []
-    for s in sections:
+    for i, s in enumerate(sections):
         note = f"<p>{_e(s.note)}</p>" if s.note else ""
-        body.append(f"<section><h2>{_e(s.title)}</h2>{note}{s.chart}<details><summary>SQL</summary><pre>{_e(s.sql)}</pre></details></section>")
+        chart = s.chart.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG, div_id=f"chart-{i + 1}")
+        body.append(f"<section><h2>{_e(s.title)}</h2>{note}{chart}<details><summary>SQL</summary><pre>{_e(s.sql)}</pre>"
+                    "</details></section>")
     return ("<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\"><title>lastmile report</title>"
             "<style>body{font-family:sans-serif;max-width:820px;margin:2em auto;color:#222}h2{font-size:1.1em;margin-top:2em}"
             "pre{background:#f6f6f6;padding:8px;font-size:12px;white-space:pre-wrap}p{color:#555}</style></head><body>"
