@@ -65,6 +65,8 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     # ClickHouse appends every token it expected; the first sentence is the useful part.
     text = text.split(" Expected one of:")[0]
+    if getattr(exc, "whole_message", False):  # a message written to be acted on, e.g. which hash key is which
+        return text
     return text[:300] + ("…" if len(text) > 300 else "")
 
 
@@ -131,7 +133,15 @@ def _ingest(events: Path) -> Any:
 
     if not events.is_dir() or not any(events.glob("*.jsonl")):
         raise BadInput(f"no event files (*.jsonl) in {events}; run `lastmile simulate` first")
+    _verify_hash_key()  # another key would split everyone: refuse before Beam starts
     return beam_ingest.run(events)
+
+
+def _verify_hash_key() -> None:
+    from lastmile.identity.key_fingerprint import verify_hash_key
+    from lastmile.warehouse import connect
+
+    verify_hash_key(connect(), settings())
 
 
 @app.command("ingest")
@@ -397,6 +407,7 @@ def _evaluate(truth: Path) -> Any:
     if not truth.is_file():
         raise BadInput(f"no truth file at {truth}; `lastmile simulate` writes truth/identifiers.jsonl")
     cfg = settings()
+    _verify_hash_key()
     return evaluate(connect(cfg), load_truth(truth, Identifiers(cfg)))
 
 
@@ -458,6 +469,7 @@ def identity_rebuild_cmd(as_json: bool = typer.Option(False, "--json", help="Pri
     cfg = settings()
     warehouse = connect(cfg)
     migrate(warehouse)
+    _verify_hash_key()
     rules = Rules.load()
     outcome = rebuild(warehouse, rules, rules.blocked_tokens(Identifiers(cfg, rules).hasher))
     build_profiles(cfg)  # the OneID 360 follows the new OneIDs (when dbt has built it)
@@ -513,6 +525,33 @@ def forget_cmd(
         return
     console.print(f"forgot profile {report.oneid or '(none)'}: {report.identifiers} identifiers; rows touched: "
                   + ", ".join(f"{k} {v:,}" for k, v in report.touched.items() if v))
+
+
+key_app = typer.Typer(help="The hash key of direct identifiers: which key is in use, and the warehouse's.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("show")
+@friendly
+def key_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Fingerprints (never the keys) of the configured hash key(s) and of the warehouse's key."""
+    from lastmile.identity.key_fingerprint import fingerprint, stored_fingerprint
+    from lastmile.warehouse import connect
+
+    cfg = settings()
+    out: dict[str, Any] = {}
+    if cfg.hash_key:
+        out["LASTMILE_HASH_KEY"] = fingerprint(cfg.hash_key.encode())
+    if cfg.hash_key_file.is_file():
+        out[str(cfg.hash_key_file)] = fingerprint(cfg.hash_key_file.read_text().strip().encode())
+    stored = stored_fingerprint(connect(cfg))
+    out["warehouse"] = {"fingerprint": stored[0], "first_loaded_from": stored[1]} if stored else None
+    if as_json:
+        print(json.dumps(out))
+        return
+    for name, value in out.items():
+        console.print(f"{name}: {value if value is not None else '(no key recorded yet: the next ingest records it)'}",
+                      highlight=False)
 
 
 # -- the real-time path (lastmile/streaming; the worker's engine wiring is pipelines/faust_worker.py) --

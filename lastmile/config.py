@@ -43,6 +43,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 
 
+class HashKeyConflict(ValueError):
+    """Two different hash keys are configured for one data directory."""
+
+    whole_message = True  # the command line prints it uncut: both fingerprints and what to do
+
+
 def _env(name: str) -> str:
     return os.environ.get(name, VARIABLES[name][0])
 
@@ -102,15 +108,34 @@ class Settings:
     def events_dir(self) -> Path:
         return self.home / "events"
 
+    @property
+    def hash_key_file(self) -> Path:
+        return self.home / "hash.key"
+
+    def hash_key_source(self) -> str:
+        """Where :meth:`hash_key_bytes` takes the key from, in words for error messages."""
+        return "the LASTMILE_HASH_KEY environment variable" if self.hash_key else f"the file {self.hash_key_file}"
+
     def hash_key_bytes(self) -> bytes:
         """The identifier-hashing secret; generated and kept in ``$LASTMILE_HOME`` if unset.
 
         A generated key is fine for a demo, but production must set LASTMILE_HASH_KEY from a
-        secret store: losing the key makes old hashes unmatchable with new ones.
+        secret store: losing the key makes old hashes unmatchable with new ones. When the
+        variable is set and the data directory also holds a ``hash.key`` with another key, which
+        one is meant cannot be guessed (tokens of the two never match): :class:`HashKeyConflict`.
         """
+        path = self.hash_key_file
         if self.hash_key:
+            if path.is_file() and path.read_text().strip() != self.hash_key:
+                from lastmile.identity.key_fingerprint import fingerprint
+
+                raise HashKeyConflict(
+                    f"LASTMILE_HASH_KEY (key fingerprint {fingerprint(self.hash_key.encode())}) is set and differs from "
+                    f"the key in {path} (fingerprint {fingerprint(path.read_text().strip().encode())}): identifiers "
+                    "hashed under one never match those hashed under the other. Unset LASTMILE_HASH_KEY to use the file, or move the file "
+                    "away if the variable holds the key this data directory was built with (`lastmile key show` "
+                    "compares both with the warehouse)")
             return self.hash_key.encode()
-        path = self.home / "hash.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))

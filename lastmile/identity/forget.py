@@ -25,8 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from lastmile.config import Settings, settings
 from lastmile.contracts import contracts
 from lastmile.identity.identifiers import check
+from lastmile.identity.key_fingerprint import verify_hash_key
 from lastmile.privacy import Identifiers
 from lastmile.warehouse import Warehouse, quote_ident
 from lastmile.warehouse.migrations import Migration, register
@@ -61,8 +63,14 @@ class ForgetReport:
         return self.identifiers > 0 or any(self.touched.values())
 
 
-def forgotten_tokens(warehouse: Warehouse) -> frozenset[str]:
-    """The suppression list (empty before the first forget)."""
+def forgotten_tokens(warehouse: Warehouse, cfg: Settings | None = None) -> frozenset[str]:
+    """The suppression list (empty before the first forget).
+
+    Every ingest path loads it right before it makes tokens, so this is also where the hash
+    key is checked against the warehouse's (:func:`verify_hash_key`): a run under another key
+    stops here, before it writes a single token.
+    """
+    verify_hash_key(warehouse, cfg or settings())
     if "identity_forgotten" not in warehouse.tables():
         return frozenset()
     return frozenset(t for (t,) in warehouse.rows("SELECT token FROM identity_forgotten FINAL"))
@@ -74,6 +82,7 @@ def _count(warehouse: Warehouse, table: str, where: str, tokens: list[str]) -> i
 
 def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: str) -> ForgetReport:
     """Forget the person behind ``id_type=value`` everywhere lastmile keeps them."""
+    verify_hash_key(warehouse, settings())  # under another key their tokens would not be found
     normalized = check(id_type, value, identifiers.rules.blocklist)
     if normalized.value is None:
         raise ValueError(f"{id_type} {value!r} is not a usable identifier ({normalized.reason}); nothing to forget")
