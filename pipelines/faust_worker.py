@@ -7,7 +7,8 @@ What Faust does here, and what it does not:
   ``lastmile.actions``, and the timers (status file, OneID refresh).
 * **Faust does not consume the event topics.** Its agents hand records over one at a time
   (~200 µs of Python each here, a ~2,000 events/s ceiling), so its Kafka consumer is
-  switched off (``_BatchBoot``) and a :class:`~lastmile.streaming.consumer.BatchConsumer`
+  switched off (:class:`~lastmile.streaming.faust_compat.BatchBoot`; every change to Faust's
+  behaviour lives in :mod:`lastmile.streaming.faust_compat`) and a :class:`~lastmile.streaming.consumer.BatchConsumer`
   (aiokafka ``getmany``, consumer group ``group_id``) runs as a Faust service instead. No
   agents, streams, tables or Faust offset tracking are involved; neither is the Faust leader
   election (there is no Faust consumer group).
@@ -35,7 +36,6 @@ from typing import Any
 
 import faust
 import mode
-from faust.app.base import BootStrategy
 
 from lastmile.config import Settings, settings as current_settings
 from lastmile.identity.forget import forgotten_tokens
@@ -45,6 +45,7 @@ import lastmile.identity.store  # noqa: F401  (registers identity_links, which i
 from lastmile.streaming import handlers, seen  # noqa: F401  (seen registers its migration)
 from lastmile.streaming.broker import bootstrap
 from lastmile.streaming.consumer import BatchConsumer
+from lastmile.streaming.faust_compat import BatchApp, QuietWorker, kafka_producer
 from lastmile.streaming.features import FeaturePusher
 from lastmile.streaming.identity import IdentityRefresher
 from lastmile.streaming.judges import ProcessJudges
@@ -106,32 +107,9 @@ class WorkerParts:
         log.warning("suppression list updated: %d forgotten identifiers", len(current))
 
 
-class _Worker(faust.Worker):
-    """faust's Worker without its terminal spinner.
-
-    To animate the spinner, faust sets the *root* logger to DEBUG and attaches a handler
-    that advances it on every record (``Worker._setup_spinner_handler``), and leaves it so
-    after start-up. Every library's ``log.debug`` then builds a LogRecord - aiokafka logs on
-    every fetch and every message it sends - which was ~6 % of the worker's GIL time in
-    bench/stream.py. Without a spinner the root logger keeps the ``--log-level`` asked for.
-    """
-
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        self.spinner = None
-        super().on_setup_root_logger(logger, level)
-
-
-class _BatchBoot(BootStrategy):
-    enable_kafka_consumer = False  # the event topics are read by BatchConsumer, not by Faust
-
-
-class _App(faust.App):
-    BootStrategy = _BatchBoot
-
-
 def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faust.App:
     """The Faust app: producer, timers and one service running the batch consumer into ``sink``."""
-    app = _App(options.group_id, broker=f"kafka://{bootstrap(cfg)}", web_enabled=False, topic_allow_declare=False,
+    app = BatchApp(options.group_id, broker=f"kafka://{bootstrap(cfg)}", web_enabled=False, topic_allow_declare=False,
                producer_acks=1, datadir=str(cfg.home / "stream" / "faust"))
 
     sink, refresher, pusher, replenishments = parts.sink, parts.refresher, parts.pusher, parts.replenishments
@@ -207,7 +185,7 @@ async def publish_batches(producer: Any, topic: str, messages: Sequence[tuple[by
     """
     if not messages:
         return
-    kafka = producer._ensure_producer()  # faust's handle on its aiokafka producer (as key_partition uses)
+    kafka = kafka_producer(producer)  # the aiokafka producer behind faust's (as key_partition uses)
     partitions = sorted(await kafka.partitions_for(topic))  # also waits for the topic's metadata
     batches: dict[int, list[Any]] = {}
     for i, (key, value) in enumerate(messages):
@@ -313,7 +291,7 @@ def run(cfg: Settings | None = None, options: StreamOptions | None = None, logle
         server.start_background()
     app = build_app(cfg, options, parts)
     freeze_heap()  # start-up is done: the state is loaded, the judges are warm
-    worker = _Worker(app, loglevel=loglevel, quiet=True, override_logging=True, loop=loop)
+    worker = QuietWorker(app, loglevel=loglevel, quiet=True, override_logging=True, loop=loop)
     try:
         worker.execute_from_commandline()
     finally:

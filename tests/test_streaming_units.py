@@ -94,14 +94,14 @@ def test_worker_keeps_the_log_level_it_was_given() -> None:
 
     import faust
 
-    from pipelines.faust_worker import _Worker
+    from lastmile.streaming.faust_compat import QuietWorker
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     loop = asyncio.new_event_loop()
     try:
         app = faust.App("log-level-check", broker="kafka://127.0.0.1:1", web_enabled=False)
-        _Worker(app, loglevel="WARNING", quiet=True, override_logging=True, loop=loop)._setup_logging()
+        QuietWorker(app, loglevel="WARNING", quiet=True, override_logging=True, loop=loop)._setup_logging()
         assert root.getEffectiveLevel() == logging.WARNING
         assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
     finally:
