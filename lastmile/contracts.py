@@ -193,12 +193,19 @@ def _explain(errors: list[Any], event_type: str) -> ContractError:
     if kind == "Type":
         expected = " or ".join(str(t) for t in first.kind.types)
         return ContractError("wrong_type", f"{event_type}: field {where} must be {expected}, got {got}", event_type)
-    if kind == "Format":
+    if kind == "Format" and first.kind.format == "date-time" and isinstance(first.instance, str):
+        try:
+            read_time(first.instance)
+            why = "it is not an RFC 3339 date-time (a 'T' between date and time, seconds included)"
+        except ValueError as exc:
+            why = str(exc)
         return ContractError(
             "invalid_value",
-            f"{event_type}: field {where} must be a {first.kind.format} (ISO 8601 with offset, e.g. 2026-11-20T16:05:00+08:00), got {got}",
+            f"{event_type}: field {where} = {got}: {why}; e.g. 2026-11-20T16:05:00+08:00",
             event_type,
         )
+    if kind == "Format":
+        return ContractError("invalid_value", f"{event_type}: field {where} must be a {first.kind.format}, got {got}", event_type)
     return ContractError("invalid_value", f"{event_type}: field {where}: {first.message}", event_type)
 
 
@@ -271,7 +278,10 @@ def read_time(text: str) -> tuple[datetime, str]:
     try:
         moment = datetime.fromisoformat(canonical)
     except ValueError as exc:
-        raise ValueError(f"it is not a time that can be read ({exc})") from None
+        reason = str(exc)
+        if reason.startswith("Invalid isoformat string"):
+            reason = "it is not an ISO 8601 date-time"
+        raise ValueError(reason) from None
     if moment.tzinfo is None:
         raise ValueError("it has no UTC offset (add one, e.g. +08:00 or Z)")
     return moment, canonical

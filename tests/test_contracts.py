@@ -152,3 +152,87 @@ def test_timestamp_in_the_future(parser: EventParser) -> None:
 
 def test_small_clock_skew_is_tolerated(parser: EventParser) -> None:
     assert parser.parse(orjson.dumps(event("order", occurred_at="2026-11-23T20:03:00+08:00")))
+
+
+def test_byte_order_mark_does_not_make_a_valid_event_unreadable(parser: EventParser) -> None:
+    good = event("order")
+    assert parser.parse(b"\xef\xbb\xbf" + orjson.dumps(good)) == good
+
+
+@pytest.mark.parametrize(("tail", "key"), [
+    (b',"stars":5}', "stars"),
+    (b',"reviewer":{"openid":"a","openid" : "b"}}', "openid"),
+])
+def test_duplicate_key_is_its_own_reason(parser: EventParser, tail: bytes, key: str) -> None:
+    """The validator would keep one of the two values silently; which one the producer meant is unknown."""
+    payload = orjson.dumps(event("review", reviewer=None))[:-1] + tail
+    error = reject(parser, payload)
+    assert error.reason == "duplicate_key"
+    assert f"'{key}' appears twice" in str(error)
+
+
+def test_keys_that_only_look_repeated_are_not_duplicates(parser: EventParser) -> None:
+    """A colon after a quote inside a text, or blanks before a key's colon, are not keys."""
+    good = event("review", text='他说 "好": 新鲜', tags=['a":b'])
+    raw = orjson.dumps(good).replace(b'"stars":', b'"stars"  :')
+    assert parser.parse(raw) == good
+
+
+@pytest.mark.parametrize("occurred_at", ["1900-01-01T00:00:00+00:00", "0001-01-01T00:00:00+08:00", "1999-12-31T23:59:59Z"])
+def test_an_event_before_the_earliest_accepted_time_is_too_old(parser: EventParser, occurred_at: str) -> None:
+    error = reject(parser, event("order", occurred_at=occurred_at))
+    assert error.reason == "too_old"
+    assert "2000-01-01" in str(error) and "LASTMILE_MIN_OCCURRED_AT" in str(error)
+
+
+def test_the_earliest_accepted_time_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LASTMILE_MIN_OCCURRED_AT", "2020-01-01")
+    strict = EventParser(now=lambda: FIXED_NOW)
+    assert reject(strict, event("order", occurred_at="2019-06-01T00:00:00+08:00")).reason == "too_old"
+    assert strict.parse(orjson.dumps(event("order", occurred_at="2020-06-01T00:00:00+08:00")))
+
+
+def test_a_slot_time_the_warehouse_cannot_hold_is_refused(parser: EventParser) -> None:
+    error = reject(parser, event("order", delivery_slot_start="0001-01-01T00:00:00+08:00"))
+    assert error.reason == "invalid_value"
+    assert "delivery_slot_start" in str(error) and "1900-01-01" in str(error)
+
+
+@pytest.mark.parametrize(("written", "stored"), [
+    ("2026-11-20t16:05:00z", "2026-11-20T16:05:00Z"),
+    ("2026-06-30T23:59:60Z", "2026-06-30T23:59:59.999Z"),
+])
+def test_rfc3339_times_python_cannot_read_are_rewritten_not_refused(parser: EventParser, written: str, stored: str) -> None:
+    event_, verbatim = parser.judge(orjson.dumps(event("order", occurred_at=written)))
+    assert event_["occurred_at"] == stored
+    assert verbatim is None, "a rewritten event is serialised again, not stored as received"
+
+
+@pytest.mark.parametrize(("occurred_at", "words"), [
+    ("2026-02-29T10:00:00+08:00", "day is out of range for month"),
+    ("2026-11-20 16:05:00+08:00", "not an RFC 3339 date-time"),
+    ("2026-11-20T16:05:00", "no UTC offset"),
+    ("20/11/2026 16:05", "not an ISO 8601 date-time"),
+])
+def test_a_bad_time_is_told_what_is_actually_wrong(parser: EventParser, occurred_at: str, words: str) -> None:
+    error = reject(parser, event("order", occurred_at=occurred_at))
+    assert error.reason == "invalid_value"
+    assert words in str(error) and "occurred_at" in str(error)
+    if "no UTC offset" not in words:
+        assert "offset" not in str(error).split(";")[0], "a time that has an offset is not told it lacks one"
+
+
+def test_integral_numbers_are_written_as_their_columns_read_them(parser: EventParser) -> None:
+    good = event("order", schema_version=1.0, total_amount=51.004)
+    good["items"][0]["qty"] = 2.0
+    parsed, verbatim = parser.judge(orjson.dumps(good))
+    assert type(parsed["schema_version"]) is int and type(parsed["items"][0]["qty"]) is int
+    assert parsed["total_amount"] == 51.0 and verbatim is None
+    untouched = orjson.dumps(event("locker_telemetry"))
+    assert parser.judge(untouched)[1] == untouched, "an event that needs nothing is stored as received"
+
+
+@pytest.mark.parametrize("junk", ["null", "", "undefined", 13800000000, None, "x" * 200])
+def test_a_junk_identifier_does_not_break_the_contract(parser: EventParser, junk: object) -> None:
+    """Identity rules refuse junk identifiers with their reason; the sale itself is valid."""
+    assert parser.parse(orjson.dumps(event("order", buyer={"phone": junk})))["buyer"] == {"phone": junk}
