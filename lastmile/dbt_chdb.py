@@ -1,5 +1,13 @@
 """Let dbt-clickhouse talk to the embedded chDB warehouse, for the plain ``dbt`` CLI too.
 
+This is the one place lastmile reaches into dbt's internals (everything else runs dbt through
+its public ``dbtRunner`` or the ``dbt`` command). Written against **dbt-clickhouse 1.9.7**
+(:data:`WRITTEN_FOR`); it relies on ``dbt.adapters.clickhouse.httpclient.ChHttpClient._create_client(self,
+credentials)`` building the client, and on ``ChClientWrapper.__init__`` filling
+``self._conn_settings`` before calling it. ``tests/test_dbt_hook.py`` pins the version and
+checks both against the installed adapter (a real ``ChHttpClient`` opens chDB through the
+patch), so an upgrade fails there, naming what to re-check.
+
 dbt-clickhouse accepts only the ``http``/``https`` drivers and builds its clickhouse-connect
 client in ``ChHttpClient._create_client``. clickhouse-connect itself speaks chDB
 (``get_client(dsn="chdb:///dir")``), so the only missing piece is that one method. This
@@ -37,6 +45,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+#: The dbt-clickhouse release the patch was written and tested against.
+WRITTEN_FOR = "1.9.7"
 #: Profile ``host`` value that selects the embedded warehouse.
 SENTINEL_HOST = "chdb"
 #: The module whose import triggers the patch.
@@ -49,6 +59,13 @@ PTH_LINE = (
 )
 #: dbt-clickhouse connection settings that mean something only over HTTP.
 _HTTP_ONLY_SETTINGS = ("session_id",)
+
+
+def installed_version() -> str:
+    """The installed dbt-clickhouse release."""
+    from importlib import metadata
+
+    return metadata.version("dbt-clickhouse")
 
 
 def _warehouse_dsn() -> tuple[str, str]:

@@ -69,3 +69,43 @@ def test_pth_line_is_guarded_and_hook_patches_dbt_on_import() -> None:
         out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def _recheck(what: str) -> str:
+    return (f"dbt-clickhouse {dbt_chdb.installed_version()} installed, lastmile.dbt_chdb written for "
+            f"{dbt_chdb.WRITTEN_FOR}: re-check {what} (lastmile/dbt_chdb.py says what the patch relies on)")
+
+
+def test_installed_dbt_clickhouse_is_the_release_the_patch_was_written_for() -> None:
+    assert dbt_chdb.installed_version() == dbt_chdb.WRITTEN_FOR, _recheck("the patch, then set WRITTEN_FOR")
+
+
+def test_dbt_clickhouse_still_builds_its_client_where_the_patch_replaces_it() -> None:
+    import inspect
+
+    from dbt.adapters.clickhouse.dbclient import ChClientWrapper
+    from dbt.adapters.clickhouse.httpclient import ChHttpClient
+
+    assert list(inspect.signature(ChHttpClient._create_client).parameters) == ["self", "credentials"], _recheck(
+        "ChHttpClient._create_client")
+    init = inspect.getsource(ChClientWrapper.__init__)
+    assert "self._conn_settings" in init and "self._create_client(credentials)" in init, _recheck(
+        "ChClientWrapper.__init__ (where the connection settings and the client are made)")
+    assert init.index("self._conn_settings") < init.index("self._create_client(credentials)"), _recheck(
+        "the order of ChClientWrapper.__init__: settings before the client")
+
+
+def test_the_real_adapter_client_opens_the_embedded_warehouse(home: Settings) -> None:
+    """dbt-clickhouse's own client class, patched, opens chDB and runs its start-up queries on it."""
+    import importlib
+
+    from dbt.adapters.clickhouse.credentials import ClickHouseCredentials
+
+    module = importlib.import_module(dbt_chdb.TARGET_MODULE)
+    dbt_chdb.patch(module)
+    client = module.ChHttpClient(ClickHouseCredentials(host=dbt_chdb.SENTINEL_HOST, schema="lastmile_dbt_check"))
+    try:
+        assert client.command("SELECT 41 + 1") == 42, _recheck("ChHttpClient.command")
+        assert client._client.path == str(home.warehouse_dir)
+    finally:
+        client.close()
