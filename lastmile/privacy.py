@@ -23,6 +23,8 @@ _CACHE_LIMIT = 500_000
 
 #: An identifier field in raw (possibly broken) JSON: "phone": "138 0013 8000".
 _FIELD = re.compile(rb'"(phone|previous_phone|unionid|openid|member_card|device_id)"\s*:\s*"([^"]{1,64})"')
+#: The same, also matching a value typed as a bare number ("phone": 13800138000).
+_ANY_FIELD = re.compile(rb'"(phone|previous_phone|unionid|openid|member_card|device_id)"\s*:\s*(?:"([^"]{1,64})"|(-?[0-9][0-9.eE+]{0,40}))')
 
 
 class Identifiers:
@@ -75,6 +77,19 @@ class Identifiers:
             if normalized is not None and self.hasher.token(id_type, normalized) in self.forgotten:
                 return True
         return False
+
+    def spellings_of(self, payload: bytes, tokens: frozenset[str] | set[str]) -> set[str]:
+        """The raw identifier values in ``payload`` (valid JSON or not) whose token is in ``tokens``,
+        as they were typed ("+86 198-...", a number without quotes): a forget request knows a
+        person by tokens, and needs these spellings to find the person in raw text."""
+        found: set[str] = set()
+        for name, quoted, bare in _ANY_FIELD.findall(payload):
+            raw = (quoted or bare).decode("utf-8", "replace")
+            id_type = "phone" if name.endswith(b"phone") else name.decode()
+            normalized = normalize(id_type, raw, self.rules.blocklist)
+            if normalized is not None and self.hasher.token(id_type, normalized) in tokens:
+                found.add(raw)
+        return found
 
     def links(self, event: dict[str, Any]) -> list[Link]:
         """The identity evidence of a valid event (hashed; refusals carry their reason)."""
