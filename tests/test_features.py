@@ -239,8 +239,8 @@ def test_redis_online_store(fs: Settings, monkeypatch: pytest.MonkeyPatch, tmp_p
         store = get_store(redis_fs, fresh=True)
         assert store.config.online_store.type == "redis"
         store.apply([])  # registry unchanged; makes sure the Redis infra exists
-        report = materialize(redis_fs, incremental=False, views=["customer_profile", "sku_catalog"])
-        assert report.rows["customer_profile"] > 0
+        report = materialize(redis_fs, incremental=False, views=["customer_profile", "sku_catalog", "next_purchase"])
+        assert report.rows["customer_profile"] > 0 and report.rows["next_purchase"] > 0
         oneids = _some_customers(fs, 3)
         from_redis = online_features(redis_fs, ["customer_profile:orders_total", "customer_profile:home_community_id"],
                                      [{"oneid": o} for o in oneids])
@@ -252,12 +252,23 @@ def test_redis_online_store(fs: Settings, monkeypatch: pytest.MonkeyPatch, tmp_p
         rows = [{"oneid": o} for o in oneids] + [{"oneid": "nobody"}]
         refs = ["customer_profile:orders_total", "customer_profile:home_community_id"]
         assert online_features(redis_fs, refs, rows) == store.get_online_features(features=refs, entity_rows=rows).to_dict()
-        # forgetting a person deletes their entity's hash (every view of theirs), nobody else's
+        # forgetting a person deletes the hash of every entity key holding their OneID (alone:
+        # every customer view; with a SKU: next_purchase, found by SCAN), nobody else's
         from lastmile.features.forget import forget_online
 
-        assert forget_online(redis_fs, [oneids[0]]) == 1
+        skus = {o: [s for (s,) in connect(fs).rows("SELECT DISTINCT sku FROM feat_customer_sku WHERE oneid = {o:String}",
+                                                   {"o": o})] for o in oneids[:2]}
+        assert skus[oneids[0]] and skus[oneids[1]]
+        np_rows = [{"oneid": o, "sku": s} for o in oneids[:2] for s in skus[o]]
+        np_before = store.get_online_features(features=["next_purchase:np_purchases"], entity_rows=np_rows).to_dict()
+        assert all(v is not None for v in np_before["np_purchases"])
+        assert forget_online(redis_fs, [oneids[0]]) == 1 + len(skus[oneids[0]])
         after = store.get_online_features(features=refs, entity_rows=rows).to_dict()
         assert after["orders_total"][0] is None and after["orders_total"][1:3] == from_redis["orders_total"][1:3]
+        np_after = store.get_online_features(features=["next_purchase:np_purchases"], entity_rows=np_rows).to_dict()
+        mine = len(skus[oneids[0]])
+        assert np_after["np_purchases"][:mine] == [None] * mine
+        assert np_after["np_purchases"][mine:] == np_before["np_purchases"][mine:]
         assert forget_online(redis_fs, [oneids[0]]) == 0
     finally:
         proc.terminate()
