@@ -49,6 +49,22 @@ class HashKeyConflict(ValueError):
     whole_message = True  # the command line prints it uncut: both fingerprints and what to do
 
 
+#: The constant a key's fingerprint is an HMAC of (versioned, so it can change deliberately).
+KEY_FINGERPRINT_CONTEXT = b"lastmile hash key fingerprint v1"
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short, non-reversible name for a hash key: equal keys, equal fingerprints.
+
+    An HMAC of a constant under the key: it says whether two keys are the same and nothing
+    about the key (it cannot be turned back into the key, nor used to hash an identifier).
+    """
+    import hashlib
+    import hmac
+
+    return hmac.new(key, KEY_FINGERPRINT_CONTEXT, hashlib.sha256).hexdigest()[:16]
+
+
 def _env(name: str) -> str:
     return os.environ.get(name, VARIABLES[name][0])
 
@@ -127,11 +143,9 @@ class Settings:
         path = self.hash_key_file
         if self.hash_key:
             if path.is_file() and path.read_text().strip() != self.hash_key:
-                from lastmile.identity.key_fingerprint import fingerprint
-
                 raise HashKeyConflict(
-                    f"LASTMILE_HASH_KEY (key fingerprint {fingerprint(self.hash_key.encode())}) is set and differs from "
-                    f"the key in {path} (fingerprint {fingerprint(path.read_text().strip().encode())}): identifiers "
+                    f"LASTMILE_HASH_KEY (key fingerprint {key_fingerprint(self.hash_key.encode())}) is set and differs from "
+                    f"the key in {path} (fingerprint {key_fingerprint(path.read_text().strip().encode())}): identifiers "
                     "hashed under one never match those hashed under the other. Unset LASTMILE_HASH_KEY to use the file, or move the file "
                     "away if the variable holds the key this data directory was built with (`lastmile key show` "
                     "compares both with the warehouse)")

@@ -16,15 +16,11 @@ from, and what to do.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import datetime, timezone
 
-from lastmile.config import Settings
+from lastmile.config import Settings, key_fingerprint
 from lastmile.warehouse import Warehouse
 
-#: The constant the fingerprint is an HMAC of (versioned, so it can change deliberately).
-_CONTEXT = b"lastmile hash key fingerprint v1"
 SETTING = "hash_key_fingerprint"
 
 SETTINGS_DDL = (
@@ -45,8 +41,9 @@ class HashKeyMismatch(ValueError):
 
 
 def fingerprint(key: bytes) -> str:
-    """A short, non-reversible name for a key: equal keys, equal fingerprints."""
-    return hmac.new(key, _CONTEXT, hashlib.sha256).hexdigest()[:16]
+    """A short, non-reversible name for a key: equal keys, equal fingerprints (see
+    :func:`lastmile.config.key_fingerprint`, which the settings use for their own error)."""
+    return key_fingerprint(key)
 
 
 def stored_fingerprint(warehouse: Warehouse) -> tuple[str, str] | None:
