@@ -512,19 +512,49 @@ def forget_cmd(
         from lastmile.features.forget import OnlineForgetError, forget_online
 
         try:
-            report.touched["online_store"] = forget_online(cfg, [report.oneid])
+            report.touched["online_store"] = forget_online(cfg, sorted(report.oneids))
         except OnlineForgetError as exc:
             err.print(f"[red]error:[/red] the warehouse has forgotten {report.oneid}, the online store has not: {exc}",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+    verification = _forget_files_and_verify(cfg, warehouse, report)
+    checked = {"clean": verification.clean, "traces": verification.traces, "tables_searched": verification.searched_tables,
+               "files_searched": verification.searched_files, "suppression_list_rows": verification.suppression_rows}
     if as_json:
-        print(json.dumps({"oneid": report.oneid, "identifiers": report.identifiers, "touched": report.touched}))
-        return
-    if not report.anything:
+        print(json.dumps({"oneid": report.oneid, "identifiers": report.identifiers, "touched": report.touched,
+                          "verification": checked}))
+    elif not report.anything:
         console.print(f"nothing found for that {id_type}: nothing to forget (already forgotten, or never seen)")
-        return
-    console.print(f"forgot profile {report.oneid or '(none)'}: {report.identifiers} identifiers; rows touched: "
-                  + ", ".join(f"{k} {v:,}" for k, v in report.touched.items() if v))
+    else:
+        console.print(f"forgot profile {report.oneid or '(none)'}: {report.identifiers} identifiers; rows touched: "
+                      + ", ".join(f"{k} {v:,}" for k, v in report.touched.items() if v))
+    for note in verification.notes:
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if not verification.clean:
+        for trace in verification.traces:
+            err.print(f"trace left: {trace}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {len(verification.traces)} trace(s) of the person remain (listed above)",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if not as_json:
+        console.print(f"verified: no trace in {verification.searched_tables} tables and {verification.searched_files} files "
+                      f"(the suppression list keeps {verification.suppression_rows} token(s) so replays cannot bring them back)")
+
+
+def _forget_files_and_verify(cfg: Any, warehouse: Any, report: Any) -> Any:
+    """The data directory's part of a forget request, then the verification pass over everything."""
+    from lastmile.identity.forget_files import forget_in_files, spellings_in_files
+    from lastmile.identity.forget_verify import needles, verify
+    from lastmile.models.recommender import MODEL_NAME, forget_users, model_dir
+    from lastmile.privacy import Identifiers
+
+    identifiers = Identifiers(cfg)
+    report.spellings |= spellings_in_files(cfg.home, identifiers, report.tokens)
+    files = forget_in_files(cfg.home, identifiers, report.tokens, report.oneids,
+                            set(needles(report.oneids, report.tokens, report.spellings)))
+    report.touched["files"] = sum(files.values())
+    report.touched["recommender_model"] = forget_users(model_dir(cfg, MODEL_NAME), report.oneids)
+    return verify(warehouse, cfg.home, report.oneids, report.tokens, report.spellings, cfg.embedded)
 
 
 key_app = typer.Typer(help="The hash key of direct identifiers: which key is in use, and the warehouse's.", no_args_is_help=True)

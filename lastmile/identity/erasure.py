@@ -73,6 +73,7 @@ class Erasure:
         self._tables.setdefault(table, _TableErasure()).deletes.append(condition)
 
     def blank(self, table: str, column: str, condition: str, replacement: str) -> None:
+        """Set a String column to ``replacement`` (``NULL`` or ``''``) where ``condition`` holds."""
         self._tables.setdefault(table, _TableErasure()).blanks.setdefault(column, []).append((condition, replacement))
 
     def apply(self) -> None:
@@ -88,7 +89,12 @@ class Erasure:
         for column, steps in work.blanks.items():
             expr = quote_ident(column)
             for condition, replacement in steps:
-                expr = f"if({condition}, {replacement}, {expr})"
+                if replacement == "NULL":
+                    # ClickHouse computes if(c, NULL, x) by putting a null mask over x: the old
+                    # string would stay in the part, only hidden. Blank it under the mask too.
+                    expr = f"if({condition}, NULL, if({condition}, '', {expr}))"
+                else:
+                    expr = f"if({condition}, {replacement}, {expr})"
             out[column] = expr
         return out
 

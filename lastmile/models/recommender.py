@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -210,6 +211,33 @@ class RecommenderModel:
                                 meta["backend"])
         return cls(cand, Logistic.from_dict(meta["reranker"]), meta["popular"], meta["metrics"],
                    meta["feature_service"], meta["trained_at"])
+
+
+def forget_users(directory: Path, oneids: set[str]) -> int:
+    """Remove people from a saved recommender (their OneID and factor row); returns how many.
+
+    A forget request must not leave a person's OneID and taste profile in the artefact the API
+    serves; the other users' factors, the items and the re-ranker do not depend on the row.
+    """
+    path = directory / "model.json"
+    if not path.is_file():
+        return 0
+    meta = json.loads(path.read_text())
+    users: dict[str, int] = meta["users"]  # OneID -> row of user_factors
+    kept = sorted((row, user) for user, row in users.items() if user not in oneids)
+    removed = len(users) - len(kept)
+    if not removed:
+        return 0
+    arrays = np.load(directory / "factors.npz")
+    keep = [row for row, _ in kept]
+    meta["users"] = {user: i for i, (_, user) in enumerate(kept)}
+    tmp = directory / "factors.forgetting.npz"
+    np.savez_compressed(tmp, user_factors=arrays["user_factors"][keep], item_factors=arrays["item_factors"])
+    os.replace(tmp, directory / "factors.npz")
+    tmp_meta = directory / "model.json.forgetting"
+    tmp_meta.write_text(json.dumps(meta, ensure_ascii=False, indent=1, default=str))
+    os.replace(tmp_meta, path)
+    return removed
 
 
 def model_dir(cfg: Settings, name: str) -> Path:
