@@ -1,10 +1,25 @@
 {#- The snapshot stg_identity__event_oneid keeps of the identity graph it resolved against:
     every identifier's (oneid, shared) and the newest evidence ingestion it had seen
-    (`links_through`). The pre-hook takes it into `<this>__identity_state_next` before the
-    model reads anything; the incremental query compares it with the previous build's
-    `<this>__identity_state`; the last post-hook makes it the new `__identity_state` (the old one is dropped). If a
-    build fails in between, the old snapshot stays and the next build re-resolves more, never
-    less. The tables belong to the model: a full refresh rebuilds them with it. -#}
+    (`links_through`). Its scope (incremental_scope='identity_snapshot', macros/incremental_scope.sql)
+    takes it into `<this>__identity_state_next` before the model reads anything; the
+    incremental query compares it with the previous build's `<this>__identity_state`; once the
+    build succeeded it becomes the new `__identity_state` (the old one is dropped). If a build
+    fails in between, the old snapshot stays and the next build re-resolves more, never less.
+    The tables belong to the model: a full refresh rebuilds them with it. -#}
+
+{#- Before the model's query: the snapshot, then what changed since the previous one, then the
+    events to re-resolve. -#}
+{% macro event_oneid_state_begin() -%}
+    {{ return([event_oneid_state_prepare(), event_oneid_changed_prepare(), event_oneid_affected_prepare()]) }}
+{%- endmacro %}
+
+{#- After it: the change log for downstream models (it reads the previous snapshot, so before
+    the commit), the snapshot made current, the work tables dropped. The events written with an
+    empty OneID are the model's `placeholders`, deleted after these. -#}
+{% macro event_oneid_state_end() -%}
+    {{ return([event_oneid_changes_create(), event_oneid_changes_log(), event_oneid_state_commit(),
+               event_oneid_state_drop_old(), event_oneid_drop_work_tables(), event_oneid_drop_changed()]) }}
+{%- endmacro %}
 
 {% macro event_oneid_state_relation(next=false, suffix=none) -%}
     {%- set name = suffix if suffix else ('identity_state_next' if next else 'identity_state') -%}
@@ -32,8 +47,6 @@
     group by token
     -- in one snapshot only (new or forgotten), or with another OneID or shared flag
     having count() = 1 or uniqExact(oneid, shared) > 1
-    {%- else -%}
-    select 1
     {%- endif -%}
 {%- endmacro %}
 
@@ -54,8 +67,6 @@
     -- events stored under a OneID a changed identifier had (their evidence may be gone)
     select event_id from {{ this }}
     where oneid in (select oneid from {{ event_oneid_state_relation() }} where token in (select token from {{ changed }}) and oneid != '')
-    {%- else -%}
-    select 1
     {%- endif -%}
 {%- endmacro %}
 
@@ -76,18 +87,6 @@
         exchange tables {{ event_oneid_state_relation(next=true) }} and {{ state }}
     {%- else -%}
         rename table {{ event_oneid_state_relation(next=true) }} to {{ state }}
-    {%- endif -%}
-{%- endmacro %}
-
-{#- An incremental build writes an event that no longer resolves (its identifiers were
-    forgotten or blocked) with an empty OneID, so delete+insert replaces its old row; this
-    removes it. A no-op statement when there is none. -#}
-{% macro event_oneid_drop_unresolved() -%}
-    {%- set unresolved = run_query("select count() from " ~ this ~ " where oneid = ''").columns[0].values()[0] if execute else 0 -%}
-    {%- if unresolved > 0 -%}
-        delete from {{ this }} where oneid = ''
-    {%- else -%}
-        select 1
     {%- endif -%}
 {%- endmacro %}
 

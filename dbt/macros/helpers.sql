@@ -37,23 +37,24 @@
     (SELECT max({{ watermark_column }}) - INTERVAL {{ var('lookback_minutes') }} MINUTE FROM {{ this }})
 {%- endmacro %}
 
-{#- The events of `raw_table` about the orders `order_ids` (a subquery), as a condition on
-    event_id: on a staging view over that table, its FINAL then reads only those events
-    (see lookback_filter). -#}
-{% macro events_of_orders(raw_table, order_ids) -%}
-    event_id in (select event_id from {{ source('lastmile', raw_table) }} where order_id in ({{ order_ids }}))
+{#- The events of the raw table behind `versions` (a ref of a stg_lastmile__*_versions model) about the
+    orders `order_ids` (a subquery), as a condition on event_id: on the staging view over that
+    table, its FINAL then reads only those events (see lookback_filter). -#}
+{% macro events_of_orders(versions, order_ids) -%}
+    event_id in (select event_id from {{ versions }} where order_id in ({{ order_ids }}))
 {%- endmacro %}
 
-{#- The lookback window of an event fact, as a filter on a staging view over `raw_table`:
-    the events with a row ingested after the watermark. Tested on event_id, a sorting-key
-    column of every raw table, so the view's FINAL reads and merges only those events
-    (profiles.yml: optimize_move_to_prewhere_if_final); the raw table is read without FINAL
-    for the ids, which is the same set (a ReplacingMergeTree versioned by `_ingested_at`: an
-    event has a row newer than the watermark exactly when its newest row is). -#}
-{% macro lookback_filter(raw_table) -%}
+{#- The lookback window of an event fact, as a filter on the staging view over the raw table
+    behind `versions` (a ref of its stg_lastmile__*_versions model): the events with a row ingested after
+    the watermark. Tested on event_id, a sorting-key column of every raw table, so the view's
+    FINAL reads and merges only those events (profiles.yml: optimize_move_to_prewhere_if_final);
+    the versions view reads the raw table without FINAL for the ids, which is the same set (a
+    ReplacingMergeTree versioned by `_ingested_at`: an event has a row newer than the watermark
+    exactly when its newest row is). -#}
+{% macro lookback_filter(versions) -%}
     {%- if is_incremental() %}
     WHERE event_id IN (
-        SELECT event_id FROM {{ source('lastmile', raw_table) }}
+        SELECT event_id FROM {{ versions }}
         WHERE _ingested_at > {{ incremental_watermark() }}
     )
     {%- endif %}
@@ -117,14 +118,20 @@
         ['不冰', '化了', '变质', '晚了', '没有按时', '破损', '碎', '少', 'warm', 'melted', 'not cold', 'late', 'damaged', 'broken', 'small']))
 {%- endmacro %}
 
-{#- Rows an incremental build wrote only so that delete+insert would remove their old copy
-    (e.g. an order whose buyer no longer resolves): deleted once the new rows are in. A
-    no-op statement when there is none (a DELETE is a mutation over the whole table). -#}
-{% macro delete_placeholder_rows(condition) -%}
-    {%- set n = run_query("select count() from " ~ this ~ " where " ~ condition).columns[0].values()[0] if execute else 0 -%}
-    {%- if n > 0 -%}
-        delete from {{ this }} where {{ condition }}
-    {%- else -%}
-        select 1
-    {%- endif -%}
+{#- The rows a mart publishes from the intermediate table that builds it (fct_orders from
+    int_orders_enriched, ...): everything on a full build; on an incremental one, the rows the
+    intermediate wrote since this table's watermark (minus the lookback) that this table does
+    not hold at the same `version` (an expression over the row; by default the watermark
+    column). The intermediate only ever rewrites a key with a newer version, so the mart ends
+    up row for row the same. -#}
+{% macro published_rows(relation, key, watermark='_ingested_at', version=none) -%}
+    {%- set version = version or watermark -%}
+    select * from {{ relation }}
+    {%- if is_incremental() %}
+    where {{ watermark }} > {{ incremental_watermark(watermark) }}
+      and ({{ key }}, {{ version }}) not in (
+          select {{ key }}, {{ version }} from {{ this }}
+          where {{ watermark }} > {{ incremental_watermark(watermark) }}
+      )
+    {%- endif %}
 {%- endmacro %}

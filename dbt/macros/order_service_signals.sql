@@ -1,9 +1,9 @@
-{#- Parts of int_order_service_signals that its pre-hook needs too (see the model).
+{#- Parts of int_order_service_signals that its scope needs too (see the model).
 
-    The orders an incremental build rewrites (`<this>__scope`) are computed once, by the
-    pre-hook, into a small table the model reads three times and the post-hook drops: as a CTE,
-    ClickHouse recomputed them wherever the model named them (three `in (select ...)` filters,
-    three times the cost). -#}
+    The orders an incremental build rewrites (`<this>__scope`) are computed once, before the
+    model's query, into a small table the model reads three times (macros/incremental_scope.sql):
+    as a CTE, ClickHouse recomputed them wherever the model named them (three `in (select ...)`
+    filters, three times the cost). -#}
 
 {#- The signals of the small inputs (cold-chain decisions, attributed packaging returns), for
     every order that has any. -#}
@@ -26,10 +26,10 @@
     ) as packaging on packaging.order_id = decisions.order_id
 {%- endmacro %}
 
-{#- Incremental builds: the orders to rewrite (see the model for why each). -#}
-{% macro order_service_scope_prepare() -%}
-    {%- if is_incremental() -%}
-    create or replace table {{ scope_relation() }} engine = MergeTree order by order_id as
+{#- The scope rules of int_order_service_signals (incremental_scope='order',
+    macros/incremental_scope.sql): the orders to rewrite (see the model for why each). -#}
+{% macro order_service_scope_rules() -%}
+    {%- set also -%}
     with small_signals as (
         {{ order_small_signals() }}
     ),
@@ -39,7 +39,7 @@
         where has_claim_decision or packaging_returns > 0
     )
 
-    select order_id from {{ ref('fct_orders') }}
+    select order_id from {{ ref('int_orders_enriched') }}
     where _source_ingested_at > {{ incremental_watermark('_orders_ingested_at') }}
     union distinct
     select order_id from {{ ref('int_order_line_rollup') }}
@@ -51,7 +51,6 @@
     union distinct
     select order_id from held_small_signals
     where (order_id, has_claim_decision, is_claim_resolved, packaging_returns) not in (select * from small_signals)
-    {%- else -%}
-    select 1
-    {%- endif -%}
+    {%- endset -%}
+    {{ return({'also': also}) }}
 {%- endmacro %}

@@ -1,7 +1,7 @@
 {#- The reading batch of int_compartment_weekly_compliance: the telemetry readings one build
     adds to the weekly counts, and the record of what the previous build counted.
 
-    The pre-hook takes every raw reading ingested after the build's cut into
+    Before the model's query, its scope takes every raw reading ingested after the build's cut into
     `<this>__readings_batch`, one row per reading (its newest version), before the model
     reads anything. The cut is when the previous build that wrote counts started (the newest
     `_built_at` of the model) minus vars.lookback_minutes: a reading ingested before it was
@@ -9,7 +9,7 @@
     lookback also absorbs clock skew between the dbt host and the writers). A build without a
     previous one, or a full refresh, cuts at its own start minus the lookback.
     The model counts from the batch, so what it counted and what it records are the same rows
-    even while ingestion goes on. The post-hook keeps the batch as `<this>__readings_counted`:
+    even while ingestion goes on. After it, the batch is kept as `<this>__readings_counted`:
     the next build skips those readings at that version, as its batch holds them again.
 
     The cut follows the clock, not the newest ingestion: a backfill ingested in minutes
@@ -19,6 +19,16 @@
     A failed build leaves the previous record and the previous counts in place: the next build
     starts from the same cut again. The tables belong to the model: a full refresh rebuilds
     them with it. -#}
+
+{#- The steps of its scope (incremental_scope='reading_batch', macros/incremental_scope.sql). -#}
+{% macro telemetry_batch_begin() -%}
+    {{ return([telemetry_batch_prepare(), telemetry_batch_fresh_prepare(), telemetry_batch_recounted_prepare()]) }}
+{%- endmacro %}
+
+{% macro telemetry_batch_end() -%}
+    {{ return([telemetry_batch_commit(), telemetry_batch_drop_previous(), telemetry_batch_drop_fresh(),
+               telemetry_batch_drop_recounted()]) }}
+{%- endmacro %}
 
 {% macro telemetry_batch_relation(suffix) -%}
     {{ return(this.incorporate(path={"identifier": this.identifier ~ '__readings_' ~ suffix})) }}
@@ -54,12 +64,12 @@
     create or replace table {{ telemetry_batch_relation('batch') }}
     engine = MergeTree order by tuple()
     as
-    -- The columns of stg_lastmile__locker_telemetry that the rollup reads, straight from the
-    -- raw ReplacingMergeTree without FINAL: the batch is a sliver, deduplicated here (the
-    -- newest version of each sorting key, as FINAL keeps).
+    -- The columns of stg_lastmile__locker_telemetry that the rollup reads, from every version
+    -- of the raw readings (stg_lastmile__locker_telemetry_versions, no FINAL): the batch is a
+    -- sliver, deduplicated here (the newest version of each sorting key, as FINAL keeps).
     select
         event_id,
-        occurred_at as read_at,
+        read_at,
         locker_id,
         compartment_id,
         newest.1 as community_id,
@@ -68,11 +78,11 @@
         newest.4 as _ingested_at
     from (
         select
-            locker_id, compartment_id, occurred_at, event_id,
+            locker_id, compartment_id, read_at, event_id,
             argMax((community_id, product_class, temperature_c, _ingested_at), _ingested_at) as newest
-        from {{ source('lastmile', 'raw_locker_telemetry') }}
+        from {{ ref('stg_lastmile__locker_telemetry_versions') }}
         where _ingested_at > {{ telemetry_batch_cut(additive) }}
-        group by locker_id, compartment_id, occurred_at, event_id
+        group by locker_id, compartment_id, read_at, event_id
     )
 {%- endmacro %}
 
@@ -93,8 +103,6 @@
        or (compartment_id, read_at, event_id, _ingested_at) not in (
               select compartment_id, read_at, event_id, _ingested_at from {{ counted }}
           )
-    {%- else -%}
-    select 1
     {%- endif -%}
 {%- endmacro %}
 
@@ -110,14 +118,12 @@
               select compartment_id, read_at, event_id from {{ telemetry_batch_relation('counted') }}
           )
        or event_id in (
-              select event_id from {{ source('lastmile', 'raw_locker_telemetry') }}
+              select event_id from {{ ref('stg_lastmile__locker_telemetry_versions') }}
               -- the reading's time first: a cheap column that rules out almost every row
-              prewhere occurred_at in (select read_at from {{ fresh }})
-              where _ingested_at <= {{ telemetry_batch_cut(true) }}
+              where read_at in (select read_at from {{ fresh }})
+                and _ingested_at <= {{ telemetry_batch_cut(true) }}
                 and event_id in (select event_id from {{ fresh }})
           )
-    {%- else -%}
-    select 1
     {%- endif -%}
 {%- endmacro %}
 

@@ -27,19 +27,20 @@
     behind the filter; relationships to reference data (reloaded on every build) must see every
     row anyway. -#}
 
-{#- model -> the key its tests are sliced on (a column of the delete+insert's new rows). -#}
+{#- model -> the key its tests are sliced on: every model with a `test_slice_key` config
+    (macros/incremental_scope.sql), in one pass over the graph. -#}
 {% macro test_slice_models() -%}
-    {{ return({
-        'stg_identity__event_oneid': 'event_id',
-        'fct_orders': 'order_id',
-        'fct_order_lines': 'order_line_id',
-        'fct_pickups': 'event_id',
-        'fct_returns': 'event_id',
-        'fct_reviews': 'event_id',
-        'int_order_line_rollup': 'order_id',
-        'int_customer_orders': 'order_id',
-        'int_order_service_signals': 'order_id',
-    }) }}
+    {%- set models = {} %}
+    {%- for node in graph.nodes.values() if node.resource_type == 'model' and node.config.get('test_slice_key') %}
+        {%- do models.update({node.name: node.config.get('test_slice_key')}) %}
+    {%- endfor %}
+    {{ return(models) }}
+{%- endmacro %}
+
+{#- The slice key of one model, found by its relation's name (the test's `model` argument). -#}
+{% macro test_slice_key_of(identifier) -%}
+    {%- set node = graph.nodes.get('model.' ~ project_name ~ '.' ~ identifier) %}
+    {{ return(node.config.get('test_slice_key') if node else none) }}
 {%- endmacro %}
 
 {% macro test_slices_passed_relation() -%}
@@ -56,7 +57,7 @@
 
 {#- Called by the delete+insert step once the new rows are in. -#}
 {% macro test_slice_record_keys(relation, new_data_relation) -%}
-    {%- set key = test_slice_models().get(relation.identifier) %}
+    {%- set key = config.get('test_slice_key') %}
     {%- if key %}
         {%- set keys = test_slice_keys_relation(relation.identifier) %}
         {%- do run_query("create table if not exists " ~ keys ~ " engine = MergeTree order by tuple() empty as select "
@@ -68,13 +69,14 @@
 {#- on-run-start -#}
 {% macro test_slices_start() -%}
     {%- if execute and flags.WHICH in ('build', 'run', 'test') %}
+        {%- set sliced_models = test_slice_models() %}
         {%- set passed = test_slices_passed_relation() %}
         {%- do run_query("create table if not exists " ~ passed ~ " (model String, passed_at DateTime64(3)) engine = MergeTree order by model") %}
         {%- if flags.FULL_REFRESH %}
             {#- Whatever was selected, the record no longer describes the tables. -#}
             {%- do run_query("truncate table " ~ passed) %}
         {%- else %}
-            {%- for model in test_slice_models() if not test_slice_relation_exists(model) %}
+            {%- for model in sliced_models if not test_slice_relation_exists(model) %}
                 {%- do run_query("delete from " ~ passed ~ " where model = " ~ dbt.string_literal(model)) %}
             {%- endfor %}
         {%- endif %}
@@ -91,12 +93,13 @@
         {%- set passed = test_slices_passed_relation() %}
         {#- model id -> its data tests, in one pass over the graph (Jinja is slow: a pass per
             model cost most of a second) -#}
+        {%- set sliced_models = test_slice_models() %}
         {%- set tests_of = {} %}
-        {%- for model in test_slice_models() %}{% do tests_of.update({'model.' ~ project_name ~ '.' ~ model: []}) %}{% endfor %}
+        {%- for model in sliced_models %}{% do tests_of.update({'model.' ~ project_name ~ '.' ~ model: []}) %}{% endfor %}
         {%- for node in graph.nodes.values() if node.resource_type == 'test' %}
             {%- for parent in node.depends_on.nodes if parent in tests_of %}{% do tests_of[parent].append(node.unique_id) %}{% endfor %}
         {%- endfor %}
-        {%- for model in test_slice_models() %}
+        {%- for model in sliced_models %}
             {%- set tests = tests_of['model.' ~ project_name ~ '.' ~ model] %}
             {%- set not_passed = [] %}
             {%- for test in tests if status.get(test) != 'pass' %}{% do not_passed.append(test) %}{% endfor %}
@@ -118,7 +121,7 @@
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') %}
     {%- if where and '__rewritten__' in where %}
-        {%- set key = test_slice_models().get(relation.identifier) %}
+        {%- set key = test_slice_key_of(relation.identifier) %}
         {%- set sliced = false %}
         {%- if execute and key and flags.WHICH == 'build' and not flags.FULL_REFRESH
                and test_slice_relation_exists('dbt_tests__passed') and test_slice_relation_exists(relation.identifier ~ '__rewritten_keys') %}

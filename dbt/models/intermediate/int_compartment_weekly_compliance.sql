@@ -12,16 +12,13 @@
     A full refresh, or a build without the previous build's record, counts every reading:
     the deduplicated telemetry up to the batch's cut, plus the batch. Same rows as a full
     refresh. -#}
+-- depends_on: {{ ref('stg_lastmile__locker_telemetry_versions') }}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='compartment_id, week_start',
     engine='MergeTree()',
     order_by='(community_id, week_start, compartment_id)',
-    pre_hook=["{{ telemetry_batch_prepare() }}", "{{ telemetry_batch_fresh_prepare() }}",
-              "{{ telemetry_batch_recounted_prepare() }}"],
-    post_hook=["{{ telemetry_batch_commit() }}", "{{ telemetry_batch_drop_previous() }}",
-               "{{ telemetry_batch_drop_fresh() }}", "{{ telemetry_batch_drop_recounted() }}"],
+    incremental_scope='reading_batch',
 ) }}
 
 {%- set batch = telemetry_batch_relation('batch') %}

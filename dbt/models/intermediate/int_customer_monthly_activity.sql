@@ -9,12 +9,10 @@
 -- depends_on: {{ ref('stg_identity__event_oneid') }}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='oneid',
     engine='MergeTree()',
     order_by='(oneid, activity_month)',
-    pre_hook=["{{ monthly_activity_scope_prepare() }}"],
-    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows(\"activity_month = '1970-01-01'\") }}"],
+    incremental_scope='person', scope_rules='monthly_activity_scope_rules', placeholders="activity_month = '1970-01-01'",
 ) }}
 
 with observation as (
@@ -61,7 +59,7 @@ reviews as (
         {{ business_month('reviews.reviewed_at') }} as activity_month,
         count() as reviews_written,
         countIf(length(coalesce(reviews.review_text, '')) > 0) as reviews_with_text
-    from {{ ref('fct_reviews') }} as reviews
+    from {{ ref('int_reviews_enriched') }} as reviews
     inner join (
         select event_id, oneid from {{ ref('stg_identity__event_oneid') }}
         where event_type = 'review'

@@ -1,11 +1,11 @@
 {#- Orders with the *current* OneID of their buyer, and what their lines add up to
-    (int_order_line_rollup). fct_orders keeps the OneID as of the
+    (int_order_line_rollup). int_orders_enriched (like fct_orders) keeps the OneID as of the
     build that last wrote the row; OneIDs merge and split as evidence arrives, so every
     customer mart re-joins the current assignment here instead.
     A table: half a dozen customer models read it, and a view would redo the join each time.
 
     Incremental (delete+insert on order_id): a build rewrites only the orders
-      * fct_orders or int_order_line_rollup rewrote since this table's watermarks (its newest
+      * int_orders_enriched or int_order_line_rollup rewrote since this table's watermarks (its newest
         `_source_ingested_at` and `_lines_ingested_at`, minus vars.lookback_minutes);
       * whose order event stg_identity__event_oneid re-resolved since this table's previous
         build (`_resolved_at` after the newest `_built_at` here);
@@ -17,11 +17,10 @@
     that come out as held are not rewritten. Same rows as a full refresh but `_built_at`. -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='order_id',
     engine='MergeTree()',
     order_by='(oneid, ordered_at, order_id)',
-    post_hook=["{{ delete_placeholder_rows(\"oneid = ''\") }}"],
+    placeholders="oneid = ''", test_slice_key='order_id',
 ) }}
 
 with
@@ -36,7 +35,7 @@ with
 {%- set may_drop = (not logged) or (run_query("select count() from " ~ changes ~ " where _changed_at > " ~ built).columns[0].values()[0] > 0) %}
 affected as (
     {%- if logged %}
-    select order_id from {{ ref('fct_orders') }}
+    select order_id from {{ ref('int_orders_enriched') }}
     where _source_ingested_at > {{ incremental_watermark('_source_ingested_at') }}
        or order_id in (select order_id from {{ ref('int_order_line_rollup') }}
                        where _ingested_at > {{ incremental_watermark('_lines_ingested_at') }})
@@ -48,13 +47,13 @@ affected as (
     where oneid in (select oneid from {{ changes }} where _changed_at > {{ built }})
     {%- else %}
     -- no change log (stg_identity__event_oneid not built by this version yet): every order
-    select order_id from {{ ref('fct_orders') }}
+    select order_id from {{ ref('int_orders_enriched') }}
     {%- endif %}
 ),
 {% endif %}
 
 orders as (
-    select * from {{ ref('fct_orders') }}
+    select * from {{ ref('int_orders_enriched') }}
     {%- if is_incremental() %}
     where order_id in (select order_id from affected)
     {%- endif %}

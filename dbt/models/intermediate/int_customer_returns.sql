@@ -3,7 +3,7 @@
 {{ config(materialized='table', engine='MergeTree()', order_by='(oneid, returned_at, event_id)') }}
 
 with returns as (
-    select * from {{ ref('fct_returns') }}
+    select * from {{ ref('int_returns_enriched') }}
 ),
 
 oneids as (

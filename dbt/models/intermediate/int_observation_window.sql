@@ -2,7 +2,7 @@
 -- (the newest order's business date), not now(), so a rebuild of the same data gives the
 -- same numbers and old simulations stay meaningful.
 with orders as (
-    select ordered_at from {{ ref('fct_orders') }}
+    select ordered_at from {{ ref('int_orders_enriched') }}
 ),
 
 final as (

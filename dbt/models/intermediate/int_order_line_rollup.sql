@@ -3,22 +3,22 @@
     int_customer_orders (hence int_alliance_orders and spending_health) read this instead of
     aggregating or joining the 3.4M lines of a 1M-order warehouse on every build.
 
-    Incremental: an order's lines never change after the order (fct_order_lines only ever
+    Incremental: an order's lines never change after the order (int_order_lines_enriched only ever
     brings lines of orders ingested after its watermark), so a build re-aggregates only the
     orders with a line ingested after this table's watermark (minus vars.lookback_minutes),
     from all their lines; re-read orders that come out as held are not rewritten. -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='order_id',
+    test_slice_key='order_id',
     engine='MergeTree()',
     order_by='order_id',
 ) }}
 
 with lines as (
-    select * from {{ ref('fct_order_lines') }}
+    select * from {{ ref('int_order_lines_enriched') }}
     {%- if is_incremental() %}
-    where order_id in (select order_id from {{ ref('fct_order_lines') }} where _ingested_at > {{ incremental_watermark() }})
+    where order_id in (select order_id from {{ ref('int_order_lines_enriched') }} where _ingested_at > {{ incremental_watermark() }})
     {%- endif %}
 ),
 

@@ -1,8 +1,11 @@
-{#- Incremental: order lines never change after the order, so only orders ingested after
+{#- One row per order line with its SKU's traits: known SKU, impulse and healthy flags,
+    traceability (origin as catalogued, batch id of this SKU) and the batch date. fct_order_lines
+    publishes it; int_order_line_rollup adds it up per order.
+
+    Incremental: order lines never change after the order, so only orders ingested after
     the watermark (minus the lookback) are (re)written. -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='order_line_id',
     order_by='(community_id, ordered_at, order_line_id)',
     partition_by='toYYYYMM(ordered_at)',
@@ -10,7 +13,7 @@
 
 with lines as (
     select * from {{ ref('stg_lastmile__order_lines') }}
-    {{ lookback_filter('raw_order') }}
+    {{ lookback_filter(ref('stg_lastmile__order_versions')) }}
 ),
 
 skus as (

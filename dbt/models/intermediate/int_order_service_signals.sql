@@ -3,8 +3,8 @@
     cold-chain decisions, packaging brought back. Grain keys: community, leader, locker, week.
 
     Incremental (delete+insert on order_id): a build rewrites only the orders
-      * fct_orders rewrote since this table's watermark (its newest `_orders_ingested_at`,
-        minus vars.lookback_minutes): fct_orders rewrites an order whenever the order, a
+      * int_orders_enriched rewrote since this table's watermark (its newest `_orders_ingested_at`,
+        minus vars.lookback_minutes): int_orders_enriched rewrites an order whenever the order, a
         pickup, a claim or a review of it arrives, so that covers the reviews too;
       * int_order_line_rollup rewrote since the watermark of `_lines_ingested_at`;
       * whose cold-chain decision or attributed packaging returns differ from what this table
@@ -12,16 +12,14 @@
         without any new event about the order (the cold-chain job decides later; a late order
         moves a packaging return's ASOF attribution), so they are compared whole.
     The pre-hook collects those orders into `<this>__scope` (macros/order_service_signals.sql).
-    Orders never leave fct_orders, so no row ever has to go. Rows that come out as held are
+    Orders never leave int_orders_enriched, so no row ever has to go. Rows that come out as held are
     not rewritten. Same rows as a full refresh. -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='order_id',
     engine='MergeTree()',
     order_by='(community_id, order_week, order_id)',
-    pre_hook=["{{ order_service_scope_prepare() }}"],
-    post_hook=["{{ scope_drop() }}"],
+    incremental_scope='order', scope_rules='order_service_scope_rules', test_slice_key='order_id',
 ) }}
 
 {#- The orders an incremental build rewrites: a table the pre-hook fills (macros/order_service_signals.sql). -#}
@@ -36,7 +34,7 @@ small_signals as (
 ),
 
 orders as (
-    select * from {{ ref('fct_orders') }}
+    select * from {{ ref('int_orders_enriched') }}
     {{ scoped }}
 ),
 
@@ -47,7 +45,7 @@ lines as (
 
 reviews as (
     select order_id, argMin(stars, reviewed_at) as stars, argMin(is_negative, reviewed_at) as is_negative
-    from {{ ref('fct_reviews') }}
+    from {{ ref('int_reviews_enriched') }}
     {{ scoped }}
     group by order_id
 ),

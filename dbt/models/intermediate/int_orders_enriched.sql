@@ -1,9 +1,14 @@
-{#- Incremental: an order's row is rebuilt when the order or any event about it (pickup,
+{#- One row per order with what happened to it: the order joined to its pickups, claims and
+    review, the buyer's OneID as of this build, the compartment's product class. fct_orders
+    publishes it; the customer and service models read it here.
+
+    Incremental: an order's row is rebuilt when the order or any event about it (pickup,
     claim, review) was ingested after the watermark (the newest ingestion the table has
     seen, minus vars.lookback_minutes), however late in event time that event is. -#}
+-- depends_on: {{ ref('stg_lastmile__order_versions') }}, {{ ref('stg_lastmile__pickup_versions') }}
+-- depends_on: {{ ref('stg_lastmile__return_versions') }}, {{ ref('stg_lastmile__review_versions') }}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='order_id',
     order_by='(community_id, ordered_at, order_id)',
     partition_by='toYYYYMM(ordered_at)',
@@ -17,17 +22,18 @@ built as (
 ),
 
 in_scope as (
-    -- Straight from the raw tables, without FINAL: they are ReplacingMergeTrees versioned by
-    -- `_ingested_at`, so an event has a row newer than the watermark exactly when its
-    -- deduplicated row is newer; no need to merge every part to find the new keys.
-    select order_id from {{ source('lastmile', 'raw_order') }} where _ingested_at > (select watermark from built)
+    -- From every version of the raw events, without FINAL (stg_lastmile__*_versions): the raw
+    -- tables are ReplacingMergeTrees versioned by `_ingested_at`, so an event has a row newer
+    -- than the watermark exactly when its deduplicated row is newer; no need to merge every
+    -- part to find the new keys.
+    select order_id from {{ ref('stg_lastmile__order_versions') }} where _ingested_at > (select watermark from built)
     union distinct
-    select order_id from {{ source('lastmile', 'raw_pickup') }} where _ingested_at > (select watermark from built)
+    select order_id from {{ ref('stg_lastmile__pickup_versions') }} where _ingested_at > (select watermark from built)
     union distinct
-    select assumeNotNull(order_id) from {{ source('lastmile', 'raw_return') }}
-    where kind = 'claim' and order_id is not null and _ingested_at > (select watermark from built)
+    select assumeNotNull(order_id) from {{ ref('stg_lastmile__return_versions') }}
+    where return_kind = 'claim' and order_id is not null and _ingested_at > (select watermark from built)
     union distinct
-    select order_id from {{ source('lastmile', 'raw_review') }} where _ingested_at > (select watermark from built)
+    select order_id from {{ ref('stg_lastmile__review_versions') }} where _ingested_at > (select watermark from built)
 ),
 {% endif %}
 
@@ -39,7 +45,7 @@ in_scope as (
 orders as (
     select * from {{ ref('stg_lastmile__orders') }}
     {%- if is_incremental() %}
-    where {{ events_of_orders('raw_order', 'select order_id from in_scope') }}
+    where {{ events_of_orders(ref('stg_lastmile__order_versions'), 'select order_id from in_scope') }}
     {%- endif %}
 ),
 
@@ -47,7 +53,7 @@ oneids as (
     select event_id, oneid from {{ ref('stg_identity__event_oneid') }}
     where event_type = 'order'
     {%- if is_incremental() %}
-      and {{ events_of_orders('raw_order', 'select order_id from in_scope') }}
+      and {{ events_of_orders(ref('stg_lastmile__order_versions'), 'select order_id from in_scope') }}
     {%- endif %}
 ),
 
@@ -60,7 +66,7 @@ pickups as (
         max(_ingested_at) as _ingested_at
     from {{ ref('stg_lastmile__pickups') }}
     {%- if is_incremental() %}
-    where {{ events_of_orders('raw_pickup', 'select order_id from in_scope') }}
+    where {{ events_of_orders(ref('stg_lastmile__pickup_versions'), 'select order_id from in_scope') }}
     {%- endif %}
     group by order_id
 ),
@@ -75,7 +81,7 @@ claims as (
     from {{ ref('stg_lastmile__returns') }}
     where return_kind = 'claim'
     {%- if is_incremental() %}
-      and {{ events_of_orders('raw_return', 'select order_id from in_scope') }}
+      and {{ events_of_orders(ref('stg_lastmile__return_versions'), 'select order_id from in_scope') }}
     {%- endif %}
     group by order_id
 ),

@@ -12,12 +12,10 @@
 -- depends_on: {{ ref('stg_identity__event_oneid') }}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='oneid',
     engine='MergeTree()',
     order_by='event_id',
-    pre_hook=["{{ packaging_attribution_scope_prepare() }}"],
-    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows(\"event_id = '' or oneid = ''\") }}"],
+    incremental_scope='person', scope_rules='packaging_attribution_scope_rules', placeholders="event_id = '' or oneid = ''",
 ) }}
 
 with packaging as (

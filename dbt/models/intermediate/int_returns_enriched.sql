@@ -1,6 +1,8 @@
+{#- Claims and packaging returns with the OneID as of the build that wrote them and the return
+    week. fct_returns publishes it; int_customer_returns re-joins the current OneID.
+    Incremental: the returns ingested after the watermark (minus the lookback). -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='event_id',
     order_by='(return_kind, returned_at, event_id)',
     partition_by='toYYYYMM(returned_at)',
@@ -8,7 +10,7 @@
 
 with returns as (
     select * from {{ ref('stg_lastmile__returns') }}
-    {{ lookback_filter('raw_return') }}
+    {{ lookback_filter(ref('stg_lastmile__return_versions')) }}
 ),
 
 oneids as (

@@ -1,6 +1,8 @@
+{#- Reviews with the OneID as of the build that wrote them, the review week and the complaint
+    flag. fct_reviews publishes it; the service and conduct models read it here.
+    Incremental: the reviews ingested after the watermark (minus the lookback). -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='event_id',
     order_by='(order_id, event_id)',
     partition_by='toYYYYMM(reviewed_at)',
@@ -8,7 +10,7 @@
 
 with reviews as (
     select * from {{ ref('stg_lastmile__reviews') }}
-    {{ lookback_filter('raw_review') }}
+    {{ lookback_filter(ref('stg_lastmile__review_versions')) }}
 ),
 
 oneids as (

@@ -1,14 +1,14 @@
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='event_id',
+    test_slice_key='event_id',
     order_by='(locker_id, picked_up_at, event_id)',
     partition_by='toYYYYMM(picked_up_at)',
 ) }}
 
 with pickups as (
     select * from {{ ref('stg_lastmile__pickups') }}
-    {{ lookback_filter('raw_pickup') }}
+    {{ lookback_filter(ref('stg_lastmile__pickup_versions')) }}
 ),
 
 oneids as (

@@ -9,12 +9,10 @@
 -- depends_on: {{ ref('stg_identity__event_oneid') }}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='oneid',
     engine='MergeTree()',
     order_by='oneid',
-    pre_hook=["{{ customer_scope_prepare(everyone='(select any(as_of_date) from ' ~ this ~ ') != (select as_of_date from ' ~ ref('int_observation_window') ~ ')') }}"],
-    post_hook=["{{ scope_drop() }}", "{{ delete_placeholder_rows('purchase_days = 0') }}"],
+    incremental_scope='person', scope_rules='customer_rfm_scope_rules', placeholders='purchase_days = 0',
 ) }}
 
 with observation as (

@@ -21,14 +21,10 @@
     event was: full refresh, no snapshot), so they can find what changed since their last build. -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete_insert',
     unique_key='event_type, event_id',
     engine='MergeTree()',
     order_by='(event_type, event_id)',
-    pre_hook=["{{ event_oneid_state_prepare() }}", "{{ event_oneid_changed_prepare() }}", "{{ event_oneid_affected_prepare() }}"],
-    post_hook=["{{ event_oneid_drop_unresolved() }}", "{{ event_oneid_changes_create() }}", "{{ event_oneid_changes_log() }}",
-               "{{ event_oneid_state_commit() }}", "{{ event_oneid_state_drop_old() }}",
-               "{{ event_oneid_drop_work_tables() }}", "{{ event_oneid_drop_changed() }}"],
+    incremental_scope='identity_snapshot', placeholders="oneid = ''", test_slice_key='event_id',
 ) }}
 
 with
