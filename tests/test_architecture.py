@@ -21,6 +21,7 @@ import ast
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,24 +172,30 @@ def importers_of(found: dict[str, Module], package: str) -> set[str]:
 # -- the rules, on lastmile/ ------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
+def product() -> dict[str, Module]:
+    """The product package's modules, parsed once for all the rules."""
+    return modules(ROOT)
+
+
 def test_no_import_cycles() -> None:
-    found = cycles(import_graph(modules(ROOT)))
+    found = cycles(import_graph(product()))
     assert found == [], f"import cycles (each list is a set of modules importing each other): {found}"
 
 
 def test_only_the_command_line_imports_pipelines() -> None:
-    assert importers_of(modules(ROOT), "pipelines") <= {"lastmile.cli"}
+    assert importers_of(product(), "pipelines") <= {"lastmile.cli"}
 
 
 def test_no_print_outside_the_command_lines_and_report_writers() -> None:
-    found = modules(ROOT)
+    found = product()
     assert prints_outside_command_lines(found, ROOT) == []
     listed = {COMMAND_LINE, *MODULE_COMMAND_LINES, *REPORT_WRITERS}
     assert listed <= {_relative(m, ROOT) for m in found.values()}, "a listed command line no longer exists"
 
 
 def test_test_support_does_not_ship_in_the_product_package() -> None:
-    found = modules(ROOT)
+    found = product()
     for test_only in TEST_ONLY_IMPORTS:
         assert importers_of(found, test_only) == set(), f"lastmile imports {test_only}"
     helpers = [m.path for m in found.values() if m.path.name in TEST_HELPER_NAMES]
