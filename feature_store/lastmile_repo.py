@@ -4,9 +4,9 @@
 # below; `lastmile features apply` does the same from Python (lastmile/features/store.py).
 #
 # Offline, every feature view reads a `feat_*` table in the ClickHouse warehouse (embedded
-# chDB or a server, chosen in feature_store.yaml). lastmile/features/tables.py builds those
-# tables from the raw events, event_oneid and the dbt marts: daily snapshots stamped at the
-# business-day close (Asia/Shanghai), so point-in-time joins never see the future.
+# chDB or a server, chosen in feature_store.yaml). The dbt models in dbt/models/marts/features
+# build those tables from the same intermediates as the customer marts: daily snapshots stamped
+# at the business-day close (LASTMILE_BUSINESS_TZ), so point-in-time joins never see the future.
 
 from datetime import timedelta
 

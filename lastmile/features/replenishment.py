@@ -10,7 +10,7 @@ on the raw orders as of a moment, so the streaming worker can nudge on the due d
 rather than after the next batch feature build.
 
 The nudge goes out from the due day to :attr:`Rhythm.grace_days` after it (``as_of``'s
-Asia/Shanghai day), and only while no purchase of that SKU came after the last one (by
+business day, ``LASTMILE_BUSINESS_TZ``), and only while no purchase of that SKU came after the last one (by
 construction: "last" is the latest, so a purchase moves the due day).
 Each nudge has a deterministic id - customer, SKU, due day - so re-evaluating the same day
 (or replaying after a crash) repeats the id and consumers deduplicate on it.
