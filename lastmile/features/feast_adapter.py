@@ -744,7 +744,7 @@ def shared_client(config: Any) -> KeepOpen:
     return KeepOpen(client)
 
 
-def _define_offline_store() -> dict[str, type]:
+def _define_offline_store() -> dict[str, Any]:
     from feast.infra.offline_stores.contrib.clickhouse_offline_store.clickhouse import (
         ClickhouseOfflineStore,
         ClickhouseOfflineStoreConfig,
@@ -775,7 +775,7 @@ def _define_offline_store() -> dict[str, type]:
 
         @staticmethod
         def get_historical_features(*args: Any, **kwargs: Any):
-            job = ClickhouseOfflineStore.get_historical_features(*args, **kwargs)
+            job: Any = ClickhouseOfflineStore.get_historical_features(*args, **kwargs)
             return LastmileRetrievalJob(
                 query=job._query_generator, config=job.config, full_feature_names=job.full_feature_names,
                 on_demand_feature_views=job.on_demand_feature_views, metadata=job.metadata)

@@ -134,6 +134,7 @@ class OnlineReader:
         sql = self._statement(tuple(len(u) for u in unique))
         params = [k for u in unique for k in u]
         conn = feast_adapter.sqlite_connection(self.store)
+        assert conn is not None  # self._sqlite says so
         found: list[dict[bytes, dict[str, Any]]] = [{} for _ in self.reads]
         wanted = [frozenset(r.features) for r in self.reads]
         converted = [r.converted for r in self.reads]
