@@ -1,6 +1,7 @@
--- Feast view locker_service: pickup punctuality (fct_orders' is_collected,
--- is_picked_up_on_time, hours_to_pickup) and cold-chain readings per locker over 7 and 28
--- days; a dense locker x day grid from the locker's first order, stamped at each day's close.
+-- Feast view locker_service: pickup punctuality (is_collected, is_picked_up_on_time and
+-- hours_to_pickup of int_orders_enriched, the orders fct_orders publishes) and cold-chain
+-- readings per locker over 7 and 28 days; a dense locker x day grid from the locker's first
+-- order, stamped at each day's close.
 {{ config(order_by='(locker_id, event_timestamp)') }}
 
 with observation as (
@@ -15,7 +16,7 @@ orders as (
         countIf(is_collected) as collected,
         countIf(is_picked_up_on_time) as on_time,
         sum(coalesce(hours_to_pickup, 0)) as hours_to_pickup
-    from {{ ref('fct_orders') }}
+    from {{ ref('int_orders_enriched') }}
     group by locker_id, service_date
 ),
 
