@@ -42,11 +42,12 @@ from typing import Any, Callable
 import numpy as np
 
 
-def _asgi_get(runner: asyncio.Runner, app: Any, path: str) -> int:
+def _asgi_get(runner: asyncio.Runner, app: Any, path: str, key: str) -> int:
     path, _, query = path.partition("?")
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-             "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1), "server": ("bench", 80)}
+             "headers": [(b"host", b"bench"), (b"x-api-key", key.encode())], "client": ("127.0.0.1", 1),
+             "server": ("bench", 80)}
     status = {}
 
     async def receive():
@@ -180,10 +181,20 @@ def bench_online(cfg, store, customers, skus, reads: int, block: int = 100) -> d
 
 
 def bench_api(cfg, customers, requests: int) -> dict[str, float]:
-    """The recommendations endpoint, warmed, on one event loop; reference: its two Feast reads."""
+    """The recommendations endpoint, warmed, on one event loop; reference: its two Feast reads.
+
+    As served: the API key checked, its rate limit taken, the read appended to the audit log
+    (a key and a log of their own, in a temporary directory).
+    """
+    from dataclasses import replace
+
     from lastmile.api import create_app
+    from lastmile.api_auth import create_key
     from lastmile.models.service import ModelService
 
+    auth = Path(tempfile.mkdtemp(prefix="lastmile-bench-api-"))
+    cfg = replace(cfg, api_keys_file=str(auth / "keys.json"), api_audit_log=str(auth / "audit.jsonl"))
+    _, key = create_key(cfg, "bench", ["marketing:read"], rate_per_minute=10_000_000)
     svc = ModelService(cfg)
     app = create_app(cfg, service=svc, warm=True)
     api, reads = [], []
@@ -191,7 +202,7 @@ def bench_api(cfg, customers, requests: int) -> dict[str, float]:
         for i in range(requests + 20):
             oneid, community = customers[i % len(customers)]
             t = time.perf_counter()
-            code = _asgi_get(runner, app, f"/customers/{oneid}/recommendations?limit=10")
+            code = _asgi_get(runner, app, f"/customers/{oneid}/recommendations?limit=10", key)
             dt_api = time.perf_counter() - t
             assert code == 200, code
             cands = svc.candidates(oneid, community)

@@ -2,9 +2,15 @@
 
 ``create_app(cfg)`` builds the FastAPI app; ``lastmile serve`` runs it with uvicorn. Every
 answer comes from the Feast online store and the saved models (never the warehouse). Errors
-are JSON: 404 for a OneID the online store does not know, 422 for a malformed request, 503
-when the models or the store are not set up, 500 with no traceback for anything else.
-OpenAPI docs at /docs, the schema at /openapi.json.
+are JSON: 401 without a valid API key, 403 for a key lacking the endpoint's scope, 404 for a
+OneID the online store does not know, 422 for a malformed request, 429 over the key's rate
+limit (with ``Retry-After``), 503 when the models or the store are not set up or the audit
+log cannot be written, 500 with no traceback for anything else. OpenAPI docs at /docs, the
+schema (with its security schemes) at /openapi.json; both and /healthz need no key.
+
+Who may read what, the rate limits and the audit log: :mod:`lastmile.api_auth`. Reads are
+safe: ``GET`` never changes anything; the send path records what it showed with ``POST
+/customers/{oneid}/recommendations/impressions`` (that is what the daily cap counts).
 """
 
 from __future__ import annotations
@@ -12,11 +18,27 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from lastmile.api_auth import (
+    HEALTH_FEATURES,
+    ApiKey,
+    AuditLog,
+    AuditUnavailable,
+    AuthError,
+    Forbidden,
+    KeyRing,
+    RateLimited,
+    RateLimiter,
+    audit_path,
+    feature_categories,
+    keys_path,
+)
 from lastmile.config import Settings, settings as current_settings
+from lastmile.models.consent import health_data_consented
 
 log = logging.getLogger("lastmile.api")
 
@@ -49,8 +71,9 @@ class Policy(BaseModel):
     risk_score: float
     capped: bool
     daily_cap: int | None = None
-    shown_today: int
-    exempt: bool = Field(description="Declared dietary need: exempt from the daily cap (medical exception).")
+    shown_today: int = Field(description="Recommendations recorded as shown today (by POST .../impressions).")
+    exempt: bool | None = Field(None, description="Declared dietary need: exempt from the daily cap (medical exception). "
+                                "Health field: null unless the key has health:read and the person's declaration is on file.")
     note: str = ""
 
 
@@ -83,13 +106,33 @@ class SpendingHealth(BaseModel):
     risk_score: float = Field(description="Over-consumption risk, 0-100.")
     at_risk: bool
     reasons: list[Reason]
-    dietary_need_declared: bool
+    dietary_need_declared: bool | None = Field(None, description="Health field: null unless the key has health:read "
+                                               "and the person's declaration is on file.")
     model: ModelInfo
 
 
 class Features(BaseModel):
     oneid: str
-    features: dict[str, Any]
+    features: dict[str, Any] = Field(description="Online features; health fields (dietary_need_declared) are null "
+                                     "unless the key has health:read and the person's declaration is on file.")
+
+
+SKU = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+class ImpressionsIn(BaseModel):
+    skus: list[SKU] = Field(min_length=1, max_length=50, description="The SKUs the send is about to show (in order).")
+    send_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                                description="The send's own id: a retry with the same id counts nothing again.")
+
+
+class Impressions(BaseModel):
+    oneid: str
+    recorded: list[str] = Field(description="Counted as shown today: show these.")
+    refused: list[str] = Field(description="Over the daily cap: do not show these.")
+    shown_today: int
+    capped: bool
+    daily_cap: int | None = None
 
 
 def warm_up(service: Any) -> None:
@@ -108,17 +151,39 @@ def warm_up(service: Any) -> None:
     gc.freeze()
 
 
-def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = False) -> FastAPI:
+def withhold_health(answer: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Null every health-related field of an answer (``kind``: the endpoint)."""
+    if kind == "recommendations":
+        policy = answer["policy"]
+        if policy.get("exempt"):
+            policy["note"] = ""
+        policy["exempt"] = None
+    elif kind == "spending-health":
+        answer["dietary_need_declared"] = None
+    elif kind == "features":
+        for name in HEALTH_FEATURES & set(answer["features"]):
+            answer["features"][name] = None
+    return answer
+
+
+def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = False,
+               limiter: RateLimiter | None = None) -> FastAPI:
     """The API. ``warm=True`` (``lastmile serve``) builds the service now and warms it (:func:`warm_up`)."""
     from lastmile.models.service import ModelService, ModelsMissing, UnknownCustomer
 
+    cfg = cfg or current_settings()
     app = FastAPI(title="lastmile marketing automation API", version="1",
-                  description="Recommendations, spending health and features per OneID, served from the Feast online store.")
+                  description="Recommendations, spending health and features per OneID, served from the Feast online store. "
+                  "Every customer endpoint needs an API key (`lastmile api-key create`) with the scope it names; "
+                  "health-related fields need `health:read` and the person's declaration on file.")
     state: dict[str, Any] = {"service": service}
+    keyring = KeyRing(keys_path(cfg))
+    limiter = limiter or RateLimiter()
+    audit = AuditLog(audit_path(cfg), cfg.hash_key_bytes())
 
     def svc() -> Any:
         if state["service"] is None:
-            state["service"] = ModelService(cfg or current_settings())
+            state["service"] = ModelService(cfg)
         return state["service"]
 
     if warm:
@@ -135,6 +200,23 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
     async def _missing(_: Request, exc: ModelsMissing) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
+    @app.exception_handler(AuthError)
+    async def _unauthorized(_: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse(status_code=401, content={"detail": str(exc)}, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
+    @app.exception_handler(RateLimited)
+    async def _limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(status_code=429, content={"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(AuditUnavailable)
+    async def _no_audit(_: Request, exc: AuditUnavailable) -> JSONResponse:
+        log.error("%s", exc)
+        return JSONResponse(status_code=503, content={"detail": "audit log unavailable: personal data is not served without it"})
+
     @app.middleware("http")
     async def _never_a_traceback(request: Request, call_next: Any) -> Any:
         # Starlette's own 500 handling re-raises after answering; this answers JSON and stops there.
@@ -144,26 +226,91 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
             log.exception("request failed: %s", request.url.path)
             return JSONResponse(status_code=500, content={"detail": f"internal error ({type(exc).__name__})"})
 
-    errors = {404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+                                  description="An API key from `lastmile api-key create`.")
+    bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="The same API key as a bearer token.")
+
+    def needs(scope: str) -> Any:
+        """A dependency: the caller's key, authenticated, within its rate limit, holding ``scope``."""
+
+        # Defaults, not Annotated: the annotations are strings (postponed), and FastAPI resolves
+        # them in the module's namespace, where these local schemes do not exist.
+        async def caller(header_key: str | None = Security(api_key_header),
+                         token: HTTPAuthorizationCredentials | None = Security(bearer)) -> ApiKey:
+            key = keyring.authenticate(header_key or (token.credentials if token else None))
+            limiter.take(key)
+            if not key.allows(scope):
+                raise Forbidden(f"key {key.id} ({key.name}) lacks the scope {scope}")
+            return key
+
+        return Depends(caller)
+
+    def sees_health(key: ApiKey, features: dict[str, Any]) -> bool:
+        return key.allows("health:read") and health_data_consented(features)
+
+    errors = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}, 422: {"model": Error},
+              429: {"model": Error}, 503: {"model": Error}}
+    marketing = {"tags": ["customers"], "responses": errors, "openapi_extra": {"x-required-scope": "marketing:read"}}
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/customers/{oneid}/recommendations", response_model=Recommendations, responses=errors, tags=["customers"])
-    def recommendations(oneid: OneID, limit: Annotated[int, Query(ge=1, le=50)] = 10) -> dict[str, Any]:
-        """Re-ranked recommendations, with the spending-health policy (cap, nudges) applied."""
-        return svc().recommend(oneid, limit=limit)
+    @app.get("/customers/{oneid}/recommendations", response_model=Recommendations, **marketing)
+    def recommendations(oneid: OneID, limit: Annotated[int, Query(ge=1, le=50)] = 10,
+                        key: ApiKey = needs("marketing:read")) -> dict[str, Any]:
+        """Re-ranked recommendations, with the spending-health policy (cap, nudges) applied.
 
-    @app.get("/customers/{oneid}/spending-health", response_model=SpendingHealth, responses=errors, tags=["customers"])
-    def spending_health(oneid: OneID) -> dict[str, Any]:
-        """Over-consumption risk score with its reasons."""
-        return svc().spending_health(oneid)
+        Scope marketing:read. A read: it counts nothing against the daily cap; record what a
+        send shows with POST .../recommendations/impressions.
+        """
+        service = svc()
+        row = service.customer_features(oneid)
+        answer = service.recommend(oneid, limit=limit, features=row)
+        health = sees_health(key, row)
+        if not health:
+            withhold_health(answer, "recommendations")
+        audit.record(key, "GET recommendations", oneid, ["spending_health", "purchases"] + (["health"] if health else []))
+        return answer
 
-    @app.get("/customers/{oneid}/features", response_model=Features, responses=errors, tags=["customers"])
-    def features(oneid: OneID) -> dict[str, Any]:
-        """The customer's online features (profile, credit, spending health, affinity, real time, consent)."""
+    @app.post("/customers/{oneid}/recommendations/impressions", response_model=Impressions, tags=["customers"],
+              responses=errors, openapi_extra={"x-required-scope": "marketing:write"})
+    def impressions(oneid: OneID, body: ImpressionsIn, key: ApiKey = needs("marketing:write")) -> dict[str, Any]:
+        """Record the recommendations a send shows (what the daily cap counts). Scope marketing:write.
+
+        Record before sending and send only ``recorded``: for a customer under the daily cap,
+        SKUs beyond it come back in ``refused``, uncounted.
+        """
+        service = svc()
+        row = service.customer_features(oneid)
+        done = service.record_impressions(oneid, list(body.skus), send_id=body.send_id, features=row)
+        audit.record(key, "POST impressions", oneid, ["recommendations_shown"])
+        return done
+
+    @app.get("/customers/{oneid}/spending-health", response_model=SpendingHealth, **marketing)
+    def spending_health(oneid: OneID, key: ApiKey = needs("marketing:read")) -> dict[str, Any]:
+        """Over-consumption risk score with its reasons. Scope marketing:read."""
+        service = svc()
+        row = service.customer_features(oneid)
+        answer = service.spending_health(oneid, features=row)
+        health = sees_health(key, row)
+        if not health:
+            withhold_health(answer, "spending-health")
+        audit.record(key, "GET spending-health", oneid, ["spending_health"] + (["health"] if health else []))
+        return answer
+
+    @app.get("/customers/{oneid}/features", response_model=Features, **marketing)
+    def features(oneid: OneID, key: ApiKey = needs("marketing:read")) -> dict[str, Any]:
+        """The customer's online features (profile, credit, spending health, affinity, real time, consent). Scope marketing:read."""
         row = svc().customer_features(oneid)
-        return {"oneid": oneid, "features": {k: v for k, v in row.items() if k != "oneid"}}
+        answer = {"oneid": oneid, "features": {k: v for k, v in row.items() if k != "oneid"}}
+        health = sees_health(key, row)
+        if not health:
+            withhold_health(answer, "features")
+        shown = [k for k, v in answer["features"].items() if v is not None and (health or k not in HEALTH_FEATURES)]
+        audit.record(key, "GET features", oneid, feature_categories(shown))
+        return answer
 
+    app.state.keyring = keyring
+    app.state.audit = audit
     return app

@@ -109,3 +109,62 @@ def test_analyst_user_can_only_read() -> None:
     assert [q.text for q in analyst.findall("grants/query")] == ["GRANT SELECT ON lastmile.*"]
     password_env = analyst.find("password").get("from_env")
     assert password_env in compose()["services"]["clickhouse"]["environment"]
+
+
+def _required_from_env(value: str) -> bool:
+    """A compose value that must come from .env: `${VAR:?…}` (compose refuses to start without it)."""
+    return value.startswith("${") and ":?" in value and value.endswith("}")
+
+
+def test_redis_has_a_password_from_env_and_is_not_published() -> None:
+    redis = compose()["services"]["redis"]
+    assert not redis.get("ports"), "Redis must not be published"
+    assert "--requirepass" in " ".join(redis["command"])
+    assert _required_from_env(redis["environment"]["REDIS_PASSWORD"])
+    assert "--requirepass \"$$REDIS_PASSWORD\"" in " ".join(redis["command"])
+    assert "REDISCLI_AUTH" in redis["environment"], "the healthcheck must authenticate"
+    for name, service in _lastmile_services(compose()).items():
+        assert _required_from_env(service["environment"]["LASTMILE_REDIS_PASSWORD"]), name
+
+
+def test_clickhouse_passwords_come_from_env() -> None:
+    spec = compose()
+    assert _required_from_env(spec["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"])
+    assert _required_from_env(spec["services"]["clickhouse"]["environment"]["CLICKHOUSE_ANALYST_PASSWORD"])
+    for name, service in _lastmile_services(spec).items():
+        assert _required_from_env(service["environment"]["LASTMILE_CLICKHOUSE_PASSWORD"]), name
+    raw = (ROOT / "docker-compose.yml").read_text()
+    assert "PASSWORD:-" not in raw, "no password may default to a value written in the compose file"
+
+
+def _bound_to_loopback(mapping: str) -> bool:
+    return str(mapping).startswith(("127.0.0.1:", "[::1]:", "localhost:"))
+
+
+def test_no_published_port_lacks_credentials() -> None:
+    """Published to other hosts (not loopback-only): only services that check credentials.
+
+    ClickHouse's HTTP interface checks users and passwords (from .env); the API checks API
+    keys and `lastmile serve` refuses to start without one (test_api_auth). Everything else
+    (Kafka, the Flink UI) has no credentials and may only listen on the host's loopback.
+    """
+    spec = compose()
+    credentialed = {"clickhouse", "api"}
+    for name, service in spec["services"].items():
+        for mapping in service.get("ports", []):
+            assert _bound_to_loopback(mapping) or name in credentialed, f"{name} publishes {mapping} without credentials"
+    api = spec["services"]["api"]
+    assert api["command"][0] == "serve" and not any("auth" in str(a) or "key" in str(a) for a in api["command"])
+    users = spec["services"]["clickhouse"]["environment"]
+    assert users.get("CLICKHOUSE_USER") and _required_from_env(users["CLICKHOUSE_PASSWORD"])
+
+
+def test_env_example_has_placeholders_for_every_password() -> None:
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line.strip() and not line.startswith("#"))
+    raw = (ROOT / "docker-compose.yml").read_text()
+    required = {line.split("${", 1)[1].split(":?", 1)[0] for line in raw.splitlines() if ":?" in line}
+    for name in required:
+        assert name in example, f"{name} missing from .env.example"
+        if "PASSWORD" in name or "KEY" in name:
+            assert "change-me" in example[name], f"{name} in .env.example must be a placeholder, not a usable secret"

@@ -65,9 +65,14 @@ def test_served_cap_binds_at_risk_but_not_exempt_customers(trained) -> None:
     first = service.recommend(at_risk, limit=10, now=now)
     assert first["policy"]["capped"] and len(first["items"]) <= service.policy.daily_cap
     assert not any(i["is_impulse"] for i in first["items"]) and first["nudges"]
+    assert service.recommend(at_risk, limit=10, now=now) == first  # a read counts nothing
+    sent = service.record_impressions(at_risk, [i["sku"] for i in first["items"]], now=now)
+    assert sent["recorded"] == [i["sku"] for i in first["items"]] and sent["capped"]
     second = service.recommend(at_risk, limit=10, now=now)
+    assert second["policy"]["shown_today"] == len(first["items"])
     assert len(first["items"]) + len(second["items"]) <= service.policy.daily_cap
     for _ in range(3):
         r = service.recommend(exempt, limit=10, now=now)
         assert r["policy"]["exempt"] and not r["policy"]["capped"]
         assert len(r["items"]) == 10
+        assert service.record_impressions(exempt, [i["sku"] for i in r["items"]], now=now)["refused"] == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -27,6 +28,17 @@ CREATE TABLE IF NOT EXISTS ref_dietary_declarations (
 ) ENGINE = ReplacingMergeTree(_loaded_at) ORDER BY oneid
 COMMENT 'Declared dietary needs (health-declaration form): exempts a customer from the spending-health recommendation cap.'
 """
+
+
+def health_data_consented(features: dict[str, Any]) -> bool:
+    """Whether a person's health fields may be shown (to a reader entitled to health data at all).
+
+    The declaration is the consent: a person tells the operator of a dietary need on the
+    health-declaration form for it to be used, and nothing else tells lastmile anything about
+    their health. So a person with a declaration on file (the ``customer_consent`` view holds a
+    value) has consented; a person without one has neither health data nor consent.
+    """
+    return features.get("dietary_need_declared") is not None
 
 
 def load_dietary_declarations(cfg: Settings, path: Path) -> int:
