@@ -45,7 +45,7 @@ def test_a_second_key_is_refused_everywhere_it_would_be_used(home: Settings, mon
         assert refused.exit_code == 2, (command, refused.output)
         text = " ".join(refused.output.split())
         assert fingerprint(b"another-key") in text and fingerprint(b"test-key-not-secret") in text, text
-        assert "LASTMILE_HASH_KEY" in text and "lastmile key rotate" in text, text
+        assert "LASTMILE_HASH_KEY" in text and "fresh warehouse" in text, text
         assert "Traceback" not in refused.output
     close_all()
     assert _profiles() == before, "nothing was written under the other key"

@@ -83,6 +83,7 @@ def verify_hash_key(warehouse: Warehouse, cfg: Settings) -> str:
             f"{where} was built with (fingerprint {stored[0]}, loaded from {stored[1]} at first use). Tokens under "
             "another key never match the stored ones: every person would get a second profile. Run with the "
             "warehouse's key (set LASTMILE_HASH_KEY to it, or unset it to use $LASTMILE_HOME/hash.key); to change "
-            "keys on purpose, `lastmile key rotate` re-ingests the raw events into a fresh warehouse.")
+            "keys on purpose, ingest the raw event files under the new key into a fresh warehouse (another "
+            "LASTMILE_HOME or LASTMILE_CLICKHOUSE_DATABASE).")
     _verified.add(memo)
     return current
