@@ -248,9 +248,8 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
     def sees_health(key: ApiKey, features: dict[str, Any]) -> bool:
         return key.allows("health:read") and health_data_consented(features)
 
-    errors = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}, 422: {"model": Error},
-              429: {"model": Error}, 503: {"model": Error}}
-    marketing = {"tags": ["customers"], "responses": errors, "openapi_extra": {"x-required-scope": "marketing:read"}}
+    errors: dict[int | str, dict[str, Any]] = {code: {"model": Error} for code in (401, 403, 404, 422, 429, 503)}
+    marketing: dict[str, Any] = {"tags": ["customers"], "responses": errors, "openapi_extra": {"x-required-scope": "marketing:read"}}
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -303,11 +302,12 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
     def features(oneid: OneID, key: ApiKey = needs("marketing:read")) -> dict[str, Any]:
         """The customer's online features (profile, credit, spending health, affinity, real time, consent). Scope marketing:read."""
         row = svc().customer_features(oneid)
-        answer = {"oneid": oneid, "features": {k: v for k, v in row.items() if k != "oneid"}}
+        values = {k: v for k, v in row.items() if k != "oneid"}
+        answer = {"oneid": oneid, "features": values}
         health = sees_health(key, row)
         if not health:
             withhold_health(answer, "features")
-        shown = [k for k, v in answer["features"].items() if v is not None and (health or k not in HEALTH_FEATURES)]
+        shown = [k for k, v in values.items() if v is not None]
         audit.record(key, "GET features", oneid, feature_categories(shown))
         return answer
 
