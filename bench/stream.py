@@ -146,9 +146,7 @@ def _ceiling_consumer(bootstrap: str, events: int, batch_rows: int, flush_s: flo
                     if gathered and batch_started is None:
                         batch_started = time.monotonic()
                         first = first or time.time()
-                    if not got and gathered:
-                        break
-                    if not got and not gathered:
+                    if not got:  # nothing more within flush_s: write what there is (or poll again)
                         break
                 if not gathered:
                     continue
