@@ -10,7 +10,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,9 +28,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_MAX_EVENT_BYTES": ("65536", "Largest accepted event payload; larger ones are quarantined."),
     "LASTMILE_MAX_CLOCK_SKEW_S": ("300", "How far in the future an event's occurred_at may be before it is quarantined."),
     "LASTMILE_MIN_OCCURRED_AT": ("2000-01-01T00:00:00+00:00", "Earliest accepted occurred_at (ISO 8601 with offset); older events are quarantined as too_old."),
-    "LASTMILE_MIN_OCCURRED_AT": ("2000-01-01T00:00:00+00:00", "Earliest accepted occurred_at (ISO 8601 with offset); older events are quarantined as too_old."),
     "LASTMILE_KAFKA_BOOTSTRAP": ("", "Empty: the development broker on loopback. host:port selects real Kafka."),
-    "LASTMILE_FEAST_ONLINE_STORE": ("", "Empty: Feast online store in SQLite at $LASTMILE_HOME/feast/online.db. redis://host:6379[/db] selects Redis."),
+    "LASTMILE_FEAST_ONLINE_STORE": ("", "Empty: Feast online store in SQLite at $LASTMILE_HOME/feast/online.db. redis://host:6379[/db] selects Redis (rediss:// over TLS)."),
     "LASTMILE_REDIS_PASSWORD": ("", "Password of the Redis online store (its requirepass); empty: none."),
     "LASTMILE_API_KEYS_FILE": ("", "API keys of `lastmile serve` (JSON, secrets stored as sha256; `lastmile api-key create`). Empty: $LASTMILE_HOME/api/keys.json."),
     "LASTMILE_API_AUDIT_LOG": ("", "Append-only log of API reads of personal data (who, what, whose, when). Empty: $LASTMILE_HOME/api/audit.jsonl."),
@@ -84,7 +82,6 @@ class Settings:
     ingest_workers: int
     max_event_bytes: int
     max_clock_skew_s: int
-    min_occurred_at: datetime
     min_occurred_at: datetime
     kafka_bootstrap: str
     feast_online_store: str
@@ -177,15 +174,6 @@ def _aware(text: str, name: str) -> datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
-def _aware(text: str, name: str) -> datetime:
-    """An ISO 8601 time from the environment, in UTC (a date alone means its midnight UTC)."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not an ISO 8601 time (e.g. 2000-01-01T00:00:00+00:00)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-
-
 @lru_cache(maxsize=None)
 def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
     env = dict(key)
@@ -202,7 +190,6 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         ingest_workers=int(env["LASTMILE_INGEST_WORKERS"]),
         max_event_bytes=int(env["LASTMILE_MAX_EVENT_BYTES"]),
         max_clock_skew_s=int(env["LASTMILE_MAX_CLOCK_SKEW_S"]),
-        min_occurred_at=_aware(env["LASTMILE_MIN_OCCURRED_AT"], "LASTMILE_MIN_OCCURRED_AT"),
         min_occurred_at=_aware(env["LASTMILE_MIN_OCCURRED_AT"], "LASTMILE_MIN_OCCURRED_AT"),
         kafka_bootstrap=env["LASTMILE_KAFKA_BOOTSTRAP"],
         feast_online_store=env["LASTMILE_FEAST_ONLINE_STORE"],
