@@ -283,3 +283,5 @@ def test_redis_password_reaches_feasts_connection_string(monkeypatch: pytest.Mon
     # Feast's parse: comma-separated, each value after the first "=" JSON-decoded.
     nodes, params = conn.split(",")[0], dict(p.split("=", 1) for p in conn.split(",")[1:])
     assert nodes == "redis:6379" and json.loads(params["password"]) == '12345"x=y' and params["db"] == "0"
+    monkeypatch.setenv("LASTMILE_FEAST_ONLINE_STORE", "rediss://cache.example.com:6380")  # TLS
+    assert online_store_config(settings())["connection_string"].startswith("cache.example.com:6380,ssl=true,password=")

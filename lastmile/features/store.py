@@ -82,11 +82,11 @@ def online_store_config(cfg: Settings) -> dict[str, Any] | None:
     url = cfg.feast_online_store.strip()
     if not url or url == "sqlite":
         return None
-    m = re.match(r"^redis://([^:/]+)(?::(\d+))?(?:/(\d+))?$", url)
+    m = re.match(r"^(rediss?)://([^:/]+)(?::(\d+))?(?:/(\d+))?$", url)
     if not m:
-        raise FeatureStoreError(f"LASTMILE_FEAST_ONLINE_STORE must be empty, sqlite or redis://host:port[/db], not {url!r}")
-    host, port, db = m.groups()
-    conn = f"{host}:{port or 6379}" + (f",db={db}" if db else "")
+        raise FeatureStoreError(f"LASTMILE_FEAST_ONLINE_STORE must be empty, sqlite or redis[s]://host:port[/db], not {url!r}")
+    scheme, host, port, db = m.groups()
+    conn = f"{host}:{port or 6379}" + (f",db={db}" if db else "") + (",ssl=true" if scheme == "rediss" else "")
     if cfg.redis_password:
         # Feast splits its connection string on commas and JSON-decodes each value.
         if "," in cfg.redis_password:
@@ -219,11 +219,12 @@ class ApplyReport:
             f"{t} {n:,}" for t, n in self.tables.items())
 
 
-def apply(cfg: Settings | None = None, build_tables: bool = True, run_dbt: bool = True) -> ApplyReport:
+def apply(cfg: Settings | None = None, build_tables: bool = True, run_dbt: bool = True,
+          upstream: bool = True) -> ApplyReport:
     """`lastmile features apply`: build the feat_* tables, then register the repository.
 
-    The feature tables are dbt models: ``run_dbt`` brings them up to date first (leave it off
-    right after ``lastmile transform``, which built them).
+    The feature tables are dbt models (tag ``features``): ``run_dbt`` runs them, with what
+    they read unless ``upstream`` is off (right after ``lastmile transform``, which built it).
 
     Also writes the resolved configuration to ``$LASTMILE_HOME/feast/feature_store.yaml`` so
     ``feast -f <that file> serve`` serves exactly this store (SQLite or Redis).
@@ -234,7 +235,7 @@ def apply(cfg: Settings | None = None, build_tables: bool = True, run_dbt: bool 
     t0 = time.perf_counter()
     tables: dict[str, int] = {}
     if build_tables:
-        tables = build_feature_tables(cfg, run_dbt=run_dbt).rows
+        tables = build_feature_tables(cfg, run_dbt=run_dbt, upstream=upstream).rows
     store = get_store(cfg)
     repo = definitions()
     objects = [*repo.entities, *repo.data_sources, *repo.feature_views, *repo.feature_services]
