@@ -243,7 +243,7 @@ def run_cmd(
             # Simulation only: the health-form declarations a real deployment would load
             # with `lastmile consent PATH`.
             load_dietary_declarations(cfg, simulated_declarations(cfg))
-            apply(cfg, run_dbt=False)  # the feature tables are dbt models: the dbt stage built them
+            apply(cfg, upstream=False)  # the feature models' inputs: the dbt stage just built them
             out["features"] = materialize(cfg).summary()
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
@@ -584,6 +584,91 @@ def key_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JS
                       highlight=False)
 
 
+@key_app.command("rotate")
+@friendly
+def key_rotate_cmd(
+    to_home: Path = typer.Option(..., "--to-home", help="Fresh data directory for the new key's warehouse (its hash.key, "
+                                 "copies of the event, reference and truth files, and the embedded warehouse)."),
+    events: Optional[Path] = typer.Option(None, help="Raw event files to rebuild from (default $LASTMILE_HOME/events)."),
+    new_key_file: Optional[Path] = typer.Option(None, help="File holding the new key (e.g. from a secret store); "
+                                                "default: the key in NEWDIR/hash.key, generated there if absent."),
+    to_database: Optional[str] = typer.Option(None, help="With a ClickHouse server: the fresh database to build in."),
+    drop_forgotten: bool = typer.Option(False, "--drop-forgotten", help="Null identifiers of forgotten people still "
+                                        "found in the raw files (in the new directory's copies) instead of refusing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Change the hash key: ingest the raw events under a new key into a fresh warehouse (the old one is only read).
+
+    Tokens cannot be turned back into values, so this is the only way to change keys without
+    splitting every person. Idempotent: running it again re-ingests nothing twice.
+    """
+    from lastmile.identity import rotate
+
+    cfg = settings()
+    key = new_key_file.read_text().strip() if new_key_file else None
+    if new_key_file and not key:
+        raise BadInput(f"{new_key_file} is empty: it should hold the new key")
+    target = rotate.target_settings(cfg, to_home, key, to_database)
+    rotation = rotate.prepare(cfg, target, events or cfg.events_dir, drop_forgotten)
+    with console.status(f"staging {target.home}…"):
+        rotate.stage(rotation)
+    with console.status("ingesting under the new key with Apache Beam…"):
+        ingested = _ingest_elsewhere(target.events_dir, rotate.ingest_environment(target))
+    result = rotate.finish(rotation)
+    out = {"old": {"fingerprint": rotation.old_fingerprint, "warehouse": rotate.place(cfg),
+                   "events": rotation.old_counts.total_events, "profiles": rotation.old_counts.profiles},
+           "new": {"fingerprint": rotation.new_fingerprint, "warehouse": rotation.target_place,
+                   "events": result.new_counts.total_events, "profiles": result.new_counts.profiles},
+           "ingest": ingested, "staged_files": rotation.staged,
+           "forgotten": {"suppressed_before": rotation.suppressed, "raw_lines_dropped": rotation.scan.lines,
+                         "suppression_carried": rotation.suppression_carried, "resurrected": result.forgotten_resurrected},
+           "reference_carried": result.reference_carried, "reference_dropped": result.reference_dropped,
+           "missing_events": result.missing_events, "complete": result.complete, "next": rotate.next_steps(result)}
+    if as_json:
+        print(json.dumps(out))
+    else:
+        console.print(f"new warehouse {rotation.target_place} under key {rotation.new_fingerprint} (old key "
+                      f"{rotation.old_fingerprint}, left as it was): {result.new_counts.total_events:,} events "
+                      f"(old {rotation.old_counts.total_events:,}), {result.new_counts.profiles:,} profiles "
+                      f"(old {rotation.old_counts.profiles:,})", highlight=False)
+        if rotation.suppressed:
+            console.print(f"suppression list: {rotation.suppressed:,} forgotten token(s) under the old key; "
+                          f"{rotation.suppression_carried:,} carried to the new key (values still in raw files, "
+                          f"{rotation.scan.lines:,} line(s) nulled in the copies). The others' values are gone from the "
+                          "files, so their tokens cannot be made under the new key", highlight=False)
+        for name, n in result.reference_dropped.items():
+            if n:
+                console.print(f"{name}: {n:,} row(s) not carried (their OneID has no single successor): declare them again",
+                              highlight=False)
+        console.print("next:\n" + "\n".join(f"  {i}. {step}" for i, step in enumerate(out["next"], 1)), highlight=False)
+    if result.forgotten_resurrected:
+        raise WarehouseStageFailed(f"{result.forgotten_resurrected} identifier(s) of forgotten people have a profile in the "
+                                   f"new warehouse {rotation.target_place}: do not switch to it")
+    if result.missing_events:
+        err.print("[red]error:[/red] the new warehouse lacks events the old one holds (" + ", ".join(
+            f"{t} {n:,}" for t, n in sorted(result.missing_events.items())) + "): they are in no raw file given (events "
+            "that came through the stream only?). Add their files to --events and run again before switching",
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _ingest_elsewhere(events: Path, environment: dict[str, str]) -> dict[str, Any]:
+    """`lastmile ingest` in a process of its own, configured for another warehouse: the Beam
+    steps read their settings from the environment, and chDB opens one directory per process."""
+    import os
+    import subprocess
+
+    from lastmile.warehouse import close_all
+
+    close_all()
+    done = subprocess.run([sys.executable, "-m", "lastmile.cli", "ingest", "--events", str(events), "--json"],
+                          env={**os.environ, **environment}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise WarehouseStageFailed(f"ingest under the new key failed (exit {done.returncode}): "
+                                   + (done.stderr.strip().splitlines() or ["no message"])[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # -- the real-time path (lastmile/streaming; the worker's engine wiring is pipelines/faust_worker.py) --
 # Every command reads the same settings as the rest of lastmile: LASTMILE_KAFKA_BOOTSTRAP
 # empty means the development broker on 127.0.0.1:9092 (started by `lastmile broker`),
@@ -672,6 +757,7 @@ def stream_cmd(
     """
     from pipelines.faust_worker import StreamOptions, run
 
+    _verify_hash_key()  # as ingest: another key is refused before the broker or the worker is touched
     if serve_port:  # the users file is checked (or a first reader made) before the worker starts
         from lastmile.warehouse.auth import ensure_users, load_users
 

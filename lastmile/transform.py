@@ -318,7 +318,8 @@ def build(cfg: Settings | None = None, select: str | Sequence[str] | None = None
     whole = not select and not exclude
     skip_views = whole and not full_refresh and not run_units and views_current(cfg)
     if skip_views:
-        command += ["--select", *ALL_BUT_VIEWS]
+        # an explicit selection replaces the default selector (selectors.yml): keep its exclusion
+        command += ["--select", *ALL_BUT_VIEWS, "--exclude", "tag:features"]
     result, _ = invoke(cfg, command, quiet)
     result.reference_rows = loaded
     if whole and not skip_views:

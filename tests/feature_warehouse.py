@@ -16,14 +16,14 @@ def build_feature_warehouse(home: Path, orders: int = 3000, weeks: int = 4, dbt:
                             declarations: bool = True, materialize: bool = True) -> tuple[Settings, dict[str, float]]:
     """Simulate + ingest (the CLI commands ``lastmile run`` chains, without the cold chain
     stage: no feature reads telemetry analytics), build the feature models with dbt (``dbt run
-    --select +marts.features``; ``dbt=True``: the whole ``dbt build``), apply the feature store
-    and materialize it. The caller must have set LASTMILE_HOME=home."""
+    --select +tag:features``; ``dbt=True``: the whole ``dbt build`` first), apply the feature
+    store and materialize it. The caller must have set LASTMILE_HOME=home."""
     from typer.testing import CliRunner
 
     from lastmile import transform
     from lastmile.cli import app
     from lastmile.features.store import apply, materialize as do_materialize
-    from lastmile.features.tables import FEATURE_SELECTION
+    from lastmile.features.tables import FEATURE_SELECTION, FEATURE_SELECTION_WITH_UPSTREAM
     from lastmile.models.consent import load_dietary_declarations, simulated_declarations
 
     timings: dict[str, float] = {}
@@ -38,8 +38,8 @@ def build_feature_warehouse(home: Path, orders: int = 3000, weeks: int = 4, dbt:
     t = time.perf_counter()
     if dbt:
         transform.build(cfg)
-    else:
-        transform.run(cfg, select=FEATURE_SELECTION)
+    result = transform.run(cfg, select=FEATURE_SELECTION if dbt else FEATURE_SELECTION_WITH_UPSTREAM)
+    assert result.success, result.failures
     timings["dbt"] = time.perf_counter() - t
     if declarations:
         load_dietary_declarations(cfg, simulated_declarations(cfg))

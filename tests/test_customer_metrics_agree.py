@@ -189,3 +189,34 @@ def test_live_counters_equal_the_batch_day(warehouse: Settings) -> None:
         assert row["rt_impulse_spend_today_cny"] == pytest.approx(impulse_cny, abs=0.01)
         checked += 1
     assert checked >= 3
+
+
+def test_a_new_order_reaches_the_oneid_360_through_the_model_itself(warehouse: Settings, tmp_path) -> None:
+    """The stream's refresh of the OneID 360 (on its identity thread) runs dim_customer and
+    what it reads - the one definition - so a new order shows in it with the same numbers a
+    full build gives. Runs last: it adds an order to the warehouse."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
+
+    from lastmile.identity.profiles import build_profiles
+    from pipelines import beam_ingest
+
+    cfg = warehouse
+    w = connect(cfg)
+    oneid = _people(cfg)[0]
+    event_id = w.scalar("SELECT argMax(event_id, ordered_at) FROM int_customer_orders WHERE oneid = {o:String}", {"o": oneid})
+    lines = (cfg.events_dir / "order.jsonl").read_bytes().splitlines()  # (with the simulator's malformed ones)
+    original = next(e for e in (orjson.loads(line) for line in lines if f'"{event_id}"'.encode() in line)
+                    if e.get("event_id") == event_id)
+    again = {**original, "event_id": "ev-ord-agree-1", "order_id": "ord-agree-1"}
+    before = _row(cfg, "SELECT orders, total_spend_cny FROM dim_customer WHERE oneid = {o:String}", oneid)
+    (tmp_path / "order.jsonl").write_bytes(orjson.dumps(again) + b"\n")
+    assert beam_ingest.run(tmp_path, cfg=cfg).written == 1
+    with ThreadPoolExecutor(max_workers=1) as identity_thread:
+        people = identity_thread.submit(build_profiles, cfg).result()
+    assert people == w.count("dim_customer", final=False) > 0
+    after = _row(cfg, "SELECT orders, total_spend_cny FROM dim_customer WHERE oneid = {o:String}", oneid)
+    assert after["orders"] == before["orders"] + 1
+    assert after["total_spend_cny"] == pytest.approx(before["total_spend_cny"] + original["total_amount"], abs=0.005)
+    assert after["orders"] == w.scalar("SELECT count() FROM int_customer_orders WHERE oneid = {o:String}", {"o": oneid})

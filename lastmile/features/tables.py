@@ -43,8 +43,11 @@ CATEGORIES: tuple[str, ...] = _project_categories()
 FEATURE_MODELS: tuple[str, ...] = ("feat_customer_profile", "feat_spending_health", "feat_category_affinity",
                                    "feat_customer_sku", "feat_community_sku", "feat_locker_service", "feat_sku",
                                    "feat_customer_credit")
-#: dbt selection that builds them with everything upstream.
-FEATURE_SELECTION = "+marts.features"
+#: dbt selection of the feature models (and the intermediates only they read): tagged
+#: ``features``, left out of the default ``lastmile transform`` / ``dbt build`` (dbt/selectors.yml).
+FEATURE_SELECTION = "tag:features"
+#: The same with everything upstream, for a build that has not just run ``lastmile transform``.
+FEATURE_SELECTION_WITH_UPSTREAM = "+tag:features"
 
 #: The push source's offline table: the streaming worker's real-time counters.
 REALTIME_DDL = """
@@ -92,19 +95,19 @@ class BuildReport:
         return ", ".join(f"{t} {n:,}" for t, n in self.rows.items()) + f" (credit: {self.credit_source})"
 
 
-def build_feature_tables(cfg: Settings, run_dbt: bool = True) -> BuildReport:
+def build_feature_tables(cfg: Settings, run_dbt: bool = True, upstream: bool = True) -> BuildReport:
     """Bring every ``feat_*`` table up to date; returns row counts and timings.
 
-    ``run_dbt`` runs the feature models and what they read (``dbt run --select
-    +marts.features``: the incremental models upstream only take what is new). Leave it off
-    right after a ``lastmile transform``, which built them. Then the consent and real-time
-    tables are made to exist.
+    ``run_dbt`` runs the feature models: with everything they read when ``upstream`` (``dbt
+    run --select +tag:features``: the incremental models upstream only take what is new),
+    or only them right after a ``lastmile transform`` (``upstream=False``). Then the consent
+    and real-time tables are made to exist.
     """
     from lastmile import transform
 
     seconds: dict[str, float] = {}
     if run_dbt:
-        result = transform.run(cfg, select=FEATURE_SELECTION, quiet=True)
+        result = transform.run(cfg, select=FEATURE_SELECTION_WITH_UPSTREAM if upstream else FEATURE_SELECTION, quiet=True)
         seconds["dbt"] = round(result.seconds, 3)
         if not result.success:
             raise FeatureBuildFailed(result.summary() + "; " + "; ".join(f"{f.unique_id}: {f.message}" for f in result.failures))
@@ -112,7 +115,7 @@ def build_feature_tables(cfg: Settings, run_dbt: bool = True) -> BuildReport:
     tables = set(warehouse.tables())
     missing = [m for m in FEATURE_MODELS if m not in tables]
     if missing:
-        raise FeatureBuildFailed(f"feature tables missing: {', '.join(missing)} (run `lastmile transform`)")
+        raise FeatureBuildFailed(f"feature tables missing: {', '.join(missing)} (run `lastmile features apply`)")
     t0 = time.perf_counter()
     warehouse.command(_CONSENT if "ref_dietary_declarations" in tables else _CONSENT_EMPTY)
     warehouse.command(REALTIME_DDL)

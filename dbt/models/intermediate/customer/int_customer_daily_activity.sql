@@ -5,7 +5,7 @@
 -- buyer paid (total_amount_cny, as in dim_customer and customer_rfm), basket value is what the
 -- lines add up to (the base of the impulse, healthy and category shares, as in
 -- spending_health), late night is the macro is_late_night.
-{{ config(materialized='table', engine='MergeTree()', order_by='(oneid, activity_date)') }}
+{{ config(materialized='table', engine='MergeTree()', order_by='(oneid, activity_date)', tags=['features']) }}
 
 {%- set categories = var('feature_categories') %}
 

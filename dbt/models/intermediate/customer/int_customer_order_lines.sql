@@ -2,7 +2,7 @@
 -- the business day of the order, and the catalogue's impulse / healthy flags of the SKU.
 -- The per customer x SKU and per community x SKU feature histories, and the recommender's
 -- training data, read it.
-{{ config(materialized='table', engine='MergeTree()', order_by='(oneid, order_date, order_id)') }}
+{{ config(materialized='table', engine='MergeTree()', order_by='(oneid, order_date, order_id)', tags=['features']) }}
 
 with orders as (
     select oneid, order_id, ordered_at, community_id, locker_id from {{ ref('int_customer_orders') }}
