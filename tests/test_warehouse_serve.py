@@ -113,6 +113,10 @@ def test_read_only_server_refuses_writes(servers: tuple[WarehouseHTTPServer, War
         with pytest.raises(DatabaseError, match="164"):
             analyst.insert("kept", [[7]], column_names=["id"])
     assert client(writable, DBT).query("SELECT count() FROM kept").result_rows == [(0,)]
+    # A GET only reads, even a writer's: a link on a web page cannot write.
+    status, body, _ = request(writable, "GET", "INSERT INTO kept VALUES (1)", who=DBT)
+    assert status == 403 and "164" in body
+    assert request(writable, "GET", "SELECT count() FROM kept", who=DBT)[:2] == (200, "0\n")
 
 
 ATTACKS = [
@@ -356,3 +360,25 @@ def test_another_process_reads_while_the_server_owns_the_warehouse(home: Setting
     assert "warehouse_analyst.password" in output and password not in output  # says where, never what
     time.sleep(0.1)
     assert connect(home).count("seen", final=False) == 3  # the directory is free again once the server stops
+
+
+def test_warehouse_user_command_adds_users_without_printing_passwords(home: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from lastmile.cli import app
+
+    runner = CliRunner()
+    made = runner.invoke(app, ["warehouse", "user", "dbt", "--role", "writer"])
+    assert made.exit_code == 0, made.output
+    password_file = home.home / "warehouse_dbt.password"
+    password = password_file.read_text().strip()
+    assert password not in made.output and str(password_file) in made.output
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    given = runner.invoke(app, ["warehouse", "user", "superset", "--password-stdin"], input="bi-reader-pw\n")
+    assert given.exit_code == 0, given.output
+    users = load_users(home.warehouse_users_file)
+    assert users.authenticate("dbt", password).role.name == "writer"
+    assert users.authenticate("superset", "bi-reader-pw").role.readonly
+    refused = runner.invoke(app, ["warehouse", "user", "boss", "--role", "owner"])
+    assert refused.exit_code == 2 and "not a role" in refused.output
+    assert "boss" not in load_users(home.warehouse_users_file).users

@@ -190,18 +190,24 @@ class Engine:
     users: UserDirectory | None = None
     _guard: QueryGuard | None = field(default=None, repr=False)
 
-    def role_of(self, user: User | None) -> Role:
-        """The role a request runs with: the user's, capped to reading on a read-only server."""
+    def role_of(self, user: User | None, by_get: bool = False) -> Role:
+        """The role a request runs with: the user's, capped to reading on a read-only server.
+
+        A GET only reads, whoever sends it (as on ClickHouse, where GET runs with
+        ``readonly = 2``): a link or an image on a web page must never write.
+        """
         from lastmile.warehouse.auth import BUILTIN_ROLES
 
         role = user.role if user is not None else BUILTIN_ROLES["reader"]
         if self.readonly and not role.readonly:
             return BUILTIN_ROLES["reader"]
+        if by_get and not role.readonly:
+            return Role(role.name, True, role.limits)
         return role
 
     def execute(self, sql: str, data: bytes | None, database: str | None, fmt: str, settings: dict[str, str],
-                params: dict[str, str], user: User | None = None) -> Result:
-        role = self.role_of(user)
+                params: dict[str, str], user: User | None = None, by_get: bool = False) -> Result:
+        role = self.role_of(user, by_get)
         if not sql.strip():
             raise QueryError("Empty query", code=62, status=400)
         database = database or self.default_database
@@ -429,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not args.get("query") and not has_body:
             return self._send(200, b"Ok.\n", {**headers, "Content-Type": "text/plain; charset=UTF-8"})
         user = self._authenticate(args)
-        role = self.server.engine.role_of(user)
+        role = self.server.engine.role_of(user, by_get=read_body is None)
         body = read_body(READER_MAX_BODY if role.readonly else None) if read_body is not None else b""
         body = _decompress(body, self.headers.get("Content-Encoding", ""))
         query = args.get("query", "")
@@ -443,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
         fmt = args.get("default_format") or self.headers.get("X-ClickHouse-Format") or "TabSeparated"
         if not _SETTING_NAME.match(fmt):
             raise QueryError(f"unknown format {fmt[:40]!r}", code=73, status=400)
-        result = self.server.engine.execute(sql, data, database, fmt, settings, params, user)
+        result = self.server.engine.execute(sql, data, database, fmt, settings, params, user, by_get=read_body is None)
         headers.update({"X-ClickHouse-Format": result.fmt, "X-ClickHouse-Summary": json.dumps(result.summary),
                         "Content-Type": _content_type(result.fmt)})
         self._send(200, result.body, headers)
