@@ -84,6 +84,7 @@ def verify_hash_key(warehouse: Warehouse, cfg: Settings) -> str:
             "another key never match the stored ones: every person would get a second profile. Run with the "
             "warehouse's key (set LASTMILE_HASH_KEY to it, or unset it to use $LASTMILE_HOME/hash.key); to change "
             "keys on purpose, ingest the raw event files under the new key into a fresh warehouse (another "
-            "LASTMILE_HOME or LASTMILE_CLICKHOUSE_DATABASE).")
+            "LASTMILE_HOME or LASTMILE_CLICKHOUSE_DATABASE): `lastmile key rotate --to-home NEWDIR`, run with the "
+            "warehouse's key, does that.")
     _verified.add(memo)
     return current
