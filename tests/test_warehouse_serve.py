@@ -190,6 +190,10 @@ def test_writer_reaches_no_file_url_or_server_either(servers: tuple[WarehouseHTT
             "LAYOUT(FLAT()) LIFETIME(0)",
             f"ATTACH TABLE leak FROM '{home.home}' (line String) ENGINE = MergeTree ORDER BY line",
             f"BACKUP TABLE raw_order TO File('{out}')",
+            f"CREATE TABLE notes (id UInt32) ENGINE = MergeTree ORDER BY id SETTINGS disk = disk(type = local, "
+            f"path = '{tmp_path / 'disk'}/')",
+            f"SELECT 1 FORMAT Template SETTINGS format_template_resultset = '{key}'",
+            f"SELECT 1 AS x FORMAT CapnProto SETTINGS format_schema = '{key}:Message'",
             "CREATE TABLE notes (id UInt32) ENGINE = Memory; SELECT 1 INTO OUTFILE '" + str(out) + "'"]:
         status, body, _ = request(writable, "POST", body=sql.encode(), who=DBT)
         assert status in (400, 403), (sql, status, body)
@@ -208,7 +212,7 @@ def test_url_settings_only_tighten_a_reader(servers: tuple[WarehouseHTTPServer, 
     _, readonly = servers
     for loosen in ({"readonly": "0"}, {"readonly": "2"}, {"max_result_rows": "0"}, {"max_result_rows": "1000000000000"},
                    {"max_execution_time": "0"}, {"max_memory_usage": "0"}, {"allow_ddl": "1"},
-                   {"format_schema": "/etc/passwd"}):
+                   {"format_schema": "/etc/passwd"}, {"default_format": "Template", "format_template_row": "/etc/passwd"}):
         status, body, headers = request(readonly, "GET", "SELECT number FROM numbers(10)", **loosen)
         assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "164", (loosen, body)
     status, body, _ = request(readonly, "GET", "SELECT getSetting('max_result_rows'), getSetting('readonly')",

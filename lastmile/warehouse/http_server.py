@@ -53,7 +53,7 @@ import chdb
 from lastmile.config import Settings
 from lastmile.warehouse.auth import (AuthenticationFailed, BadCredentials, GeneratedUser, Role, User, UserDirectory,
                                      credentials, ensure_users, load_users)
-from lastmile.warehouse.query_guard import QueryGuard, Refused
+from lastmile.warehouse.query_guard import DENIED_FORMATS, FILE_SETTINGS, QueryGuard, Refused
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,12 @@ class Engine:
         for name in settings:
             if not _SETTING_NAME.match(name):
                 raise QueryError(f"Unknown setting {name!r}", code=115, status=400)
+            if name.lower().startswith(FILE_SETTINGS):
+                raise QueryError(f"setting {name} names a file and is not available through this server",
+                                 code=READONLY_CODE if role.readonly else 497, status=403)
+        if fmt.lower() in DENIED_FORMATS:
+            raise QueryError(f"format {fmt} reads a schema or template file and is not available through this server",
+                             code=READONLY_CODE if role.readonly else 497, status=403)
         if role.readonly:
             if data is not None:
                 raise QueryError("Cannot execute query in readonly mode: INSERT is a write", code=READONLY_CODE,

@@ -47,6 +47,11 @@ ALLOWED_ENGINES = frozenset({"mergetree", "replacingmergetree", "summingmergetre
                              "collapsingmergetree", "versionedcollapsingmergetree", "coalescingmergetree",
                              "graphitemergetree", "memory", "log", "tinylog", "stripelog", "null", "set", "join",
                              "buffer", "generaterandom"})
+#: Formats that read a schema or template file named by a setting.
+DENIED_FORMATS = frozenset({"template", "templateignorespaces", "capnproto", "protobuf", "protobufsingle",
+                            "protobuflist"})
+#: Settings that name files to read or write (the formats above, generated schemas).
+FILE_SETTINGS = ("format_template", "format_schema", "output_format_schema")
 #: ``system`` tables the read-only role may read: the catalogue BI tools browse, and counters.
 #: Not the query log, mutations, errors, processes, caches or named collections, which carry
 #: other statements' text and values.
@@ -80,6 +85,9 @@ SYNTAX_ERROR = 62
 _LINE = re.compile(r"^( *)(.*?)(?: \(children \d+\))?$")
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.S)
 _OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b|\bFROM\s+INFILE\b", re.I)
+_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)", re.I)
+_CUSTOM_DISK = re.compile(r"\bdisk\s*\(", re.I)
+_SETTING_ASSIGNED = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*=", re.I)
 _PARAM = "lastmile_guard_statement"
 
 
@@ -178,10 +186,30 @@ class QueryGuard:
             raise Refused(_engine_reason(str(exc)), code, status=403 if code == READONLY else 400) from exc
         root = parse_ast(text)
         self.check_tree(root, readonly, database)
-        # Second, independent look: the canonical text the engine printed, quoted parts removed.
-        if _OUTFILE.search(_QUOTED.sub("''", canonical)):
-            raise Refused("INTO OUTFILE and FROM INFILE are not available through this server", _denied(readonly))
+        self.check_text(canonical, readonly)
         return Checked(canonical, root.kind, _output_format(root))
+
+    @staticmethod
+    def check_text(canonical: str, readonly: bool) -> None:
+        """What ``EXPLAIN AST`` does not print, read on the engine's canonical text (quoted parts removed).
+
+        The tree shows a SETTINGS clause as a bare ``Set`` node and an insert's format not at
+        all; the canonical text has both in one fixed spelling. Also a second look for
+        ``INTO OUTFILE`` and ``FROM INFILE``.
+        """
+        denied = _denied(readonly)
+        unquoted = _QUOTED.sub("''", canonical)
+        if _OUTFILE.search(unquoted):
+            raise Refused("INTO OUTFILE and FROM INFILE are not available through this server", denied)
+        for name in _FORMAT.findall(unquoted):
+            if name.lower() in DENIED_FORMATS:
+                raise Refused(f"format {name} reads a schema or template file and is not available through this "
+                              "server", denied)
+        if _CUSTOM_DISK.search(unquoted):
+            raise Refused("disk(...) places data outside the warehouse and is not available through this server", denied)
+        for name in _SETTING_ASSIGNED.findall(unquoted):
+            if name.lower().startswith(FILE_SETTINGS):
+                raise Refused(f"setting {name} names a file and is not available through this server", denied)
 
     def check_tree(self, root: Node, readonly: bool, database: str) -> None:
         allowed_roots = READER_ROOTS if readonly else WRITER_ROOTS
