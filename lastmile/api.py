@@ -311,6 +311,10 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
         audit.record(key, "GET features", oneid, feature_categories(shown))
         return answer
 
+    # The operations board (/board, /board/api/...): same keys and limits, scope board:read.
+    from lastmile.board.web import mount_board
+
+    mount_board(app, cfg, keyring, limiter)
     app.state.keyring = keyring
     app.state.audit = audit
     return app
