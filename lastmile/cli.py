@@ -653,20 +653,22 @@ def key_rotate_cmd(
 
 
 def _ingest_elsewhere(events: Path, environment: dict[str, str]) -> dict[str, Any]:
-    """`lastmile ingest` in a process of its own, configured for another warehouse: the Beam
-    steps read their settings from the environment, and chDB opens one directory per process."""
+    """`lastmile ingest` configured for another warehouse: the Beam steps read their settings
+    from the environment, so it is set to the target's for the run and restored after."""
     import os
-    import subprocess
 
-    from lastmile.warehouse import close_all
+    from pipelines import beam_ingest
 
-    close_all()
-    done = subprocess.run([sys.executable, "-m", "lastmile.cli", "ingest", "--events", str(events), "--json"],
-                          env={**os.environ, **environment}, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise WarehouseStageFailed(f"ingest under the new key failed (exit {done.returncode}): "
-                                   + (done.stderr.strip().splitlines() or ["no message"])[-1])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    try:
+        return _ingest_dict(beam_ingest.run(events, cfg=settings()))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # -- the real-time path (lastmile/streaming; the worker's engine wiring is pipelines/faust_worker.py) --

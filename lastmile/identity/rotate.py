@@ -280,8 +280,7 @@ def prepare(source: Settings, target: Settings, events_dir: Path, drop_forgotten
             "no suppression list of its own: re-ingested, these lines would bring forgotten people back. Run again with "
             "--drop-forgotten to null those identifiers in the new data directory's copies (as `lastmile forget` does) "
             "and carry their suppression over to the new key, or clean the files first")
-    if target.embedded:
-        close_all()  # chDB opens one directory per process: the target's is next
+    close_all()  # chDB opens one directory per process; a server's client is per URL, not per database
     held = stored_fingerprint(connect(target)) if not target.embedded or target.warehouse_dir.is_dir() else None
     if held is not None and held[0] != new_fp:
         key = f"the new key (fingerprint {new_fp}, from {target.hash_key_source()})" if new_fp else "a newly generated key"
@@ -352,8 +351,7 @@ def stage(rotation: Rotation) -> None:
     if carried:
         new.insert_rows("identity_forgotten", [(t,) for t in carried], ["token"])
     rotation.suppression_carried = len(carried)
-    if target.embedded:
-        close_all()  # the ingest that follows opens the target's directory in its own process
+    close_all()  # the ingest that follows opens the target with its own settings
 
 
 def _carry_reference(rotation: Rotation, new: Warehouse) -> tuple[dict[str, int], dict[str, int]]:
