@@ -357,7 +357,8 @@ def run(cfg: Settings | None = None, select: str | Sequence[str] | None = None, 
 def docs(cfg: Settings | None = None, quiet: bool = False) -> Path:
     """``dbt docs generate --static``: one self-contained HTML file; returns its path."""
     cfg = cfg or current_settings()
-    result, _ = invoke(cfg, ["docs", "generate", "--static"], quiet)
+    # every model, the feature histories too (the default selector, selectors.yml, leaves them out)
+    result, _ = invoke(cfg, ["docs", "generate", "--static", "--select", "fqn:*"], quiet)
     if not result.success:
         raise RuntimeError(result.summary() + "; " + "; ".join(f"{f.unique_id}: {f.message}" for f in result.failures))
     path = cfg.home / "dbt" / "target" / "static_index.html"
