@@ -48,7 +48,7 @@ LIMIT_SETTINGS = frozenset(READER_LIMITS) | {"max_rows_to_read", "max_bytes_to_r
 GENERATED_USER = "analyst"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a bare TOML key: [users.NAME] needs no quoting
 
 
 class UsersConfigError(ValueError):
@@ -120,7 +120,7 @@ def load_users(path: Path) -> UserDirectory:
     users: dict[str, User] = {}
     for name, spec in (data.get("users") or {}).items():
         if not _NAME.match(name):
-            raise UsersConfigError(f"{path}: user name {name!r} must be 1-64 letters, digits or _ . @ -")
+            raise UsersConfigError(f"{path}: user name {name!r} must be 1-64 letters, digits, _ or -")
         if not isinstance(spec, dict):
             raise UsersConfigError(f"{path}: users.{name} must be a table")
         extra = set(spec) - {"password_sha256_hex", "role"}
@@ -194,7 +194,7 @@ def ensure_users(users_file: Path, default_file: Path, home: Path) -> GeneratedU
 def add_user(users_file: Path, name: str, password: str, role: str) -> None:
     """Add (or replace) a user in the users file, keeping everything else in it."""
     if not _NAME.match(name):
-        raise UsersConfigError(f"user name {name!r} must be 1-64 letters, digits or _ . @ -")
+        raise UsersConfigError(f"user name {name!r} must be 1-64 letters, digits, _ or -")
     if not password:
         raise UsersConfigError("the password is empty")
     text = users_file.read_text(encoding="utf-8") if users_file.exists() else ""
