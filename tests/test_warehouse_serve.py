@@ -92,6 +92,9 @@ def test_clickhouse_connect_queries_and_inserts_unmodified(servers: tuple[Wareho
     frame = dbt.query_df("SELECT id FROM notes WHERE text = 'chilled'")
     assert frame["id"].tolist() == [1]
     assert dbt.command("SELECT count() FROM notes") == 3
+    with pytest.raises(DatabaseError, match="62"):  # rows the server cannot find are refused, never dropped silently
+        dbt.command("INSERT INTO notes SETTINGS async_insert = 0 VALUES (4, 'lost?', '2026-10-01 11:00:00')")
+    assert dbt.command("SELECT count() FROM notes") == 3
     with pytest.raises(DatabaseError) as failed:
         dbt.query("SELEC 1")
     assert "62" in str(failed.value)  # ClickHouse's syntax error code travels to the client

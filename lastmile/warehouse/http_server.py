@@ -256,6 +256,9 @@ class Engine:
         if role.readonly:
             conn.query("SET readonly = 1")  # last: from here on the session's settings cannot change
         began = time.perf_counter()
+        if checked.needs_data and data is None:
+            raise QueryError("an INSERT's rows go after INSERT INTO t [(columns)] VALUES, or after FORMAT X in the body",
+                             code=62, status=400)  # the canonical form has no rows: it would insert nothing, silently
         if data is not None:
             if checked.kind != "InsertQuery":
                 raise QueryError("data in the request body goes with an INSERT ... FORMAT statement", code=62, status=400)

@@ -159,6 +159,7 @@ class Checked:
     statement: str
     kind: str
     output_format: str | None
+    needs_data: bool = False  # an INSERT without a SELECT: its rows come as data
 
 
 @dataclass
@@ -187,7 +188,8 @@ class QueryGuard:
         root = parse_ast(text)
         self.check_tree(root, readonly, database)
         self.check_text(canonical, readonly)
-        return Checked(canonical, root.kind, _output_format(root))
+        needs_data = root.kind == "InsertQuery" and not any(c.kind == "SelectWithUnionQuery" for c in root.children)
+        return Checked(canonical, root.kind, _output_format(root), needs_data)
 
     @staticmethod
     def check_text(canonical: str, readonly: bool) -> None:
