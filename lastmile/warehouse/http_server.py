@@ -51,8 +51,8 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb
 
 from lastmile.config import Settings
-from lastmile.warehouse.auth import (AuthenticationFailed, BadCredentials, GeneratedUser, Role, User, UserDirectory,
-                                     credentials, ensure_users, load_users)
+from lastmile.warehouse.auth import (BUILTIN_ROLES, AuthenticationFailed, BadCredentials, GeneratedUser, Role, User,
+                                     UserDirectory, credentials, ensure_users, load_users)
 from lastmile.warehouse.query_guard import DENIED_FORMATS, FILE_SETTINGS, QueryGuard, Refused
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def reader_settings(role: Role, requested: dict[str, str]) -> dict[str, str]:
     for name, value in requested.items():
         if name == "readonly":
             if value.strip() != "1":
-                raise QueryError(f"Cannot modify 'readonly' setting in readonly mode", code=READONLY_CODE, status=403)
+                raise QueryError("Cannot modify 'readonly' setting in readonly mode", code=READONLY_CODE, status=403)
             continue
         if name in READER_LOWERABLE:
             ceiling = int(role.limits.get(name, 0))
@@ -196,8 +196,6 @@ class Engine:
         A GET only reads, whoever sends it (as on ClickHouse, where GET runs with
         ``readonly = 2``): a link or an image on a web page must never write.
         """
-        from lastmile.warehouse.auth import BUILTIN_ROLES
-
         role = user.role if user is not None else BUILTIN_ROLES["reader"]
         if self.readonly and not role.readonly:
             return BUILTIN_ROLES["reader"]
