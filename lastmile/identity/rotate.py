@@ -52,8 +52,11 @@ from lastmile.privacy import Identifiers
 from lastmile.warehouse import Warehouse, close_all, connect, migrate
 
 #: Data directory entries a rotation copies: reference (master) data, the simulator's ground
-#: truth and manifest when present. Models, the feature store, reports and dbt's work
-#: directory are rebuilt by the steps that follow a rotation; the warehouse is what is rebuilt.
+#: truth and manifest when present, and the credentials kept there by default (API keys, users
+#: of the warehouse's HTTP interface: they do not depend on the hash key, and clients should
+#: not be locked out by a switch). Models, the feature store, reports and dbt's work directory
+#: are rebuilt by the steps that follow a rotation; the warehouse is what is rebuilt. The API's
+#: audit log stays with the old data directory, as a record of what was read there.
 COPIED = ("reference", "truth", "manifest.json")
 #: Reference rows keyed by OneID live in these files (under reference/) and warehouse tables.
 ONEID_REFERENCE = {"dietary_declarations.jsonl": "ref_dietary_declarations"}
@@ -158,8 +161,9 @@ def target_settings(source: Settings, to_home: Path, new_key: str | None, to_dat
     and on a server its own database. ``new_key`` None: the key in ``to_home/hash.key``,
     generated there if absent."""
     home = to_home.expanduser().resolve()
-    if home == source.home:
-        raise RotationRefused(f"--to-home {home} is the current data directory: a rotation builds a fresh one beside it")
+    if home == source.home or home.is_relative_to(source.home) or source.home.is_relative_to(home):
+        raise RotationRefused(f"--to-home {home} is, holds or lies in the current data directory ({source.home}): a rotation "
+                              "builds a fresh one beside it")
     if source.embedded:
         if to_database:
             raise RotationRefused("--to-database is for a ClickHouse server; the embedded warehouse of the new key "
@@ -299,15 +303,22 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev) or (sa.st_size == sb.st_size and a.read_bytes() == b.read_bytes())
 
 
-def _place_copy(source: Path, target: Path) -> bool:
-    """Put ``source`` at ``target`` (hard link, or copy across file systems) unless it is already
-    there; the swap is atomic. Returns whether anything changed."""
+def _place_copy(source: Path, target: Path, link: bool) -> bool:
+    """Put ``source`` at ``target`` unless it is already there; the swap is atomic. Returns
+    whether anything changed.
+
+    ``link``: a hard link where the file system allows (event files: large, and every writer in
+    lastmile replaces them rather than writing into them), else a copy (small files an operator
+    may overwrite in place, which through a link would change both data directories).
+    """
     if _same_file(source, target):
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".rotating")
     tmp.unlink(missing_ok=True)
     try:
+        if not link:
+            raise OSError("copy wanted")
         os.link(source, tmp)
     except OSError:
         shutil.copy2(source, tmp)
@@ -315,20 +326,33 @@ def _place_copy(source: Path, target: Path) -> bool:
     return True
 
 
+def _default_credentials(source: Settings) -> list[Path]:
+    """Credential files kept in the data directory (their settings unset), that exist."""
+    paths = []
+    if not source.api_keys_file:
+        paths.append(source.home / "api" / "keys.json")
+    if not source.warehouse_users:
+        paths.append(source.warehouse_users_file)
+    return [p for p in paths if p.is_file()]
+
+
 def stage(rotation: Rotation) -> None:
     """Copy the inputs into the target's data directory, drop forgotten identifiers from the
     copies when asked to, record the new key and seed the new suppression list."""
     source, target = rotation.source, rotation.target
-    files: list[tuple[Path, Path]] = []
+    files: list[tuple[Path, Path, bool]] = []
     for name in COPIED:
         path = source.home / name
         if path.is_file():
-            files.append((path, target.home / name))
+            files.append((path, target.home / name, False))
         elif path.is_dir():
-            files += [(p, target.home / name / p.relative_to(path)) for p in sorted(path.rglob("*")) if p.is_file()]
+            files += [(p, target.home / name / p.relative_to(path), False) for p in sorted(path.rglob("*")) if p.is_file()]
+    for credentials in _default_credentials(source):
+        files.append((credentials, target.home / credentials.relative_to(source.home), False))
     if rotation.events_dir != target.events_dir:
-        files += [(p, target.events_dir / p.name) for p in sorted(rotation.events_dir.glob("*.jsonl"))]
-    rotation.staged = dict(Counter(dst.relative_to(target.home).parts[0] for src, dst in files if _place_copy(src, dst)))
+        files += [(p, target.events_dir / p.name, True) for p in sorted(rotation.events_dir.glob("*.jsonl"))]
+    rotation.staged = dict(Counter(dst.relative_to(target.home).parts[0] for src, dst, link in files
+                                   if _place_copy(src, dst, link)))
 
     scan = rotation.scan
     if scan.lines:
@@ -434,7 +458,13 @@ def next_steps(result: RotationResult) -> list[str]:
     steps = [f"export LASTMILE_HOME={target.home}"]
     if not target.embedded:
         steps.append(f"export LASTMILE_CLICKHOUSE_DATABASE={target.clickhouse_database}")
-    steps += [key, "lastmile transform --full-refresh", "lastmile features materialize", "lastmile train",
-              "restart `lastmile stream` and `lastmile serve` with these settings",
-              f"once satisfied, retire the old warehouse ({place(result.rotation.source)}) and the old key"]
+    steps.append(key)
+    if target.feast_online_store:
+        steps.append("point LASTMILE_FEAST_ONLINE_STORE at an empty store (another Redis database): the one set now "
+                     "holds the old OneIDs' features")
+    steps += ["lastmile transform --full-refresh", "lastmile features apply", "lastmile features materialize --full",
+              "lastmile train", "restart `lastmile stream` and `lastmile serve` with these settings",
+              "repeat in the new data directory any `lastmile forget` made in the old one since the rotation",
+              f"once satisfied, delete the old warehouse ({place(result.rotation.source)}) and data directory "
+              f"({result.rotation.source.home}), and retire the old key"]
     return steps
