@@ -262,6 +262,11 @@ def run_cmd(
         summary = summarize(connect(cfg))
     out["warehouse"] = summary.as_dict()
     out["seconds"] = timings
+    from lastmile.board.web import how_to_open
+
+    report_path = cfg.home / "reports" / "report.html"
+    out["report"] = str(report_path) if report_path.exists() else f"lastmile report writes {report_path}"
+    out["board"] = how_to_open(cfg)
     if as_json:
         print(json.dumps(out, default=str, ensure_ascii=False))
         return
@@ -297,6 +302,9 @@ def run_cmd(
         reasons.add_row(reason, f"{n:,}")
     console.print(reasons)
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    console.print(f"weekly report: {out['report']}", highlight=False, soft_wrap=True)
+    console.print(f"live board: {out['board']['url']} (start it with `{out['board']['start']}`; {out['board']['key']})",
+                  highlight=False, soft_wrap=True)
 
 
 class WarehouseStageFailed(Exception):

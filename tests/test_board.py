@@ -325,3 +325,23 @@ def test_the_page_loads_plotly_from_the_wheel_not_a_cdn() -> None:
     page = (STATIC / "board.html").read_text(encoding="utf-8")
     scripts = [line for line in page.splitlines() if "<script" in line or "stylesheet" in line]
     assert scripts and all('"/board/static/' in line for line in scripts), scripts
+
+
+def test_run_ends_by_saying_where_the_board_is(home: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from lastmile.api_auth import create_key
+    from lastmile.cli import app
+
+    runner = CliRunner()
+    plain = runner.invoke(app, ["run", "--orders", "200", "--weeks", "1", "--through", "ingest"])
+    assert plain.exit_code == 0, plain.output
+    lines = plain.stdout.strip().splitlines()
+    assert lines[-1].startswith("live board: http://127.0.0.1:8000/board (start it with `lastmile serve`")
+    assert "lastmile api-key create --name wall --scopes board:read" in lines[-1]
+    assert lines[-2].startswith("weekly report: lastmile report writes ") and lines[-2].endswith("report.html")
+    create_key(home, "wall", ["board:read"])
+    found = runner.invoke(app, ["run", "--orders", "200", "--weeks", "1", "--through", "ingest", "--json"])
+    board = json.loads(found.stdout.strip().splitlines()[-1])["board"]
+    assert board == {"url": "http://127.0.0.1:8000/board", "start": "lastmile serve",
+                     "key": "open it once with ?key=<a key with board:read>"}

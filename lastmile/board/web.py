@@ -417,3 +417,14 @@ def mount_board(app: Any, cfg: Settings, keyring: KeyRing, limiter: RateLimiter,
     app.state.board = source
     return source
 
+
+
+def how_to_open(cfg: Settings, host: str = "127.0.0.1", port: int = 8000) -> dict[str, str]:
+    """Where the board is and how to start it (``lastmile run`` prints this at its end)."""
+    from lastmile.api_auth import active_keys
+
+    has_key = any(k.allows(SCOPE) for k in active_keys(cfg))
+    return {"url": f"http://{host}:{port}/board",
+            "start": "lastmile serve", "key": (
+                "open it once with ?key=<a key with board:read>" if has_key else
+                "create a key first: lastmile api-key create --name wall --scopes board:read, then open it once with ?key=<key>")}
