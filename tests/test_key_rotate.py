@@ -5,6 +5,7 @@ Also: the stream worker refuses a key that is not its warehouse's, as ingest doe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,9 +37,20 @@ def _target(home: Settings, new_home: Path) -> tuple[list[str], Settings]:
     """CLI arguments naming the target, and its settings (the key comes from its hash.key)."""
     if home.embedded:
         return ["--to-home", str(new_home)], replace(home, home=new_home, hash_key="")
-    database = home.clickhouse_database + "_rotated"
+    database = f"{home.clickhouse_database}_{new_home.name}"
     return ["--to-home", str(new_home), "--to-database", database], replace(home, home=new_home, hash_key="",
                                                                             clickhouse_database=database)
+
+
+@pytest.fixture(autouse=True)
+def _drop_target_databases(home: Settings) -> Iterator[None]:
+    """On a server, the targets are databases beside the test's own: dropped with it."""
+    yield
+    if not home.embedded:
+        w = _open(home)
+        for (name,) in w.rows("SELECT name FROM system.databases WHERE startsWith(name, {p:String})",
+                              {"p": home.clickhouse_database + "_"}):
+            w.command(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def _open(cfg: Settings) -> Warehouse:
