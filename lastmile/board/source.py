@@ -10,7 +10,7 @@
   reads). Unlike :func:`lastmile.warehouse.connect`, nothing is created: a reader may not.
 
 Refreshes are serialised and cached for :data:`CACHE_SECONDS` per (community, day): ten
-screens polling every two seconds cost the warehouse what one does.
+screens polling every 1.5 s cost the warehouse what one does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lastmile.config import Settings
 from lastmile.warehouse.client import Warehouse, WarehouseError
 
 #: How long a computed board is served to other screens before it is computed again.
-CACHE_SECONDS = 1.0
+CACHE_SECONDS = 0.5
 
 
 class BoardUnavailable(RuntimeError):

@@ -1,7 +1,7 @@
 """The board's routes in the API app (``lastmile serve``): the page, its JSON and its assets.
 
 * ``GET /board`` (every community) and ``GET /board/{community_id}`` (one): the page. It polls
-  ``/board/api/board`` every two seconds and redraws in place (no reload).
+  ``/board/api/board`` every 1.5 s and redraws in place (no reload).
 * ``GET /board/api/board``: every panel at once; ``GET /board/api/{panel}``: one panel. Both
   take ``community`` (empty: all) and ``as_of`` (``YYYY-MM-DD``; empty: the newest order's
   business day). Their JSON is described by the models below, so ``/openapi.json`` documents it.

@@ -3,7 +3,7 @@
 // exact number from the JSON (tests compare it with the SQL that defines the figure).
 (function () {
   "use strict";
-  var POLL_MS = 2000;
+  var POLL_MS = 1500;
   var body = document.body;
   var community = body.getAttribute("data-community") || "";
   var params = new URLSearchParams(window.location.search);
