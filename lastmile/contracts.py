@@ -430,13 +430,26 @@ class EventParser:
 _KEY_AFTER_BLANKS = re.compile(rb'"[ \t\r\n]+:')
 
 
-def _key_count(value: Any) -> int:
-    """Keys of every object inside a decoded JSON value."""
-    if isinstance(value, dict):
-        return len(value) + sum(_key_count(v) for v in value.values() if isinstance(v, (dict, list)))
-    if isinstance(value, list):
-        return sum(_key_count(v) for v in value if isinstance(v, (dict, list)))
-    return 0
+#: No contract nests deeper than a few levels; a payload nested deeper than this is refused
+#: before anything walks it (a thousand levels would exhaust Python's recursion limit).
+MAX_DEPTH = 32
+
+
+def _key_count(event: dict[str, Any], event_type: str | None) -> int:
+    """Keys of every object inside a decoded event; raises ``invalid_value`` past :data:`MAX_DEPTH`."""
+    count = 0
+    pending: list[tuple[Any, int]] = [(event, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ContractError("invalid_value", f"the event is nested more than {MAX_DEPTH} levels deep; "
+                                "no contract has values nested like that", event_type)
+        if isinstance(value, dict):
+            count += len(value)
+            pending.extend((inner, depth + 1) for inner in value.values() if isinstance(inner, (dict, list)))
+        else:
+            pending.extend((inner, depth + 1) for inner in value if isinstance(inner, (dict, list)))
+    return count
 
 
 def _refuse_duplicate_keys(raw: bytes, event: dict[str, Any]) -> None:
@@ -446,9 +459,12 @@ def _refuse_duplicate_keys(raw: bytes, event: dict[str, Any]) -> None:
     ClickHouse refuses the row), so the producer's intent is unknown: the event is rejected.
     Fast path: when every key is followed directly by ``:``, each key adds one ``":`` to the
     payload, so ``payload.count(b'":')`` equal to the keys decoded proves there was no
-    duplicate; only otherwise is the payload parsed again, pair by pair.
+    duplicate; only otherwise is the payload parsed again, pair by pair. Counting the keys
+    also refuses a payload nested deeper than :data:`MAX_DEPTH`.
     """
-    if raw.count(b'":') == _key_count(event) and not _KEY_AFTER_BLANKS.search(raw):
+    event_type = event.get("event_type")
+    event_type = event_type[:64] if isinstance(event_type, str) and event_type else None
+    if raw.count(b'":') == _key_count(event, event_type) and not _KEY_AFTER_BLANKS.search(raw):
         return
     try:
         json.loads(raw, object_pairs_hook=_no_duplicates)
@@ -456,7 +472,7 @@ def _refuse_duplicate_keys(raw: bytes, event: dict[str, Any]) -> None:
         raise ContractError(
             "duplicate_key",
             f"key {duplicate.key!r} appears twice in one object; send each field once",
-            str(event.get("event_type") or "")[:64] or None,
+            event_type,
         ) from None
     except ValueError:
         pass  # orjson read it; the standard library's stricter corners are not this check's business

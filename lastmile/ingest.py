@@ -164,9 +164,10 @@ def _quarantine_line(source: str, position: int, payload: bytes, exc: ContractEr
     if exc.reason not in ("not_json", "oversized"):
         try:
             head = orjson.loads(payload)
-            if isinstance(head, dict):
-                event_type = event_type or str(head.get("event_type") or "")[:64]
-                event_id = str(head.get("event_id") or "")[:64]
+            if isinstance(head, dict):  # only text is kept: any other value may be huge or deep
+                declared_type, declared_id = head.get("event_type"), head.get("event_id")
+                event_type = event_type or (declared_type[:64] if isinstance(declared_type, str) else "")
+                event_id = declared_id[:64] if isinstance(declared_id, str) else ""
         except orjson.JSONDecodeError:
             pass
     return orjson.dumps(

@@ -230,3 +230,33 @@ def _alive(process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _fuzz_module():
+    """``bench/fuzz.py``, whose mutations this test shares (the bench runs 100,000 of them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lastmile_bench_fuzz", Path(__file__).resolve().parent.parent / "bench" / "fuzz.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_thousand_mutated_events_are_each_written_or_quarantined(home: Settings) -> None:
+    """A small fuzz of the batch ingest: truncations, type changes, duplicate keys, huge and deep
+    values, bad bytes, odd times... read = written + quarantined, exactly, and no error."""
+    from tests.factories import BASE, packaging_return
+
+    fuzz = _fuzz_module()
+    seeds = [(t, orjson.dumps(event(t))) for t in sorted(BASE)] + [("return", orjson.dumps(packaging_return()))]
+    mutants, used = fuzz.mutants(seeds, 2_000, seed=5)
+    assert len(used) >= 12, used
+    lines = fuzz.write_files(home.home / "events", mutants)
+    report = beam_ingest.run(home.home / "events")
+    warehouse = connect()
+    written = sum(warehouse.count(t) for t in warehouse.tables() if t.startswith("raw_"))
+    assert report.read == lines == 2_000
+    assert report.read == report.valid + report.quarantined
+    assert (written, warehouse.count("quarantine")) == (report.valid, report.quarantined)
+    assert report.written == written and written > 200, "valid mutants (integral floats, junk identifiers, many months) land"
