@@ -186,13 +186,27 @@ def test_a_forgotten_person_does_not_come_back(home: Settings, tmp_path: Path) -
     assert phone.encode() in (backup / "order.jsonl").read_bytes(), "the given files are only read"
 
     # from the data directory forget cleaned, nothing needs dropping and they stay gone
+    # (the new key given as a file, as from a secret store: it is not written into the new directory)
     close_all()
-    clean = runner.invoke(app, ["key", "rotate", *_target(home, tmp_path / "clean")[0], "--json"])
+    key_file = tmp_path / "secret-store.key"
+    key_file.write_text("the-new-key")
+    clean_args, clean_cfg = _target(home, tmp_path / "clean")
+    clean = runner.invoke(app, ["key", "rotate", *clean_args, "--new-key-file", str(key_file), "--json"])
     assert clean.exit_code == 0, clean.output
-    assert orjson.loads(clean.stdout.strip().splitlines()[-1])["forgotten"]["raw_lines_dropped"] == 0
-    clean_key = (tmp_path / "clean" / "hash.key").read_text().strip().encode()
-    clean_cfg = _target(home, tmp_path / "clean")[1]
-    assert IdentifierHasher(clean_key).token("phone", normalize("phone", phone) or "") not in _state(_open(clean_cfg))["tokens"]  # type: ignore[operator]
+    report = orjson.loads(clean.stdout.strip().splitlines()[-1])
+    assert report["forgotten"]["raw_lines_dropped"] == 0 and report["new"]["fingerprint"] == fingerprint(b"the-new-key")
+    assert not (tmp_path / "clean" / "hash.key").exists()
+    assert "export LASTMILE_HASH_KEY=<the new key from your secret store>" in report["next"]
+    clean_token = IdentifierHasher(b"the-new-key").token("phone", normalize("phone", phone) or "")
+    assert clean_token not in _state(_open(replace(clean_cfg, hash_key="the-new-key")))["tokens"]  # type: ignore[operator]
+
+    # that directory's warehouse belongs to that key: another one is refused, naming both
+    close_all()
+    key_file.write_text("yet-another-key")
+    refused = runner.invoke(app, ["key", "rotate", *clean_args, "--new-key-file", str(key_file)])
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "already holds a warehouse" in text and fingerprint(b"the-new-key") in text and fingerprint(b"yet-another-key") in text
 
 
 def test_the_stream_worker_refuses_another_key_before_it_needs_a_broker(home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,6 +147,11 @@ def place(cfg: Settings) -> str:
     return str(cfg.warehouse_dir) if cfg.embedded else f"{cfg.clickhouse_url} database {cfg.clickhouse_database}"
 
 
+def new_key_source(target: Settings) -> str:
+    """Where the new key comes from, in words (the target's key is given as a file, or kept in its hash.key)."""
+    return "--new-key-file" if target.hash_key else f"the file {target.hash_key_file}"
+
+
 def counts(warehouse: Warehouse) -> WarehouseCounts:
     """Raw events per contract table (deduplicated) and profiles in ``warehouse``."""
     tables = set(warehouse.tables())
@@ -261,6 +266,11 @@ def prepare(source: Settings, target: Settings, events_dir: Path, drop_forgotten
         raise RotationRefused(f"the warehouse at {place(source)} holds nothing yet: no rotation is needed, ingest under "
                               "the new key directly")
     old_fp = verify_hash_key(old, source)  # the old tokens below are read under the warehouse's own key
+    if target.hash_key and target.hash_key_file.is_file() and target.hash_key_file.read_text().strip() != target.hash_key:
+        raise RotationRefused(
+            f"--new-key-file holds a key (fingerprint {fingerprint(target.hash_key.encode())}) other than the one in "
+            f"{target.hash_key_file} (fingerprint {fingerprint(target.hash_key_file.read_text().strip().encode())}), "
+            "which a previous rotation into this directory used: give that key, or choose an empty --to-home")
     given = target.hash_key_bytes() if target.hash_key or target.hash_key_file.is_file() else None
     new_fp = fingerprint(given) if given else ""  # "": a key is generated when the copies are staged
     if new_fp == old_fp:
@@ -287,7 +297,7 @@ def prepare(source: Settings, target: Settings, events_dir: Path, drop_forgotten
     close_all()  # chDB opens one directory per process; a server's client is per URL, not per database
     held = stored_fingerprint(connect(target)) if not target.embedded or target.warehouse_dir.is_dir() else None
     if held is not None and held[0] != new_fp:
-        key = f"the new key (fingerprint {new_fp}, from {target.hash_key_source()})" if new_fp else "a newly generated key"
+        key = f"the new key (fingerprint {new_fp}, from {new_key_source(target)})" if new_fp else "a newly generated key"
         raise RotationRefused(
             f"{rotation.target_place} already holds a warehouse built under another key (fingerprint {held[0]}, loaded "
             f"from {held[1]}), not {key}. Choose an empty --to-home" + ("" if target.embedded else " / --to-database")
