@@ -147,4 +147,12 @@ def build_board_warehouse(cfg: Settings) -> BoardScenario:
         "('community', 'C02', '2026-11-16', 'C02', 30, 1, 1, 0.97, 90, 50, 60, NULL, 70, 40, 60), "
         "('community', 'C01', '2026-11-09', 'C01', 12, 2, 0, 0.99, 10, 10, 10, 10, 10, 10, 10), "
         "('locker', 'L-C01-1', '2026-11-16', 'C01', 5, 1, 0, 0.99, 1, 1, 1, 1, 1, 1, 1)")
+    # Installed compartments (reference data): L-C02-1-K02 has never reported.
+    warehouse.command("CREATE TABLE IF NOT EXISTS ref_lockers (locker_id String, community_id String, has_battery Bool, "
+                      "compartments Array(Tuple(compartment_id String, product_class String))) ENGINE = MergeTree ORDER BY locker_id")
+    warehouse.command(
+        "INSERT INTO ref_lockers VALUES "
+        "('L-C01-1', 'C01', true, [('L-C01-1-K01', 'chilled'), ('L-C01-1-K02', 'frozen')]), "
+        "('L-C01-2', 'C01', true, [('L-C01-2-K01', 'chilled')]), "
+        "('L-C02-1', 'C02', false, [('L-C02-1-K01', 'chilled'), ('L-C02-1-K02', 'ambient')])")
     return BoardScenario(cfg, datetime.now(timezone.utc))

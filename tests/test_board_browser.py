@@ -80,7 +80,7 @@ def test_every_view_loads_offline_with_every_panel_drawn(served: Served, name: s
             assert all(drawn.nth(i).get_attribute("data-value") is not None for i in range(drawn.count())), panel
         for chart in CHARTS:
             assert page.locator(f"#{chart} .main-svg").count() >= 1, chart
-        assert page.locator("#lockers .tile").count() == (3 if path.endswith("C01") else 4)
+        assert page.locator("#lockers .tile").count() == (3 if path.endswith("C01") else 5)
         assert "2026-11-20" in page.locator("#asof").inner_text()
         if viewport[0] < 500:  # a phone: one column, nothing wider than the screen
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0] + 1

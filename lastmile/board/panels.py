@@ -270,6 +270,14 @@ FROM (
 ORDER BY community_id, locker_id, compartment_id
 """
 
+INSTALLED_SQL = f"""
+SELECT community_id, locker_id, tupleElement(c, 'compartment_id') AS compartment_id, tupleElement(c, 'product_class') AS product_class
+FROM ref_lockers
+ARRAY JOIN compartments AS c
+WHERE {COMMUNITY}
+ORDER BY community_id, locker_id, compartment_id
+"""
+
 CLAIMS_SQL = f"""
 SELECT d.order_id AS order_id, d.decision AS decision, toFloat64(d.compensation_cny) AS compensation_cny,
        d.severity AS severity, d.reason AS reason, i.kind AS kind, i.community_id AS community_id,
@@ -351,7 +359,20 @@ def _shape_cold_chain(rows: dict[str, Rows], ctx: Context) -> dict[str, Any]:
             locker["compartments"].append(item)
             if state == "excursion":
                 excursions.append({"locker_id": r["locker_id"], "community_id": r["community_id"], **item})
-        out["lockers"] = list(lockers.values())
+        seen = {c["compartment_id"] for locker in lockers.values() for c in locker["compartments"]}
+        for r in rows.get("installed", []):  # installed, but no reading in the last 24 hours
+            if r["compartment_id"] in seen:
+                continue
+            low, high = COLD.ranges.get(r["product_class"], (None, None))
+            states["silent"] = states.get("silent", 0) + 1
+            lockers.setdefault(r["locker_id"], {"locker_id": r["locker_id"], "community_id": r["community_id"],
+                                                "compartments": []})["compartments"].append(
+                {"compartment_id": r["compartment_id"], "product_class": r["product_class"], "temperature_c": None,
+                 "humidity_pct": None, "door": None, "power": None, "state": "silent", "range_c": [low, high],
+                 "last_reading_at": None, "out_of_range_min": None, "out_of_range_since": None})
+        out["lockers"] = sorted(lockers.values(), key=lambda locker: (locker["community_id"], locker["locker_id"]))
+        for locker in out["lockers"]:
+            locker["compartments"].sort(key=lambda c: c["compartment_id"])
         out["compartments"] = sum(states.values())
         out["states"] = states
         out["open_excursions"] = len(excursions)
@@ -369,10 +390,12 @@ def _shape_cold_chain(rows: dict[str, Rows], ctx: Context) -> dict[str, Any]:
 COLD_CHAIN = Panel(
     "cold_chain", "Cold chain now", "冷链实时", "raw locker telemetry (live); incidents and claim decisions from the cold-chain job",
     (Query("compartments", COMPARTMENTS_SQL, ("raw_locker_telemetry",)),
+     Query("installed", INSTALLED_SQL, ("ref_lockers",)),
      Query("claims", CLAIMS_SQL, ("claim_decisions", "cold_chain_incidents")),
      Query("incidents", INCIDENTS_SQL, ("cold_chain_incidents",))),
     _shape_cold_chain,
-    {"compartments": "compartments with a reading in the 24 hours up to now; each shows its latest reading",
+    {"compartments": "every compartment installed (reference data) or heard from in the 24 hours up to now; each shows "
+                     "its latest reading, or silent when it has none",
      "open_excursions": f"compartments whose latest reading is out of range and has been for at least "
                         f"{COLD.excursion_min_minutes} minutes (the cold-chain job's threshold)",
      "claims_auto_approved_today": "claim decisions 'auto_approved' for incidents that started today"},
