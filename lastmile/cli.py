@@ -753,7 +753,7 @@ def stream_cmd(
     identity_waiting_seconds: float = typer.Option(1.0, help="...or this often while orders of a new neighbour wait "
                                                    "for a OneID, so their online features follow within seconds "
                                                    "(0: no hurry)."),
-    profiles_seconds: float = typer.Option(30.0, help="Refresh the OneID 360 (dbt run of dim_customer and what it reads, once dbt built the warehouse) at most this often (0: never)."),
+    profiles_seconds: float = typer.Option(300.0, help="Refresh the OneID 360 (dbt run of dim_customer and what it reads, once dbt built the warehouse; it holds the warehouse for the run, ~10 s) at most this often (0: never)."),
     replenish_seconds: float = typer.Option(60.0, help="Evaluate replenishment nudges (staples due today) at most "
                                             "this often, after OneID runs (0: never)."),
     features: bool = typer.Option(True, "--features/--no-features",

@@ -13,8 +13,10 @@ a dbt run takes seconds):
   or every ``waiting_every_s`` (default 1 s) while someone waits for a OneID (:meth:`hurry`:
   the feature pusher holds orders of a new neighbour, whose online features cannot exist
   before their person has a OneID, and the stream keeps up: not while it drains a backlog);
-* refresh the OneID 360 at most every ``profiles_every_s`` (default 30 s) when new rows were
-  written (profiles aggregate orders, pickups, reviews and claims, not only identities);
+* refresh the OneID 360 at most every ``profiles_every_s`` (``lastmile stream
+  --profiles-seconds``, default 300 s: a refresh is a dbt run that holds the warehouse lock
+  for seconds) when new rows were written (it aggregates orders, pickups, reviews and claims,
+  not only identities);
 * both once more on a graceful stop, so a stopped worker leaves OneID complete.
 
 A resolution that runs without a rebuild marks profiles stale, so the next due rebuild (or
