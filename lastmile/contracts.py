@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jsonschema_rs
 import orjson
@@ -109,32 +109,24 @@ class Contract:
         raise _explain(list(validator.iter_errors(event)), self.event_type)
 
     @cached_property
-    def numeric_fields(self) -> tuple[tuple[tuple[str, ...], int | None], ...]:
-        """Where the contract's numbers sit, and what their columns hold.
+    def integer_fields(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """Where the contract's integers sit: ``(None, names)`` at the top level, ``(field, names)``
+        inside an object or in every object of an array ``field``.
 
-        Each entry is ``(path, scale)``: ``scale`` None for an integer column, the number of
-        decimals for a ``Decimal`` column. A path step ``"[]"`` means "every item of the
-        array". JSON Schema calls ``2.0`` an integer; ClickHouse refuses it for ``Int64``, so
-        :meth:`normalise` writes such numbers the way their column reads them.
+        JSON Schema calls ``2.0`` an integer; ClickHouse refuses it for an integer column,
+        so :meth:`normalise` writes such numbers as integers. (``Decimal`` columns read any
+        JSON number, exponents included.)
         """
-        found: list[tuple[tuple[str, ...], int | None]] = []
-
-        def visit(properties: dict[str, Any], path: tuple[str, ...]) -> None:
-            for name, spec in properties.items():
-                here = path + (name,)
-                kind = spec.get("type")
-                ch_type = str(spec.get("x-clickhouse-type", ""))
-                if kind == "integer":
-                    found.append((here, None))
-                elif ch_type.startswith("Decimal("):
-                    found.append((here, int(ch_type.rstrip(")").split(",")[-1])))
-                elif kind == "object" and "properties" in spec:
-                    visit(spec["properties"], here)
-                elif kind == "array" and spec.get("items", {}).get("type") == "object":
-                    visit(spec["items"].get("properties", {}), here + ("[]",))
-
-        visit(self.properties, ())
-        return tuple(found)
+        found: dict[str | None, list[str]] = {}
+        for name, spec in self.properties.items():
+            if spec.get("type") == "integer":
+                found.setdefault(None, []).append(name)
+            inner = spec.get("properties") if spec.get("type") == "object" else (
+                spec.get("items", {}).get("properties") if spec.get("type") == "array" else None)
+            for sub, sub_spec in (inner or {}).items():
+                if sub_spec.get("type") == "integer":
+                    found.setdefault(name, []).append(sub)
+        return tuple((container, tuple(names)) for container, names in found.items())
 
     @cached_property
     def time_fields(self) -> tuple[str, ...]:
@@ -143,24 +135,27 @@ class Contract:
                      if spec.get("format") == "date-time" and name != "occurred_at")
 
     def normalise(self, event: dict[str, Any]) -> bool:
-        """Write numbers as their columns read them (``2.0`` -> ``2`` for an integer, a price
-        rounded to its ``Decimal`` scale); True if anything changed. Call after :meth:`validate`."""
+        """Write integral floats of integer fields as integers (``2.0`` -> ``2``); True if any
+        changed. Call after :meth:`validate` (which guarantees the floats are integral)."""
         changed = False
-        for path, scale in self.numeric_fields:
-            for holder, key in _slots(event, path):
-                value = holder[key]
-                if type(value) is float:
-                    if scale is None:
+        for container, names in self.integer_fields:
+            if container is None:
+                holders: Any = (event,)
+            else:
+                holders = event.get(container)
+                if isinstance(holders, dict):
+                    holders = (holders,)
+                elif not isinstance(holders, list):
+                    continue
+            for holder in holders:
+                for name in names:
+                    value = holder.get(name)
+                    if type(value) is float:
                         if abs(value) > _INT64_MAX:
-                            raise ContractError("invalid_value", f"{self.event_type}: field {'.'.join(path)} = {value!r} "
+                            raise ContractError("invalid_value", f"{self.event_type}: field {name} = {value!r} "
                                                 "does not fit a 64-bit integer", self.event_type)
-                        holder[key] = int(value)
+                        holder[name] = int(value)
                         changed = True
-                    else:
-                        rounded = round(value, scale)  # also keeps tiny values out of exponent notation
-                        if rounded != value:
-                            holder[key] = rounded
-                            changed = True
         return changed
 
 
@@ -242,20 +237,6 @@ def parse_timestamp(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
     return parsed.astimezone(timezone.utc)
-
-
-def _slots(event: dict[str, Any], path: tuple[str, ...]) -> Iterator[tuple[Any, Any]]:
-    """``(container, key)`` of every value at ``path`` ("[]": each item of an array) that is present."""
-    holders: list[Any] = [event]
-    for step in path[:-1]:
-        if step == "[]":
-            holders = [item for holder in holders if isinstance(holder, list) for item in holder]
-        else:
-            holders = [holder[step] for holder in holders if isinstance(holder, dict) and holder.get(step) is not None]
-    last = path[-1]
-    for holder in holders:
-        if isinstance(holder, dict) and last in holder:
-            yield holder, last
 
 
 _RFC3339_SECOND = re.compile(r"(T\d\d:\d\d:)60")
@@ -427,45 +408,30 @@ class EventParser:
     _rewritten = False
 
 
-_KEY_AFTER_BLANKS = re.compile(rb'"[ \t\r\n]+:')
-
-
-#: No contract nests deeper than a few levels; a payload nested deeper than this is refused
-#: before anything walks it (a thousand levels would exhaust Python's recursion limit).
-MAX_DEPTH = 32
-
-
-def _key_count(event: dict[str, Any], event_type: str | None) -> int:
-    """Keys of every object inside a decoded event; raises ``invalid_value`` past :data:`MAX_DEPTH`."""
-    count = 0
-    pending: list[tuple[Any, int]] = [(event, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            raise ContractError("invalid_value", f"the event is nested more than {MAX_DEPTH} levels deep; "
-                                "no contract has values nested like that", event_type)
-        if isinstance(value, dict):
-            count += len(value)
-            pending.extend((inner, depth + 1) for inner in value.values() if isinstance(inner, (dict, list)))
-        else:
-            pending.extend((inner, depth + 1) for inner in value if isinstance(inner, (dict, list)))
-    return count
-
-
 def _refuse_duplicate_keys(raw: bytes, event: dict[str, Any]) -> None:
     """Raise ``duplicate_key`` if an object of ``raw`` names a key twice.
 
     A JSON parser keeps one of the two values silently (orjson and the validator the last,
     ClickHouse refuses the row), so the producer's intent is unknown: the event is rejected.
-    Fast path: when every key is followed directly by ``:``, each key adds one ``":`` to the
-    payload, so ``payload.count(b'":')`` equal to the keys decoded proves there was no
-    duplicate; only otherwise is the payload parsed again, pair by pair. Counting the keys
-    also refuses a payload nested deeper than :data:`MAX_DEPTH`.
+
+    Fast path (a microsecond or two): every key is followed by a colon, and a colon
+    elsewhere can only sit inside a text. Serialised again, the decoded event keeps one
+    colon per key it kept and the texts of those keys and values; a dropped duplicate takes
+    its key's colon and its texts' colons with it. So, unless the payload writes characters
+    as ``\\u00..`` escapes (which could hide a colon), the two colon counts are equal exactly
+    when no key was repeated; with such escapes the payload is parsed again, pair by pair.
+    Serialising also refuses a payload nested too deeply for anything to walk.
     """
     event_type = event.get("event_type")
     event_type = event_type[:64] if isinstance(event_type, str) and event_type else None
-    if raw.count(b'":') == _key_count(event, event_type) and not _KEY_AFTER_BLANKS.search(raw):
-        return
+    try:
+        again = orjson.dumps(event)
+    except orjson.JSONEncodeError:
+        raise ContractError("invalid_value", "the event is nested too deeply; no contract has values nested like that",
+                            event_type) from None
+    if b"\\u00" not in raw:
+        if raw.count(b":") == again.count(b":"):
+            return
     try:
         json.loads(raw, object_pairs_hook=_no_duplicates)
     except _Duplicate as duplicate:
@@ -474,7 +440,7 @@ def _refuse_duplicate_keys(raw: bytes, event: dict[str, Any]) -> None:
             f"key {duplicate.key!r} appears twice in one object; send each field once",
             event_type,
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass  # orjson read it; the standard library's stricter corners are not this check's business
 
 

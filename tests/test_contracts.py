@@ -162,6 +162,7 @@ def test_byte_order_mark_does_not_make_a_valid_event_unreadable(parser: EventPar
 @pytest.mark.parametrize(("tail", "key"), [
     (b',"stars":5}', "stars"),
     (b',"reviewer":{"openid":"a","openid" : "b"}}', "openid"),
+    (b',"\\u0073tars":5,"text":"a\\u003a"}', "stars"),
 ])
 def test_duplicate_key_is_its_own_reason(parser: EventParser, tail: bytes, key: str) -> None:
     """The validator would keep one of the two values silently; which one the producer meant is unknown."""
@@ -223,11 +224,11 @@ def test_a_bad_time_is_told_what_is_actually_wrong(parser: EventParser, occurred
 
 
 def test_integral_numbers_are_written_as_their_columns_read_them(parser: EventParser) -> None:
-    good = event("order", schema_version=1.0, total_amount=51.004)
+    good = event("order", schema_version=1.0)
     good["items"][0]["qty"] = 2.0
     parsed, verbatim = parser.judge(orjson.dumps(good))
     assert type(parsed["schema_version"]) is int and type(parsed["items"][0]["qty"]) is int
-    assert parsed["total_amount"] == 51.0 and verbatim is None
+    assert verbatim is None
     untouched = orjson.dumps(event("locker_telemetry"))
     assert parser.judge(untouched)[1] == untouched, "an event that needs nothing is stored as received"
 
