@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import random
@@ -55,6 +56,11 @@ ODD_TIMES = [
 JUNK_IDENTIFIERS: list[Any] = ["null", "undefined", 13800000000, "", None, "0", "(null)", "13800000000", "x" * 300, -1]
 OTHER_VALUES: list[Any] = [None, True, 0, -1, 2.5, 1e300, "", "文字", [], {}, [1, "a"], {"a": {"b": []}}, 10**30]
 BAD_BYTES = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x00", b"\x1f", b"\xe2\x82", b"\x80\x80\x80"]
+
+
+def _other(rng: random.Random) -> Any:
+    """A value of some type, never shared between events (a shared list could end up inside itself)."""
+    return copy.deepcopy(rng.choice(OTHER_VALUES))
 
 
 def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -115,7 +121,7 @@ def type_changed(rng: random.Random, event: Event) -> bytes:
     paths = _paths(event)
     for path in rng.sample(paths, min(len(paths), rng.randint(1, 2))):
         try:
-            _set(event, path, rng.choice(OTHER_VALUES))
+            _set(event, path, _other(rng))
         except (KeyError, IndexError, TypeError):
             pass
     return _dumps(event, rng)
@@ -124,7 +130,7 @@ def type_changed(rng: random.Random, event: Event) -> bytes:
 def duplicate_key(rng: random.Random, event: Event) -> bytes:
     key = rng.choice(list(event) or ["event_id"])
     raw = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-    twin = json.dumps({key: rng.choice([event.get(key), rng.choice(OTHER_VALUES)])})[1:-1].encode()
+    twin = json.dumps({key: rng.choice([event.get(key), _other(rng)])})[1:-1].encode()
     return raw[:-1] + b"," + twin + b"}" if rng.random() < 0.5 else b"{" + twin + b"," + raw[1:]
 
 
@@ -181,7 +187,7 @@ def fields_changed(rng: random.Random, event: Event) -> bytes:
     if choice < 0.4 and event:
         _delete(event, rng.choice(_paths(event)))
     elif choice < 0.7:
-        event[rng.choice(["coupon", "_source", "extra", "Event_Type"])] = rng.choice(OTHER_VALUES)
+        event[rng.choice(["coupon", "_source", "extra", "Event_Type"])] = _other(rng)
     elif choice < 0.85:
         event["event_type"] = rng.choice(["coupon", "ORDER", "", 7, None])
     else:
@@ -316,6 +322,7 @@ def warehouse_counts(home: Path) -> tuple[int, int, Counter]:
 def batch_ingest(home: Path, events: list[tuple[str, bytes]]) -> dict[str, Any]:
     """``lastmile ingest --json`` over the events as files; the counters, the warehouse's counts and crashes."""
     lines = write_files(home / "events", events)
+    size = sum(p.stat().st_size for p in (home / "events").glob("*.jsonl"))
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "lastmile.cli", "ingest", "--json"], cwd=ROOT, env=_env(home),
                          capture_output=True, text=True, timeout=3600)
@@ -331,7 +338,7 @@ def batch_ingest(home: Path, events: list[tuple[str, bytes]]) -> dict[str, Any]:
     raw, quarantined, reasons = warehouse_counts(home)
     return {"events": lines, "read": report["read"], "written": raw, "quarantined": quarantined,
             "lost": lines - raw - quarantined, "crashes": crashes, "seconds": seconds, "reasons": reasons,
-            "report": report}
+            "report": report, "megabytes": size / 1e6}
 
 
 def _status(home: Path) -> dict[str, Any]:
@@ -409,9 +416,10 @@ def main() -> None:
 
     reference = batch_ingest(work / "reference-home", clean_copies(seeds, args.events))
     batch = batch_ingest(work / "batch-home", events)
-    print(f"batch:    reference (unmutated) {reference['events']:,} events in {reference['seconds']:.1f} s "
-          f"= {reference['events'] / reference['seconds']:,.0f}/s")
-    print(f"batch:    {batch['events']:,} mutants in {batch['seconds']:.1f} s = {batch['events'] / batch['seconds']:,.0f}/s "
+    print(f"batch:    reference (unmutated) {reference['events']:,} events ({reference['megabytes']:,.0f} MB) in "
+          f"{reference['seconds']:.1f} s = {reference['events'] / reference['seconds']:,.0f}/s")
+    print(f"batch:    {batch['events']:,} mutants ({batch['megabytes']:,.0f} MB: huge values) in {batch['seconds']:.1f} s "
+          f"= {batch['events'] / batch['seconds']:,.0f}/s "
           f"({batch['seconds'] / reference['seconds']:.2f} x the reference's time); read {batch['read']:,} = "
           f"written {batch['written']:,} + quarantined {batch['quarantined']:,}; lost {batch['lost']}, crashes {batch['crashes']}")
     print("batch:    quarantined by reason: " + ", ".join(f"{r} {n:,}" for r, n in batch["reasons"].most_common()))
