@@ -317,7 +317,7 @@ class EventParser:
         except ValueError as exc:
             raise ContractError(
                 "invalid_value",
-                f"{event_type}: field {field_name} = {text!r}: {exc}; write ISO 8601 with an offset, "
+                f"{event_type}: field {field_name} = {text!r}: {exc}; "
                 "e.g. 2026-11-20T16:05:00+08:00",
                 event_type,
             ) from None
