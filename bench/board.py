@@ -128,6 +128,8 @@ def main() -> None:
     if not args.keep and not args.reuse:
         close_all()
         shutil.rmtree(home, ignore_errors=True)
+    elif args.keep:
+        print(f"data directory kept: {home} (--reuse it)")
     print(json.dumps({"panels": len(PANELS), "refresh_p95_s": round(figures["all"][1], 3),
                       "ratio_to_plain_sql": round(ratio, 3), "refresh_p50_s": round(figures["all"][0], 3),
                       "community_refresh_p50_s": round(figures["community"][0], 3),

@@ -47,7 +47,11 @@
       case "pct": return num(v * 100, 1) + "%";
       case "pct2": return num(v * 100, 2) + "%";
       case "min": return num(v, 1) + " min";
-      case "secs": return num(v, 2) + " s";
+      case "secs":
+        if (v >= 86400) return num(v / 86400, 1) + " d";
+        if (v >= 3600) return num(v / 3600, 1) + " h";
+        if (v >= 120) return num(v / 60, 1) + " min";
+        return num(v, 2) + " s";
       case "rate": return num(v, 1);
       case "stars": return num(v, 2) + "★";
       case "score": return num(v, 1);
