@@ -26,6 +26,8 @@ from lastmile.warehouse.client import Warehouse, WarehouseError
 
 #: How long a computed board is served to other screens before it is computed again.
 CACHE_SECONDS = 0.5
+#: How long the list of communities (the page's menu) is kept.
+MENU_SECONDS = 60.0
 
 
 class BoardUnavailable(RuntimeError):
@@ -68,6 +70,7 @@ class BoardSource:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, date | None], tuple[float, dict[str, Any]]] = {}
         self.cache_seconds = cache_seconds
+        self._menu: tuple[float, list[dict[str, Any]]] | None = None
 
     def warehouse(self) -> Warehouse:
         if self._warehouse is None:
@@ -97,8 +100,13 @@ class BoardSource:
             return computed
 
     def communities(self) -> list[dict[str, Any]]:
+        """The page's menu of communities: it changes rarely, so it is kept for a minute."""
         from lastmile.board.panels import communities, warehouse_tables
 
         with self._lock:
+            if self._menu is not None and time.monotonic() - self._menu[0] < MENU_SECONDS:
+                return self._menu[1]
             warehouse = self.warehouse()
-            return communities(warehouse, warehouse_tables(warehouse))
+            found = communities(warehouse, warehouse_tables(warehouse))
+            self._menu = (time.monotonic(), found)
+            return found
