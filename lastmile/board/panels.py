@@ -97,13 +97,13 @@ class Panel:
 
 PICKUPS_SQL = f"""
 WITH ready AS (
-    SELECT order_id, any(community_id) AS order_community_id, any(locker_id) AS order_locker_id,
-           any(delivery_slot_start) AS slot_start, any(delivery_slot_end) AS slot_end
+    SELECT order_id, community_id AS order_community_id, locker_id AS order_locker_id,
+           delivery_slot_start AS slot_start, delivery_slot_end AS slot_end
     FROM raw_order
     WHERE occurred_at >= {p('day_start')} - INTERVAL {ORDER_LOOKBACK_DAYS} DAY AND occurred_at <= {p('now')}
       AND delivery_slot_start >= {p('day_start')} AND delivery_slot_start < {p('day_end')}
       AND delivery_slot_start <= {p('now')} AND {COMMUNITY}
-    GROUP BY order_id
+    LIMIT 1 BY order_id
 ),
 collected AS (
     -- Every pickup of the last days, not only the ready orders': a CTE named twice is computed
@@ -252,6 +252,11 @@ def _in_range_sql(cfg: ColdChainConfig) -> str:
 
 COLD = ColdChainConfig()
 IN_RANGE = _in_range_sql(COLD)
+#: How far back "now" looks for each compartment's readings. A compartment quiet for longer is
+#: silent many times over (the threshold is minutes), and an excursion older than this shows as
+#: "out of range for at least this long". Six hours of readings aggregate in tens of
+#: milliseconds on a 1M-order warehouse; a day took ten times as long.
+RECENT_READINGS_HOURS = 6
 
 COMPARTMENTS_SQL = f"""
 SELECT community_id, locker_id, compartment_id, product_class, latest_temperature_c AS temperature_c,
@@ -265,7 +270,7 @@ FROM (
            maxIf(occurred_at, {IN_RANGE} = 1) AS last_in_range_at,
            groupArrayIf(occurred_at, {IN_RANGE} = 0) AS out_times
     FROM raw_locker_telemetry
-    WHERE occurred_at > {p('now')} - INTERVAL 1 DAY AND occurred_at <= {p('now')} AND {COMMUNITY}
+    WHERE occurred_at > {p('now')} - INTERVAL {RECENT_READINGS_HOURS} HOUR AND occurred_at <= {p('now')} AND {COMMUNITY}
     GROUP BY community_id, locker_id, compartment_id, product_class
 )
 ORDER BY community_id, locker_id, compartment_id
@@ -361,7 +366,7 @@ def _shape_cold_chain(rows: dict[str, Rows], ctx: Context) -> dict[str, Any]:
             if state == "excursion":
                 excursions.append({"locker_id": r["locker_id"], "community_id": r["community_id"], **item})
         seen = {c["compartment_id"] for locker in lockers.values() for c in locker["compartments"]}
-        for r in rows.get("installed", []):  # installed, but no reading in the last 24 hours
+        for r in rows.get("installed", []):  # installed, but no reading in the recent window
             if r["compartment_id"] in seen:
                 continue
             low, high = COLD.ranges.get(r["product_class"], (None, None))
@@ -395,8 +400,9 @@ COLD_CHAIN = Panel(
      Query("claims", CLAIMS_SQL, ("claim_decisions", "cold_chain_incidents")),
      Query("incidents", INCIDENTS_SQL, ("cold_chain_incidents",))),
     _shape_cold_chain,
-    {"compartments": "every compartment installed (reference data) or heard from in the 24 hours up to now; each shows "
-                     "its latest reading, or silent when it has none",
+    {"compartments": f"every compartment installed (reference data) or heard from in the {RECENT_READINGS_HOURS} hours up "
+                     "to now; each shows its latest reading, or silent when it has none in that window",
+     "out_of_range_since": f"first reading of the current out-of-range streak (within the last {RECENT_READINGS_HOURS} hours)",
      "open_excursions": f"compartments whose latest reading is out of range and has been for at least "
                         f"{COLD.excursion_min_minutes} minutes (the cold-chain job's threshold)",
      "claims_auto_approved_today": "claim decisions 'auto_approved' for incidents that started today"},
@@ -406,7 +412,7 @@ COLD_CHAIN = Panel(
 # --- sales today --------------------------------------------------------------------------
 
 ORDERS_TODAY = f"""
-    SELECT order_id, any(occurred_at) AS placed_at, any(total_amount) AS order_amount, any(items) AS order_items
+    SELECT order_id, any(occurred_at) AS placed_at, any(total_amount) AS order_amount
     FROM raw_order
     WHERE occurred_at >= {p('day_start')} AND occurred_at < {p('day_end')} AND occurred_at <= {p('now')} AND {COMMUNITY}
     GROUP BY order_id"""
@@ -419,8 +425,16 @@ GROUP BY hour
 ORDER BY hour
 """
 
+#: One row per order (a re-sent order event counts once): ``LIMIT 1 BY`` keeps the first row
+#: it meets, where grouping would copy every order's array of lines through an aggregate.
+ORDER_LINES_TODAY = f"""
+    SELECT order_id, items AS order_items
+    FROM raw_order
+    WHERE occurred_at >= {p('day_start')} AND occurred_at < {p('day_end')} AND occurred_at <= {p('now')} AND {COMMUNITY}
+    LIMIT 1 BY order_id"""
+
 BEST_SELLERS_SQL = f"""
-WITH orders AS ({ORDERS_TODAY})
+WITH orders AS ({ORDER_LINES_TODAY})
 SELECT tupleElement(item, 'sku') AS sku, any(tupleElement(item, 'category')) AS category,
        sum(tupleElement(item, 'qty')) AS qty, sum(tupleElement(item, 'qty') * tupleElement(item, 'unit_price')) AS amount,
        uniqExact(order_id) AS orders
