@@ -1,7 +1,8 @@
 """HTTP API for marketing automation: recommendations, spending health and features per OneID.
 
 ``create_app(cfg)`` builds the FastAPI app; ``lastmile serve`` runs it with uvicorn. Every
-answer comes from the Feast online store and the saved models (never the warehouse). Errors
+customer answer comes from the Feast online store and the saved models (never the warehouse);
+the operations board under ``/board`` (:mod:`lastmile.board.web`) reads the warehouse. Errors
 are JSON: 401 without a valid API key, 403 for a key lacking the endpoint's scope, 404 for a
 OneID the online store does not know, 422 for a malformed request, 429 over the key's rate
 limit (with ``Retry-After``), 503 when the models or the store are not set up or the audit
