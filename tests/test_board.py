@@ -287,6 +287,8 @@ def test_openapi_documents_every_panels_json(scenario: BoardScenario) -> None:
     for name in PANELS:
         operation = schema["paths"][f"/board/api/{name}"]["get"]
         assert operation["x-required-scope"] == "board:read"
+        assert {"ApiKey": []} in operation["security"] and {"BoardCookie": []} in operation["security"]
+        assert {"401", "403", "429", "503"} <= set(operation["responses"])
         ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
         figures_ref = schema["components"]["schemas"][ref]["properties"]["figures"]["$ref"].rsplit("/", 1)[1]
         assert schema["components"]["schemas"][figures_ref]["properties"], name
