@@ -118,6 +118,8 @@ def test_marts_feature_tables_and_the_api_agree(warehouse: Settings) -> None:
         # spend velocity against the person's own baseline (1 where the mart has none)
         velocity = health["spend_velocity"]
         assert sh["sh_spend_velocity"] == pytest.approx(1.0 if velocity is None else velocity, abs=1e-3)
+        # home: the community most of their orders went to
+        assert dim["home_community_id"] == profile["home_community_id"] == api["home_community_id"]
         # neighbour credit
         assert dim["credit_score"] == credit["credit_score"] == feat_credit["credit_score"] == api["credit_score"]
         assert dim["credit_tier"] == credit["credit_tier"] == api["credit_tier"]

@@ -20,9 +20,10 @@ with per_place as (
 order_totals as (
     select
         oneid,
-        -- home: the community and building most of their orders go to
-        argMax(community_id, place_orders) as home_community_id,
-        argMax(building_id, place_orders) as home_building_id,
+        -- home: the community and building most of their orders go to (a tie: the one ordered
+        -- to last); int_customer_daily_activity gives the same per day for the features
+        argMax(community_id, (place_orders, place_last_order_at)) as home_community_id,
+        argMax(building_id, (place_orders, place_last_order_at)) as home_building_id,
         sum(place_orders) as orders,
         sum(place_spend_cny) as total_spend_cny,
         min(place_first_order_at) as first_order_at,

@@ -2,7 +2,8 @@
 -- one row per business-day close (a snapshot of what was known when the day ended, stamped
 -- at that moment: Feast's point-in-time join never sees a day early).
 -- orders_total and spend_total_cny on the observation end's row equal dim_customer's orders
--- and total_spend_cny; days_since_last_order there equals customer_rfm's days_since_last_purchase.
+-- and total_spend_cny, home_community_id its home_community_id; days_since_last_order there
+-- equals customer_rfm's days_since_last_purchase.
 {{ config(order_by='(oneid, event_timestamp)') }}
 
 with daily as (
@@ -25,7 +26,7 @@ windowed as (
         sum(lines) over w_all as lines_all,
         sum(mini_program_orders) over w_all as mini_program_all,
         sum(group_chat_orders) over w_all as group_chat_all,
-        argMax(community_id, if(orders > 0, toUInt32(activity_date), 0)) over w_all as home_community_id,
+        home_community_id,
         argMax(locker_id, if(orders > 0, toUInt32(activity_date), 0)) over w_all as home_locker_id
     from daily
     window
