@@ -702,10 +702,15 @@ def broker_cmd(
 
     from lastmile.streaming.broker import DevBroker
 
+    def interrupt(*_: object) -> None:
+        # Stopping happens below, once the wait for the broker process has let go of it: a
+        # handler that waited for the process itself would deadlock with that wait.
+        raise KeyboardInterrupt
+
     dev = DevBroker(port=port).start()
     typer.echo(f"development broker on {dev.bootstrap} (in-memory; Ctrl-C stops it). "
                f"Other commands find it with LASTMILE_KAFKA_BOOTSTRAP unset" + ("" if port == 9092 else f" or ={dev.bootstrap}"))
-    signal.signal(signal.SIGTERM, lambda *_: dev.stop())
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         dev.wait()
     except KeyboardInterrupt:

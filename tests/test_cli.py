@@ -64,3 +64,33 @@ def test_status_json_counts_distinct_events_and_quarantine(loaded: Settings) -> 
     status = json.loads(result.stdout)
     assert status["rows"]["raw_order"] == 3
     assert status["quarantined_by_reason"] == {"not_json": 1}
+
+
+def test_the_development_broker_stops_cleanly_on_sigterm(tmp_path) -> None:
+    """`kill` of `lastmile broker` (as a tour or an orchestrator sends it) ends it at once, exit 0."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from lastmile.streaming.broker import is_listening
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = subprocess.Popen([sys.executable, "-m", "lastmile.cli", "broker", "--port", str(port)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_listening("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert is_listening("127.0.0.1", port), "the broker never listened"
+        broker.send_signal(signal.SIGTERM)
+        out, err = broker.communicate(timeout=8)
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+    assert broker.returncode == 0, err
+    assert "Traceback" not in err and "TimeoutExpired" not in err
+    assert not is_listening("127.0.0.1", port)
