@@ -42,6 +42,8 @@ bench: install
 	$(PY) bench/dbt_build.py
 	$(PY) bench/serving.py
 	$(PY) bench/stream.py
+	$(PY) bench/board.py
+	$(PY) bench/fuzz.py
 
 ## dbt from the command line, on the embedded warehouse (or LASTMILE_CLICKHOUSE_URL).
 dbt-build: install

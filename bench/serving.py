@@ -4,8 +4,8 @@
     LASTMILE_HOME=/tmp/feastdev python bench/serving.py --build    # build it there first
     python bench/serving.py --build --orders 20000                 # build one in a temp dir
 
-Measures, in-process, each next to a reference measured in the same run (the machine is
-shared, so absolute figures move with its load; the ratios move much less):
+Measures, in-process, each next to a reference measured in the same run (absolute figures move
+with whatever else runs on the machine; the ratios move much less):
 
 * materialization: a full (non-incremental) reload of every view on the fast path, in entity
   rows per second, median of ``--materialize-runs``; reference: Feast's own ``materialize``
