@@ -1062,6 +1062,109 @@ def api_key_audit_cmd(
         print(json.dumps(entry))
 
 
+audience_app = typer.Typer(help="Audiences (audiences/*.yml): validate, list, preview and refresh their membership.", no_args_is_help=True)
+app.add_typer(audience_app, name="audience")
+
+
+def _audiences(names: Optional[list[str]] = None) -> list[Any]:
+    from lastmile.audiences import load_audiences
+
+    audiences = load_audiences(settings().audiences_path)
+    if names:
+        known = {a.name: a for a in audiences}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BadInput(f"no audience named {', '.join(unknown)} in {settings().audiences_path} (have: {', '.join(known) or 'none'})")
+        return [known[n] for n in names]
+    return audiences
+
+
+def _as_of(text: Optional[str]) -> Any:
+    if not text:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"--as-of {text!r} is not an ISO 8601 time (e.g. 2026-05-01T00:00:00+08:00)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@audience_app.command("validate")
+@friendly
+def audience_validate_cmd(path: Optional[Path] = typer.Argument(None, help="An audience file or folder (default LASTMILE_AUDIENCES_DIR).")) -> None:
+    """Check audience files: the first error names the file, the line and what was expected (exit 2)."""
+    from lastmile.audiences import load_audience, load_audiences
+
+    target = path or settings().audiences_path
+    audiences = load_audiences(target) if target.is_dir() else [load_audience(target)]
+    for audience in audiences:
+        console.print(f"ok {audience.name} ({audience.kind}, version {audience.version}) {audience.path}", highlight=False, soft_wrap=True)
+
+
+@audience_app.command("list")
+@friendly
+def audience_list_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The audiences of LASTMILE_AUDIENCES_DIR: name, kind, version, owner, description."""
+    rows = [{"name": a.name, "kind": a.kind, "version": a.version, "owner": a.owner, "description": a.description,
+             "path": str(a.path)} for a in _audiences()]
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("name", "kind", "version", "owner", "description")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["version"], r["owner"], r["description"])
+    console.print(table)
+
+
+@audience_app.command("preview")
+@friendly
+def audience_preview_cmd(
+    name: str = typer.Argument(..., help="The audience's name."),
+    as_of: Optional[str] = typer.Option(None, help="'Now' of event rules (default: the newest event in the warehouse)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Size, entries and exits against the published membership, and a sample; publishes nothing."""
+    from lastmile.audiences import evaluate
+    from lastmile.warehouse import connect
+
+    (audience,) = _audiences([name])
+    summary = evaluate(connect(), audience, _as_of(as_of)).summary()
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return
+    console.print(f"{summary['audience']} version {summary['version']}: {summary['size']:,} people "
+                  f"(published {summary['published_size']:,}; +{summary['entries']:,} entries, -{summary['exits']:,} exits)", highlight=False)
+    for label, key in (("entries", "sample_entries"), ("exits", "sample_exits"), ("members", "sample_members")):
+        if summary[key]:
+            console.print(f"  sample {label}: {', '.join(summary[key])}", highlight=False)
+
+
+@audience_app.command("refresh")
+@friendly
+def audience_refresh_cmd(
+    name: Optional[list[str]] = typer.Argument(None, help="Audiences to refresh (default: all)."),
+    as_of: Optional[str] = typer.Option(None, help="'Now' of event rules (default: the newest event in the warehouse)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Evaluate and publish: entries and exits into audience_membership_changes, members into audience_members."""
+    from lastmile.audiences import newest_event_time, refresh
+    from lastmile.warehouse import connect
+
+    audiences = _audiences(name)
+    warehouse = connect()
+    moment = _as_of(as_of) or newest_event_time(warehouse)
+    summaries = [refresh(warehouse, audience, moment).summary() for audience in audiences]
+    if as_json:
+        print(json.dumps(summaries, ensure_ascii=False))
+        return
+    table = Table("audience", "version", "size", "entries", "exits")
+    for s in summaries:
+        table.add_row(s["audience"], s["version"], f"{s['size']:,}", f"{s['entries']:,}", f"{s['exits']:,}")
+    console.print(table)
+
+
 @app.command("consent")
 @friendly
 def consent_cmd(path: Path = typer.Argument(..., help="JSONL of dietary-need declarations (oneid, dietary_need, declared_at, source).")) -> None:

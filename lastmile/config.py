@@ -38,6 +38,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_FLINK_JOBMANAGER": ("", "Empty: PyFlink's embedded mini-cluster. host:port submits the telemetry job to a Flink cluster."),
     "LASTMILE_FLINK_KAFKA_JAR": ("", "Path or URL of flink-sql-connector-kafka 4.0.x, needed when the telemetry job reads Kafka on a cluster."),
     "LASTMILE_BUSINESS_TZ": ("Asia/Shanghai", "IANA time zone of the business calendar: where days, weeks and months end for every mart, feature and live counter (passed to dbt as var business_tz)."),
+    "LASTMILE_AUDIENCES_DIR": ("", "Folder of audience definitions (*.yml, `lastmile audience`). Empty: audiences/ shipped with lastmile at the repository root."),
 }
 
 
@@ -95,6 +96,7 @@ class Settings:
     #: IANA zone name of the business calendar (validated: an unknown zone fails at start-up).
     business_tz: str = "Asia/Shanghai"
     warehouse_users: str = ""
+    audiences_dir: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -107,6 +109,13 @@ class Settings:
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(self.business_tz)
+
+    @property
+    def audiences_path(self) -> Path:
+        """Folder of audience files (``LASTMILE_AUDIENCES_DIR``; default the shipped ``audiences/``)."""
+        if self.audiences_dir:
+            return Path(self.audiences_dir).expanduser().resolve()
+        return Path(__file__).resolve().parents[1] / "audiences"
 
     @property
     def warehouse_dir(self) -> Path:
@@ -201,6 +210,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         flink_jobmanager=env["LASTMILE_FLINK_JOBMANAGER"],
         flink_kafka_jar=env["LASTMILE_FLINK_KAFKA_JAR"],
         business_tz=_business_tz(env["LASTMILE_BUSINESS_TZ"]),
+        audiences_dir=env["LASTMILE_AUDIENCES_DIR"],
     )
 
 

@@ -1,0 +1,380 @@
+"""Audience files: reading, checking and compiling them to ClickHouse SQL.
+
+An audience is a YAML file reviewed like code::
+
+    name: top_credit_tier
+    description: The scarce top tier of neighbour credit.
+    owner: growth@lastmile
+    rule: {trait: credit_tier, op: "=", value: gold}
+
+with either ``sql:`` (a predicate over the per-person view ``audience_traits``) or ``rule:``
+(``all`` / ``any`` / ``not``; ``{trait, op, value}``; ``{event, at_least, days}``;
+``community`` / ``building`` / ``leader``). A rule compiles to a predicate whose values are all
+query parameters, so nothing written in a rule file's values can change the SQL, and trait
+names are checked against the documented columns of the view. Every error names the file and
+the line (from YAML's marks) and says what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The dbt model audiences select from, and its documentation (the trait names a rule may use).
+TRAITS_VIEW = "audience_traits"
+TRAITS_DOC = Path(__file__).resolve().parents[2] / "dbt" / "models" / "marts" / "audiences" / "_audiences__models.yml"
+
+#: event name -> raw table holding it (the events event_oneid resolves to a person).
+EVENT_TABLES = {"order": "raw_order", "pickup": "raw_pickup", "return": "raw_return", "review": "raw_review"}
+
+#: rule comparison -> SQL operator; ``in`` / ``not in`` take a list.
+OPERATORS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "IN", "not in": "NOT IN"}
+
+#: the place filters: rule key -> trait column.
+PLACE_FILTERS = {"community": "home_community_id", "building": "home_building_id", "leader": "last_leader_id"}
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_TOP_KEYS = {"name", "description", "owner", "sql", "rule"}
+
+
+class AudienceError(ValueError):
+    """An audience file that cannot be used: where (file and line) and what was expected."""
+
+    whole_message = True  # the command line prints it uncut
+
+
+@lru_cache(maxsize=1)
+def trait_columns() -> tuple[str, ...]:
+    """The columns of ``audience_traits`` as its dbt YAML documents them (no warehouse needed)."""
+    doc = yaml.safe_load(TRAITS_DOC.read_text(encoding="utf-8"))
+    model = next(m for m in doc["models"] if m["name"] == TRAITS_VIEW)
+    return tuple(c["name"] for c in model["columns"])
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A predicate over ``audience_traits`` and the query parameters it names."""
+
+    predicate: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: True when the predicate counts events: it then needs the ``as_of`` parameter.
+    uses_events: bool = False
+
+
+@dataclass(frozen=True)
+class Audience:
+    """One audience file, checked."""
+
+    name: str
+    description: str
+    owner: str
+    path: Path
+    sql: str | None = None
+    rule: Any = None  # the rule as plain data (dicts, lists, scalars)
+
+    @property
+    def version(self) -> str:
+        """A hash of what decides membership: editing the definition makes a new version.
+
+        The description and owner are left out, so rewording a description keeps everyone's
+        membership history under the same version.
+        """
+        body = json.dumps({"sql": " ".join(self.sql.split()) if self.sql else None, "rule": self.rule},
+                          sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+    @property
+    def kind(self) -> str:
+        return "sql" if self.sql is not None else "rule"
+
+    def compile(self) -> Compiled:
+        """The predicate over ``audience_traits`` (rules compiled again: they were checked on load)."""
+        if self.sql is not None:
+            return Compiled(f"({self.sql})")
+        compiler = _RuleCompiler(self.path)
+        predicate = compiler.compile(_plain_to_node(self.rule))
+        return Compiled(predicate, compiler.parameters, compiler.uses_events)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def _where(path: Path, node: yaml.Node | None) -> str:
+    if node is None:
+        return str(path)
+    return f"{path}:{node.start_mark.line + 1}"
+
+
+def _fail(path: Path, node: yaml.Node | None, message: str) -> AudienceError:
+    return AudienceError(f"{_where(path, node)}: {message}")
+
+
+def _scalar(path: Path, node: yaml.Node, what: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise _fail(path, node, f"{what} must be a single value, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _text(path: Path, node: yaml.Node, what: str) -> str:
+    value = _scalar(path, node, what)
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, node, f"{what} must be non-empty text, got {value!r}")
+    return value.strip()
+
+
+def _mapping(path: Path, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """A mapping node as {key: (key node, value node)}; duplicate keys are an error."""
+    if not isinstance(node, yaml.MappingNode):
+        raise _fail(path, node, f"{what} must be a mapping (key: value)")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        key = _scalar(path, key_node, "a key")
+        if not isinstance(key, str):
+            raise _fail(path, key_node, f"keys must be text, got {key!r}")
+        if key in out:
+            raise _fail(path, key_node, f"{key!r} appears twice in {what}")
+        out[key] = (key_node, value_node)
+    return out
+
+
+def load_audience(path: Path) -> Audience:
+    """Read and check one audience file (the rule is compiled once to find its errors)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AudienceError(f"{path}: no such audience file") from None
+    except UnicodeDecodeError as exc:
+        raise AudienceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        started = (f" ({exc.context} on line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line else "")
+        raise AudienceError(f"{path}{line}: not valid YAML: {exc.problem or exc.context}{started}") from None
+    if root is None:
+        raise AudienceError(f"{path}: empty file; expected name, description, owner and sql or rule")
+    top = _mapping(path, root, "an audience file")
+    for key, (key_node, _) in top.items():
+        if key not in _TOP_KEYS:
+            raise _fail(path, key_node, f"unknown key {key!r}; expected one of {', '.join(sorted(_TOP_KEYS))}")
+    for required in ("name", "description", "owner"):
+        if required not in top:
+            raise _fail(path, root, f"missing {required!r} (every audience has a name, a description and an owner)")
+    name = _text(path, top["name"][1], "name")
+    if not _NAME.match(name):
+        raise _fail(path, top["name"][1], f"name {name!r} must be lower-case letters, digits and _ (starting with a letter)")
+    description = _text(path, top["description"][1], "description")
+    owner = _text(path, top["owner"][1], "owner")
+    if ("sql" in top) == ("rule" in top):
+        raise _fail(path, root, "expected exactly one of 'sql' (a predicate over audience_traits) or 'rule'")
+    if "sql" in top:
+        sql = _text(path, top["sql"][1], "sql")
+        _check_predicate(path, top["sql"][1], sql)
+        return Audience(name, description, owner, path, sql=sql)
+    rule_node = top["rule"][1]
+    _RuleCompiler(path).compile(rule_node)  # every error, with its line, now
+    return Audience(name, description, owner, path, rule=yaml.safe_load(yaml.serialize(rule_node)))
+
+
+def _check_predicate(path: Path, node: yaml.Node, sql: str) -> None:
+    """A ``sql:`` predicate must stay one expression: no ``;``, balanced parentheses.
+
+    The predicate is reviewed code, not user input; this catches the mistakes that would
+    turn it into something else than a WHERE condition (closing the parenthesis it is
+    wrapped in, a second statement).
+    """
+    depth = 0
+    quote: str | None = None
+    escaped = False
+    for char in sql:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+            continue
+        if char in "'\"`":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise _fail(path, node, "sql closes a parenthesis it did not open; expected one boolean expression")
+        elif char == ";":
+            raise _fail(path, node, "sql must be one boolean expression, without ';'")
+    if quote:
+        raise _fail(path, node, f"sql has an unclosed {quote} quote")
+    if depth:
+        raise _fail(path, node, "sql leaves a parenthesis open; expected one boolean expression")
+
+
+def load_audiences(folder: Path) -> list[Audience]:
+    """Every ``*.yml`` / ``*.yaml`` audience of a folder, sorted by name; names must be unique."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AudienceError(f"{folder}: no audiences folder (set LASTMILE_AUDIENCES_DIR)")
+    audiences = [load_audience(p) for p in sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])]
+    seen: dict[str, Path] = {}
+    for audience in audiences:
+        if audience.name in seen:
+            raise AudienceError(f"{audience.path}: audience name {audience.name!r} is also used by {seen[audience.name]}")
+        seen[audience.name] = audience.path
+    return sorted(audiences, key=lambda a: a.name)
+
+
+# --- the rule language ---------------------------------------------------------------------
+
+def _plain_to_node(value: Any) -> yaml.Node:
+    """A rule kept as plain data, back as YAML nodes (for :meth:`Audience.compile`)."""
+    return yaml.compose(yaml.safe_dump(value), Loader=yaml.SafeLoader)
+
+
+_RULE_FORMS = "one of all, any, not, trait, event, community, building, leader"
+
+
+class _RuleCompiler:
+    """Compiles a rule (YAML nodes, for line numbers) to a predicate with named parameters."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parameters: dict[str, Any] = {}
+        self.uses_events = False
+
+    def _param(self, value: Any, ch_type: str) -> str:
+        name = f"p{len(self.parameters)}"
+        self.parameters[name] = value
+        return f"{{{name}:{ch_type}}}"
+
+    def _value(self, node: yaml.Node, what: str) -> tuple[Any, str]:
+        """A comparison value and its ClickHouse type; only text, numbers and booleans."""
+        value = _scalar(self.path, node, what)
+        if isinstance(value, bool):
+            return int(value), "UInt8"
+        if isinstance(value, int):
+            return value, "Int64"
+        if isinstance(value, float):
+            return value, "Float64"
+        if isinstance(value, str):
+            return value, "String"
+        raise _fail(self.path, node, f"{what} must be text, a number or true/false, got {value!r}")
+
+    def compile(self, node: yaml.Node) -> str:
+        rule = _mapping(self.path, node, f"a rule ({_RULE_FORMS})")
+        if not rule:
+            raise _fail(self.path, node, f"empty rule; expected {_RULE_FORMS}")
+        keys = set(rule)
+        if keys & {"all", "any", "not"}:
+            if len(keys) != 1:
+                raise _fail(self.path, node, f"{'/'.join(sorted(keys & {'all', 'any', 'not'}))} must stand alone in its mapping, found also {', '.join(sorted(keys - {'all', 'any', 'not'}))}")
+            (key,) = keys
+            _, child = rule[key]
+            if key == "not":
+                return f"(NOT {self.compile(child)})"
+            if not isinstance(child, yaml.SequenceNode) or not child.value:
+                raise _fail(self.path, child, f"{key} takes a non-empty list of rules")
+            joiner = " AND " if key == "all" else " OR "
+            return "(" + joiner.join(self.compile(item) for item in child.value) + ")"
+        if "trait" in keys:
+            return self._trait(node, rule)
+        if "event" in keys:
+            return self._event(node, rule)
+        place = keys & set(PLACE_FILTERS)
+        if place:
+            if len(keys) != 1:
+                raise _fail(self.path, node, f"{', '.join(sorted(keys))}: a place filter stands alone in its mapping (combine filters with all/any)")
+            (key,) = place
+            return self._place(key, rule[key][1])
+        first_key = min(rule.values(), key=lambda kv: kv[0].start_mark.index)[0]
+        raise _fail(self.path, first_key, f"unknown rule {', '.join(sorted(keys))}; expected {_RULE_FORMS}")
+
+    def _only(self, node: yaml.Node, rule: dict[str, tuple[yaml.Node, yaml.Node]], allowed: set[str], required: set[str], form: str) -> None:
+        for key, (key_node, _) in rule.items():
+            if key not in allowed:
+                raise _fail(self.path, key_node, f"unknown key {key!r} in a {form} rule; expected {', '.join(sorted(allowed))}")
+        missing = sorted(required - set(rule))
+        if missing:
+            raise _fail(self.path, node, f"a {form} rule needs {', '.join(missing)}")
+
+    def _trait(self, node: yaml.Node, rule: dict[str, tuple[yaml.Node, yaml.Node]]) -> str:
+        self._only(node, rule, {"trait", "op", "value"}, {"trait", "op"}, "trait")
+        trait_node = rule["trait"][1]
+        trait = _text(self.path, trait_node, "trait")
+        columns = trait_columns()
+        if trait not in columns or trait == "oneid":
+            raise _fail(self.path, trait_node, f"unknown trait {trait!r}; the traits of {TRAITS_VIEW} are {', '.join(c for c in columns if c != 'oneid')}")
+        op_node = rule["op"][1]
+        op = _scalar(self.path, op_node, "op")
+        if op in ("is null", "is not null"):
+            if "value" in rule:
+                raise _fail(self.path, rule["value"][0], f"op {op!r} takes no value")
+            return f"({trait} {op.upper()})"
+        if op not in OPERATORS:
+            raise _fail(self.path, op_node, f"unknown op {op!r}; expected one of {', '.join(repr(o) for o in [*OPERATORS, 'is null', 'is not null'])}")
+        if "value" not in rule:
+            raise _fail(self.path, node, f"op {op!r} needs a value")
+        value_node = rule["value"][1]
+        if op in ("in", "not in"):
+            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+                raise _fail(self.path, value_node, f"op {op!r} takes a non-empty list of values")
+            values = [self._value(item, "each value") for item in value_node.value]
+            types = {t for _, t in values}
+            if len(types) > 1:
+                raise _fail(self.path, value_node, "the values of one list must all be text or all numbers")
+            return f"({trait} {OPERATORS[op]} {self._param([v for v, _ in values], f'Array({types.pop()})')})"
+        value, ch_type = self._value(value_node, "value")
+        return f"({trait} {OPERATORS[op]} {self._param(value, ch_type)})"
+
+    def _count(self, rule: dict[str, tuple[yaml.Node, yaml.Node]], key: str, default: int | None) -> int:
+        if key not in rule:
+            assert default is not None
+            return default
+        node = rule[key][1]
+        value = _scalar(self.path, node, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(self.path, node, f"{key} must be a whole number of at least 1, got {value!r}")
+        return value
+
+    def _event(self, node: yaml.Node, rule: dict[str, tuple[yaml.Node, yaml.Node]]) -> str:
+        self._only(node, rule, {"event", "at_least", "days"}, {"event", "days"}, "event")
+        event_node = rule["event"][1]
+        event = _scalar(self.path, event_node, "event")
+        if event not in EVENT_TABLES:
+            raise _fail(self.path, event_node, f"unknown event {event!r}; expected one of {', '.join(EVENT_TABLES)}")
+        at_least = self._count(rule, "at_least", 1)
+        days = self._count(rule, "days", None)
+        self.uses_events = True
+        table = EVENT_TABLES[event]
+        # Raw events of the window (FINAL, and events counted by id: a replayed event counts
+        # once), each resolved to the person behind it by event_oneid; "now" is the as_of
+        # parameter, the same for every audience of one evaluation.
+        return (
+            f"(oneid IN (SELECT e.oneid FROM event_oneid AS e"
+            f" INNER JOIN (SELECT event_id FROM {table} FINAL"
+            f" WHERE occurred_at <= {{as_of:DateTime64(3, 'UTC')}}"
+            f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - toIntervalDay({self._param(days, 'UInt32')})) AS r"
+            f" ON r.event_id = e.event_id"
+            f" WHERE e.event_type = {self._param(event, 'String')}"
+            f" GROUP BY e.oneid HAVING uniqExact(e.event_id) >= {self._param(at_least, 'UInt32')}))"
+        )
+
+    def _place(self, key: str, node: yaml.Node) -> str:
+        column = PLACE_FILTERS[key]
+        if isinstance(node, yaml.SequenceNode):
+            if not node.value:
+                raise _fail(self.path, node, f"{key} takes an id or a non-empty list of ids")
+            ids = [_text(self.path, item, f"each {key} id") for item in node.value]
+        else:
+            ids = [_text(self.path, node, f"{key} id")]
+        return f"({column} IN {self._param(ids, 'Array(String)')})"

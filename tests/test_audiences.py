@@ -1,0 +1,273 @@
+"""Audiences: the file format and its errors, the rule language, and membership with history.
+
+The warehouse tests write a small ``audience_traits`` table and a few raw orders by hand
+(the dbt model's columns, fewer rows), so every expected member list is computed by reading
+the rows above it. The dbt model itself is checked by tests/test_dbt_structure.py and the
+marts' build.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lastmile.audiences import AudienceError, evaluate, load_audience, load_audiences, refresh
+from lastmile.audiences.definition import trait_columns
+from lastmile.cli import app
+from lastmile.config import Settings
+from lastmile.warehouse import connect, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+NOW = datetime(2026, 5, 31, 12, 0, tzinfo=timezone.utc)
+
+#: oneid, community, building, leader, credit_tier, packaging_returns, late_night_share, top_category
+PEOPLE = [
+    ("p1", "c1", "b1", "l1", "gold", 0, 0.5, "ready_meal"),
+    ("p2", "c1", "b2", "l1", "silver", 4, 0.1, "tea"),
+    ("p3", "c2", "b3", "l2", "gold", 5, 0.6, "ready_meal"),
+    ("p4", "c2", "b3", "l2", "bronze", 1, 0.0, "fruit"),
+    ("p5", "c1", "b1", "l1", "starter", 3, 0.4, "ready_meal"),
+]
+
+
+def write(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.yml"
+    path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    return path
+
+
+def audience(folder: Path, name: str, definition: str) -> Path:
+    return write(folder, name, f"name: {name}\ndescription: test audience\nowner: tests\n" + textwrap.dedent(definition).lstrip())
+
+
+# --- files and the rule language (no warehouse) --------------------------------------------
+
+def test_shipped_audiences_are_valid_and_use_documented_traits() -> None:
+    audiences = load_audiences(ROOT / "audiences")
+    assert {a.name for a in audiences} >= {"top_credit_tier", "late_night_meal_pack_regulars", "frequent_packaging_returners",
+                                          "excursion_affected_neighbours", "lapsed_health_tea_buyers"}
+    assert all(a.owner and a.description for a in audiences)
+    assert "credit_tier" in trait_columns() and "phones" not in trait_columns()
+
+
+@pytest.mark.parametrize("body, line, words", [
+    ('rule:\n  all:\n    - {trait: credit_tier, op: "=", value: gold}\n    - {trait: shoe_size, op: ">", value: 3}\n', 7, "unknown trait 'shoe_size'"),
+    ('rule:\n  trait: credit_tier\n  op: "~"\n  value: gold\n', 6, "unknown op '~'"),
+    ('rule:\n  event: order\n  at_least: 0\n  days: 30\n', 6, "at least 1"),
+    ('rule:\n  event: refund\n  days: 30\n', 5, "unknown event 'refund'"),
+    ('rule:\n  all: []\n', 5, "non-empty list"),
+    ('rule:\n  everyone: true\n', 5, "unknown rule everyone"),
+    ('rule:\n  trait: credit_tier\n  op: in\n  value: gold\n', 7, "non-empty list of values"),
+    ('rule:\n  community: c1\n  building: b1\n', 5, "stands alone"),
+    ('sql: "credit_tier = \'gold\') OR (1 = 1"\n', 4, "closes a parenthesis"),
+    ('sql: "1 = 1; DROP TABLE audience_members"\n', 4, "without ';'"),
+    ('sql: x = 1\nrule: {community: c1}\n', 1, "exactly one of 'sql'"),
+    ('rule:\n  all:\n    - {trait: credit_tier, op: "=", value: gold\n', 7, "flow mapping on line 6"),
+])
+def test_errors_name_the_line_and_what_was_expected(tmp_path: Path, body: str, line: int, words: str) -> None:
+    path = audience(tmp_path, "bad", body)
+    with pytest.raises(AudienceError) as caught:
+        load_audience(path)
+    assert f"{path}:{line}:" in str(caught.value)
+    assert words in str(caught.value)
+
+
+def test_missing_fields_and_bad_names_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "a", "name: a\ndescription: d\nrule: {community: c1}\n")
+    with pytest.raises(AudienceError, match="missing 'owner'"):
+        load_audience(path)
+    path = write(tmp_path, "b", "name: Top Tier\ndescription: d\nowner: o\nrule: {community: c1}\n")
+    with pytest.raises(AudienceError, match=r"b.yml:1: name 'Top Tier'"):
+        load_audience(path)
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    audience(folder, "c", "rule: {community: c1}\n")
+    write(folder, "d", "name: c\ndescription: d\nowner: o\nrule: {community: c2}\n")
+    with pytest.raises(AudienceError, match="also used by"):
+        load_audiences(folder)
+
+
+def test_rules_compile_to_parameters_never_to_literals(tmp_path: Path) -> None:
+    hostile = "gold' OR 1=1 --"
+    compiled = load_audience(audience(tmp_path, "x", f"""
+        rule:
+          any:
+            - {{trait: credit_tier, op: "=", value: "{hostile}"}}
+            - not: {{community: ["c1') OR ('1'='1"]}}
+            - {{event: order, at_least: 2, days: 7}}
+        """)).compile()
+    assert "OR 1=1" not in compiled.predicate and "'1'='1" not in compiled.predicate
+    assert hostile in compiled.parameters.values()
+    assert compiled.uses_events and "{as_of:DateTime64(3, 'UTC')}" in compiled.predicate
+
+
+def test_version_follows_the_definition_not_the_description(tmp_path: Path) -> None:
+    first = load_audience(audience(tmp_path, "v", "rule: {trait: credit_tier, op: '=', value: gold}\n"))
+    reworded = load_audience(write(tmp_path, "v", "name: v\ndescription: other words\nowner: tests\nrule: {trait: credit_tier, op: '=', value: gold}\n"))
+    changed = load_audience(audience(tmp_path, "v", "rule: {trait: credit_tier, op: '=', value: silver}\n"))
+    assert first.version == reworded.version != changed.version
+
+
+def test_cli_validate_exits_2_with_the_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = audience(tmp_path, "bad", "rule:\n  trait: credit_tier\n  op: '=='\n  value: gold\n")
+    result = runner.invoke(app, ["audience", "validate", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:6:" in result.output and "unknown op '=='" in result.output
+    assert "Traceback" not in result.output
+    assert runner.invoke(app, ["audience", "validate", str(ROOT / "audiences")]).exit_code == 0
+
+
+# --- membership on a small warehouse -------------------------------------------------------
+
+def _traits(warehouse, people: list[tuple]) -> None:
+    warehouse.command("DROP TABLE IF EXISTS audience_traits")
+    warehouse.command("""CREATE TABLE audience_traits (
+        oneid String, home_community_id String, home_building_id Nullable(String), last_leader_id Nullable(String),
+        credit_tier String, packaging_returns UInt64, late_night_share Float64, top_category String
+    ) ENGINE = MergeTree ORDER BY oneid""")
+    warehouse.insert_rows("audience_traits", people, ["oneid", "home_community_id", "home_building_id", "last_leader_id",
+                                                      "credit_tier", "packaging_returns", "late_night_share", "top_category"])
+
+
+def _orders(warehouse, orders: list[tuple[str, str, datetime]]) -> None:
+    """(event_id, oneid, occurred_at): raw orders and the person event_oneid resolves each to."""
+    warehouse.insert_rows("raw_order", [(e, "order", f"o-{e}", at.replace(tzinfo=None)) for e, _, at in orders],
+                          ["event_id", "event_type", "order_id", "occurred_at"])
+    warehouse.insert_rows("event_oneid", [("order", e, oneid) for e, oneid, _ in orders], ["event_type", "event_id", "oneid"])
+
+
+@pytest.fixture
+def small(home: Settings):
+    """The five people above; p1 ordered 3 times in the last 30 days (one a replayed copy),
+    p3 3 times but one 40 days ago, p5 4 times; the newest order is at NOW."""
+    warehouse = connect(home)
+    migrate(warehouse)
+    warehouse.command("CREATE TABLE IF NOT EXISTS event_oneid (event_type String, event_id String, oneid String) ENGINE = MergeTree ORDER BY event_id")
+    _traits(warehouse, PEOPLE)
+    day = timedelta(days=1)
+    _orders(warehouse, [
+        ("e1", "p1", NOW - 2 * day), ("e2", "p1", NOW - 10 * day), ("e3", "p1", NOW - 29 * day),
+        ("e4", "p3", NOW - 1 * day), ("e5", "p3", NOW - 3 * day), ("e6", "p3", NOW - 40 * day),
+        ("e7", "p5", NOW), ("e8", "p5", NOW - 5 * day), ("e9", "p5", NOW - 6 * day), ("e10", "p5", NOW - 7 * day),
+    ])
+    # a replayed copy of e1 (raw tables keep copies until they merge): it counts once
+    warehouse.insert_rows("raw_order", [("e1", "order", "o-e1", (NOW - 2 * day).replace(tzinfo=None))],
+                          ["event_id", "event_type", "order_id", "occurred_at"])
+    return warehouse
+
+
+def test_membership_equals_the_hand_computed_lists(small, tmp_path: Path) -> None:
+    sql = load_audience(audience(tmp_path, "sql_aud", "sql: credit_tier = 'gold' OR packaging_returns >= 4\n"))
+    assert evaluate(small, sql).members == {"p1", "p2", "p3"}
+    rule = load_audience(audience(tmp_path, "rule_aud", """
+        rule:
+          all:
+            - {trait: top_category, op: "=", value: ready_meal}
+            - {trait: late_night_share, op: ">=", value: 0.4}
+            - {event: order, at_least: 3, days: 30}
+        """))
+    # ready meals and late-night share: p1, p3, p5; three orders within 30 days: p1, p5 (p3's third is 40 days old)
+    result = evaluate(small, rule)
+    assert result.members == {"p1", "p5"}
+    assert result.as_of == NOW
+    places = load_audience(audience(tmp_path, "places", """
+        rule:
+          any:
+            - {building: b3}
+            - all: [{leader: l1}, {not: {trait: credit_tier, op: in, value: [gold, silver]}}]
+        """))
+    assert evaluate(small, places).members == {"p3", "p4", "p5"}
+    # an earlier "now" moves the window to (NOW - 42 days, NOW - 12 days]: one order each of p1
+    # (29 days old) and p3 (40 days old), none of p5; later orders do not count
+    assert evaluate(small, rule, as_of=NOW - 12 * timedelta(days=1)).members == set()
+    once = load_audience(audience(tmp_path, "once", "rule: {event: order, days: 30}\n"))
+    assert evaluate(small, once, as_of=NOW - 12 * timedelta(days=1)).members == {"p1", "p3"}
+    twice = load_audience(audience(tmp_path, "twice", "rule: {event: order, at_least: 2, days: 30}\n"))
+    assert evaluate(small, twice, as_of=NOW - 12 * timedelta(days=1)).members == set()
+    assert evaluate(small, twice).members == {"p1", "p3", "p5"}
+    four = load_audience(audience(tmp_path, "four", "rule: {event: order, at_least: 4, days: 30}\n"))
+    assert evaluate(small, four).members == {"p5"}  # p1's replayed order counts once
+
+
+def test_hostile_values_select_nobody(small, tmp_path: Path) -> None:
+    for value in ["gold' OR '1'='1", "gold\\' OR 1=1 --", "') OR 1=1 OR ('", "{p0:String}", "gold'); DROP TABLE audience_traits; --"]:
+        hostile = load_audience(audience(tmp_path, "h", f"rule: {{trait: credit_tier, op: '=', value: {json.dumps(value)}}}\n"))
+        assert hostile.rule["value"] == value
+        assert evaluate(small, hostile).members == set()
+    community = load_audience(audience(tmp_path, "h2", "rule: {community: [\"c1' OR 1=1 --\"]}\n"))
+    assert evaluate(small, community).members == set()
+    assert small.count("audience_traits", final=False) == len(PEOPLE)
+
+
+def _changes(warehouse) -> list[tuple]:
+    return warehouse.rows("SELECT audience, oneid, toString(change), version, reason FROM audience_membership_changes ORDER BY at, oneid")
+
+
+def _members(warehouse, name: str) -> set[str]:
+    return {r[0] for r in warehouse.rows("SELECT oneid FROM audience_members FINAL WHERE audience = {a:String}", {"a": name})}
+
+
+def test_refresh_publishes_entries_and_exits_with_history_and_is_idempotent(small, tmp_path: Path) -> None:
+    path = audience(tmp_path, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    gold = load_audience(path)
+    first = refresh(small, gold, now=NOW)
+    assert (first.entries, first.exits) == (["p1", "p3"], [])
+    assert _members(small, "gold") == {"p1", "p3"}
+    written = _changes(small)
+    assert [(o, c) for _, o, c, _, _ in written] == [("p1", "enter"), ("p3", "enter")]
+    assert all(v == gold.version and gold.version in reason for _, _, _, v, reason in written)
+
+    # nothing changed: nothing new is written anywhere
+    counts = [small.count(t, final=False) for t in ("audience_membership_changes", "audience_members", "audience_versions")]
+    again = refresh(small, gold, now=NOW + timedelta(hours=1))
+    assert (again.entries, again.exits) == ([], [])
+    assert [small.count(t, final=False) for t in ("audience_membership_changes", "audience_members", "audience_versions")] == counts
+
+    # the data changes: p3 drops to silver, p4 rises to gold
+    _traits(small, [p if p[0] not in ("p3", "p4") else (*p[:4], {"p3": "silver", "p4": "gold"}[p[0]], *p[5:]) for p in PEOPLE])
+    assert evaluate(small, gold).summary()["entries"] == 1  # preview: visible before publishing
+    assert _members(small, "gold") == {"p1", "p3"}
+    second = refresh(small, gold, now=NOW + timedelta(days=1))
+    assert (second.entries, second.exits) == (["p4"], ["p3"])
+    assert _members(small, "gold") == {"p1", "p4"}
+    assert [(o, c) for _, o, c, _, _ in _changes(small)] == [("p1", "enter"), ("p3", "enter"), ("p3", "exit"), ("p4", "enter")]
+
+
+def test_a_changed_definition_is_a_new_version(small, tmp_path: Path) -> None:
+    path = audience(tmp_path, "tier", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    old = load_audience(path)
+    refresh(small, old, now=NOW)
+    new = load_audience(audience(tmp_path, "tier", "rule: {trait: credit_tier, op: in, value: [gold, silver]}\n"))
+    preview = evaluate(small, new).summary()
+    assert (preview["version"], preview["entries"], preview["exits"], preview["sample_entries"]) == (new.version, 1, 0, ["p2"])
+    refresh(small, new, now=NOW + timedelta(days=1))
+    assert small.rows("SELECT version FROM audience_versions WHERE audience = 'tier' ORDER BY published_at") == [(old.version,), (new.version,)]
+    # members who stay are now held under the new version, with their entry time kept
+    rows = small.rows("SELECT oneid, version, entered_at FROM audience_members FINAL WHERE audience = 'tier' ORDER BY oneid")
+    assert [(o, v) for o, v, _ in rows] == [("p1", new.version), ("p2", new.version), ("p3", new.version)]
+    assert rows[0][2] == NOW.replace(tzinfo=None) or rows[0][2] == NOW
+    assert [(o, c, v) for _, o, c, v, _ in _changes(small)][-1] == ("p2", "enter", new.version)
+    before = small.count("audience_members", final=False)
+    refresh(small, new, now=NOW + timedelta(days=2))
+    assert small.count("audience_members", final=False) == before
+
+
+def test_cli_preview_and_refresh(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "audiences"
+    folder.mkdir()
+    audience(folder, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    monkeypatch.setenv("LASTMILE_AUDIENCES_DIR", str(folder))
+    preview = runner.invoke(app, ["audience", "preview", "gold", "--json"])
+    assert preview.exit_code == 0, preview.output
+    assert '"size": 2' in preview.output and '"entries": 2' in preview.output
+    assert runner.invoke(app, ["audience", "refresh", "--json"]).exit_code == 0
+    assert _members(small, "gold") == {"p1", "p3"}
+    missing = runner.invoke(app, ["audience", "preview", "nobody"])
+    assert missing.exit_code == 2 and "no audience named nobody" in missing.output
