@@ -1135,7 +1135,8 @@ def audience_preview_cmd(
         print(json.dumps(summary, ensure_ascii=False))
         return
     console.print(f"{summary['audience']} version {summary['version']}: {summary['size']:,} people "
-                  f"(published {summary['published_size']:,}; +{summary['entries']:,} entries, -{summary['exits']:,} exits)", highlight=False)
+                  f"(published {summary['published_size']:,}; +{summary['entries']:,} entries, -{summary['exits']:,} exits, "
+                  f"{summary['restated']:,} staying under the new version)", highlight=False)
     for label, key in (("entries", "sample_entries"), ("exits", "sample_exits"), ("members", "sample_members")):
         if summary[key]:
             console.print(f"  sample {label}: {', '.join(summary[key])}", highlight=False)

@@ -246,7 +246,7 @@ def test_a_changed_definition_is_a_new_version(small, tmp_path: Path) -> None:
     refresh(small, old, now=NOW)
     new = load_audience(audience(tmp_path, "tier", "rule: {trait: credit_tier, op: in, value: [gold, silver]}\n"))
     preview = evaluate(small, new).summary()
-    assert (preview["version"], preview["entries"], preview["exits"], preview["sample_entries"]) == (new.version, 1, 0, ["p2"])
+    assert (preview["version"], preview["entries"], preview["exits"], preview["restated"], preview["sample_entries"]) == (new.version, 1, 0, 2, ["p2"])
     refresh(small, new, now=NOW + timedelta(days=1))
     assert small.rows("SELECT version FROM audience_versions WHERE audience = 'tier' ORDER BY published_at") == [(old.version,), (new.version,)]
     # members who stay are now held under the new version, with their entry time kept

@@ -69,8 +69,9 @@ class Evaluation:
         self.exits = sorted(self.published.keys() - self.members)
 
     @property
-    def version_changed(self) -> bool:
-        return any(v != self.audience.version for o, v in self.published.items() if o in self.members)
+    def restated(self) -> list[str]:
+        """Members who stay but were published under another version of the definition."""
+        return sorted(o for o in self.members if o in self.published and self.published[o] != self.audience.version)
 
     def summary(self) -> dict[str, Any]:
         """Size, entries, exits and a sample, as the command line and the API print it."""
@@ -81,6 +82,7 @@ class Evaluation:
             "published_size": len(self.published),
             "entries": len(self.entries),
             "exits": len(self.exits),
+            "restated": len(self.restated),
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "sample_entries": self.entries[:SAMPLE_SIZE],
             "sample_exits": self.exits[:SAMPLE_SIZE],
@@ -164,7 +166,7 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
                  + (f" (entered under {result.published[oneid]})" if result.published[oneid] != version else ""))
                 for oneid in result.exits]
     warehouse.insert_rows("audience_membership_changes", changes, ["audience", "version", "oneid", "change", "at", "reason"])
-    restated = [o for o in result.members if o in result.published and result.published[o] != version]
+    restated = result.restated
     entered_at: dict[str, Any] = {}
     if restated:
         entered_at = dict(warehouse.rows(
