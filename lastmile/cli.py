@@ -351,16 +351,26 @@ def telemetry_cmd(
 @friendly
 def sql_cmd(
     query: str = typer.Argument(..., help="SQL to run against the warehouse."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json (one object per row)."),
+    fmt: str = typer.Option("table", "--format", "-f",
+                            help="table, csv (with a header), tsv (no header, for shell variables) or json (one object per row)."),
 ) -> None:
-    """Query the warehouse: a table on a terminal, CSV or JSON for programs."""
+    """Query the warehouse: a table on a terminal, CSV, TSV or JSON for programs."""
     from lastmile.warehouse import connect
 
-    if fmt not in ("table", "csv", "json"):
-        raise BadInput(f"--format must be table, csv or json, not {fmt!r}")
+    if fmt not in ("table", "csv", "tsv", "json"):
+        raise BadInput(f"--format must be table, csv, tsv or json, not {fmt!r}")
     result = connect().query(query)
     names = list(result.column_names)
-    if fmt == "csv":
+    if fmt == "tsv":
+        # ClickHouse's TabSeparated escaping, so a value can never break the row apart.
+        def tsv(value: object) -> str:
+            if value is None:
+                return "\\N"
+            return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+        for row in result.result_rows:
+            sys.stdout.write("\t".join(tsv(v) for v in row) + "\n")
+    elif fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(names)
         writer.writerows(result.result_rows)

@@ -41,6 +41,11 @@ def test_sql_csv_and_json_for_programs(loaded: Settings) -> None:
     as_json = runner.invoke(app, ["sql", query, "-f", "json"])
     assert [json.loads(line) for line in as_json.stdout.splitlines()] == [
         {"channel": "group_chat", "orders": 2}, {"channel": "mini_program", "orders": 1}]
+    # TSV has no header, so `X=$(lastmile sql "SELECT one value" -f tsv)` holds just the value.
+    as_tsv = runner.invoke(app, ["sql", query, "-f", "tsv"])
+    assert as_tsv.stdout == "group_chat\t2\nmini_program\t1\n"
+    awkward = runner.invoke(app, ["sql", "SELECT 'a\tb\nc' AS s, NULL AS n", "-f", "tsv"])
+    assert awkward.stdout == "a\\tb\\nc\t\\N\n"
 
 
 @pytest.mark.parametrize(
