@@ -271,3 +271,44 @@ def test_cli_preview_and_refresh(small, tmp_path: Path, monkeypatch: pytest.Monk
     assert _members(small, "gold") == {"p1", "p3"}
     missing = runner.invoke(app, ["audience", "preview", "nobody"])
     assert missing.exit_code == 2 and "no audience named nobody" in missing.output
+
+
+# --- the shipped audiences on a dbt-built warehouse ----------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """A small simulation through OneID, then `dbt build` in-process (audience_traits and its tests)."""
+    from lastmile import transform
+    from tests.warehouses import simulated_home
+
+    home = tmp_path_factory.mktemp("audiences") / "home"
+    with simulated_home(home, ("run", "--orders", "2000", "--weeks", "4", "--through", "identity")) as cfg:
+        result = transform.build(cfg)
+        assert result.success, result.failures
+        yield cfg
+
+
+@pytest.mark.slow
+def test_shipped_audiences_on_the_built_marts(built: Settings) -> None:
+    warehouse = connect(built)
+    assert warehouse.count("audience_traits", final=False) == warehouse.count("dim_customer", final=False) > 0
+    audiences = {a.name: a for a in load_audiences(ROOT / "audiences")}
+    results = {name: refresh(warehouse, a) for name, a in audiences.items()}
+    gold = {r[0] for r in warehouse.rows("SELECT oneid FROM dim_customer WHERE credit_tier = 'gold'")}
+    assert gold and results["top_credit_tier"].members == gold == _members(warehouse, "top_credit_tier")
+
+    # late-night meal-pack regulars, computed here from the marts and the raw orders
+    people = warehouse.client.query_df("SELECT oneid, top_category, late_night_share FROM dim_customer")
+    orders = warehouse.client.query_df(
+        "SELECT e.oneid AS oneid, r.event_id AS event_id, r.occurred_at AS occurred_at FROM (SELECT event_id, occurred_at FROM raw_order FINAL) AS r "
+        "INNER JOIN event_oneid AS e ON e.event_id = r.event_id AND e.event_type = 'order'")
+    as_of = results["late_night_meal_pack_regulars"].as_of
+    recent = orders[orders.occurred_at.dt.tz_localize(None) > (as_of - timedelta(days=30)).replace(tzinfo=None)]
+    regular = set(recent.groupby("oneid").event_id.nunique().loc[lambda n: n >= 3].index)
+    late = set(people[(people.top_category == "ready_meal") & (people.late_night_share >= 0.33)].oneid)
+    assert regular & late and results["late_night_meal_pack_regulars"].members == regular & late
+
+    changes = warehouse.count("audience_membership_changes", final=False)
+    assert changes == sum(len(r.members) for r in results.values())
+    assert all(not refresh(warehouse, a).entries for a in audiences.values())
+    assert warehouse.count("audience_membership_changes", final=False) == changes
