@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lastmile.audiences import AudienceError, evaluate, load_audience, load_audiences, refresh
+from lastmile.audiences import AudienceError, evaluate, load_audience, load_audiences, refresh, select_members
 from lastmile.audiences.definition import trait_columns
 from lastmile.cli import app
 from lastmile.config import Settings
@@ -165,7 +165,7 @@ def small(home: Settings):
 
 def test_membership_equals_the_hand_computed_lists(small, tmp_path: Path) -> None:
     sql = load_audience(audience(tmp_path, "sql_aud", "sql: credit_tier = 'gold' OR packaging_returns >= 4\n"))
-    assert evaluate(small, sql).members == {"p1", "p2", "p3"}
+    assert select_members(small, sql) == {"p1", "p2", "p3"}
     rule = load_audience(audience(tmp_path, "rule_aud", """
         rule:
           all:
@@ -175,34 +175,34 @@ def test_membership_equals_the_hand_computed_lists(small, tmp_path: Path) -> Non
         """))
     # ready meals and late-night share: p1, p3, p5; three orders within 30 days: p1, p5 (p3's third is 40 days old)
     result = evaluate(small, rule)
-    assert result.members == {"p1", "p5"}
-    assert result.as_of == NOW
+    assert select_members(small, rule) == {"p1", "p5"}
+    assert (result.size, result.sample_members, result.as_of) == (2, ["p1", "p5"], NOW)
     places = load_audience(audience(tmp_path, "places", """
         rule:
           any:
             - {building: b3}
             - all: [{leader: l1}, {not: {trait: credit_tier, op: in, value: [gold, silver]}}]
         """))
-    assert evaluate(small, places).members == {"p3", "p4", "p5"}
+    assert select_members(small, places) == {"p3", "p4", "p5"}
     # an earlier "now" moves the window to (NOW - 42 days, NOW - 12 days]: one order each of p1
     # (29 days old) and p3 (40 days old), none of p5; later orders do not count
-    assert evaluate(small, rule, as_of=NOW - 12 * timedelta(days=1)).members == set()
+    assert select_members(small, rule, as_of=NOW - 12 * timedelta(days=1)) == set()
     once = load_audience(audience(tmp_path, "once", "rule: {event: order, days: 30}\n"))
-    assert evaluate(small, once, as_of=NOW - 12 * timedelta(days=1)).members == {"p1", "p3"}
+    assert select_members(small, once, as_of=NOW - 12 * timedelta(days=1)) == {"p1", "p3"}
     twice = load_audience(audience(tmp_path, "twice", "rule: {event: order, at_least: 2, days: 30}\n"))
-    assert evaluate(small, twice, as_of=NOW - 12 * timedelta(days=1)).members == set()
-    assert evaluate(small, twice).members == {"p1", "p3", "p5"}
+    assert select_members(small, twice, as_of=NOW - 12 * timedelta(days=1)) == set()
+    assert select_members(small, twice) == {"p1", "p3", "p5"}
     four = load_audience(audience(tmp_path, "four", "rule: {event: order, at_least: 4, days: 30}\n"))
-    assert evaluate(small, four).members == {"p5"}  # p1's replayed order counts once
+    assert select_members(small, four) == {"p5"}  # p1's replayed order counts once
 
 
 def test_hostile_values_select_nobody(small, tmp_path: Path) -> None:
     for value in ["gold' OR '1'='1", "gold\\' OR 1=1 --", "') OR 1=1 OR ('", "{p0:String}", "gold'); DROP TABLE audience_traits; --"]:
         hostile = load_audience(audience(tmp_path, "h", f"rule: {{trait: credit_tier, op: '=', value: {json.dumps(value)}}}\n"))
         assert hostile.rule["value"] == value
-        assert evaluate(small, hostile).members == set()
+        assert select_members(small, hostile) == set()
     community = load_audience(audience(tmp_path, "h2", "rule: {community: [\"c1' OR 1=1 --\"]}\n"))
-    assert evaluate(small, community).members == set()
+    assert select_members(small, community) == set()
     assert small.count("audience_traits", final=False) == len(PEOPLE)
 
 
@@ -218,7 +218,7 @@ def test_refresh_publishes_entries_and_exits_with_history_and_is_idempotent(smal
     path = audience(tmp_path, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
     gold = load_audience(path)
     first = refresh(small, gold, now=NOW)
-    assert (first.entries, first.exits) == (["p1", "p3"], [])
+    assert (first.sample_entries, first.exits) == (["p1", "p3"], 0)
     assert _members(small, "gold") == {"p1", "p3"}
     written = _changes(small)
     assert [(o, c) for _, o, c, _, _ in written] == [("p1", "enter"), ("p3", "enter")]
@@ -227,15 +227,15 @@ def test_refresh_publishes_entries_and_exits_with_history_and_is_idempotent(smal
     # nothing changed: nothing new is written anywhere
     counts = [small.count(t, final=False) for t in ("audience_membership_changes", "audience_members", "audience_versions")]
     again = refresh(small, gold, now=NOW + timedelta(hours=1))
-    assert (again.entries, again.exits) == ([], [])
+    assert (again.entries, again.exits, again.size) == (0, 0, 2)
     assert [small.count(t, final=False) for t in ("audience_membership_changes", "audience_members", "audience_versions")] == counts
 
     # the data changes: p3 drops to silver, p4 rises to gold
     _traits(small, [p if p[0] not in ("p3", "p4") else (*p[:4], {"p3": "silver", "p4": "gold"}[p[0]], *p[5:]) for p in PEOPLE])
-    assert evaluate(small, gold).summary()["entries"] == 1  # preview: visible before publishing
+    assert evaluate(small, gold).summary()["sample_exits"] == ["p3"]  # preview: visible before publishing
     assert _members(small, "gold") == {"p1", "p3"}
     second = refresh(small, gold, now=NOW + timedelta(days=1))
-    assert (second.entries, second.exits) == (["p4"], ["p3"])
+    assert (second.sample_entries, second.sample_exits, second.size) == (["p4"], ["p3"], 2)
     assert _members(small, "gold") == {"p1", "p4"}
     assert [(o, c) for _, o, c, _, _ in _changes(small)] == [("p1", "enter"), ("p3", "enter"), ("p3", "exit"), ("p4", "enter")]
 
@@ -295,7 +295,7 @@ def test_shipped_audiences_on_the_built_marts(built: Settings) -> None:
     audiences = {a.name: a for a in load_audiences(ROOT / "audiences")}
     results = {name: refresh(warehouse, a) for name, a in audiences.items()}
     gold = {r[0] for r in warehouse.rows("SELECT oneid FROM dim_customer WHERE credit_tier = 'gold'")}
-    assert gold and results["top_credit_tier"].members == gold == _members(warehouse, "top_credit_tier")
+    assert gold and select_members(warehouse, audiences["top_credit_tier"]) == gold == _members(warehouse, "top_credit_tier")
 
     # late-night meal-pack regulars, computed here from the marts and the raw orders
     people = warehouse.client.query_df("SELECT oneid, top_category, late_night_share FROM dim_customer")
@@ -306,9 +306,9 @@ def test_shipped_audiences_on_the_built_marts(built: Settings) -> None:
     recent = orders[orders.occurred_at.dt.tz_localize(None) > (as_of - timedelta(days=30)).replace(tzinfo=None)]
     regular = set(recent.groupby("oneid").event_id.nunique().loc[lambda n: n >= 3].index)
     late = set(people[(people.top_category == "ready_meal") & (people.late_night_share >= 0.33)].oneid)
-    assert regular & late and results["late_night_meal_pack_regulars"].members == regular & late
+    assert regular & late and _members(warehouse, "late_night_meal_pack_regulars") == regular & late
 
     changes = warehouse.count("audience_membership_changes", final=False)
-    assert changes == sum(len(r.members) for r in results.values())
+    assert changes == sum(r.size for r in results.values())
     assert all(not refresh(warehouse, a).entries for a in audiences.values())
     assert warehouse.count("audience_membership_changes", final=False) == changes

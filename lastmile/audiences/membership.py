@@ -10,7 +10,9 @@ Three tables, created on first use:
 
 A refresh compares what an audience selects now with what is published and writes only the
 difference, so refreshing again without a change in the data (or the definition) writes
-nothing: consumers of the history never see the same entry twice.
+nothing: consumers of the history never see the same entry twice. The comparison and the
+writes are statements over the warehouse (INSERT ... SELECT): members never travel through
+Python, so an audience of a million people costs what ClickHouse needs to compare two sets.
 """
 
 from __future__ import annotations
@@ -52,41 +54,41 @@ TABLES_SQL = (
 
 SAMPLE_SIZE = 10
 
+#: What an audience selects now (``{predicate}`` filled in), and what is published for it.
+_CURRENT = "SELECT oneid FROM " + TRAITS_VIEW + " WHERE {predicate}"
+_PUBLISHED = "SELECT oneid, version, entered_at FROM audience_members FINAL WHERE audience = {audience:String}"
+
 
 @dataclass
 class Evaluation:
-    """An audience evaluated against the published membership (what a refresh would write)."""
+    """An audience evaluated against its published membership: what a refresh writes."""
 
     audience: Audience
-    members: set[str]
-    published: dict[str, str]  # oneid -> version it is published under
     as_of: datetime | None
-    entries: list[str] = field(default_factory=list)
-    exits: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.entries = sorted(self.members - self.published.keys())
-        self.exits = sorted(self.published.keys() - self.members)
-
-    @property
-    def restated(self) -> list[str]:
-        """Members who stay but were published under another version of the definition."""
-        return sorted(o for o in self.members if o in self.published and self.published[o] != self.audience.version)
+    size: int
+    published_size: int
+    entries: int
+    exits: int
+    #: members who stay but were published under another version of the definition
+    restated: int
+    sample_entries: list[str] = field(default_factory=list)
+    sample_exits: list[str] = field(default_factory=list)
+    sample_members: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """Size, entries, exits and a sample, as the command line and the API print it."""
+        """Size, entries, exits and a sample, as the command line prints it."""
         return {
             "audience": self.audience.name,
             "version": self.audience.version,
-            "size": len(self.members),
-            "published_size": len(self.published),
-            "entries": len(self.entries),
-            "exits": len(self.exits),
-            "restated": len(self.restated),
+            "size": self.size,
+            "published_size": self.published_size,
+            "entries": self.entries,
+            "exits": self.exits,
+            "restated": self.restated,
             "as_of": self.as_of.isoformat() if self.as_of else None,
-            "sample_entries": self.entries[:SAMPLE_SIZE],
-            "sample_exits": self.exits[:SAMPLE_SIZE],
-            "sample_members": sorted(self.members)[:SAMPLE_SIZE],
+            "sample_entries": self.sample_entries,
+            "sample_exits": self.sample_exits,
+            "sample_members": self.sample_members,
         }
 
 
@@ -108,19 +110,13 @@ def newest_event_time(warehouse: Warehouse) -> datetime | None:
     return newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
 
 
-def _published(warehouse: Warehouse, name: str) -> dict[str, str]:
-    if "audience_members" not in warehouse.tables():
-        return {}
-    return dict(warehouse.rows("SELECT oneid, version FROM audience_members FINAL WHERE audience = {a:String}", {"a": name}))
-
-
-def select_members(warehouse: Warehouse, audience: Audience, as_of: datetime | None) -> set[str]:
-    """The OneIDs the audience selects in ``audience_traits`` now."""
+def _query(warehouse: Warehouse, audience: Audience, as_of: datetime | None) -> tuple[str, dict[str, Any]]:
+    """The audience's SELECT of current members and its parameters (``audience``, ``version`` too)."""
     present = set(warehouse.tables())
     if TRAITS_VIEW not in present:
         raise AudienceError(f"the warehouse has no {TRAITS_VIEW} table yet: build the marts first (lastmile transform)")
     compiled = audience.compile()
-    parameters = dict(compiled.parameters)
+    parameters = dict(compiled.parameters, audience=audience.name, version=audience.version)
     if compiled.uses_events:
         missing = [t for t in ("event_oneid", *EVENT_TABLES.values()) if t not in present]
         if missing:
@@ -128,19 +124,43 @@ def select_members(warehouse: Warehouse, audience: Audience, as_of: datetime | N
         if as_of is None:
             raise AudienceError(f"{audience.path}: event rules count events up to the newest one, and the warehouse has none")
         parameters["as_of"] = as_of.astimezone(timezone.utc).replace(tzinfo=None)
-    sql = f"SELECT oneid FROM {TRAITS_VIEW} WHERE {compiled.predicate}"
+    return _CURRENT.format(predicate=compiled.predicate), parameters
+
+
+def _run(warehouse: Warehouse, audience: Audience, call: Any) -> Any:
     try:
-        return {row[0] for row in warehouse.rows(sql, parameters)}
+        return call()
     except Exception as exc:  # the engine's message says what is wrong with a sql: predicate
         if type(exc).__module__.startswith("clickhouse_connect") or "DB::Exception" in str(exc):
             raise AudienceError(f"{audience.path}: the warehouse refused the audience's predicate: {' '.join(str(exc).split())[:400]}") from None
         raise
 
 
+def select_members(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None) -> set[str]:
+    """The OneIDs the audience selects in ``audience_traits`` now (``as_of`` default: the newest event)."""
+    current, parameters = _query(warehouse, audience, as_of or newest_event_time(warehouse))
+    return {row[0] for row in _run(warehouse, audience, lambda: warehouse.rows(current, parameters))}
+
+
 def evaluate(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None) -> Evaluation:
-    """What the audience selects now, next to its published membership (nothing is written)."""
+    """What the audience selects now, next to its published membership (nothing is published)."""
+    ensure_tables(warehouse)
     as_of = as_of or newest_event_time(warehouse)
-    return Evaluation(audience, select_members(warehouse, audience, as_of), _published(warehouse, audience.name), as_of)
+    current, parameters = _query(warehouse, audience, as_of)
+    sql = f"""
+WITH current AS ({current}), published AS ({_PUBLISHED})
+SELECT
+    (SELECT count() FROM current),
+    (SELECT count() FROM published),
+    (SELECT count() FROM current WHERE oneid NOT IN (SELECT oneid FROM published)),
+    (SELECT count() FROM published WHERE oneid NOT IN (SELECT oneid FROM current)),
+    (SELECT count() FROM published WHERE version != {{version:String}} AND oneid IN (SELECT oneid FROM current)),
+    (SELECT groupArray(oneid) FROM (SELECT oneid FROM current WHERE oneid NOT IN (SELECT oneid FROM published) ORDER BY oneid LIMIT {SAMPLE_SIZE})),
+    (SELECT groupArray(oneid) FROM (SELECT oneid FROM published WHERE oneid NOT IN (SELECT oneid FROM current) ORDER BY oneid LIMIT {SAMPLE_SIZE})),
+    (SELECT groupArray(oneid) FROM (SELECT oneid FROM current ORDER BY oneid LIMIT {SAMPLE_SIZE}))
+"""
+    row = _run(warehouse, audience, lambda: warehouse.rows(sql, parameters))[0]
+    return Evaluation(audience, as_of, *(int(v) for v in row[:5]), *(list(v) for v in row[5:]))
 
 
 def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None, now: datetime | None = None) -> Evaluation:
@@ -148,9 +168,8 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
 
     Writes only the difference to what is published; a definition seen for the first time is
     recorded in ``audience_versions``, and members who stay under a new version have their
-    row updated to it (their entry time kept).
+    row updated to it (their entry time kept). Returns the evaluation that was published.
     """
-    ensure_tables(warehouse)
     result = evaluate(warehouse, audience, as_of)
     version = audience.version
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
@@ -160,20 +179,33 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
         definition = audience.sql if audience.sql is not None else json.dumps(audience.rule, ensure_ascii=False, sort_keys=True)
         warehouse.insert_rows("audience_versions", [(audience.name, version, audience.kind, definition, audience.owner, at)],
                               ["audience", "version", "kind", "definition", "owner", "published_at"])
-    changes = [(audience.name, version, oneid, "enter", at, f"matches {audience.name} version {version}") for oneid in result.entries]
-    changes += [(audience.name, version, oneid, "exit", at,
-                 f"no longer matches {audience.name} version {version}"
-                 + (f" (entered under {result.published[oneid]})" if result.published[oneid] != version else ""))
-                for oneid in result.exits]
-    warehouse.insert_rows("audience_membership_changes", changes, ["audience", "version", "oneid", "change", "at", "reason"])
-    restated = result.restated
-    entered_at: dict[str, Any] = {}
-    if restated:
-        entered_at = dict(warehouse.rows(
-            "SELECT oneid, entered_at FROM audience_members FINAL WHERE audience = {a:String} AND oneid IN {o:Array(String)}",
-            {"a": audience.name, "o": restated}))
-    rows = [(audience.name, oneid, version, at, at, 0) for oneid in result.entries]
-    rows += [(audience.name, oneid, version, entered_at.get(oneid, at), at, 0) for oneid in restated]
-    rows += [(audience.name, oneid, result.published[oneid], at, at, 1) for oneid in result.exits]
-    warehouse.insert_rows("audience_members", rows, ["audience", "oneid", "version", "entered_at", "updated_at", "is_deleted"])
+    if not (result.entries or result.exits or result.restated):
+        return result
+    current, parameters = _query(warehouse, audience, result.as_of)
+    parameters["at"] = at
+    at_param = "{at:DateTime64(3, 'UTC')}"
+    statements = []
+    if result.restated:
+        statements.append(f"""
+INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
+SELECT {{audience:String}}, oneid, {{version:String}}, entered_at, {at_param}, 0 FROM ({_PUBLISHED})
+WHERE version != {{version:String}} AND oneid IN ({current})""")
+    if result.entries or result.exits:
+        # one statement: entries and exits are read against the same published membership
+        statements.append(f"""
+INSERT INTO audience_membership_changes (audience, version, oneid, change, at, reason)
+SELECT {{audience:String}}, {{version:String}}, oneid, 'enter', {at_param},
+       concat('matches ', {{audience:String}}, ' version ', {{version:String}})
+FROM ({current}) WHERE oneid NOT IN (SELECT oneid FROM ({_PUBLISHED}))
+UNION ALL
+SELECT {{audience:String}}, {{version:String}}, oneid, 'exit', {at_param},
+       concat('no longer matches ', {{audience:String}}, ' version ', {{version:String}},
+              if(version != {{version:String}}, concat(' (entered under ', version, ')'), ''))
+FROM ({_PUBLISHED}) WHERE oneid NOT IN (SELECT oneid FROM ({current}))""")
+        statements.append(f"""
+INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
+SELECT audience, oneid, version, at, at, change = 'exit' FROM audience_membership_changes
+WHERE audience = {{audience:String}} AND at = {at_param} AND version = {{version:String}}""")
+    for statement in statements:
+        _run(warehouse, audience, lambda: warehouse.command(statement, parameters))
     return result
