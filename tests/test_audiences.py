@@ -68,6 +68,8 @@ def test_shipped_audiences_are_valid_and_use_documented_traits() -> None:
     ('rule:\n  community: c1\n  building: b1\n', 5, "stands alone"),
     ('sql: "credit_tier = \'gold\') OR (1 = 1"\n', 4, "closes a parenthesis"),
     ('sql: "1 = 1; DROP TABLE audience_members"\n', 4, "without ';'"),
+    ('sql: "credit_tier = \'gold\' -- and more"\n', 4, "must not contain comments"),
+    ('sql: >\n  credit_tier = \'a--b\'\n  AND 1 = 1 /* x */\n', 4, "must not contain comments"),
     ('sql: x = 1\nrule: {community: c1}\n', 1, "exactly one of 'sql'"),
     ('rule:\n  all:\n    - {trait: credit_tier, op: "=", value: gold\n', 7, "flow mapping on line 6"),
 ])
@@ -194,6 +196,14 @@ def test_membership_equals_the_hand_computed_lists(small, tmp_path: Path) -> Non
     assert select_members(small, twice) == {"p1", "p3", "p5"}
     four = load_audience(audience(tmp_path, "four", "rule: {event: order, at_least: 4, days: 30}\n"))
     assert select_members(small, four) == {"p5"}  # p1's replayed order counts once
+
+
+def test_a_predicate_the_warehouse_refuses_is_a_clear_error(small, tmp_path: Path) -> None:
+    bad = load_audience(audience(tmp_path, "bad", "sql: shoe_size > 3\n"))
+    with pytest.raises(AudienceError, match="bad.yml: the warehouse refused the audience's predicate"):
+        evaluate(small, bad)
+    quoted = load_audience(audience(tmp_path, "q", "sql: credit_tier IN ('gold', 'a--b', 'c;d')\n"))
+    assert select_members(small, quoted) == {"p1", "p3"}
 
 
 def test_hostile_values_select_nobody(small, tmp_path: Path) -> None:

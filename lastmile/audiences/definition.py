@@ -186,7 +186,7 @@ def load_audience(path: Path) -> Audience:
 
 
 def _check_predicate(path: Path, node: yaml.Node, sql: str) -> None:
-    """A ``sql:`` predicate must stay one expression: no ``;``, balanced parentheses.
+    """A ``sql:`` predicate must stay one expression: no ``;``, no comments, balanced parentheses.
 
     The predicate is reviewed code, not user input; this catches the mistakes that would
     turn it into something else than a WHERE condition (closing the parenthesis it is
@@ -195,7 +195,7 @@ def _check_predicate(path: Path, node: yaml.Node, sql: str) -> None:
     depth = 0
     quote: str | None = None
     escaped = False
-    for char in sql:
+    for index, char in enumerate(sql):
         if quote:
             if escaped:
                 escaped = False
@@ -214,6 +214,9 @@ def _check_predicate(path: Path, node: yaml.Node, sql: str) -> None:
                 raise _fail(path, node, "sql closes a parenthesis it did not open; expected one boolean expression")
         elif char == ";":
             raise _fail(path, node, "sql must be one boolean expression, without ';'")
+        elif char == "#" or sql.startswith(("--", "/*"), index):
+            # a comment would hide the rest of the statement the predicate is placed in
+            raise _fail(path, node, "sql must not contain comments (--, /* */, #); put explanations in the description")
     if quote:
         raise _fail(path, node, f"sql has an unclosed {quote} quote")
     if depth:
