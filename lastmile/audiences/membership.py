@@ -160,7 +160,9 @@ SELECT
     (SELECT groupArray(oneid) FROM (SELECT oneid FROM current ORDER BY oneid LIMIT {SAMPLE_SIZE}))
 """
     row = _run(warehouse, audience, lambda: warehouse.rows(sql, parameters))[0]
-    return Evaluation(audience, as_of, *(int(v) for v in row[:5]), *(list(v) for v in row[5:]))
+    size, published, entries, exits, restated = (int(v) for v in row[:5])
+    return Evaluation(audience, as_of, size, published, entries, exits, restated,
+                      sample_entries=list(row[5]), sample_exits=list(row[6]), sample_members=list(row[7]))
 
 
 def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None, now: datetime | None = None) -> Evaluation:
