@@ -53,6 +53,9 @@ class AudienceError(ValueError):
 @lru_cache(maxsize=1)
 def trait_columns() -> tuple[str, ...]:
     """The columns of ``audience_traits`` as its dbt YAML documents them (no warehouse needed)."""
+    if not TRAITS_DOC.is_file():
+        raise AudienceError(f"{TRAITS_DOC}: the documentation of {TRAITS_VIEW} is missing; rules check trait names against it "
+                            "(install lastmile from its repository, with its dbt/ folder)")
     doc = yaml.safe_load(TRAITS_DOC.read_text(encoding="utf-8"))
     model = next(m for m in doc["models"] if m["name"] == TRAITS_VIEW)
     return tuple(c["name"] for c in model["columns"])
