@@ -132,10 +132,14 @@ def _traits(warehouse, people: list[tuple]) -> None:
     warehouse.command("DROP TABLE IF EXISTS audience_traits")
     warehouse.command("""CREATE TABLE audience_traits (
         oneid String, home_community_id String, home_building_id Nullable(String), last_leader_id Nullable(String),
-        credit_tier String, packaging_returns UInt64, late_night_share Float64, top_category String
+        credit_tier String, packaging_returns UInt64, late_night_share Float64, top_category String,
+        first_seen_at DateTime64(3, 'UTC')
     ) ENGINE = MergeTree ORDER BY oneid""")
-    warehouse.insert_rows("audience_traits", people, ["oneid", "home_community_id", "home_building_id", "last_leader_id",
-                                                      "credit_tier", "packaging_returns", "late_night_share", "top_category"])
+    # p2 and p4 were first seen on 2026-05-01 at 00:00 in Shanghai, the others the day before
+    first_seen = {o: datetime(2026, 4, 30, 16 if o in ("p2", "p4") else 0) for o, *_ in people}
+    warehouse.insert_rows("audience_traits", [(*p, first_seen[p[0]]) for p in people],
+                          ["oneid", "home_community_id", "home_building_id", "last_leader_id", "credit_tier",
+                           "packaging_returns", "late_night_share", "top_category", "first_seen_at"])
 
 
 def _orders(warehouse, orders: list[tuple[str, str, datetime]]) -> None:
@@ -186,6 +190,11 @@ def test_membership_equals_the_hand_computed_lists(small, tmp_path: Path) -> Non
             - all: [{leader: l1}, {not: {trait: credit_tier, op: in, value: [gold, silver]}}]
         """))
     assert select_members(small, places) == {"p3", "p4", "p5"}
+    recent = load_audience(audience(tmp_path, "recent", "rule: {trait: first_seen_at, op: '>=', value: 2026-05-01T00:00:00+08:00}\n"))
+    assert select_members(small, recent) == {"p2", "p4"}
+    # a bare date is midnight UTC
+    dated = load_audience(audience(tmp_path, "dated", "rule: {trait: first_seen_at, op: '>', value: 2026-04-30}\n"))
+    assert select_members(small, dated) == {"p2", "p4"}
     # an earlier "now" moves the window to (NOW - 42 days, NOW - 12 days]: one order each of p1
     # (29 days old) and p3 (40 days old), none of p5; later orders do not count
     assert select_members(small, rule, as_of=NOW - 12 * timedelta(days=1)) == set()

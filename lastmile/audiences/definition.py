@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ class Audience:
         membership history under the same version.
         """
         body = json.dumps({"sql": " ".join(self.sql.split()) if self.sql else None, "rule": self.rule},
-                          sort_keys=True, ensure_ascii=False)
+                          sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:12]
 
     @property
@@ -274,7 +275,12 @@ class _RuleCompiler:
             return value, "Float64"
         if isinstance(value, str):
             return value, "String"
-        raise _fail(self.path, node, f"{what} must be text, a number or true/false, got {value!r}")
+        if isinstance(value, datetime):
+            moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return moment.astimezone(timezone.utc).replace(tzinfo=None), "DateTime64(3, 'UTC')"
+        if isinstance(value, date):
+            return value, "Date"
+        raise _fail(self.path, node, f"{what} must be text, a number, a date or true/false, got {value!r}")
 
     def compile(self, node: yaml.Node) -> str:
         rule = _mapping(self.path, node, f"a rule ({_RULE_FORMS})")

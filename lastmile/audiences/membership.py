@@ -178,7 +178,7 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     known = warehouse.scalar("SELECT count() FROM audience_versions WHERE audience = {a:String} AND version = {v:String}",
                              {"a": audience.name, "v": version})
     if not known:
-        definition = audience.sql if audience.sql is not None else json.dumps(audience.rule, ensure_ascii=False, sort_keys=True)
+        definition = audience.sql if audience.sql is not None else json.dumps(audience.rule, ensure_ascii=False, sort_keys=True, default=str)
         warehouse.insert_rows("audience_versions", [(audience.name, version, audience.kind, definition, audience.owner, at)],
                               ["audience", "version", "kind", "definition", "owner", "published_at"])
     if not (result.entries or result.exits or result.restated):
