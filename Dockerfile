@@ -18,6 +18,9 @@ RUN python -m venv .venv \
 COPY lastmile ./lastmile
 COPY pipelines ./pipelines
 COPY schemas ./schemas
+COPY dbt ./dbt
+COPY feature_store ./feature_store
+COPY audiences ./audiences
 RUN .venv/bin/uv pip install --python .venv/bin/python --no-deps -e .
 
 VOLUME ["/data"]

@@ -168,3 +168,12 @@ def test_env_example_has_placeholders_for_every_password() -> None:
         assert name in example, f"{name} missing from .env.example"
         if "PASSWORD" in name or "KEY" in name:
             assert "change-me" in example[name], f"{name} in .env.example must be a placeholder, not a usable secret"
+
+
+def test_the_image_carries_every_folder_the_code_reads_beside_the_package() -> None:
+    """The main job in the image runs dbt, Feast and the audiences from folders beside `lastmile/`."""
+    import re
+
+    copied = set(re.findall(r"^COPY (\S+) \./", (ROOT / "Dockerfile").read_text(), re.M))
+    for folder in ("lastmile", "pipelines", "schemas", "dbt", "feature_store", "audiences"):
+        assert folder in copied, f"the Dockerfile does not COPY {folder}/ (the code reads it at run time)"
