@@ -316,6 +316,10 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
     from lastmile.board.web import mount_board
 
     mount_board(app, cfg, keyring, limiter)
+    # Audiences (/audiences, /customers/{oneid}/audiences): published membership, scope marketing:read.
+    from lastmile.api_audiences import mount_audiences
+
+    mount_audiences(app, cfg, needs, audit, errors)
     app.state.keyring = keyring
     app.state.audit = audit
     return app
