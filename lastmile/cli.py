@@ -1176,6 +1176,29 @@ def audience_refresh_cmd(
     console.print(table)
 
 
+@audience_app.command("export")
+@friendly
+def audience_export_cmd(
+    name: str = typer.Argument(..., help="The audience's name."),
+    fmt: str = typer.Option("csv", "--format", help="csv (with a header) or jsonl."),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: standard output)."),
+) -> None:
+    """The published members (oneid, entered_at, version), ordered by OneID; run `refresh` first."""
+    from lastmile.audiences.reads import write_members
+    from lastmile.warehouse import connect
+
+    if fmt not in ("csv", "jsonl"):
+        raise BadInput(f"--format must be csv or jsonl, not {fmt!r}")
+    (audience,) = _audiences([name])
+    if out is None:
+        write_members(connect(), audience.name, fmt, sys.stdout)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8", newline="") as stream:
+        written = write_members(connect(), audience.name, fmt, stream)
+    err.print(f"{written:,} members of {audience.name} written to {out}", highlight=False, soft_wrap=True)
+
+
 @app.command("consent")
 @friendly
 def consent_cmd(path: Path = typer.Argument(..., help="JSONL of dietary-need declarations (oneid, dietary_need, declared_at, source).")) -> None:

@@ -159,3 +159,29 @@ def test_openapi_documents_the_audience_routes(published: Settings, api: Any) ->
     assert {"AudienceSummary", "AudienceDetail", "MemberPage", "Membership", "CustomerAudiences"} <= set(schema["components"]["schemas"])
     members = schema["paths"]["/audiences/{name}/members"]["get"]["parameters"]
     assert {p["name"]: p["schema"].get("maximum") for p in members if p["name"] == "limit"} == {"limit": 1000}
+
+
+# --- lastmile audience export ---------------------------------------------------------------
+
+def test_export_writes_the_published_members_as_csv_and_jsonl(published: Settings, tmp_path: Path) -> None:
+    shown = runner.invoke(cli, ["audience", "export", "gold"])
+    assert shown.exit_code == 0, shown.output
+    rows = list(csv.DictReader(io.StringIO(shown.stdout)))
+    gold = {a.name: a for a in load_audiences(published.audiences_path)}["gold"]
+    assert [r["oneid"] for r in rows] == GOLD
+    assert {(r["version"], r["entered_at"][:19]) for r in rows} == {(gold.version, "2026-05-31T12:00:00")}
+    target = tmp_path / "out" / "gold.jsonl"
+    saved = runner.invoke(cli, ["audience", "export", "gold", "--format", "jsonl", "--out", str(target)])
+    assert saved.exit_code == 0, saved.output
+    lines = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    assert [line["oneid"] for line in lines] == GOLD and set(lines[0]) == {"oneid", "entered_at", "version"}
+    assert "86 members of gold" in saved.output
+    # never refreshed: a header and nobody
+    assert runner.invoke(cli, ["audience", "export", "returners"]).stdout == "oneid,entered_at,version\n"
+
+
+def test_export_refuses_an_unknown_audience_or_format(published: Settings) -> None:
+    unknown = runner.invoke(cli, ["audience", "export", "nobody"])
+    assert unknown.exit_code == 2 and "no audience named nobody" in unknown.output
+    bad = runner.invoke(cli, ["audience", "export", "gold", "--format", "xml"])
+    assert bad.exit_code == 2 and "--format must be csv or jsonl" in bad.output and "Traceback" not in bad.output

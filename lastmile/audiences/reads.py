@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 from lastmile.warehouse import Warehouse
 
@@ -122,3 +124,26 @@ def audiences_of(warehouse: Warehouse, oneid: str) -> list[tuple[str, Member]]:
     rows = warehouse.rows("SELECT audience, oneid, entered_at, version FROM audience_members FINAL WHERE oneid = {o:String} "
                           "ORDER BY audience", {"o": oneid})
     return [(a, Member(o, _utc(e), v)) for a, o, e, v in rows]
+
+
+#: Columns of an export, in order.
+EXPORT_COLUMNS = ("oneid", "entered_at", "version")
+
+
+def write_members(warehouse: Warehouse, audience: str, fmt: str, stream: TextIO) -> int:
+    """Write the current members of ``audience`` to ``stream`` as ``csv`` (with a header) or
+    ``jsonl``, ordered by OneID, a page at a time; returns how many were written."""
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError(f"format must be csv or jsonl, not {fmt!r}")
+    writer = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_COLUMNS)
+    written = 0
+    for member in all_members(warehouse, audience):
+        row = member.as_dict()
+        if writer is not None:
+            writer.writerow([row[c] for c in EXPORT_COLUMNS])
+        else:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written += 1
+    return written
