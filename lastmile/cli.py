@@ -1158,8 +1158,10 @@ def audience_refresh_cmd(
     name: Optional[list[str]] = typer.Argument(None, help="Audiences to refresh (default: all)."),
     as_of: Optional[str] = typer.Option(None, help="'Now' of event rules (default: the newest event in the warehouse)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    publish: bool = typer.Option(True, "--publish/--no-publish", help="Deliver the new entries and exits to the destinations of LASTMILE_AUDIENCE_DESTINATIONS."),
 ) -> None:
-    """Evaluate and publish: entries and exits into audience_membership_changes, members into audience_members."""
+    """Evaluate and publish: entries and exits into audience_membership_changes, members into audience_members,
+    then to the configured destinations (Kafka topic, webhooks)."""
     from lastmile.audiences import newest_event_time, refresh
     from lastmile.warehouse import connect
 
@@ -1167,13 +1169,70 @@ def audience_refresh_cmd(
     warehouse = connect()
     moment = _as_of(as_of) or newest_event_time(warehouse)
     summaries = [refresh(warehouse, audience, moment).summary() for audience in audiences]
+    deliveries = _deliver_audience_changes(warehouse, None, "pending") if publish else []
     if as_json:
         print(json.dumps(summaries, ensure_ascii=False))
+        for d in deliveries:
+            typer.echo(json.dumps(d, ensure_ascii=False), err=True)
         return
     table = Table("audience", "version", "size", "entries", "exits")
     for s in summaries:
         table.add_row(s["audience"], s["version"], f"{s['size']:,}", f"{s['entries']:,}", f"{s['exits']:,}")
     console.print(table)
+    _print_deliveries(deliveries)
+
+
+def _deliver_audience_changes(warehouse: Any, names: Optional[list[str]], source: str, since: Any = None) -> list[dict[str, Any]]:
+    from lastmile.audiences.destinations import deliver, load_destinations, select
+    from lastmile.streaming.broker import bootstrap
+
+    cfg = settings()
+    destinations = select(load_destinations(cfg.audience_destinations_path, bootstrap(cfg)), names)
+    return [r.summary() for r in deliver(warehouse, destinations, source=source, since=since)]
+
+
+def _print_deliveries(deliveries: list[dict[str, Any]]) -> None:
+    if not deliveries:
+        return
+    table = Table("destination", "delivered", "dead letters", "attempts", "seconds", "last error")
+    for d in deliveries:
+        table.add_row(d["destination"], f"{d['delivered']:,}", f"{d['dead_lettered']:,}", f"{d['attempts']:,}",
+                      f"{d['seconds']:.2f}", d["last_error"] or "")
+    console.print(table)
+
+
+@audience_app.command("publish")
+@friendly
+def audience_publish_cmd(
+    destination: Optional[list[str]] = typer.Option(None, "--destination", help="Destinations to deliver to (default: all configured)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Deliver the entries and exits each destination has not received (the outbox: never twice)."""
+    from lastmile.warehouse import connect
+
+    deliveries = _deliver_audience_changes(connect(), destination, "pending")
+    if as_json:
+        print(json.dumps(deliveries, ensure_ascii=False))
+        return
+    _print_deliveries(deliveries)
+
+
+@audience_app.command("replay")
+@friendly
+def audience_replay_cmd(
+    destination: str = typer.Option(..., "--destination", help="The destination to send again."),
+    dead_letters: bool = typer.Option(False, "--dead-letters", help="Only the events it refused (audience_dead_letters) and has not received since."),
+    since: Optional[str] = typer.Option(None, help="Without --dead-letters: send the changes from this time on (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Send a destination its dead letters, or its whole history again (receivers deduplicate by event id)."""
+    from lastmile.warehouse import connect
+
+    deliveries = _deliver_audience_changes(connect(), [destination], "dead_letters" if dead_letters else "history", _as_of(since))
+    if as_json:
+        print(json.dumps(deliveries, ensure_ascii=False))
+        return
+    _print_deliveries(deliveries)
 
 
 @audience_app.command("export")

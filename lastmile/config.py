@@ -39,6 +39,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_FLINK_KAFKA_JAR": ("", "Path or URL of flink-sql-connector-kafka 4.0.x, needed when the telemetry job reads Kafka on a cluster."),
     "LASTMILE_BUSINESS_TZ": ("Asia/Shanghai", "IANA time zone of the business calendar: where days, weeks and months end for every mart, feature and live counter (passed to dbt as var business_tz)."),
     "LASTMILE_AUDIENCES_DIR": ("", "Folder of audience definitions (*.yml, `lastmile audience`). Empty: audiences/ shipped with lastmile at the repository root."),
+    "LASTMILE_AUDIENCE_DESTINATIONS": ("", "YAML file of audience destinations (Kafka topic, signed webhooks; `lastmile audience publish`). Empty: $LASTMILE_HOME/destinations.yml; no file: no destinations."),
 }
 
 
@@ -97,6 +98,7 @@ class Settings:
     business_tz: str = "Asia/Shanghai"
     warehouse_users: str = ""
     audiences_dir: str = ""
+    audience_destinations: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -116,6 +118,13 @@ class Settings:
         if self.audiences_dir:
             return Path(self.audiences_dir).expanduser().resolve()
         return Path(__file__).resolve().parents[1] / "audiences"
+
+    @property
+    def audience_destinations_path(self) -> Path:
+        """File of audience destinations (``LASTMILE_AUDIENCE_DESTINATIONS``; default in ``$LASTMILE_HOME``)."""
+        if self.audience_destinations:
+            return Path(self.audience_destinations).expanduser().resolve()
+        return self.home / "destinations.yml"
 
     @property
     def warehouse_dir(self) -> Path:
@@ -211,6 +220,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         flink_kafka_jar=env["LASTMILE_FLINK_KAFKA_JAR"],
         business_tz=_business_tz(env["LASTMILE_BUSINESS_TZ"]),
         audiences_dir=env["LASTMILE_AUDIENCES_DIR"],
+        audience_destinations=env["LASTMILE_AUDIENCE_DESTINATIONS"],
     )
 
 
