@@ -147,6 +147,30 @@ def test_only_new_changes_go_out_after_the_next_refresh(small, tmp_path: Path, r
     assert hook.duplicates == 0
 
 
+def test_a_crash_before_the_record_resends_that_batch_and_loses_nothing(small, tmp_path: Path, receivers: list[Receiver],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = Receiver()
+    receivers.append(hook)
+    expected = _two_refreshes(small, tmp_path)
+    real = small.insert_rows
+
+    def crash_on_second_record(table: str, rows, columns):
+        if table == "audience_deliveries" and small.count("audience_deliveries", final=False):
+            raise RuntimeError("process killed")
+        return real(table, rows, columns)
+
+    monkeypatch.setattr(small, "insert_rows", crash_on_second_record)
+    with pytest.raises(RuntimeError, match="process killed"):
+        deliver(small, [_webhook("crm", hook.url, batch_size=2)])
+    monkeypatch.setattr(small, "insert_rows", real)
+    assert small.count("audience_deliveries") == 2  # the second batch reached the receiver, its record did not
+    time.sleep(0.2)  # let the sender thread of the crashed run finish
+    (report,) = deliver(small, [_webhook("crm", hook.url, batch_size=2)])
+    assert report.delivered == 2  # only the unrecorded batch goes again
+    assert sorted((e["oneid"], e["change"]) for e in hook.accepted.values()) == sorted(expected)
+    assert hook.duplicates == 2  # at least once: the receiver's deduplication by id absorbs the repeat
+
+
 def test_dead_receiver_goes_to_dead_letters_without_slowing_the_others_and_replays(small, tmp_path: Path,
                                                                                    receivers: list[Receiver]) -> None:
     healthy, dead = Receiver(), Receiver(always_fail=True, delay_s=0.3)
