@@ -185,3 +185,29 @@ def test_export_refuses_an_unknown_audience_or_format(published: Settings) -> No
     assert unknown.exit_code == 2 and "no audience named nobody" in unknown.output
     bad = runner.invoke(cli, ["audience", "export", "gold", "--format", "xml"])
     assert bad.exit_code == 2 and "--format must be csv or jsonl" in bad.output and "Traceback" not in bad.output
+
+
+# --- the dbt source for analysts --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_staging_view_reads_the_published_members(home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the first refresh the view builds empty; a build after it reads the members."""
+    from lastmile import transform
+
+    folder = tmp_path / "audiences"
+    folder.mkdir()
+    audience(folder, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    warehouse = connect(home)
+    _traits(warehouse, PEOPLE)
+    view = "SELECT audience_name, oneid FROM stg_audiences__members ORDER BY audience_name, oneid"
+    built, _ = transform.invoke(home, ["build", "--select", "stg_audiences__members"], quiet=True)
+    assert built.success, built.failures
+    assert warehouse.rows(view) == []
+    refresh(warehouse, load_audiences(folder)[0], now=NOW)
+    built, _ = transform.invoke(home, ["build", "--select", "stg_audiences__members"], quiet=True)
+    assert built.success, built.failures
+    assert warehouse.rows(view) == [("gold", o) for o in GOLD]
+    # a person who leaves is gone from the view at once (it reads the table with FINAL)
+    _traits(warehouse, [(*p[:4], "silver" if p[0] == "p000" else p[4], *p[5:]) for p in PEOPLE])
+    refresh(warehouse, load_audiences(folder)[0], now=NOW + timedelta(days=1))
+    assert warehouse.rows(view) == [("gold", o) for o in GOLD[1:]]
