@@ -272,8 +272,6 @@ def test_changes_reach_the_kafka_topic_keyed_by_oneid_once(small, tmp_path: Path
 
     from aiokafka import AIOKafkaConsumer
 
-    from lastmile.audiences.destinations import ensure_topic
-
     expected = _two_refreshes(small, tmp_path)
 
     async def read(bootstrap: str) -> list:
@@ -291,12 +289,16 @@ def test_changes_reach_the_kafka_topic_keyed_by_oneid_once(small, tmp_path: Path
             await consumer.stop()
         return got
 
-    with dev.dev_broker(log_path=tmp_path / "broker.log") as broker:
-        asyncio.run(ensure_topic(broker.bootstrap))
-        topic = Destination("changes", "kafka", None, Retry(3, 0.01, 0.1), timeout_s=10.0, bootstrap=broker.bootstrap)
-        (report,) = deliver(small, [topic])
+    port = dev.free_port()
+    topic = Destination("changes", "kafka", None, Retry(2, 0.01, 0.1), timeout_s=3.0, bootstrap=f"127.0.0.1:{port}")
+    (down,) = deliver(small, [topic])  # no broker yet: dead letters, with the reason
+    assert (down.delivered, down.dead_lettered) == (0, 4) and "kafka" in down.errors[0]
+    with dev.dev_broker(port=port, log_path=tmp_path / "broker.log") as broker:
+        assert deliver(small, [topic])[0].attempts == 0  # a plain publish leaves dead letters alone
+        (report,) = deliver(small, [topic], source="dead_letters")
         assert report.delivered == 4, report.errors
         assert deliver(small, [topic])[0].attempts == 0  # a second publish sends nothing
+        assert deliver(small, [topic], source="dead_letters")[0].attempts == 0
         got = asyncio.run(read(broker.bootstrap))
     assert sorted((e["oneid"], e["change"]) for _, e, _ in got) == sorted(expected)
     assert all(key == e["oneid"] and headers["event_id"].decode() == e["event_id"] for key, e, headers in got)

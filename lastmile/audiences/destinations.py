@@ -234,9 +234,14 @@ def _webhook_sender(destination: Destination) -> Sender:
 
 
 def _kafka_sender(destination: Destination) -> Sender:
+    topic_checked: list[bool] = []
+
     async def produce(events: Sequence[Mapping[str, Any]]) -> None:
         from aiokafka import AIOKafkaProducer
 
+        if not topic_checked:  # once per run: a missing topic is created, an existing one left as it is
+            await ensure_topic(destination.bootstrap, destination.topic, timeout_s=destination.timeout_s)
+            topic_checked.append(True)
         producer = AIOKafkaProducer(bootstrap_servers=destination.bootstrap, acks="all",
                                     request_timeout_ms=int(destination.timeout_s * 1000))
         await asyncio.wait_for(producer.start(), destination.timeout_s)
