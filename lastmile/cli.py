@@ -1166,10 +1166,11 @@ def audience_refresh_cmd(
     from lastmile.warehouse import connect
 
     audiences = _audiences(name)
+    destinations = _audience_destinations(None) if publish else []  # a bad destinations file fails before any refresh
     warehouse = connect()
     moment = _as_of(as_of) or newest_event_time(warehouse)
     summaries = [refresh(warehouse, audience, moment).summary() for audience in audiences]
-    deliveries = _deliver_audience_changes(warehouse, None, "pending") if publish else []
+    deliveries = _deliver_audience_changes(warehouse, destinations, "pending") if destinations else []
     if as_json:
         print(json.dumps(summaries, ensure_ascii=False))
         for d in deliveries:
@@ -1182,12 +1183,17 @@ def audience_refresh_cmd(
     _print_deliveries(deliveries)
 
 
-def _deliver_audience_changes(warehouse: Any, names: Optional[list[str]], source: str, since: Any = None) -> list[dict[str, Any]]:
-    from lastmile.audiences.destinations import deliver, load_destinations, select
+def _audience_destinations(names: Optional[list[str]]) -> list[Any]:
+    from lastmile.audiences.destinations import load_destinations, select
     from lastmile.streaming.broker import bootstrap
 
     cfg = settings()
-    destinations = select(load_destinations(cfg.audience_destinations_path, bootstrap(cfg)), names)
+    return select(load_destinations(cfg.audience_destinations_path, bootstrap(cfg)), names)
+
+
+def _deliver_audience_changes(warehouse: Any, destinations: list[Any], source: str, since: Any = None) -> list[dict[str, Any]]:
+    from lastmile.audiences.destinations import deliver
+
     return [r.summary() for r in deliver(warehouse, destinations, source=source, since=since)]
 
 
@@ -1210,7 +1216,7 @@ def audience_publish_cmd(
     """Deliver the entries and exits each destination has not received (the outbox: never twice)."""
     from lastmile.warehouse import connect
 
-    deliveries = _deliver_audience_changes(connect(), destination, "pending")
+    deliveries = _deliver_audience_changes(connect(), _audience_destinations(destination), "pending")
     if as_json:
         print(json.dumps(deliveries, ensure_ascii=False))
         return
@@ -1228,7 +1234,8 @@ def audience_replay_cmd(
     """Send a destination its dead letters, or its whole history again (receivers deduplicate by event id)."""
     from lastmile.warehouse import connect
 
-    deliveries = _deliver_audience_changes(connect(), [destination], "dead_letters" if dead_letters else "history", _as_of(since))
+    chosen = _audience_destinations([destination])
+    deliveries = _deliver_audience_changes(connect(), chosen, "dead_letters" if dead_letters else "history", _as_of(since))
     if as_json:
         print(json.dumps(deliveries, ensure_ascii=False))
         return

@@ -126,6 +126,10 @@ def test_flaky_receiver_gets_every_event_exactly_once_signed(small, tmp_path: Pa
         assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER])
         assert not verify(b"another secret", body, headers[SIGNATURE_HEADER])
         assert int(headers[TIMESTAMP_HEADER]) == json.loads(body)["sent_at"]
+        assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER])
+        later = int(headers[TIMESTAMP_HEADER]) + 3600
+        assert not verify(SECRET.encode(), body, headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER], now=later)
+        assert not verify(SECRET.encode(), body, headers[SIGNATURE_HEADER], str(later))  # a header the body does not carry
     assert small.count("audience_deliveries") == 4
     # the outbox: a second run sends nothing at all
     seen = len(flaky.requests)
@@ -214,6 +218,7 @@ def test_destinations_file_and_its_errors(tmp_path: Path) -> None:
     topic, crm = load_destinations(path, bootstrap="b:9092")
     assert (topic.topic, topic.audiences, topic.bootstrap) == (CHANGES_TOPIC, None, "b:9092")
     assert (crm.audiences, crm.retry.max_attempts, crm.retry.backoff_base_s) == (("gold",), 2, 0.005)
+    assert (topic.batch_size, crm.batch_size) == (5000, 100)
     for body, words in [
         ("destinations:\n  - {name: crm, kind: webhook, url: 'http://x/', secret: abc}\n", "never sits in the file"),
         ("destinations:\n  - {name: crm, kind: webhook, url: 'http://x/'}\n", "secret_env"),
@@ -263,6 +268,15 @@ def test_cli_publish_and_replay(small, tmp_path: Path, monkeypatch: pytest.Monke
     assert json.loads(full.output)[0]["delivered"] == 2 and hook.duplicates == 2
     unknown = runner.invoke(app, ["audience", "replay", "--destination", "nope"])
     assert unknown.exit_code == 2 and "no destination named nope" in unknown.output
+    # a broken destinations file stops the refresh before it publishes anything
+    config.write_text("destinations:\n  - {name: crm, kind: webhook, url: 'http://x/', secret: inline}\n")
+    changes = small.count("audience_membership_changes", final=False)
+    audience(folder, "silver", "rule: {trait: credit_tier, op: '=', value: silver}\n")
+    broken = runner.invoke(app, ["audience", "refresh"])
+    assert broken.exit_code == 2 and "never sits in the file" in broken.output
+    assert small.count("audience_membership_changes", final=False) == changes
+    assert runner.invoke(app, ["audience", "refresh", "--no-publish"]).exit_code == 0
+    assert small.count("audience_membership_changes", final=False) == changes + 1  # p2 entered silver
 
 
 @pytest.mark.slow

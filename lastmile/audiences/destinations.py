@@ -101,9 +101,21 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def verify(secret: bytes, body: bytes, header: str) -> bool:
-    """What a receiver does with ``X-Lastmile-Signature`` (constant-time comparison)."""
-    return hmac.compare_digest(sign(secret, body), header or "")
+def verify(secret: bytes, body: bytes, header: str, timestamp: str | None = None, tolerance_s: float = 300.0,
+           now: float | None = None) -> bool:
+    """What a receiver does with ``X-Lastmile-Signature`` (constant-time comparison) and, when
+    given, ``X-Lastmile-Timestamp``: a request older than ``tolerance_s`` is refused, so a
+    captured request cannot be replayed later (the timestamp is in the signed body as ``sent_at``)."""
+    if not hmac.compare_digest(sign(secret, body), header or ""):
+        return False
+    if timestamp is None:
+        return True
+    try:
+        sent_at = int(timestamp)
+        signed_at = json.loads(body).get("sent_at")
+    except (ValueError, AttributeError):
+        return False
+    return signed_at == sent_at and abs((time.time() if now is None else now) - sent_at) <= tolerance_s
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -195,7 +207,9 @@ def load_destinations(path: Path, bootstrap: str = "") -> list[Destination]:
         try:
             retry = Retry(int(entry.get("max_attempts", 5)), float(entry.get("backoff_base_ms", 500)) / 1000,
                           float(entry.get("backoff_max_s", 30)))
-            batch_size, timeout_s = int(entry.get("batch_size", 100)), float(entry.get("timeout_s", 10))
+            # a Kafka batch is one producer session: larger batches, fewer connections
+            batch_size = int(entry.get("batch_size", 5000 if kind == "kafka" else 100))
+            timeout_s = float(entry.get("timeout_s", 10))
         except (TypeError, ValueError):
             raise DestinationError(f"{where}: max_attempts, batch_size, backoff_base_ms, backoff_max_s and timeout_s are numbers") from None
         if retry.max_attempts < 1 or batch_size < 1 or timeout_s <= 0:
