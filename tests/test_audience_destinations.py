@@ -151,6 +151,23 @@ def test_only_new_changes_go_out_after_the_next_refresh(small, tmp_path: Path, r
     assert hook.duplicates == 0
 
 
+def test_changes_are_read_page_by_page_in_order(small, tmp_path: Path, receivers: list[Receiver],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lastmile.audiences import destinations
+
+    hook = Receiver()
+    receivers.append(hook)
+    expected = _two_refreshes(small, tmp_path)
+    monkeypatch.setattr(destinations, "PAGE_SIZE", 1)
+    (report,) = deliver(small, [_webhook("crm", hook.url, batch_size=3)])
+    assert report.delivered == 4 and hook.duplicates == 0
+    sent = [e for _, body in hook.requests for e in json.loads(body)["events"]]
+    assert [(e["oneid"], e["change"]) for e in sent] == expected  # oldest first
+    assert all("_at" not in e for e in sent)
+    (full,) = deliver(small, [_webhook("crm", hook.url)], source="history", since=NOW + timedelta(hours=1))
+    assert full.delivered == 2  # the second refresh's exit and entry
+
+
 def test_a_crash_before_the_record_resends_that_batch_and_loses_nothing(small, tmp_path: Path, receivers: list[Receiver],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     hook = Receiver()

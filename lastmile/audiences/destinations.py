@@ -42,7 +42,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -319,37 +319,82 @@ def _event(row: Sequence[Any]) -> dict[str, Any]:
     eid, audience, version, oneid, change, at, reason = row
     moment = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
     return {"event_id": eid, "audience": audience, "version": version, "oneid": oneid, "change": change,
-            "at": moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"), "reason": reason}
+            "at": moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"), "reason": reason,
+            "_at": at}  # the warehouse's value, for paging (removed before sending)
 
 
 def _parameters(destination: Destination) -> dict[str, Any]:
     return {"d": destination.name, "audiences": list(destination.audiences or ()), "all": int(destination.audiences is None)}
 
 
+#: What each source selects beyond the destination's audiences.
+_SOURCES = {
+    # neither received nor dead-lettered: what a publish after a refresh sends
+    "pending": """event_id NOT IN (SELECT event_id FROM audience_deliveries WHERE destination = {d:String})
+  AND event_id NOT IN (SELECT event_id FROM audience_dead_letters WHERE destination = {d:String})""",
+    # refused once and not received since
+    "dead_letters": """event_id IN (SELECT event_id FROM audience_dead_letters WHERE destination = {d:String})
+  AND event_id NOT IN (SELECT event_id FROM audience_deliveries WHERE destination = {d:String})""",
+    # everything from a moment on, received or not
+    "history": "at >= {since:DateTime64(3, 'UTC')}",
+}
+#: Changes read from the warehouse at a time per destination (bounded memory for big audiences).
+PAGE_SIZE = 20_000
+
+
+def read_page(warehouse: Warehouse, destination: Destination, source: str = "pending", since: datetime | None = None,
+              after: tuple[Any, ...] | None = None, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+    """Up to ``limit`` changes of ``source`` for the destination, oldest first, after the key
+    ``after`` = ``(at, audience, oneid, change)`` of the last one already read."""
+    if source not in _SOURCES:
+        raise ValueError(f"unknown source {source!r} (one of {', '.join(_SOURCES)})")
+    parameters = _parameters(destination)
+    parameters["since"] = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
+    keyset = ""
+    if after is not None:
+        parameters.update(k_at=after[0], k_audience=after[1], k_oneid=after[2], k_change=after[3])
+        keyset = ("AND (at, audience, oneid, change) > ({k_at:DateTime64(3, 'UTC')}, {k_audience:String}, "
+                  "{k_oneid:String}, {k_change:String})")
+    sql = f"""SELECT * FROM ({_CHANGES})
+WHERE {_SOURCES[source]} {keyset}
+ORDER BY at, audience, oneid, change LIMIT {int(limit)}"""
+    return [_event(r) for r in warehouse.rows(sql, parameters)]
+
+
+def _key(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (event["_at"], event["audience"], event["oneid"], event["change"])
+
+
 def pending(warehouse: Warehouse, destination: Destination) -> list[dict[str, Any]]:
     """Changes of the destination's audiences it has neither received nor dead-lettered, oldest first."""
-    sql = f"""SELECT * FROM ({_CHANGES})
-WHERE event_id NOT IN (SELECT event_id FROM audience_deliveries WHERE destination = {{d:String}})
-  AND event_id NOT IN (SELECT event_id FROM audience_dead_letters WHERE destination = {{d:String}})
-ORDER BY at, audience, oneid, change"""
-    return [_event(r) for r in warehouse.rows(sql, _parameters(destination))]
+    return list(_all(warehouse, destination, "pending", None, threading.Lock()))
 
 
 def dead_letters(warehouse: Warehouse, destination: Destination) -> list[dict[str, Any]]:
     """Dead-lettered events of the destination not delivered since, oldest first."""
-    sql = f"""SELECT * FROM ({_CHANGES})
-WHERE event_id IN (SELECT event_id FROM audience_dead_letters WHERE destination = {{d:String}})
-  AND event_id NOT IN (SELECT event_id FROM audience_deliveries WHERE destination = {{d:String}})
-ORDER BY at, audience, oneid, change"""
-    return [_event(r) for r in warehouse.rows(sql, _parameters(destination))]
+    return list(_all(warehouse, destination, "dead_letters", None, threading.Lock()))
 
 
 def history(warehouse: Warehouse, destination: Destination, since: datetime | None = None) -> list[dict[str, Any]]:
     """Every change of the destination's audiences (from ``since``), delivered or not: a full replay."""
-    parameters = _parameters(destination)
-    parameters["since"] = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
-    sql = f"SELECT * FROM ({_CHANGES}) WHERE at >= {{since:DateTime64(3, 'UTC')}} ORDER BY at, audience, oneid, change"
-    return [_event(r) for r in warehouse.rows(sql, parameters)]
+    return list(_all(warehouse, destination, "history", since, threading.Lock()))
+
+
+def _all(warehouse: Warehouse, destination: Destination, source: str, since: datetime | None, lock: threading.Lock,
+         page_size: int | None = None) -> Iterator[dict[str, Any]]:
+    """Every change of ``source`` page by page (keyset paging; each read holds ``lock``, the
+    warehouse being shared with the thread that records outcomes)."""
+    page_size = page_size or PAGE_SIZE
+    after = None
+    while True:
+        with lock:
+            page = read_page(warehouse, destination, source, since, after, page_size)
+        for event in page:
+            after = _key(event)
+            event.pop("_at")
+            yield event
+        if len(page) < page_size:
+            return
 
 
 @dataclass
@@ -360,36 +405,49 @@ class _Outcome:
     attempts: int
     error: str = ""
     done: bool = False  # the destination's thread has finished
+    crash: BaseException | None = None  # reading the changes failed: the run stops with it
 
 
-def _deliver_one(destination: Destination, events: list[dict[str, Any]], out: "queue.Queue[_Outcome]",
+def _batches(events: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _deliver_one(destination: Destination, events: Iterator[dict[str, Any]], out: "queue.Queue[_Outcome]",
                  sleep: Callable[[float], None], rng: random.Random) -> None:
     """Send a destination's events batch by batch with retries; report each batch's fate."""
     try:
-        send = destination.sender()
-    except Exception as exc:  # a missing secret: every event waits in the dead letters, with the reason
-        out.put(_Outcome(destination.name, events, False, 0, str(exc)))
-        out.put(_Outcome(destination.name, [], True, 0, done=True))
-        return
-    down = ""
-    for start in range(0, len(events), destination.batch_size):
-        batch = events[start:start + destination.batch_size]
-        if down:
-            out.put(_Outcome(destination.name, batch, False, 0, f"not attempted: destination down ({down})"))
-            continue
-        attempt, error = 0, ""
-        while attempt < destination.retry.max_attempts:
-            attempt += 1
-            try:
-                send(batch)
-                error = ""
-                break
-            except Exception as exc:
-                error = str(exc) or type(exc).__name__
-                if attempt < destination.retry.max_attempts:
-                    sleep(destination.retry.delay(attempt, rng))
-        out.put(_Outcome(destination.name, batch, not error, attempt, error))
-        down = error
+        try:
+            send: Sender | None = destination.sender()
+            unusable = ""
+        except Exception as exc:  # a missing secret: every event waits in the dead letters, with the reason
+            send, unusable = None, str(exc)
+        down = unusable
+        for batch in _batches(events, destination.batch_size):
+            if send is None or down:
+                out.put(_Outcome(destination.name, batch, False, 0, unusable or f"not attempted: destination down ({down})"))
+                continue
+            attempt, error = 0, ""
+            while attempt < destination.retry.max_attempts:
+                attempt += 1
+                try:
+                    send(batch)
+                    error = ""
+                    break
+                except Exception as exc:
+                    error = str(exc) or type(exc).__name__
+                    if attempt < destination.retry.max_attempts:
+                        sleep(destination.retry.delay(attempt, rng))
+            out.put(_Outcome(destination.name, batch, not error, attempt, error))
+            down = error
+    except BaseException as exc:  # the warehouse failed under the reads: hand it to the caller
+        out.put(_Outcome(destination.name, [], False, 0, crash=exc))
     out.put(_Outcome(destination.name, [], True, 0, done=True))
 
 
@@ -405,15 +463,17 @@ def deliver(warehouse: Warehouse, destinations: Sequence[Destination], source: s
     its own records.
     """
     ensure_tables(warehouse)
+    if source not in _SOURCES:
+        raise ValueError(f"unknown source {source!r} (one of {', '.join(_SOURCES)})")
     clock = now or (lambda: datetime.now(timezone.utc))
-    read = {"pending": pending, "dead_letters": dead_letters, "history": lambda w, d: history(w, d, since)}[source]
-    work = {d.name: read(warehouse, d) for d in destinations}
+    lock = threading.Lock()
     reports = {d.name: DeliveryReport(d.name) for d in destinations}
     started = time.monotonic()
     out: queue.Queue[_Outcome] = queue.Queue()
     rng = random.Random(seed)
-    threads = [threading.Thread(target=_deliver_one, args=(d, work[d.name], out, sleep, random.Random(rng.random())),
-                                name=f"audience-destination-{d.name}", daemon=True) for d in destinations if work[d.name]]
+    threads = [threading.Thread(target=_deliver_one, args=(d, _all(warehouse, d, source, since, lock), out, sleep,
+                                                           random.Random(rng.random())),
+                                name=f"audience-destination-{d.name}", daemon=True) for d in destinations]
     for thread in threads:
         thread.start()
     running = len(threads)
@@ -424,23 +484,31 @@ def deliver(warehouse: Warehouse, destinations: Sequence[Destination], source: s
             running -= 1
             report.seconds = time.monotonic() - started
             continue
+        if outcome.crash is not None:
+            raise outcome.crash
         report.attempts += outcome.attempts
         at = clock().astimezone(timezone.utc).replace(tzinfo=None)
-        if outcome.ok:
-            warehouse.insert_rows("audience_deliveries",
-                                  [(outcome.destination, e["event_id"], e["audience"], e["oneid"], e["change"], at) for e in outcome.events],
-                                  ["destination", "event_id", "audience", "oneid", "change", "delivered_at"])
-            report.delivered += len(outcome.events)
-        else:
-            warehouse.insert_rows("audience_dead_letters",
-                                  [(outcome.destination, e["event_id"], e["audience"], e["oneid"], e["change"], outcome.attempts,
-                                    outcome.error[:1000], at) for e in outcome.events],
-                                  ["destination", "event_id", "audience", "oneid", "change", "attempts", "error", "failed_at"])
-            report.dead_lettered += len(outcome.events)
-            report.errors.append(outcome.error)
+        with lock:
+            _record(warehouse, outcome, report, at)
     for thread in threads:
         thread.join()
     return [reports[d.name] for d in destinations]
+
+
+def _record(warehouse: Warehouse, outcome: _Outcome, report: DeliveryReport, at: datetime) -> None:
+    """Write one batch's fate: into the outbox when delivered, else into the dead letters."""
+    if outcome.ok:
+        warehouse.insert_rows("audience_deliveries",
+                              [(outcome.destination, e["event_id"], e["audience"], e["oneid"], e["change"], at) for e in outcome.events],
+                              ["destination", "event_id", "audience", "oneid", "change", "delivered_at"])
+        report.delivered += len(outcome.events)
+    else:
+        warehouse.insert_rows("audience_dead_letters",
+                              [(outcome.destination, e["event_id"], e["audience"], e["oneid"], e["change"], outcome.attempts,
+                                outcome.error[:1000], at) for e in outcome.events],
+                              ["destination", "event_id", "audience", "oneid", "change", "attempts", "error", "failed_at"])
+        report.dead_lettered += len(outcome.events)
+        report.errors.append(outcome.error)
 
 
 def select(destinations: Sequence[Destination], names: Sequence[str] | None) -> list[Destination]:
