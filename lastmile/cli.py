@@ -171,7 +171,7 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
-RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "train")
+RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "audiences", "train")
 
 
 @app.command("run")
@@ -183,7 +183,7 @@ def run_cmd(
     through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → models.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → audiences → models.
 
     Re-running gives the same counts. A failed great-expectations checkpoint stops the run
     before any feature is published, and says which expectations failed.
@@ -216,9 +216,11 @@ def run_cmd(
             quality = _evaluate(cfg.home / "truth" / "identifiers.jsonl")
         out["identity"] = quality.as_dict()
     if wanted("transform"):
+        from lastmile.audiences.membership import ensure_tables
         from lastmile.transform import build
 
         with _stage("dbt build", timings):
+            ensure_tables(connect(cfg))  # so the dbt source `audiences` exists and its views read it
             built = build(cfg, quiet=True)
         out["dbt"] = built.as_dict()
         if not built.success:
@@ -245,6 +247,9 @@ def run_cmd(
             load_dietary_declarations(cfg, simulated_declarations(cfg))
             apply(cfg, upstream=False)  # the feature models' inputs: the dbt stage just built them
             out["features"] = materialize(cfg).summary()
+    if wanted("audiences"):
+        with _stage("audiences", timings):
+            out["audiences"] = _refresh_audiences(connect(cfg))
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
 
@@ -283,6 +288,8 @@ def run_cmd(
         console.print(f"quality gate passed: {out['quality']['evaluated']} expectations")
     if "features" in out:
         console.print(f"features: {out['features']}")
+    if "audiences" in out:
+        _print_audiences(out["audiences"])
     if "models_report" in out:
         console.print(out["models_report"].rstrip(), highlight=False)
         for oneid, recommendation in out.get("examples", {}).items():
@@ -305,6 +312,36 @@ def run_cmd(
     console.print(f"weekly report: {out['report']}", highlight=False, soft_wrap=True)
     console.print(f"live board: {out['board']['url']} (start it with `{out['board']['start']}`; {out['board']['key']})",
                   highlight=False, soft_wrap=True)
+
+
+def _refresh_audiences(warehouse: Any) -> list[dict[str, Any]]:
+    """Refresh every audience of LASTMILE_AUDIENCES_DIR over the marts just built.
+
+    One audience the warehouse refuses (a bad ``sql:`` predicate) is reported with its reason
+    and the others are still refreshed: the marts and features are already published.
+    """
+    from lastmile.audiences import AudienceError, load_audiences, newest_event_time, refresh
+
+    moment = newest_event_time(warehouse)
+    results: list[dict[str, Any]] = []
+    for audience in load_audiences(settings().audiences_path):
+        try:
+            s = refresh(warehouse, audience, moment).summary()
+        except AudienceError as exc:
+            results.append({"audience": audience.name, "version": audience.version, "error": _one_line(exc)})
+            continue
+        results.append({k: s[k] for k in ("audience", "version", "size", "entries", "exits")})
+    return results
+
+
+def _print_audiences(results: list[dict[str, Any]]) -> None:
+    table = Table("audience", "size", "entries", "exits", title="audiences (published)")
+    for r in results:
+        if "error" in r:
+            table.add_row(r["audience"], "not refreshed", "", r["error"])
+        else:
+            table.add_row(r["audience"], f"{r['size']:,}", f"{r['entries']:,}", f"{r['exits']:,}")
+    console.print(table)
 
 
 class WarehouseStageFailed(Exception):

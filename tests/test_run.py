@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import traceback
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from lastmile.cli import app
+from lastmile.audiences import load_audiences
 from lastmile.config import Settings
+from lastmile.warehouse import connect
 
+ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -39,6 +43,19 @@ def test_run_is_idempotent_and_counts_add_up(home: Settings) -> None:
     # two weeks are too short a history for the models' time split, which the run says.
     assert first["dbt"]["success"] and first["quality"]["success"] and "materialized" in first["features"]
     assert "not enough history" in first["models_report"]
+
+    # The shipped audiences were refreshed over the marts just built, their sizes reported
+    # and published: top_credit_tier is exactly the gold tier of dim_customer.
+    shipped = {a.name for a in load_audiences(ROOT / "audiences")}
+    audiences = {a["audience"]: a for a in first["audiences"]}
+    assert set(audiences) == shipped and all("error" not in a for a in audiences.values())
+    published = connect(home)
+    gold = published.scalar("SELECT count() FROM dim_customer WHERE credit_tier = 'gold'")
+    assert audiences["top_credit_tier"]["size"] == audiences["top_credit_tier"]["entries"] == gold > 0
+    assert sum(a["size"] for a in audiences.values()) == published.count("audience_members") > 0
+    # the analysts' view of the membership was built over the tables and reads them
+    assert published.scalar("SELECT count() FROM stg_audiences__members") == published.count("audience_members")
+    assert "audiences" in first["seconds"]
 
     second = run_json("--orders", "1000", "--weeks", "2", "--seed", "7", "--through", "cold-chain")
     assert second["warehouse"] == warehouse
