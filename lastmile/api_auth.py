@@ -45,7 +45,7 @@ from lastmile.config import Settings
 
 #: scope -> what it lets a key read.
 SCOPES: dict[str, str] = {
-    "marketing:read": "recommendations, spending health and features per OneID (health fields withheld)",
+    "marketing:read": "recommendations, spending health and features per OneID (health fields withheld); audiences and their members",
     "marketing:write": "record the recommendations a send showed (impressions, the daily cap)",
     "health:read": "health-related fields (declared dietary need, the medical exception), for consenting people",
     "board:read": "the operations board",
