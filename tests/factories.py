@@ -39,6 +39,10 @@ BASE: dict[str, dict[str, Any]] = {
     "identify": {
         "source": "mini_program", "identifiers": {"openid": "oQ7x-9fa2", "phone": "13800138000"}, "reason": "bind_phone",
     },
+    "consent": {
+        "source": "mini_program", "subject": {"openid": "oQ7x-9fa2"}, "purpose": "marketing",
+        "channel": "mini_program_push", "granted": True,
+    },
 }
 
 

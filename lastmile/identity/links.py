@@ -27,6 +27,7 @@ IDENTIFIER_OBJECT: dict[str, str] = {
     "return": "claimant",
     "review": "reviewer",
     "identify": "identifiers",
+    "consent": "subject",
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -8,7 +8,8 @@ keyed by what its order matters for:
 * ``order``, ``pickup``, ``review``, ``return`` by ``order_id`` - a pickup, a review or a
   claim must not overtake the order it refers to in the same partition;
 * ``locker_telemetry`` by ``compartment_id`` - readings of one compartment stay in time order;
-* ``identify`` by its strongest identifier - one person's bindings stay in order.
+* ``identify`` and ``consent`` by the person's strongest identifier - one person's bindings,
+  and grants and withdrawals, stay in order.
 
 Identifier keys are digests, not the values: keys show up in broker tooling and logs, and
 a partitioning key need not be readable. Packaging returns carry no order, so they are
@@ -41,7 +42,7 @@ _KEY_FIELD: dict[str, str] = {
     "locker_telemetry": "compartment_id",
 }
 #: The identifier object of each type that names a person (for identify keys and packaging returns).
-_PERSON_OBJECT: dict[str, str] = {"identify": "identifiers", "return": "claimant"}
+_PERSON_OBJECT: dict[str, str] = {"identify": "identifiers", "return": "claimant", "consent": "subject"}
 
 
 def topic_for(event_type: str) -> str:
@@ -50,8 +51,14 @@ def topic_for(event_type: str) -> str:
 
 
 def event_topics() -> list[str]:
-    """The topics the worker consumes, one per event type of the contracts."""
-    return [topic_for(t) for t in EVENT_TYPES]
+    """The topics the worker consumes, one per event type of the contracts.
+
+    The simulated types come first, then any contract the simulator does not write
+    (``consent``: consent comes from privacy pages and forms, not from simulated orders).
+    """
+    from lastmile.contracts import contracts
+
+    return [topic_for(t) for t in (*EVENT_TYPES, *sorted(set(contracts()) - set(EVENT_TYPES)))]
 
 
 def event_type_of(topic: str) -> str:
