@@ -148,6 +148,15 @@ def test_a_customers_audiences(published: Settings, api: Any) -> None:
     assert get(api, "/customers/p001/audiences", reader)[1] == {"oneid": "p001", "audiences": []}
 
 
+def test_a_warehouse_that_cannot_be_read_is_503_not_a_traceback(published: Settings, api: Any) -> None:
+    def locked(_: Settings) -> Any:
+        raise RuntimeError("Cannot lock file status: held by another process")
+
+    api.state.audiences.opener = locked  # the warehouse is opened on the first audience read
+    status, body, _ = call(api, "/audiences", key=key(published, "marketing:read"))
+    assert status == 503 and b"did not answer" in body and b"Traceback" not in body
+
+
 def test_openapi_documents_the_audience_routes(published: Settings, api: Any) -> None:
     status, body, _ = call(api, "/openapi.json")
     schema = json.loads(body)
