@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -22,7 +23,9 @@ from lastmile.audiences.contact_rules import (
 from lastmile.config import Settings
 from lastmile.config import settings as current_settings
 from lastmile.identity.forget import forget
+from lastmile.ingest import Ingestor
 from lastmile.privacy import Identifiers
+from lastmile.streaming.sink import Record, StreamSink
 from lastmile.warehouse import Warehouse, close_all, connect, migrate
 from pipelines import beam_ingest
 from tests.factories import event
@@ -274,3 +277,21 @@ def test_the_shipped_rules_file_loads_and_a_typo_is_an_error(tmp_path: Path) -> 
     with pytest.raises(ContactRulesError, match="quiet_hours.start"):
         load_rules(bad)
     assert load_rules(tmp_path / "absent.yml") == ContactRules()
+
+
+def test_a_withdrawal_arriving_on_the_stream_refuses_the_next_send(warehouse: tuple[Settings, Warehouse]) -> None:
+    """The stream worker's sink writes the withdrawal; the very next decision reads it."""
+    cfg, store = warehouse
+    oneid = consenting(cfg, store)
+    openid = next(k for k in _first_event if person(store, k) == oneid)
+    desk = ContactDesk(store, ContactRules(), cfg)
+    assert desk.decide(send(oneid)).allowed
+    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
+    try:
+        withdrawal = orjson.dumps(consent(openid, NOON - timedelta(minutes=5), False, channel="all"))
+        written = asyncio.run(sink.handle([Record("lastmile.consent", 0, next(_sends), withdrawal)]))
+        assert written.batch.valid == 1
+    finally:
+        sink.close()
+    decision = desk.decide(send(oneid, at=NOON + timedelta(seconds=5)))
+    assert isinstance(decision, Refused) and decision.reason == "no_consent"
