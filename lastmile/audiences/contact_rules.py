@@ -14,7 +14,8 @@ refused send is kept with in ``contact_refusals``:
     wins. No event at all is no consent. Service messages (purpose ``service``: compensation
     for a claim, a pickup notice) need none: they are part of the order, not marketing.
 ``quiet_hours``
-    The send falls in the quiet hours of the business time zone.
+    The send falls in the quiet hours of the business time zone. Service messages are not
+    held back: a compensation or a pickup notice answers something the person is waiting for.
 ``spending_health``
     The spending-health model flags the person at risk, they declared no dietary need (the
     medical exemption, ``ref_dietary_declarations``), and they already had the day's
@@ -23,6 +24,15 @@ refused send is kept with in ``contact_refusals``:
 ``capped``
     The person already had ``per_day`` contacts this business day or ``per_week`` this
     business week, counted in ``contact_sends`` across all audiences and triggers.
+
+Service messages (purpose ``service``) are refused only for ``forgotten``: they need no
+consent, and neither quiet hours, the spending-health cap nor the frequency caps apply (they
+are kept in ``contact_sends`` but not counted by the caps).
+
+The stream's triggers go through the same desk (:meth:`ContactDesk.decide_action`), with the
+purposes of :data:`TRIGGER_PURPOSES`: the cold-chain compensation is a service message (the
+person claimed; it needs no consent), the welcome is marketing, the replenishment nudge is
+marketing built on purchase history (marketing and personalised_recommendation).
 
 Allowed sends are kept in ``contact_sends`` (that table is what the caps count). Deciding
 is idempotent by ``send_id``: a send id decided before gets its first answer back and
@@ -55,6 +65,15 @@ SERVICE = "service"
 CHANNELS = ("mini_program_push", "sms", "wecom_leader", "locker_screen")
 #: Why a send was refused, in the order the rules are checked.
 REASONS = ("forgotten", "no_consent", "quiet_hours", "spending_health", "capped")
+
+#: Which purposes each stream trigger's message serves (so which consent it needs).
+TRIGGER_PURPOSES: dict[str, tuple[str, ...]] = {
+    "compensate_cold_chain": (SERVICE,),
+    "welcome_neighbour": ("marketing",),
+    "replenishment_nudge": ("marketing", "personalised_recommendation"),
+}
+#: Channel the triggers' messages go out on (marketing automation pushes to the mini-program).
+TRIGGER_CHANNEL = "mini_program_push"
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent.parent / "contact_rules.yml"
 
@@ -254,12 +273,12 @@ class ContactDesk:
             if missing:
                 state = ", ".join(f"{p}: {'withdrawn' if p in consent else 'never granted'}" for p in missing)
                 return Refused(send.send_id, "no_consent", f"on {send.channel}: {state}")
+        if send.service:
+            return Allowed(send.send_id)
         local = send.at.astimezone(self.cfg.business_zone)
         if self.rules.quiet(local.time().replace(tzinfo=None)):
             return Refused(send.send_id, "quiet_hours",
                            f"{local:%H:%M} {self.cfg.business_tz} is within {self.rules.quiet_start:%H:%M}-{self.rules.quiet_end:%H:%M}")
-        if send.service:
-            return Allowed(send.send_id)
         day_start = datetime.combine(local.date(), time(0), tzinfo=self.cfg.business_zone)
         week_start = day_start - timedelta(days=local.weekday())
         today = self._sent(send.oneid, day_start, day_start + timedelta(days=1))
@@ -293,9 +312,36 @@ class ContactDesk:
             """, {"channel": channel, "oneid": oneid})
         return {str(purpose): bool(granted) for purpose, granted in rows}
 
+    def decide_action(self, action: Any, at: datetime | None = None) -> Decision:
+        """Decide a stream trigger's action (:class:`~lastmile.streaming.triggers.Action`).
+
+        The send id is the action's ``action_id`` (deterministic), so a batch handled again
+        after a crash gets the same answers. The person is the action's OneID (replenishment)
+        or its identifier token's; a person lastmile has no OneID for yet (a welcome, before
+        the resolver ran) is decided under ``token:<token>``: no consent is known for them.
+        """
+        purposes = TRIGGER_PURPOSES.get(action.action)
+        if purposes is None:
+            raise ValueError(f"no purposes declared for trigger {action.action!r}; add it to TRIGGER_PURPOSES")
+        oneid = (action.details or {}).get("oneid") or ""
+        if not oneid and action.person:
+            oneid = self.oneid_of_token(action.person) or f"token:{action.person}"
+        at = at or datetime.now(timezone.utc)
+        return self.decide(Send(action.action_id, oneid or "unknown", TRIGGER_CHANNEL, purposes, at, action.action))
+
+    def oneid_of_token(self, token: str) -> str:
+        """The OneID an identifier token belongs to now ("" when unknown or blocked)."""
+        if "identity_nodes" not in self.warehouse.tables():
+            return ""
+        rows = self.warehouse.rows("SELECT oneid FROM identity_nodes FINAL WHERE token = {t:String}", {"t": token})
+        return str(rows[0][0]) if rows else ""
+
     def _forgotten(self, oneid: str) -> bool:
         """A forget request for this OneID (``forget_log``), or any of its identifiers suppressed."""
         tables = set(self.warehouse.tables())
+        if oneid.startswith("token:"):
+            return "identity_forgotten" in tables and bool(self.warehouse.rows(
+                "SELECT 1 FROM identity_forgotten WHERE token = {t:String} LIMIT 1", {"t": oneid[len("token:"):]}))
         if "forget_log" in tables and self.warehouse.rows(
                 "SELECT 1 FROM forget_log WHERE oneid = {d:String} LIMIT 1", {"d": forget_log_digest(oneid)}):
             return True
