@@ -926,15 +926,26 @@ def transform_cmd(
     select: Optional[str] = typer.Option(None, "--select", "-s", help="dbt selector."),
     full_refresh: bool = typer.Option(False, "--full-refresh", help="Rebuild incremental facts."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    audiences: bool = typer.Option(True, "--audiences/--no-audiences",
+                                   help="After a successful build, refresh the warehouse audiences and report their sizes."),
 ) -> None:
-    """Load reference data and run `dbt build` (models, tests, unit tests) in-process."""
+    """Load reference data and run `dbt build` (models, tests, unit tests) in-process; then
+    refresh the warehouse audiences (a refresh that fails is reported, the build still succeeded)."""
     from lastmile.transform import build
 
     result = build(settings(), select=select, full_refresh=full_refresh, quiet=as_json)
+    refreshed: list[dict[str, Any]] | None = None
+    if result.success and audiences:
+        from lastmile.audiences.freshness import refresh_after_build
+        from lastmile.warehouse import connect
+
+        refreshed = refresh_after_build(connect(settings()), settings().audiences_path)
     if as_json:
-        print(json.dumps(result.as_dict(), ensure_ascii=False))
+        print(json.dumps({**result.as_dict(), **({"audiences": refreshed} if refreshed is not None else {})}, ensure_ascii=False))
     else:
         console.print(result.summary())
+        if refreshed:
+            _print_audiences(refreshed)
     for failure in result.failures:
         err.print(f"{failure.status} {failure.unique_id}: {failure.message}", highlight=False, soft_wrap=True)
     if not result.success:

@@ -42,7 +42,11 @@ OPERATORS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "
 PLACE_FILTERS = {"community": "home_community_id", "building": "home_building_id", "leader": "last_leader_id"}
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TOP_KEYS = {"name", "description", "owner", "sql", "rule"}
+_TOP_KEYS = {"name", "description", "owner", "sql", "rule", "freshness"}
+
+#: When an audience is evaluated: after each dbt build (``warehouse``, the default), or by the
+#: stream worker for the people each batch touched (``event``: a rule of event conditions only).
+FRESHNESS = ("warehouse", "event")
 
 
 class AudienceError(ValueError):
@@ -82,6 +86,7 @@ class Audience:
     path: Path
     sql: str | None = None
     rule: Any = None  # the rule as plain data (dicts, lists, scalars)
+    freshness: str = "warehouse"
 
     @property
     def version(self) -> str:
@@ -180,13 +185,37 @@ def load_audience(path: Path) -> Audience:
     owner = _text(path, top["owner"][1], "owner")
     if ("sql" in top) == ("rule" in top):
         raise _fail(path, root, "expected exactly one of 'sql' (a predicate over audience_traits) or 'rule'")
+    freshness = "warehouse"
+    if "freshness" in top:
+        freshness = _text(path, top["freshness"][1], "freshness")
+        if freshness not in FRESHNESS:
+            raise _fail(path, top["freshness"][1], f"unknown freshness {freshness!r}; expected one of {', '.join(FRESHNESS)}")
     if "sql" in top:
+        if freshness == "event":
+            raise _fail(path, top["freshness"][1], "freshness: event needs a rule of event conditions, not sql")
         sql = _text(path, top["sql"][1], "sql")
         _check_predicate(path, top["sql"][1], sql)
         return Audience(name, description, owner, path, sql=sql)
     rule_node = top["rule"][1]
     _RuleCompiler(path).compile(rule_node)  # every error, with its line, now
-    return Audience(name, description, owner, path, rule=yaml.safe_load(yaml.serialize(rule_node)))
+    if freshness == "event":
+        _check_event_only(path, rule_node)
+    return Audience(name, description, owner, path, rule=yaml.safe_load(yaml.serialize(rule_node)), freshness=freshness)
+
+
+def _check_event_only(path: Path, node: yaml.Node) -> None:
+    """An event audience is decided by a person's own events alone (``all`` / ``any`` of event
+    conditions): the stream evaluates it for people the marts may not know yet, so it cannot
+    read traits or places, and ``not`` would let an event make someone leave, which the
+    stream's entries-on-events evaluation does not publish."""
+    rule = _mapping(path, node, "a rule")
+    keys = set(rule)
+    if keys & {"all", "any"}:
+        for item in rule[next(iter(keys))][1].value:
+            _check_event_only(path, item)
+        return
+    if "event" not in keys:
+        raise _fail(path, node, f"freshness: event allows only event conditions combined with all/any, found {', '.join(sorted(keys))}")
 
 
 def _check_predicate(path: Path, node: yaml.Node, sql: str) -> None:

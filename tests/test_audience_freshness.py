@@ -1,0 +1,97 @@
+"""Audience freshness: warehouse audiences refreshed after each build, event audiences by the stream.
+
+The build itself is replaced by its result (a dbt build takes tens of seconds and is tested
+elsewhere); the refresh after it runs on the small hand-written warehouse of
+tests/test_audiences.py, so every expected member is read off its rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lastmile.audiences import AudienceError, load_audience
+from lastmile.audiences.freshness import refresh_after_build
+from lastmile.cli import app
+from lastmile.transform import BuildResult
+from tests.test_audiences import _members, audience, small  # noqa: F401 (fixture)
+
+runner = CliRunner()
+
+FIRST_ORDER = "freshness: event\nrule: {event: order, at_least: 1, days: 3650}\n"
+
+
+def _built(monkeypatch: pytest.MonkeyPatch, success: bool = True) -> None:
+    monkeypatch.setattr("lastmile.transform.build", lambda *a, **k: BuildResult("build", success, 1.0, {"success": 3}))
+
+
+def test_event_freshness_allows_only_event_conditions(tmp_path: Path) -> None:
+    ok = load_audience(audience(tmp_path, "first_order", FIRST_ORDER))
+    assert ok.freshness == "event"
+    assert load_audience(audience(tmp_path, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")).freshness == "warehouse"
+    mixed = audience(tmp_path, "mixed", """
+        freshness: event
+        rule:
+          all:
+            - {event: order, at_least: 1, days: 30}
+            - {trait: credit_tier, op: '=', value: gold}
+        """)
+    with pytest.raises(AudienceError, match=r"mixed.yml:8: freshness: event allows only event conditions"):
+        load_audience(mixed)
+    with pytest.raises(AudienceError, match=r"sql.yml:4: freshness: event needs a rule"):
+        load_audience(audience(tmp_path, "sql", "freshness: event\nsql: credit_tier = 'gold'\n"))
+    with pytest.raises(AudienceError, match=r"hourly.yml:4: unknown freshness 'hourly'; expected one of warehouse, event"):
+        load_audience(audience(tmp_path, "hourly", "freshness: hourly\nrule: {event: order, days: 1}\n"))
+
+
+def test_transform_refreshes_the_warehouse_audiences_and_reports_their_sizes(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "audiences"
+    folder.mkdir()
+    audience(folder, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    audience(folder, "first_order", FIRST_ORDER)  # the stream's: not refreshed by a build
+    monkeypatch.setenv("LASTMILE_AUDIENCES_DIR", str(folder))
+    _built(monkeypatch)
+    result = runner.invoke(app, ["transform", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["success"] is True, out
+    assert all("error" not in a for a in out["audiences"]), out["audiences"]
+    assert [(a["audience"], a["size"], a["entries"]) for a in out["audiences"]] == [("gold", 2, 2)]
+    assert _members(small, "gold") == {"p1", "p3"}
+    assert _members(small, "first_order") == set()
+    table = runner.invoke(app, ["transform"])
+    assert table.exit_code == 0 and "gold" in table.output and "audiences (published)" in table.output
+
+
+def test_a_failed_refresh_is_reported_and_the_build_still_succeeds(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "audiences"
+    folder.mkdir()
+    audience(folder, "bad", "sql: no_such_column > 1\n")
+    audience(folder, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    monkeypatch.setenv("LASTMILE_AUDIENCES_DIR", str(folder))
+    _built(monkeypatch)
+    result = runner.invoke(app, ["transform", "--json"])
+    assert result.exit_code == 0, result.output
+    bad, gold = json.loads(result.output)["audiences"]
+    assert bad["audience"] == "bad" and "refused the audience's predicate" in bad["error"]
+    assert gold["size"] == 2 and _members(small, "gold") == {"p1", "p3"}
+    # a folder that does not load is reported too
+    audience(folder, "broken", "rule: {trait: nope, op: '=', value: 1}\n")
+    assert "unknown trait 'nope'" in refresh_after_build(small, folder)[0]["error"]
+
+
+def test_no_refresh_after_a_failed_build_or_when_switched_off(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "audiences"
+    folder.mkdir()
+    audience(folder, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    monkeypatch.setenv("LASTMILE_AUDIENCES_DIR", str(folder))
+    _built(monkeypatch, success=False)
+    failed = runner.invoke(app, ["transform", "--json"])
+    assert failed.exit_code == 1 and "audiences" not in json.loads(failed.output)
+    _built(monkeypatch)
+    off = runner.invoke(app, ["transform", "--json", "--no-audiences"])
+    assert off.exit_code == 0 and "audiences" not in json.loads(off.output)
+    assert "audience_members" not in small.tables()  # nothing was ever published
