@@ -331,3 +331,42 @@ def test_shipped_audiences_on_the_built_marts(built: Settings) -> None:
     assert changes == sum(r.size for r in results.values())
     assert all(not refresh(warehouse, a).entries for a in audiences.values())
     assert warehouse.count("audience_membership_changes", final=False) == changes
+
+
+def test_refreshes_after_changes_publish_exactly_the_entries_and_exits(small, tmp_path: Path) -> None:
+    """Several rounds of trait changes (some keeping the audience's size the same): after each
+    refresh the published members are what the audience selects, and replaying the history
+    (enter adds, exit removes) gives the same set, with no entry or exit written twice."""
+    returners = load_audience(audience(tmp_path, "returners", "sql: packaging_returns >= 3\n"))
+    rounds = [
+        {"p2": 4, "p3": 5, "p5": 3},            # first publish: p2, p3, p5
+        {"p2": 0, "p3": 5, "p5": 3, "p4": 6},   # p2 leaves, p4 enters: same size
+        {"p2": 0, "p3": 5, "p5": 3, "p4": 6},   # unchanged
+        {"p1": 9, "p2": 3},                     # p1 and p2 enter, p3, p4 and p5 leave
+        {},                                     # everyone leaves
+        {"p3": 3},
+    ]
+    for i, returns in enumerate(rounds):
+        _traits(small, [(*p[:5], returns.get(p[0], 0), *p[6:]) for p in PEOPLE])
+        expected = {o for o, n in returns.items() if n >= 3}
+        published = _members(small, "returners") if i else set()
+        result = refresh(small, returners, now=NOW + timedelta(days=i))
+        assert (result.size, result.entries, result.exits) == (len(expected), len(expected - published), len(published - expected))
+        assert _members(small, "returners") == expected
+        replayed: set[str] = set()
+        for _, oneid, change, _, _ in _changes(small):
+            assert (oneid in replayed) == (change == "exit")
+            (replayed.add if change == "enter" else replayed.discard)(oneid)
+        assert replayed == expected
+
+
+def test_a_membership_published_without_a_fingerprint_is_compared_in_full(small, tmp_path: Path) -> None:
+    """A lost or missing fingerprint never makes a refresh skip a change or repeat an entry."""
+    gold = load_audience(audience(tmp_path, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n"))
+    refresh(small, gold, now=NOW)
+    small.command("TRUNCATE TABLE audience_fingerprints")
+    changes = small.count("audience_membership_changes", final=False)
+    assert (refresh(small, gold, now=NOW + timedelta(hours=1)).entries, small.count("audience_membership_changes", final=False)) == (0, changes)
+    _traits(small, [p if p[0] != "p1" else (*p[:4], "silver", *p[5:]) for p in PEOPLE])
+    assert refresh(small, gold, now=NOW + timedelta(days=1)).sample_exits == ["p1"]
+    assert _members(small, "gold") == {"p3"}

@@ -6,13 +6,20 @@ Three tables, created on first use:
   when, under which version of its definition, and why;
 * ``audience_members`` — the current members (ReplacingMergeTree with a deleted flag: read
   it with ``FINAL``, which shows exactly the people in each audience now);
-* ``audience_versions`` — every published definition, by version (a hash of the rule).
+* ``audience_versions`` — every published definition, by version (a hash of the rule);
+* ``audience_fingerprints`` — per audience, the version, size and fingerprint (XOR of
+  ``sipHash64(oneid)``) of the membership last published: read with ``argMax`` by time.
 
 A refresh compares what an audience selects now with what is published and writes only the
 difference, so refreshing again without a change in the data (or the definition) writes
 nothing: consumers of the history never see the same entry twice. The comparison and the
 writes are statements over the warehouse (INSERT ... SELECT): members never travel through
-Python, so an audience of a million people costs what ClickHouse needs to compare two sets.
+Python. Most refreshes find nothing changed, so the first step is one pass over the selected
+people computing their count and fingerprint; when both equal the published ones under the
+same version, the published membership is not read at all. Otherwise current and published
+members are compared in one grouped pass (each person once, with the side they are on), not
+by repeated ``NOT IN`` scans of the published rows. The fingerprint is that of the set the
+refresh compared; a refresh assumes the traits are not rebuilt while it runs.
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ TABLES_SQL = (
     owner String COMMENT 'Owner named in the file.',
     published_at DateTime64(3, 'UTC') COMMENT 'First refresh under this version (UTC).'
 ) ENGINE = ReplacingMergeTree(published_at) ORDER BY (audience, version)""",
+    """CREATE TABLE IF NOT EXISTS audience_fingerprints (
+    audience LowCardinality(String) COMMENT 'Audience name.',
+    version String COMMENT 'Definition version the membership was published under.',
+    size UInt64 COMMENT 'Members published.',
+    fingerprint UInt64 COMMENT 'groupBitXor(sipHash64(oneid)) over the published members.',
+    updated_at DateTime64(3, 'UTC') COMMENT 'When the refresh wrote it (UTC); the newest row counts.'
+) ENGINE = ReplacingMergeTree(updated_at) ORDER BY audience""",
 )
 
 SAMPLE_SIZE = 10
@@ -57,6 +71,19 @@ SAMPLE_SIZE = 10
 #: What an audience selects now (``{predicate}`` filled in), and what is published for it.
 _CURRENT = "SELECT oneid FROM " + TRAITS_VIEW + " WHERE {predicate}"
 _PUBLISHED = "SELECT oneid, version, entered_at FROM audience_members FINAL WHERE audience = {audience:String}"
+#: Every person on either side once: ``now`` (selected now), ``before`` (published), and the
+#: published version and entry time (``{current}`` replaced).
+_SIDES = """SELECT oneid, max(side = 1) AS now, max(side = 2) AS before,
+       maxIf(version, side = 2) AS published_version, maxIf(entered_at, side = 2) AS published_entered_at
+FROM (SELECT oneid, 1 AS side, '' AS version, toDateTime64(0, 3, 'UTC') AS entered_at FROM ({current})
+      UNION ALL
+      SELECT oneid, 2 AS side, version, entered_at FROM (""" + _PUBLISHED + """))
+GROUP BY oneid"""
+#: Size, fingerprint and a sample of what the audience selects now, next to the published
+#: fingerprint (version, size, fingerprint; empty version when never published).
+_FINGERPRINT = """SELECT count(), groupBitXor(sipHash64(oneid)), groupArraySorted(""" + str(SAMPLE_SIZE) + """)(oneid),
+    (SELECT argMax(tuple(version, size, fingerprint), updated_at) FROM audience_fingerprints WHERE audience = {audience:String})
+FROM ({current})"""
 
 
 @dataclass
@@ -144,25 +171,35 @@ def select_members(warehouse: Warehouse, audience: Audience, as_of: datetime | N
 
 def evaluate(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None) -> Evaluation:
     """What the audience selects now, next to its published membership (nothing is published)."""
+    return _evaluate(warehouse, audience, as_of)[0]
+
+
+def _evaluate(warehouse: Warehouse, audience: Audience, as_of: datetime | None) -> tuple[Evaluation, int, bool]:
+    """The evaluation, the fingerprint of the selected members, and whether it equals the published one.
+
+    The published membership is only read when the count or fingerprint of the selected
+    people (or the version) differs from what was published: an unchanged audience costs one
+    pass over the people it selects.
+    """
     ensure_tables(warehouse)
     as_of = as_of or newest_event_time(warehouse)
     current, parameters = _query(warehouse, audience, as_of)
+    size, fingerprint, sample, stored = _run(warehouse, audience, lambda: warehouse.rows(_FINGERPRINT.replace("{current}", current), parameters))[0]
+    size, fingerprint = int(size), int(fingerprint)
+    stored_version, stored_size, stored_fingerprint = stored
+    if (stored_version, int(stored_size), int(stored_fingerprint)) == (audience.version, size, fingerprint):
+        return Evaluation(audience, as_of, size, size, 0, 0, 0, sample_members=list(sample)), fingerprint, True
     sql = f"""
-WITH current AS ({current}), published AS ({_PUBLISHED})
-SELECT
-    (SELECT count() FROM current),
-    (SELECT count() FROM published),
-    (SELECT count() FROM current WHERE oneid NOT IN (SELECT oneid FROM published)),
-    (SELECT count() FROM published WHERE oneid NOT IN (SELECT oneid FROM current)),
-    (SELECT count() FROM published WHERE version != {{version:String}} AND oneid IN (SELECT oneid FROM current)),
-    (SELECT groupArray(oneid) FROM (SELECT oneid FROM current WHERE oneid NOT IN (SELECT oneid FROM published) ORDER BY oneid LIMIT {SAMPLE_SIZE})),
-    (SELECT groupArray(oneid) FROM (SELECT oneid FROM published WHERE oneid NOT IN (SELECT oneid FROM current) ORDER BY oneid LIMIT {SAMPLE_SIZE})),
-    (SELECT groupArray(oneid) FROM (SELECT oneid FROM current ORDER BY oneid LIMIT {SAMPLE_SIZE}))
-"""
+SELECT countIf(now), countIf(before), countIf(now AND NOT before), countIf(before AND NOT now),
+       countIf(now AND before AND published_version != {{version:String}}),
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, now AND NOT before),
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, before AND NOT now),
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, now)
+FROM ({_SIDES.replace("{current}", current)})"""
     row = _run(warehouse, audience, lambda: warehouse.rows(sql, parameters))[0]
     size, published, entries, exits, restated = (int(v) for v in row[:5])
     return Evaluation(audience, as_of, size, published, entries, exits, restated,
-                      sample_entries=list(row[5]), sample_exits=list(row[6]), sample_members=list(row[7]))
+                      sample_entries=list(row[5]), sample_exits=list(row[6]), sample_members=list(row[7])), fingerprint, False
 
 
 def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None, now: datetime | None = None) -> Evaluation:
@@ -172,7 +209,9 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     recorded in ``audience_versions``, and members who stay under a new version have their
     row updated to it (their entry time kept). Returns the evaluation that was published.
     """
-    result = evaluate(warehouse, audience, as_of)
+    result, fingerprint, unchanged = _evaluate(warehouse, audience, as_of)
+    if unchanged:  # the fingerprint is written after the version, so the version is recorded
+        return result
     version = audience.version
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
     known = warehouse.scalar("SELECT count() FROM audience_versions WHERE audience = {a:String} AND version = {v:String}",
@@ -181,33 +220,37 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
         definition = audience.sql if audience.sql is not None else json.dumps(audience.rule, ensure_ascii=False, sort_keys=True, default=str)
         warehouse.insert_rows("audience_versions", [(audience.name, version, audience.kind, definition, audience.owner, at)],
                               ["audience", "version", "kind", "definition", "owner", "published_at"])
-    if not (result.entries or result.exits or result.restated):
-        return result
+    if result.entries or result.exits or result.restated:
+        _publish(warehouse, audience, result, at)
+    warehouse.insert_rows("audience_fingerprints", [(audience.name, version, result.size, fingerprint, at)],
+                          ["audience", "version", "size", "fingerprint", "updated_at"])
+    return result
+
+
+def _publish(warehouse: Warehouse, audience: Audience, result: Evaluation, at: datetime) -> None:
+    """Entries and exits into the history, then the current members (and restated ones) updated."""
     current, parameters = _query(warehouse, audience, result.as_of)
+    sides = _SIDES.replace("{current}", current)
     parameters["at"] = at
     at_param = "{at:DateTime64(3, 'UTC')}"
     statements = []
     if result.restated:
         statements.append(f"""
 INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
-SELECT {{audience:String}}, oneid, {{version:String}}, entered_at, {at_param}, 0 FROM ({_PUBLISHED})
-WHERE version != {{version:String}} AND oneid IN ({current})""")
+SELECT {{audience:String}}, oneid, {{version:String}}, published_entered_at, {at_param}, 0 FROM ({sides})
+WHERE now AND before AND published_version != {{version:String}}""")
     if result.entries or result.exits:
         # one statement: entries and exits are read against the same published membership
         statements.append(f"""
 INSERT INTO audience_membership_changes (audience, version, oneid, change, at, reason)
-SELECT {{audience:String}}, {{version:String}}, oneid, 'enter', {at_param},
-       concat('matches ', {{audience:String}}, ' version ', {{version:String}})
-FROM ({current}) WHERE oneid NOT IN (SELECT oneid FROM ({_PUBLISHED}))
-UNION ALL
-SELECT {{audience:String}}, {{version:String}}, oneid, 'exit', {at_param},
-       concat('no longer matches ', {{audience:String}}, ' version ', {{version:String}},
-              if(version != {{version:String}}, concat(' (entered under ', version, ')'), ''))
-FROM ({_PUBLISHED}) WHERE oneid NOT IN (SELECT oneid FROM ({current}))""")
+SELECT {{audience:String}}, {{version:String}}, oneid, if(now, 'enter', 'exit'), {at_param},
+       if(now, concat('matches ', {{audience:String}}, ' version ', {{version:String}}),
+          concat('no longer matches ', {{audience:String}}, ' version ', {{version:String}},
+                 if(published_version != {{version:String}}, concat(' (entered under ', published_version, ')'), '')))
+FROM ({sides}) WHERE now != before""")
         statements.append(f"""
 INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
 SELECT audience, oneid, version, at, at, change = 'exit' FROM audience_membership_changes
 WHERE audience = {{audience:String}} AND at = {at_param} AND version = {{version:String}}""")
     for statement in statements:
         _run(warehouse, audience, lambda: warehouse.command(statement, parameters))
-    return result
