@@ -299,3 +299,39 @@ def test_a_withdrawal_arriving_on_the_stream_refuses_the_next_send(warehouse: tu
         sink.close()
     decision = desk.decide(send(oneid, at=NOON + timedelta(seconds=5)))
     assert isinstance(decision, Refused) and decision.reason == "no_consent"
+
+
+def test_stream_triggers_go_through_the_rules_with_their_own_purposes(warehouse: tuple[Settings, Warehouse]) -> None:
+    """Compensation is a service message (no consent needed); a welcome is marketing."""
+    from lastmile.streaming.handlers import triggers
+    from lastmile.streaming.topics import ACTIONS_TOPIC
+
+    cfg, store = warehouse
+    consented = consenting(cfg, store)
+    stranger = f"oStranger-{next(_people):05d}"
+    published: list[dict] = []
+
+    async def publish(topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        assert topic == ACTIONS_TOPIC
+        published.extend(orjson.loads(value) for _, value in messages)
+
+    desk = ContactDesk(store, ContactRules(), cfg)
+    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
+    sink.handlers.append(triggers(sink, publish, known=set(), desk=desk, clock=lambda: NOON))
+    claim = event("return", claimant={"openid": stranger}, order_id=f"ord-{stranger}")
+    welcome_ok = event("order", buyer={"openid": _openid[consented]}, order_id=f"ord-{consented}")
+    records = [Record("lastmile.return", 0, 1, orjson.dumps(claim)), Record("lastmile.order", 0, 1, orjson.dumps(welcome_ok))]
+    try:
+        asyncio.run(sink.handle(records))
+        asyncio.run(sink.handle(records))  # handled again after a crash: the same answers
+    finally:
+        sink.close()
+    actions = sorted((a["action"], a["action_id"]) for a in published)
+    # The compensation twice (same action_id, consumers deduplicate), the consented
+    # neighbour's welcome once (their identifiers are known by the second pass); the
+    # stranger's welcome never.
+    assert [a for a, _ in actions] == ["compensate_cold_chain", "compensate_cold_chain", "welcome_neighbour"]
+    assert actions[0][1] == actions[1][1] == f"compensate:ord-{stranger}"
+    refused = store.rows("SELECT origin, reason FROM contact_refusals FINAL WHERE origin = 'welcome_neighbour'")
+    assert ("welcome_neighbour", "no_consent") in refused  # the stranger's welcome (their claim named them first)
+    assert store.rows("SELECT count() FROM contact_sends WHERE send_id = {s:String}", {"s": f"compensate:ord-{stranger}"}) == [(1,)]

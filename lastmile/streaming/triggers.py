@@ -165,8 +165,11 @@ class Replenishments:
     """
 
     def __init__(self, warehouse: Warehouse, every_s: float = 60.0, rhythm: Rhythm = Rhythm(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, desk: Any = None) -> None:
         self.warehouse = warehouse
+        #: Optional :class:`~lastmile.audiences.contact_rules.ContactDesk`: nudges it refuses
+        #: (no consent, quiet hours at the stream's time, caps) are not queued.
+        self.desk = desk
         self.every_s = every_s
         self.rhythm = rhythm
         self.clock = clock
@@ -194,6 +197,8 @@ class Replenishments:
         self.evaluations += 1
         actions = [self.action(due, as_of) for due in due_replenishments(self.warehouse, as_of, self.rhythm)
                    if due.action_id not in self.sent]
+        if self.desk is not None:
+            actions = [a for a in actions if self.desk.decide_action(a, as_of).allowed]
         with self._lock:
             self._pending += actions
             self.sent.update(a.action_id for a in actions)
