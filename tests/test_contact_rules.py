@@ -335,3 +335,20 @@ def test_stream_triggers_go_through_the_rules_with_their_own_purposes(warehouse:
     refused = store.rows("SELECT origin, reason FROM contact_refusals FINAL WHERE origin = 'welcome_neighbour'")
     assert ("welcome_neighbour", "no_consent") in refused  # the stranger's welcome (their claim named them first)
     assert store.rows("SELECT count() FROM contact_sends WHERE send_id = {s:String}", {"s": f"compensate:ord-{stranger}"}) == [(1,)]
+
+
+def test_exports_can_filter_a_whole_list_by_current_consent(warehouse: tuple[Settings, Warehouse]) -> None:
+    from lastmile.audiences.contact_rules import consented_oneids_sql
+
+    cfg, store = warehouse
+    both = consenting(cfg, store, purposes=("marketing", "health"), channel="wecom_leader")
+    marketing_only = consenting(cfg, store, purposes=("marketing",), channel="all")
+    withdrawn = consenting(cfg, store, purposes=("marketing",), channel="wecom_leader")
+    ingest(cfg, [consent(_openid[withdrawn], NOON - timedelta(days=1), False, channel="wecom_leader")])
+    ids = {both, marketing_only, withdrawn}
+
+    def listed(purposes: tuple[str, ...]) -> set[str]:
+        return {r[0] for r in store.rows(consented_oneids_sql("wecom_leader", purposes))} & ids
+
+    assert listed(("marketing",)) == {both, marketing_only}
+    assert listed(("marketing", "health")) == {both}

@@ -369,6 +369,35 @@ class ContactDesk:
         return int(rows[0][0])
 
 
+def consented_oneids_sql(channel: str, purposes: tuple[str, ...]) -> str:
+    """SQL selecting the OneIDs whose current consent grants every purpose on ``channel``.
+
+    For exports and audience destinations that filter a whole list at once instead of
+    deciding send by send: ``WHERE oneid IN (<this>)``. Same semantics as
+    :meth:`ContactDesk.current_consent` (latest event per purpose on the channel or ``all``;
+    a withdrawal wins a tie). Forgotten people drop out: forget removes their identifiers,
+    so no consent event resolves to them any more. Needs ``raw_consent`` and
+    ``event_oneid`` (both exist after the first ingest).
+    """
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+    wanted = [p for p in purposes if p != SERVICE]
+    if set(wanted) - set(CONSENT_PURPOSES) or not wanted:
+        raise ValueError(f"purposes must be some of {CONSENT_PURPOSES}, got {purposes!r}")
+    listed = ", ".join(f"'{p}'" for p in wanted)
+    return f"""
+SELECT oneid FROM (
+    SELECT e.oneid AS oneid, c.purpose AS purpose, argMax(c.granted, (c.occurred_at, NOT c.granted)) AS granted
+    FROM (SELECT event_id, purpose, granted, occurred_at FROM raw_consent FINAL
+          WHERE channel IN ('{channel}', 'all') AND purpose IN ({listed})) AS c
+    INNER JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_type = 'consent') AS e ON e.event_id = c.event_id
+    GROUP BY e.oneid, c.purpose
+)
+GROUP BY oneid
+HAVING countIf(granted) = {len(wanted)}
+"""
+
+
 def decide(send: Send, warehouse: Warehouse | None = None, rules: ContactRules | None = None) -> Decision:
     """Decide one send with the configured rules (see :class:`ContactDesk` for many)."""
     from lastmile.warehouse import connect
