@@ -352,3 +352,21 @@ def test_exports_can_filter_a_whole_list_by_current_consent(warehouse: tuple[Set
 
     assert listed(("marketing",)) == {both, marketing_only}
     assert listed(("marketing", "health")) == {both}
+
+
+def test_replenishment_nudges_need_marketing_and_personalised_recommendation_consent(
+        warehouse: tuple[Settings, Warehouse], monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date
+
+    from lastmile.features.replenishment import Due
+    from lastmile.streaming import triggers
+
+    cfg, store = warehouse
+    both = consenting(cfg, store, purposes=("marketing", "personalised_recommendation"))
+    marketing_only = consenting(cfg, store, purposes=("marketing",))
+    due = [Due(oneid, "SKU-0031", 6, date(2026, 11, 17), 7.0, date(2026, 11, 24)) for oneid in (both, marketing_only)]
+    monkeypatch.setattr(triggers, "due_replenishments", lambda *_: due)
+    rule = triggers.Replenishments(store, desk=ContactDesk(store, ContactRules(), cfg))
+    rule.evaluate(as_of=NOON)
+    assert [a.details["oneid"] for a in rule.drain()] == [both]
+    assert refusals(store, marketing_only) == [(due[1].action_id, "no_consent")]
