@@ -171,35 +171,52 @@ def select_members(warehouse: Warehouse, audience: Audience, as_of: datetime | N
 
 def evaluate(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None) -> Evaluation:
     """What the audience selects now, next to its published membership (nothing is published)."""
-    return _evaluate(warehouse, audience, as_of)[0]
-
-
-def _evaluate(warehouse: Warehouse, audience: Audience, as_of: datetime | None) -> tuple[Evaluation, int, bool]:
-    """The evaluation, the fingerprint of the selected members, and whether it equals the published one.
-
-    The published membership is only read when the count or fingerprint of the selected
-    people (or the version) differs from what was published: an unchanged audience costs one
-    pass over the people it selects.
-    """
     ensure_tables(warehouse)
+    return _compare(warehouse, audience, _fingerprint(warehouse, audience, as_of))
+
+
+@dataclass
+class _Fingerprint:
+    """One pass over the people an audience selects now, next to what is stored as published."""
+
+    as_of: datetime | None
+    current: str
+    parameters: dict[str, Any]
+    size: int
+    fingerprint: int
+    sample: list[str]
+    #: version, size and fingerprint of the published membership ('' version: none stored)
+    stored: tuple[str, int, int]
+
+    def unchanged(self, audience: Audience) -> bool:
+        """Same version, size and fingerprint: the published membership is what is selected."""
+        return self.stored == (audience.version, self.size, self.fingerprint)
+
+
+def _fingerprint(warehouse: Warehouse, audience: Audience, as_of: datetime | None) -> _Fingerprint:
     as_of = as_of or newest_event_time(warehouse)
     current, parameters = _query(warehouse, audience, as_of)
     size, fingerprint, sample, stored = _run(warehouse, audience, lambda: warehouse.rows(_FINGERPRINT.replace("{current}", current), parameters))[0]
-    size, fingerprint = int(size), int(fingerprint)
-    stored_version, stored_size, stored_fingerprint = stored
-    if (stored_version, int(stored_size), int(stored_fingerprint)) == (audience.version, size, fingerprint):
-        return Evaluation(audience, as_of, size, size, 0, 0, 0, sample_members=list(sample)), fingerprint, True
+    return _Fingerprint(as_of, current, parameters, int(size), int(fingerprint), list(sample),
+                        (str(stored[0]), int(stored[1]), int(stored[2])))
+
+
+def _compare(warehouse: Warehouse, audience: Audience, fp: _Fingerprint) -> Evaluation:
+    """Entries, exits and restated members; the published membership is only read when the
+    fingerprint differs, so an unchanged audience costs one pass over the people it selects."""
+    if fp.unchanged(audience):
+        return Evaluation(audience, fp.as_of, fp.size, fp.size, 0, 0, 0, sample_members=fp.sample)
     sql = f"""
 SELECT countIf(now), countIf(before), countIf(now AND NOT before), countIf(before AND NOT now),
        countIf(now AND before AND published_version != {{version:String}}),
        groupArraySortedIf({SAMPLE_SIZE})(oneid, now AND NOT before),
        groupArraySortedIf({SAMPLE_SIZE})(oneid, before AND NOT now),
        groupArraySortedIf({SAMPLE_SIZE})(oneid, now)
-FROM ({_SIDES.replace("{current}", current)})"""
-    row = _run(warehouse, audience, lambda: warehouse.rows(sql, parameters))[0]
+FROM ({_SIDES.replace("{current}", fp.current)})"""
+    row = _run(warehouse, audience, lambda: warehouse.rows(sql, fp.parameters))[0]
     size, published, entries, exits, restated = (int(v) for v in row[:5])
-    return Evaluation(audience, as_of, size, published, entries, exits, restated,
-                      sample_entries=list(row[5]), sample_exits=list(row[6]), sample_members=list(row[7])), fingerprint, False
+    return Evaluation(audience, fp.as_of, size, published, entries, exits, restated,
+                      sample_entries=list(row[5]), sample_exits=list(row[6]), sample_members=list(row[7]))
 
 
 def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = None, now: datetime | None = None) -> Evaluation:
@@ -208,47 +225,62 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     Writes only the difference to what is published; a definition seen for the first time is
     recorded in ``audience_versions``, and members who stay under a new version have their
     row updated to it (their entry time kept). Returns the evaluation that was published.
+    When the published membership is under this version already, the entries and exits are
+    written straight from the comparison and counted from what was written (no separate
+    counting pass).
     """
-    result, fingerprint, unchanged = _evaluate(warehouse, audience, as_of)
-    if unchanged:  # the fingerprint is written after the version, so the version is recorded
-        return result
+    ensure_tables(warehouse)
+    fp = _fingerprint(warehouse, audience, as_of)
+    if fp.unchanged(audience):  # the fingerprint is written after the version, so the version is recorded
+        return _compare(warehouse, audience, fp)
     version = audience.version
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
-    known = warehouse.scalar("SELECT count() FROM audience_versions WHERE audience = {a:String} AND version = {v:String}",
-                             {"a": audience.name, "v": version})
+    # a stored fingerprint under this version was written after the version was recorded
+    known = fp.stored[0] == version or warehouse.scalar(
+        "SELECT count() FROM audience_versions WHERE audience = {a:String} AND version = {v:String}", {"a": audience.name, "v": version})
     if not known:
         definition = audience.sql if audience.sql is not None else json.dumps(audience.rule, ensure_ascii=False, sort_keys=True, default=str)
         warehouse.insert_rows("audience_versions", [(audience.name, version, audience.kind, definition, audience.owner, at)],
                               ["audience", "version", "kind", "definition", "owner", "published_at"])
-    if result.entries or result.exits or result.restated:
-        _publish(warehouse, audience, result, at)
-    warehouse.insert_rows("audience_fingerprints", [(audience.name, version, result.size, fingerprint, at)],
+    if fp.stored[0] == version:
+        _publish(warehouse, audience, fp, at, restate=False)
+        row = warehouse.rows(f"""
+SELECT countIf(change = 'enter'), countIf(change = 'exit'),
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit')
+FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:DateTime64(3, 'UTC')}} AND version = {{v:String}}""",
+                             {"a": audience.name, "v": version, "at": at})[0]
+        entries, exits = int(row[0]), int(row[1])
+        result = Evaluation(audience, fp.as_of, fp.size, fp.size - entries + exits, entries, exits, 0,
+                            sample_entries=list(row[2]), sample_exits=list(row[3]), sample_members=fp.sample)
+    else:
+        result = _compare(warehouse, audience, fp)
+        if result.entries or result.exits or result.restated:
+            _publish(warehouse, audience, fp, at, restate=bool(result.restated))
+    warehouse.insert_rows("audience_fingerprints", [(audience.name, version, fp.size, fp.fingerprint, at)],
                           ["audience", "version", "size", "fingerprint", "updated_at"])
     return result
 
 
-def _publish(warehouse: Warehouse, audience: Audience, result: Evaluation, at: datetime) -> None:
+def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool) -> None:
     """Entries and exits into the history, then the current members (and restated ones) updated."""
-    current, parameters = _query(warehouse, audience, result.as_of)
-    sides = _SIDES.replace("{current}", current)
-    parameters["at"] = at
+    sides = _SIDES.replace("{current}", fp.current)
+    parameters = dict(fp.parameters, at=at)
     at_param = "{at:DateTime64(3, 'UTC')}"
     statements = []
-    if result.restated:
+    if restate:
         statements.append(f"""
 INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
 SELECT {{audience:String}}, oneid, {{version:String}}, published_entered_at, {at_param}, 0 FROM ({sides})
 WHERE now AND before AND published_version != {{version:String}}""")
-    if result.entries or result.exits:
-        # one statement: entries and exits are read against the same published membership
-        statements.append(f"""
+    # one statement: entries and exits are read against the same published membership
+    statements.append(f"""
 INSERT INTO audience_membership_changes (audience, version, oneid, change, at, reason)
 SELECT {{audience:String}}, {{version:String}}, oneid, if(now, 'enter', 'exit'), {at_param},
        if(now, concat('matches ', {{audience:String}}, ' version ', {{version:String}}),
           concat('no longer matches ', {{audience:String}}, ' version ', {{version:String}},
                  if(published_version != {{version:String}}, concat(' (entered under ', published_version, ')'), '')))
 FROM ({sides}) WHERE now != before""")
-        statements.append(f"""
+    statements.append(f"""
 INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
 SELECT audience, oneid, version, at, at, change = 'exit' FROM audience_membership_changes
 WHERE audience = {{audience:String}} AND at = {at_param} AND version = {{version:String}}""")
