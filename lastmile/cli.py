@@ -810,6 +810,9 @@ def stream_cmd(
                                             "this often, after OneID runs (0: never)."),
     features: bool = typer.Option(True, "--features/--no-features",
                                   help="Push today's counters per customer to Feast's online store as orders arrive."),
+    audiences: bool = typer.Option(True, "--audiences/--no-audiences",
+                                   help="Evaluate the freshness: event audiences for the people each batch touched "
+                                        "(after OneID runs) and send entries to lastmile.audience_changes."),
     log_level: str = typer.Option("WARNING", help="faust/worker log level."),
 ) -> None:
     """Run the worker: topics → contracts → warehouse (+ quarantine) → actions → OneID → Feast, until SIGTERM.
@@ -831,7 +834,7 @@ def stream_cmd(
                                   serve_port=serve_port, serve_readonly=not serve_writable, group_id=group, judges=judges,
                                   identity_every_s=identity_seconds,
                                   identity_waiting_every_s=identity_waiting_seconds, profiles_every_s=profiles_seconds,
-                                  features=features, replenish_every_s=replenish_seconds),
+                                  features=features, replenish_every_s=replenish_seconds, audiences=audiences),
         loglevel=log_level.upper())
 
 

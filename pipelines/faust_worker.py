@@ -44,6 +44,7 @@ from lastmile.privacy import Identifiers
 import lastmile.identity.store  # noqa: F401  (registers identity_links, which ingest writes)
 from lastmile.streaming import handlers, seen  # noqa: F401  (seen registers its migration)
 from lastmile.streaming.broker import bootstrap
+from lastmile.streaming.audiences import CHANGES_TOPIC, EventAudiences
 from lastmile.streaming.consumer import BatchConsumer
 from lastmile.streaming.faust_compat import BatchApp, QuietWorker, kafka_producer
 from lastmile.streaming.features import FeaturePusher
@@ -78,6 +79,7 @@ class StreamOptions:
     profiles_every_s: float = 30.0  # 0: no profiles rebuild
     features: bool = True  # push today's counters to Feast's online store
     replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
+    audiences: bool = True  # evaluate the event audiences after OneID runs (needs OneID; nothing when none exists)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class WorkerParts:
     refresher: IdentityRefresher
     pusher: FeaturePusher | None = None
     replenishments: Replenishments | None = None
+    audiences: EventAudiences | None = None
 
     def refresh_forgotten(self) -> None:
         """Adopt forget requests made while the worker runs (hold the warehouse lock).
@@ -121,11 +124,17 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         if replenishments is not None and (actions := replenishments.drain()):
             await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in actions])
 
+    async def publish_entries() -> None:
+        if parts.audiences is not None and (entries := parts.audiences.drain()):
+            await publish(CHANGES_TOPIC, entries)
+
     # The Feast push goes first: it needs no warehouse lock, while remembering new identifiers
     # (the welcome rule) waits for it behind a OneID run or a profiles rebuild - up to a second
     # or two on the embedded warehouse, which the online feature should not pay.
     if pusher is not None:
         sink.handlers.append(pusher.handler())
+    if parts.audiences is not None:
+        sink.handlers.append(parts.audiences.handler())  # before the OneID notice: noted before a resolution starts
     sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish)]
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
@@ -151,6 +160,7 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
             if replenishments is not None:
                 await sink.run_blocking(replenishments.evaluate)  # after the last resolution
             await publish_nudges()
+            await publish_entries()
             if pusher is not None:
                 pusher.close()
             status()
@@ -166,6 +176,11 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     @app.timer(interval=1.0)
     async def nudges() -> None:
         await publish_nudges()  # queued by the OneID thread (Replenishments.after_resolve)
+
+    if parts.audiences is not None:
+        @app.timer(interval=0.2)
+        async def audience_entries() -> None:
+            await publish_entries()  # queued by the OneID thread (EventAudiences.after_resolve)
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
@@ -240,7 +255,24 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     if refresher.enabled and options.replenish_every_s > 0:
         replenishments = Replenishments(warehouse, every_s=options.replenish_every_s)
         refresher.after_resolve.append(replenishments.after_resolve)
-    return WorkerParts(sink, refresher, pusher, replenishments)
+    audiences = event_audiences(cfg, warehouse) if refresher.enabled and options.audiences else None
+    if audiences is not None:
+        refresher.after_resolve.append(audiences.after_resolve)
+    return WorkerParts(sink, refresher, pusher, replenishments, audiences)
+
+
+def event_audiences(cfg: Settings, warehouse: Any) -> EventAudiences | None:
+    """The ``freshness: event`` audiences of the audiences folder, or None when there are none
+    (then the worker does no audience work at all). A folder that does not load is logged and
+    the worker runs without audiences: ingestion matters more than a bad audience file."""
+    from lastmile.audiences import AudienceError, load_audiences
+
+    try:
+        found = [a for a in load_audiences(cfg.audiences_path) if a.freshness == "event"]
+    except AudienceError as exc:
+        log.error("event audiences are off: %s", exc)
+        return None
+    return EventAudiences(warehouse, found) if found else None
 
 
 #: Cyclic GC thresholds for the worker: (young, middle, old) as in ``gc.set_threshold``.
@@ -282,6 +314,10 @@ def run(cfg: Settings | None = None, options: StreamOptions | None = None, logle
     (cfg.home / "stream" / "faust").mkdir(parents=True, exist_ok=True)
     parts = open_sink(cfg, options)
     sink = parts.sink
+    if parts.audiences is not None:
+        from lastmile.audiences.destinations import ensure_topic
+
+        loop.run_until_complete(ensure_topic(bootstrap(cfg), CHANGES_TOPIC, options.partitions))
     server = None
     if options.serve_port:
         from lastmile.warehouse.http_server import WarehouseHTTPServer

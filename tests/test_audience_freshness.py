@@ -8,6 +8,7 @@ tests/test_audiences.py, so every expected member is read off its rows.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,44 @@ def test_no_refresh_after_a_failed_build_or_when_switched_off(small, tmp_path: P
     off = runner.invoke(app, ["transform", "--json", "--no-audiences"])
     assert off.exit_code == 0 and "audiences" not in json.loads(off.output)
     assert "audience_members" not in small.tables()  # nothing was ever published
+
+
+# --- event audiences behind the stream -------------------------------------------------------
+
+class _Written:
+    """The part of a written batch the audiences read: the rows of each raw table."""
+
+    def __init__(self, orders: list[str]) -> None:
+        self.orders = orders
+
+    def rows(self, table: str) -> list[dict]:
+        return [{"event_id": e} for e in self.orders] if table == "raw_order" else []
+
+
+def test_event_audiences_enter_the_people_a_batch_touched_once(small, tmp_path: Path) -> None:
+    from lastmile.audiences import load_audiences
+    from lastmile.audiences.destinations import event_id
+    from lastmile.streaming.audiences import EventAudiences
+
+    audience(tmp_path, "first_order", FIRST_ORDER)
+    audience(tmp_path, "three_orders", "freshness: event\nrule: {event: order, at_least: 3, days: 30}\n")
+    audience(tmp_path, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    stream = EventAudiences(small, load_audiences(tmp_path))
+    assert [a.name for a in stream.audiences] == ["first_order", "three_orders"]
+    # p1 (3 orders in 30 days), p3 (2 in 30 days) and an order nobody is resolved for yet
+    stream.note(_Written(["e1", "e4", "e-unresolved"]))
+    stream.after_resolve()
+    entries = [json.loads(v) for _, v in stream.drain()]
+    assert sorted((e["audience"], e["oneid"]) for e in entries) == [("first_order", "p1"), ("first_order", "p3"), ("three_orders", "p1")]
+    first = entries[0]
+    assert first["change"] == "enter"
+    stamp = datetime.fromisoformat(first["at"].replace("Z", "+00:00"))
+    assert first["event_id"] == event_id(first["audience"], first["version"], first["oneid"], "enter", stamp)
+    assert _members(small, "first_order") == {"p1", "p3"} and _members(small, "three_orders") == {"p1"}
+    assert _members(small, "gold") == set()  # a warehouse audience: the build's refresh publishes it
+    # p1 again with p5: only p5 is new; the unresolved order is still waiting for its person
+    stream.note(_Written(["e2", "e7"]))
+    stream.after_resolve()
+    assert sorted((json.loads(v)["audience"], k.decode()) for k, v in stream.drain()) == [("first_order", "p5"), ("three_orders", "p5")]
+    assert small.scalar("SELECT count() FROM audience_membership_changes WHERE audience = 'first_order'") == 3
+    assert stream.stats.entries == 5 and stream._noted == {"e-unresolved": 2}
