@@ -813,6 +813,10 @@ def stream_cmd(
     audiences: bool = typer.Option(True, "--audiences/--no-audiences",
                                    help="Evaluate the freshness: event audiences for the people each batch touched "
                                         "(after OneID runs) and send entries to lastmile.audience_changes."),
+    contact_rules: bool = typer.Option(False, "--contact-rules/--no-contact-rules",
+                                       help="Decide every action (compensation, welcome, replenishment nudge) by the "
+                                            "contact rules (contact_rules.yml: consent, caps, quiet hours) before "
+                                            "publishing it; refusals go to contact_refusals."),
     log_level: str = typer.Option("WARNING", help="faust/worker log level."),
 ) -> None:
     """Run the worker: topics → contracts → warehouse (+ quarantine) → actions → OneID → Feast, until SIGTERM.
@@ -834,7 +838,8 @@ def stream_cmd(
                                   serve_port=serve_port, serve_readonly=not serve_writable, group_id=group, judges=judges,
                                   identity_every_s=identity_seconds,
                                   identity_waiting_every_s=identity_waiting_seconds, profiles_every_s=profiles_seconds,
-                                  features=features, replenish_every_s=replenish_seconds, audiences=audiences),
+                                  features=features, replenish_every_s=replenish_seconds, audiences=audiences,
+                                  contact_rules=contact_rules),
         loglevel=log_level.upper())
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import faust
 import mode
 
+from lastmile.audiences.contact_rules import ContactDesk, load_rules
 from lastmile.config import Settings, settings as current_settings
 from lastmile.identity.forget import forgotten_tokens
 from lastmile.ingest import Ingestor
@@ -80,6 +81,7 @@ class StreamOptions:
     features: bool = True  # push today's counters to Feast's online store
     replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
     audiences: bool = True  # evaluate the event audiences after OneID runs (needs OneID; nothing when none exists)
+    contact_rules: bool = False  # decide every action by contact_rules.yml (consent, caps, quiet hours) before publishing
 
 
 @dataclass
@@ -91,6 +93,7 @@ class WorkerParts:
     pusher: FeaturePusher | None = None
     replenishments: Replenishments | None = None
     audiences: EventAudiences | None = None
+    desk: ContactDesk | None = None  # the contact rules every action passes (StreamOptions.contact_rules)
 
     def refresh_forgotten(self) -> None:
         """Adopt forget requests made while the worker runs (hold the warehouse lock).
@@ -135,7 +138,7 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         sink.handlers.append(pusher.handler())
     if parts.audiences is not None:
         sink.handlers.append(parts.audiences.handler())  # before the OneID notice: noted before a resolution starts
-    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish)]
+    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish, desk=parts.desk)]
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
@@ -251,14 +254,15 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     if pusher is not None:
         refresher.after_resolve.append(pusher.on_resolved)
         pusher.on_waiting = refresher.hurry
+    desk = ContactDesk(warehouse, load_rules(), cfg) if options.contact_rules else None
     replenishments = None
     if refresher.enabled and options.replenish_every_s > 0:
-        replenishments = Replenishments(warehouse, every_s=options.replenish_every_s)
+        replenishments = Replenishments(warehouse, every_s=options.replenish_every_s, desk=desk)
         refresher.after_resolve.append(replenishments.after_resolve)
     audiences = event_audiences(cfg, warehouse) if refresher.enabled and options.audiences else None
     if audiences is not None:
         refresher.after_resolve.append(audiences.after_resolve)
-    return WorkerParts(sink, refresher, pusher, replenishments, audiences)
+    return WorkerParts(sink, refresher, pusher, replenishments, audiences, desk)
 
 
 def event_audiences(cfg: Settings, warehouse: Any) -> EventAudiences | None:
