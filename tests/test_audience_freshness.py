@@ -137,3 +137,30 @@ def test_event_audiences_enter_the_people_a_batch_touched_once(small, tmp_path: 
     assert sorted((json.loads(v)["audience"], k.decode()) for k, v in stream.drain()) == [("first_order", "p5"), ("three_orders", "p5")]
     assert small.scalar("SELECT count() FROM audience_membership_changes WHERE audience = 'first_order'") == 3
     assert stream.stats.entries == 5 and stream._noted == {"e-unresolved": 2}
+
+
+def test_an_hours_window_and_a_where_filter_on_the_event(small, tmp_path: Path) -> None:
+    """"Had a temperature claim in the last hour": p2's claim 30 minutes before the newest
+    event counts; p4's claim 2 hours before, and p1's packaging return, do not."""
+    from datetime import timedelta
+
+    from lastmile.audiences import load_audiences, select_members
+    from tests.test_audiences import NOW
+
+    returns = [("r1", "p2", "claim", "temperature", NOW - timedelta(minutes=30)),
+               ("r2", "p4", "claim", "temperature", NOW - timedelta(hours=2)),
+               ("r3", "p1", "packaging", None, NOW - timedelta(minutes=10))]
+    small.insert_rows("raw_return", [(e, "return", kind, reason, at.replace(tzinfo=None)) for e, _, kind, reason, at in returns],
+                      ["event_id", "event_type", "kind", "reason", "occurred_at"])
+    small.insert_rows("event_oneid", [("return", e, oneid) for e, oneid, *_ in returns], ["event_type", "event_id", "oneid"])
+    audience(tmp_path, "warm_claim", """
+        freshness: event
+        rule: {event: return, where: {kind: claim, reason: [temperature]}, at_least: 1, hours: 1}
+        """)
+    (warm,) = load_audiences(tmp_path)
+    assert "`reason` IN" in warm.compile().predicate and "temperature" not in warm.compile().predicate
+    assert select_members(small, warm) == {"p2"}
+    with pytest.raises(AudienceError, match=r"bad.yml:4: unknown field 'buyer' of order; expected one of .*total_amount"):
+        load_audience(audience(tmp_path, "bad", "rule: {event: order, where: {buyer: x}, hours: 1}\n"))
+    with pytest.raises(AudienceError, match=r"both.yml:4: an event rule needs exactly one window: days or hours"):
+        load_audience(audience(tmp_path, "both", "rule: {event: order, days: 1, hours: 1}\n"))

@@ -8,7 +8,7 @@ An audience is a YAML file reviewed like code::
     rule: {trait: credit_tier, op: "=", value: gold}
 
 with either ``sql:`` (a predicate over the per-person view ``audience_traits``) or ``rule:``
-(``all`` / ``any`` / ``not``; ``{trait, op, value}``; ``{event, at_least, days}``;
+(``all`` / ``any`` / ``not``; ``{trait, op, value}``; ``{event, at_least, days | hours, where}``;
 ``community`` / ``building`` / ``leader``). A rule compiles to a predicate whose values are all
 query parameters, so nothing written in a rule file's values can change the SQL, and trait
 names are checked against the documented columns of the view. Every error names the file and
@@ -388,13 +388,18 @@ class _RuleCompiler:
         return value
 
     def _event(self, node: yaml.Node, rule: dict[str, tuple[yaml.Node, yaml.Node]]) -> str:
-        self._only(node, rule, {"event", "at_least", "days"}, {"event", "days"}, "event")
+        self._only(node, rule, {"event", "at_least", "days", "hours", "where"}, {"event"}, "event")
         event_node = rule["event"][1]
         event = _scalar(self.path, event_node, "event")
         if event not in EVENT_TABLES:
             raise _fail(self.path, event_node, f"unknown event {event!r}; expected one of {', '.join(EVENT_TABLES)}")
+        if ("days" in rule) == ("hours" in rule):
+            raise _fail(self.path, node, "an event rule needs exactly one window: days or hours")
         at_least = self._count(rule, "at_least", 1)
-        days = self._count(rule, "days", None)
+        unit = "days" if "days" in rule else "hours"
+        window = self._count(rule, unit, None)
+        interval = "toIntervalDay" if unit == "days" else "toIntervalHour"
+        filters = self._where(event, rule["where"][1]) if "where" in rule else ""
         self.uses_events = True
         table = EVENT_TABLES[event]
         # Raw events of the window (FINAL, and events counted by id: a replayed event counts
@@ -404,11 +409,41 @@ class _RuleCompiler:
             f"(oneid IN (SELECT e.oneid FROM event_oneid AS e"
             f" INNER JOIN (SELECT event_id FROM {table} FINAL"
             f" WHERE occurred_at <= {{as_of:DateTime64(3, 'UTC')}}"
-            f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - toIntervalDay({self._param(days, 'UInt32')})) AS r"
+            f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - {interval}({self._param(window, 'UInt32')}){filters}) AS r"
             f" ON r.event_id = e.event_id"
             f" WHERE e.event_type = {self._param(event, 'String')}"
             f" GROUP BY e.oneid HAVING uniqExact(e.event_id) >= {self._param(at_least, 'UInt32')}))"
         )
+
+    def _where(self, event: str, node: yaml.Node) -> str:
+        """``where: {field: value or [values]}``: equality on the event's top-level fields.
+
+        Field names are checked against the event's contract (plain values only: no objects or
+        lists), so only a known column name reaches the SQL; values are parameters.
+        """
+        from lastmile.contracts import contract
+
+        properties = contract(event).properties
+        fields = sorted(k for k, v in properties.items() if v.get("type") not in ("object", "array") and k != "occurred_at")
+        where = _mapping(self.path, node, "where")
+        if not where:
+            raise _fail(self.path, node, f"where takes at least one field; the fields of {event} are {', '.join(fields)}")
+        out = ""
+        for key, (key_node, value_node) in where.items():
+            if key not in fields:
+                raise _fail(self.path, key_node, f"unknown field {key!r} of {event}; expected one of {', '.join(fields)}")
+            if isinstance(value_node, yaml.SequenceNode):
+                if not value_node.value:
+                    raise _fail(self.path, value_node, f"where {key} takes a value or a non-empty list of values")
+                values = [self._value(item, "each value") for item in value_node.value]
+                types = {t for _, t in values}
+                if len(types) > 1:
+                    raise _fail(self.path, value_node, "the values of one list must all be text or all numbers")
+                out += f" AND `{key}` IN {self._param([v for v, _ in values], f'Array({types.pop()})')}"
+            else:
+                value, ch_type = self._value(value_node, f"where {key}")
+                out += f" AND `{key}` = {self._param(value, ch_type)}"
+        return out
 
     def _place(self, key: str, node: yaml.Node) -> str:
         column = PLACE_FILTERS[key]
