@@ -164,3 +164,20 @@ def test_an_hours_window_and_a_where_filter_on_the_event(small, tmp_path: Path) 
         load_audience(audience(tmp_path, "bad", "rule: {event: order, where: {buyer: x}, hours: 1}\n"))
     with pytest.raises(AudienceError, match=r"both.yml:4: an event rule needs exactly one window: days or hours"):
         load_audience(audience(tmp_path, "both", "rule: {event: order, days: 1, hours: 1}\n"))
+
+
+def test_the_worker_does_no_audience_work_without_an_event_audience(small, home, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pipelines.faust_worker import event_audiences
+
+    folder = tmp_path / "audiences"
+    folder.mkdir()
+    audience(folder, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n")
+    assert event_audiences(replace(home, audiences_dir=str(folder)), small) is None
+    assert event_audiences(home, small) is None  # the shipped audiences are all warehouse audiences
+    audience(folder, "first_order", FIRST_ORDER)
+    stream = event_audiences(replace(home, audiences_dir=str(folder)), small)
+    assert stream is not None and [a.name for a in stream.audiences] == ["first_order"]
+    audience(folder, "broken", "rule: {trait: nope, op: '=', value: 1}\n")
+    assert event_audiences(replace(home, audiences_dir=str(folder)), small) is None  # logged; ingestion goes on
