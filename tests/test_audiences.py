@@ -370,3 +370,29 @@ def test_a_membership_published_without_a_fingerprint_is_compared_in_full(small,
     _traits(small, [p if p[0] != "p1" else (*p[:4], "silver", *p[5:]) for p in PEOPLE])
     assert refresh(small, gold, now=NOW + timedelta(days=1)).sample_exits == ["p1"]
     assert _members(small, "gold") == {"p3"}
+
+
+def test_event_rule_refreshes_publish_exact_entries_and_exits(small, tmp_path: Path) -> None:
+    """Audiences counting events are compared and written in one evaluation: entries, exits,
+    sizes and samples stay exact across new events and a later "now", and a refresh without
+    a change writes nothing."""
+    regulars = load_audience(audience(tmp_path, "regulars", "rule: {event: order, at_least: 3, days: 30}\n"))
+    first = refresh(small, regulars, now=NOW)
+    assert (first.size, first.entries, _members(small, "regulars")) == (2, 2, {"p1", "p5"})
+    written = small.count("audience_membership_changes", final=False), small.count("audience_members", final=False)
+    again = refresh(small, regulars, now=NOW + timedelta(hours=1))
+    assert (again.size, again.entries, again.exits, again.sample_members) == (2, 0, 0, ["p1", "p5"])
+    assert (small.count("audience_membership_changes", final=False), small.count("audience_members", final=False)) == written
+    day = timedelta(days=1)
+    _orders(small, [("e11", "p3", NOW - 4 * day), ("e12", "p3", NOW - 5 * day)])  # p3: 4 orders in 30 days
+    second = refresh(small, regulars, NOW, now=NOW + day)
+    assert (second.size, second.published_size, second.sample_entries, second.exits) == (3, 2, ["p3"], 0)
+    # ten days later p1's order of 29 days ago has left the window: two orders, p1 exits
+    later = refresh(small, regulars, NOW + 10 * day, now=NOW + 2 * day)
+    expected = {"p3", "p5"}
+    assert select_members(small, regulars, as_of=NOW + 10 * day) == _members(small, "regulars") == expected
+    assert (later.size, later.published_size, later.sample_exits, later.entries) == (2, 3, ["p1"], 0)
+    replayed: set[str] = set()
+    for name, oneid, change, _, _ in _changes(small):
+        (replayed.add if change == "enter" else replayed.discard)(oneid)
+    assert replayed == expected

@@ -230,6 +230,11 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     counting pass).
     """
     ensure_tables(warehouse)
+    as_of = as_of or newest_event_time(warehouse)
+    if audience.compile().uses_events:
+        direct = _refresh_directly(warehouse, audience, as_of, now)
+        if direct is not None:
+            return direct
     fp = _fingerprint(warehouse, audience, as_of)
     if fp.unchanged(audience):  # the fingerprint is written after the version, so the version is recorded
         return _compare(warehouse, audience, fp)
@@ -259,6 +264,41 @@ FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:Dat
     warehouse.insert_rows("audience_fingerprints", [(audience.name, version, fp.size, fp.fingerprint, at)],
                           ["audience", "version", "size", "fingerprint", "updated_at"])
     return result
+
+
+def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None) -> Evaluation | None:
+    """Refresh an audience whose predicate counts events, evaluating the predicate once.
+
+    Counting events costs far more than reading the published membership, so a fingerprint
+    pass (one evaluation) followed by the comparison (a second) would double the cost of
+    every changed refresh. Instead the comparison writes the entries and exits at once (none
+    when nothing changed), and the size and fingerprint follow from the stored ones and what
+    was written. None when there is no stored fingerprint under this version (first refresh,
+    changed definition): the full path then restates and records the version.
+    """
+    stored = warehouse.rows("SELECT argMax(tuple(version, size, fingerprint), updated_at) FROM audience_fingerprints WHERE audience = {a:String}",
+                            {"a": audience.name})[0][0]
+    version, published_size, published_fingerprint = str(stored[0]), int(stored[1]), int(stored[2])
+    if version != audience.version:
+        return None
+    current, parameters = _query(warehouse, audience, as_of)
+    fp = _Fingerprint(as_of, current, parameters, published_size, published_fingerprint, [], (version, published_size, published_fingerprint))
+    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
+    _publish(warehouse, audience, fp, at, restate=False)
+    entries, exits, changed, sample_entries, sample_exits = warehouse.rows(f"""
+SELECT countIf(change = 'enter'), countIf(change = 'exit'), groupBitXor(sipHash64(oneid)),
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit')
+FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:DateTime64(3, 'UTC')}} AND version = {{v:String}}""",
+                                                                           {"a": audience.name, "v": version, "at": at})[0]
+    entries, exits = int(entries), int(exits)
+    size = published_size + entries - exits
+    sample = [r[0] for r in warehouse.rows(f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}",
+                                           {"a": audience.name})]
+    if entries or exits:  # XOR removes who left and adds who entered
+        warehouse.insert_rows("audience_fingerprints", [(audience.name, version, size, published_fingerprint ^ int(changed), at)],
+                              ["audience", "version", "size", "fingerprint", "updated_at"])
+    return Evaluation(audience, as_of, size, published_size, entries, exits, 0,
+                      sample_entries=list(sample_entries), sample_exits=list(sample_exits), sample_members=sample)
 
 
 def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool) -> None:
