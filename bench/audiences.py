@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -208,6 +209,7 @@ def main() -> None:
         "exits": exits,
         "exact": exact,
     }))
+    shutil.rmtree(home, ignore_errors=True)  # the generated warehouse: several hundred MB
 
 
 if __name__ == "__main__":
