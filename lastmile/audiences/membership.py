@@ -1,6 +1,6 @@
 """Evaluating audiences over the warehouse and publishing their membership with its history.
 
-Three tables, created on first use:
+Four tables, created on first use:
 
 * ``audience_membership_changes`` — append-only history: who entered or left which audience,
   when, under which version of its definition, and why;
@@ -18,7 +18,9 @@ Python. Most refreshes find nothing changed, so the first step is one pass over 
 people computing their count and fingerprint; when both equal the published ones under the
 same version, the published membership is not read at all. Otherwise current and published
 members are compared in one grouped pass (each person once, with the side they are on), not
-by repeated ``NOT IN`` scans of the published rows. The fingerprint is that of the set the
+by repeated ``NOT IN`` scans of the published rows. Audiences that count events skip the
+fingerprint pass (counting events costs more than reading the published members) and write
+their entries and exits straight from the comparison. The fingerprint is that of the set the
 refresh compared; a refresh assumes the traits are not rebuilt while it runs.
 """
 
