@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/serving.py
 	$(PY) bench/stream.py
 	$(PY) bench/board.py
+	$(PY) bench/audiences.py
 	$(PY) bench/fuzz.py
 
 ## dbt from the command line, on the embedded warehouse (or LASTMILE_CLICKHOUSE_URL).
