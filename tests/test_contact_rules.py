@@ -21,14 +21,14 @@ from lastmile.audiences.contact_rules import (
     load_rules,
 )
 from lastmile.config import Settings
-from lastmile.config import settings as current_settings
 from lastmile.identity.forget import forget
 from lastmile.ingest import Ingestor
 from lastmile.privacy import Identifiers
 from lastmile.streaming.sink import Record, StreamSink
-from lastmile.warehouse import Warehouse, close_all, connect, migrate
+from lastmile.warehouse import Warehouse
 from pipelines import beam_ingest
 from tests.factories import event
+from tests.warehouses import empty_embedded_warehouse
 
 SHANGHAI = timezone(timedelta(hours=8))
 #: A Tuesday afternoon in the business zone: outside the default quiet hours.
@@ -41,16 +41,8 @@ _sends = itertools.count(1)
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Warehouse]]:
     """One embedded warehouse for the module; each test uses people of its own."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LASTMILE_HOME", str(tmp_path_factory.mktemp("contact") / "home"))
-        env.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        env.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        close_all()
-        cfg = current_settings()
-        store = connect(cfg)
-        migrate(store)
-        yield cfg, store
-        close_all()
+    with empty_embedded_warehouse(tmp_path_factory.mktemp("contact") / "home") as opened:
+        yield opened
 
 
 def ingest(cfg: Settings, events: list[dict]) -> None:

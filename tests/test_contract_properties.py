@@ -22,12 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lastmile.config import Settings, settings as current_settings
+from lastmile.config import Settings
 from lastmile.contracts import REASONS, contracts
 from lastmile.ingest import Ingestor, process_block, write
 from lastmile.privacy import Identifiers
 from lastmile.streaming.sink import Record, StreamSink, source_name
-from lastmile.warehouse import Warehouse, close_all, connect, migrate
+from lastmile.warehouse import Warehouse
+from tests.warehouses import empty_embedded_warehouse
 
 
 def _hypothesis_jsonschema() -> Any:
@@ -72,16 +73,8 @@ _examples = itertools.count(1)
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Warehouse]]:
     """One embedded warehouse for the whole module (opening one per example would dominate)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LASTMILE_HOME", str(tmp_path_factory.mktemp("properties") / "home"))
-        env.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
-        env.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
-        close_all()
-        cfg = current_settings()
-        store = connect(cfg)
-        migrate(store)
-        yield cfg, store
-        close_all()
+    with empty_embedded_warehouse(tmp_path_factory.mktemp("properties") / "home") as opened:
+        yield opened
 
 
 def recent_times() -> st.SearchStrategy[str]:

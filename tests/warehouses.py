@@ -54,3 +54,24 @@ def feature_home(home: Path) -> Iterator[Settings]:
         close_all()
         yield settings()
         close_all()
+
+
+@contextmanager
+def empty_embedded_warehouse(home: Path) -> Iterator[tuple[Settings, "Warehouse"]]:
+    """A fresh, migrated embedded warehouse under ``home`` for a whole test module.
+
+    Opening one per test would dominate a module of small tests; each test then uses people or
+    events of its own.
+    """
+    from lastmile.warehouse import Warehouse, connect, migrate  # noqa: F401 (Warehouse: the annotation)
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LASTMILE_HOME", str(home))
+        env.setenv("LASTMILE_HASH_KEY", "test-key-not-secret")
+        env.delenv("LASTMILE_CLICKHOUSE_URL", raising=False)
+        close_all()
+        cfg = settings()
+        store = connect(cfg)
+        migrate(store)
+        yield cfg, store
+        close_all()
