@@ -1,0 +1,1 @@
+"""Stocking: what each community front warehouse should order, and how a plan fares on true demand."""
