@@ -40,6 +40,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_BUSINESS_TZ": ("Asia/Shanghai", "IANA time zone of the business calendar: where days, weeks and months end for every mart, feature and live counter (passed to dbt as var business_tz)."),
     "LASTMILE_AUDIENCES_DIR": ("", "Folder of audience definitions (*.yml, `lastmile audience`). Empty: audiences/ shipped with lastmile at the repository root."),
     "LASTMILE_AUDIENCE_DESTINATIONS": ("", "YAML file of audience destinations (Kafka topic, signed webhooks; `lastmile audience publish`). Empty: $LASTMILE_HOME/destinations.yml; no file: no destinations."),
+    "LASTMILE_STOCKING_COST_SHARE": ("0.65", "Unit cost of a SKU as a share of its unit price when a receipt carries no unit cost: what writing off one unit loses (stocking plan)."),
+    "LASTMILE_STOCKING_GOODWILL_SHARE": ("1.0", "Goodwill lost with each unit of demand a front warehouse cannot serve, as a share of the unit price, on top of the margin: a lost order costs margin + goodwill (stocking plan)."),
+    "LASTMILE_POOL_KM": ("2.0", "Communities at most this many km apart may cover each other's shortfall from surplus stock (stocking plan `pool_from`); 0 turns pooling off."),
 }
 
 
@@ -99,6 +102,9 @@ class Settings:
     warehouse_users: str = ""
     audiences_dir: str = ""
     audience_destinations: str = ""
+    stocking_cost_share: float = 0.65
+    stocking_goodwill_share: float = 1.0
+    pool_km: float = 2.0
 
     @property
     def embedded(self) -> bool:
@@ -192,6 +198,17 @@ def _aware(text: str, name: str) -> datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
+def _share(text: str, name: str, upper: float | None = None) -> float:
+    """A non-negative number from the environment (at most ``upper``), or a message naming the variable."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+    if not value >= 0 or (upper is not None and value > upper):
+        raise ValueError(f"{name}={text!r} must be between 0 and {upper}" if upper is not None else f"{name}={text!r} must be >= 0")
+    return value
+
+
 @lru_cache(maxsize=None)
 def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
     env = dict(key)
@@ -221,6 +238,9 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         business_tz=_business_tz(env["LASTMILE_BUSINESS_TZ"]),
         audiences_dir=env["LASTMILE_AUDIENCES_DIR"],
         audience_destinations=env["LASTMILE_AUDIENCE_DESTINATIONS"],
+        stocking_cost_share=_share(env["LASTMILE_STOCKING_COST_SHARE"], "LASTMILE_STOCKING_COST_SHARE", upper=1.0),
+        stocking_goodwill_share=_share(env["LASTMILE_STOCKING_GOODWILL_SHARE"], "LASTMILE_STOCKING_GOODWILL_SHARE"),
+        pool_km=_share(env["LASTMILE_POOL_KM"], "LASTMILE_POOL_KM"),
     )
 
 
