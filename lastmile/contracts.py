@@ -106,7 +106,7 @@ class Contract:
         validator = self._validator
         if validator.is_valid(event):  # the hot path: a yes/no in Rust
             return
-        raise _explain(list(validator.iter_errors(event)), self.event_type)
+        raise _explain(list(validator.iter_errors(event)), self.event_type, self.schema)
 
     @cached_property
     def integer_fields(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
@@ -167,7 +167,18 @@ def _field_name(path: list[str | int]) -> str:
     return out
 
 
-def _explain(errors: list[Any], event_type: str) -> ContractError:
+def _condition(schema: dict[str, Any], schema_path: list[str | int]) -> str:
+    """`` (required when movement is receipt)`` for a field an ``allOf``/``if``/``then`` rule of the
+    contract requires, so the producer learns why a field optional elsewhere is missing here."""
+    if len(schema_path) < 3 or schema_path[0] != "allOf" or schema_path[2] != "then":
+        return ""
+    rule = schema.get("allOf", [])[schema_path[1]] if isinstance(schema_path[1], int) else {}
+    consts = [f"{name} is {spec['const']}" for name, spec in rule.get("if", {}).get("properties", {}).items()
+              if isinstance(spec, dict) and "const" in spec]
+    return f" (required when {' and '.join(consts)})" if consts else ""
+
+
+def _explain(errors: list[Any], event_type: str, schema: dict[str, Any] | None = None) -> ContractError:
     """The first problem, in words: which field, what was expected, what came."""
     first = errors[0]
     kind = type(first.kind).__name__
@@ -176,7 +187,8 @@ def _explain(errors: list[Any], event_type: str) -> ContractError:
         missing = [e.kind.property for e in errors if type(e.kind).__name__ == "Required" and list(e.instance_path) == list(first.instance_path)]
         prefix = f"{where}." if where else ""
         names = ", ".join(prefix + name for name in missing)
-        return ContractError("missing_field", f"{event_type}: missing required field {names}", event_type)
+        why = _condition(schema or {}, list(first.schema_path))
+        return ContractError("missing_field", f"{event_type}: missing required field {names}{why}", event_type)
     if kind == "AdditionalProperties":
         extra = ", ".join(sorted(first.kind.unexpected))
         inside = f" in {where}" if where else ""

@@ -43,6 +43,11 @@ BASE: dict[str, dict[str, Any]] = {
         "source": "mini_program", "subject": {"openid": "oQ7x-9fa2"}, "purpose": "marketing",
         "channel": "mini_program_push", "granted": True,
     },
+    "inventory": {
+        "source": "front_warehouse", "warehouse_id": "fw-C01", "community_id": "C01", "sku": "SKU-0012",
+        "movement": "receipt", "qty": 40, "batch_id": "B2026-11-20-01", "best_before": "2026-11-22T05:00:00+08:00",
+        "unit_cost": 3.2, "merchant_id": "M07",
+    },
 }
 
 
@@ -65,3 +70,14 @@ def packaging_return(**overrides: Any) -> dict[str, Any]:
                  box_id="RB-C01-1", community_id="C01", packaging_items=[{"kind": "crate", "qty": 2}, {"kind": "ice_pack", "qty": 3}])
     base.update(overrides)
     return base
+
+
+def inventory_movement(movement: str, **overrides: Any) -> dict[str, Any]:
+    """An ``inventory`` event of ``movement`` (receipt, write_off or stock_count) with the fields
+    that movement carries; keyword arguments replace (or, as None, remove) fields."""
+    fields: dict[str, Any] = {"movement": movement}
+    if movement == "write_off":
+        fields |= {"qty": 3, "reason": "expired", "best_before": None, "unit_cost": None}
+    elif movement == "stock_count":
+        fields |= {"qty": 0, "batch_id": None, "best_before": None, "unit_cost": None, "merchant_id": None}
+    return event("inventory", **{**fields, **overrides})

@@ -1,6 +1,6 @@
 """Whatever a contract accepts, the warehouse takes: events generated from the schemas themselves.
 
-For each of the six contracts, Hypothesis draws batches of events that satisfy the JSON
+For each contract in ``schemas/``, Hypothesis draws batches of events that satisfy the JSON
 Schema (hypothesis-jsonschema reads the schema files, so a new field or looser bound is
 covered without touching this test) and sends them through the batch ingest (judge a
 block, write it) and through the stream's sink (records → judge → write → handlers) into

@@ -70,13 +70,13 @@ def test_ingest_end_to_end_lands_every_event_type(home: Settings) -> None:
     for event_type, lines in one_of_each().items():
         write_lines(events, f"{event_type}.jsonl", lines)
     report = beam_ingest.run(events)
-    # One event of each of the seven contracts, plus a packaging return beside the claim.
-    assert (report.read, report.valid, report.quarantined, report.written) == (8, 8, 0, 8)
+    # One event of each of the eight contracts, plus a packaging return beside the claim.
+    assert (report.read, report.valid, report.quarantined, report.written) == (9, 9, 0, 9)
     summary = summarize(connect())
-    assert summary.rows == {"raw_consent": 1, "raw_identify": 1, "raw_locker_telemetry": 1, "raw_order": 1,
-                            "raw_pickup": 1, "raw_return": 2, "raw_review": 1}
+    assert summary.rows == {"raw_consent": 1, "raw_identify": 1, "raw_inventory": 1, "raw_locker_telemetry": 1,
+                            "raw_order": 1, "raw_pickup": 1, "raw_return": 2, "raw_review": 1}
     runs = connect().rows("SELECT read, valid, quarantined, written FROM ingest_runs")
-    assert runs == [(8, 8, 0, 8)]
+    assert runs == [(9, 9, 0, 9)]
 
 
 def test_identifiers_are_stored_as_keyed_hashes_of_normalised_values(home: Settings) -> None:
@@ -110,9 +110,9 @@ def test_reingesting_the_same_files_leaves_counts_unchanged(home: Settings) -> N
     before = summarize(connect())
     second = beam_ingest.run(events)
     after = summarize(connect())
-    assert first.read == second.read == 22  # 8 valid events and 2 bad lines for each of the 7 files
+    assert first.read == second.read == 25  # 9 valid events and 2 bad lines for each of the 8 files
     assert before.rows == after.rows and before.quarantined == after.quarantined
-    assert after.total_rows == 8 and after.total_quarantined == 14
+    assert after.total_rows == 9 and after.total_quarantined == 16
 
 
 def spoil(rng: random.Random, good: dict) -> bytes:

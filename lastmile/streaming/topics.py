@@ -8,6 +8,8 @@ keyed by what its order matters for:
 * ``order``, ``pickup``, ``review``, ``return`` by ``order_id`` - a pickup, a review or a
   claim must not overtake the order it refers to in the same partition;
 * ``locker_telemetry`` by ``compartment_id`` - readings of one compartment stay in time order;
+* ``inventory`` by ``warehouse_id`` - a front warehouse's receipts, write-offs and counts stay
+  in order, so a count is never read before the receipt it counted;
 * ``identify`` and ``consent`` by the person's strongest identifier - one person's bindings,
   and grants and withdrawals, stay in order.
 
@@ -40,6 +42,7 @@ _KEY_FIELD: dict[str, str] = {
     "review": "order_id",
     "return": "order_id",
     "locker_telemetry": "compartment_id",
+    "inventory": "warehouse_id",
 }
 #: The identifier object of each type that names a person (for identify keys and packaging returns).
 _PERSON_OBJECT: dict[str, str] = {"identify": "identifiers", "return": "claimant", "consent": "subject"}
