@@ -320,6 +320,10 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
     from lastmile.api_audiences import mount_audiences
 
     mount_audiences(app, cfg, needs, audit, errors)
+    # The group leader's daily brief (/leaders/{leader_id}/brief): scope leaders:read.
+    from lastmile.api_leaders import mount_leaders
+
+    mount_leaders(app, cfg, needs, audit, errors)
     app.state.keyring = keyring
     app.state.audit = audit
     return app

@@ -49,6 +49,7 @@ SCOPES: dict[str, str] = {
     "marketing:write": "record the recommendations a send showed (impressions, the daily cap)",
     "health:read": "health-related fields (declared dietary need, the medical exception), for consenting people",
     "board:read": "the operations board",
+    "leaders:read": "the group leader's daily brief (consenting neighbours of the leader's building)",
     "admin": "every scope",
 }
 

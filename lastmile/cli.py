@@ -1321,6 +1321,41 @@ def audience_export_cmd(
     err.print(f"{written:,} members of {audience.name} written to {out}", highlight=False, soft_wrap=True)
 
 
+leader_app = typer.Typer(help="Group leaders (团长): the daily brief for their building.", no_args_is_help=True)
+app.add_typer(leader_app, name="leader")
+
+
+@leader_app.command("brief")
+@friendly
+def leader_brief_cmd(
+    leader_id: str = typer.Argument(..., help="The leader's id (ref_leaders.leader_id)."),
+    fmt: str = typer.Option("json", "--format", help="json, csv or md (Markdown for WeCom)."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Business day of the brief, YYYY-MM-DD (default: today, "
+                                        "or the day after the newest order)."),
+) -> None:
+    """The leader's daily brief: consenting neighbours due to reorder, new, gone quiet; lockers, claims, sales (docs/leaders.md)."""
+    from datetime import date
+
+    from lastmile.leaders.brief import BriefUnavailable, UnknownLeader, assemble
+    from lastmile.leaders.export import present, to_csv, to_markdown
+    from lastmile.warehouse import connect
+
+    if fmt not in ("json", "csv", "md"):
+        raise BadInput(f"--format {fmt!r}: expected json, csv or md")
+    try:
+        day = date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise BadInput(f"--as-of {as_of!r} is not a day like 2026-11-20") from None
+    try:
+        brief = present(assemble(connect(), leader_id, day))
+    except (UnknownLeader, BriefUnavailable) as exc:
+        raise BadInput(str(exc).strip("'\"")) from None
+    if fmt == "json":
+        print(json.dumps(brief, ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write(to_csv(brief) if fmt == "csv" else to_markdown(brief))
+
+
 @app.command("consent")
 @friendly
 def consent_cmd(path: Path = typer.Argument(..., help="JSONL of dietary-need declarations (oneid, dietary_need, declared_at, source).")) -> None:
