@@ -39,6 +39,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_FLINK_KAFKA_JAR": ("", "Path or URL of flink-sql-connector-kafka 4.0.x, needed when the telemetry job reads Kafka on a cluster."),
     "LASTMILE_BUSINESS_TZ": ("Asia/Shanghai", "IANA time zone of the business calendar: where days, weeks and months end for every mart, feature and live counter (passed to dbt as var business_tz)."),
     "LASTMILE_AUDIENCES_DIR": ("", "Folder of audience definitions (*.yml, `lastmile audience`). Empty: audiences/ shipped with lastmile at the repository root."),
+    "LASTMILE_JOURNEYS_DIR": ("", "Folder of journey definitions (*.yml, `lastmile journey`). Empty: journeys/ shipped with lastmile at the repository root."),
     "LASTMILE_AUDIENCE_DESTINATIONS": ("", "YAML file of audience destinations (Kafka topic, signed webhooks; `lastmile audience publish`). Empty: $LASTMILE_HOME/destinations.yml; no file: no destinations."),
     "LASTMILE_STOCKING_COST_SHARE": ("0.65", "Unit cost of a SKU as a share of its unit price when a receipt carries no unit cost: what writing off one unit loses (stocking plan)."),
     "LASTMILE_STOCKING_GOODWILL_SHARE": ("1.0", "Goodwill lost with each unit of demand a front warehouse cannot serve, as a share of the unit price, on top of the margin: a lost order costs margin + goodwill (stocking plan)."),
@@ -103,6 +104,7 @@ class Settings:
     warehouse_users: str = ""
     audiences_dir: str = ""
     audience_destinations: str = ""
+    journeys_dir: str = ""
     stocking_cost_share: float = 0.65
     stocking_goodwill_share: float = 1.0
     pool_km: float = 2.0
@@ -127,6 +129,13 @@ class Settings:
         if self.audiences_dir:
             return Path(self.audiences_dir).expanduser().resolve()
         return Path(__file__).resolve().parents[1] / "audiences"
+
+    @property
+    def journeys_path(self) -> Path:
+        """Folder of journey files (``LASTMILE_JOURNEYS_DIR``; default the shipped ``journeys/``)."""
+        if self.journeys_dir:
+            return Path(self.journeys_dir).expanduser().resolve()
+        return Path(__file__).resolve().parents[1] / "journeys"
 
     @property
     def audience_destinations_path(self) -> Path:
@@ -247,6 +256,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         business_tz=_business_tz(env["LASTMILE_BUSINESS_TZ"]),
         audiences_dir=env["LASTMILE_AUDIENCES_DIR"],
         audience_destinations=env["LASTMILE_AUDIENCE_DESTINATIONS"],
+        journeys_dir=env["LASTMILE_JOURNEYS_DIR"],
         stocking_cost_share=_share(env["LASTMILE_STOCKING_COST_SHARE"], "LASTMILE_STOCKING_COST_SHARE", upper=1.0),
         stocking_goodwill_share=_share(env["LASTMILE_STOCKING_GOODWILL_SHARE"], "LASTMILE_STOCKING_GOODWILL_SHARE"),
         pool_km=_share(env["LASTMILE_POOL_KM"], "LASTMILE_POOL_KM"),
