@@ -1304,21 +1304,40 @@ def audience_export_cmd(
     name: str = typer.Argument(..., help="The audience's name."),
     fmt: str = typer.Option("csv", "--format", help="csv (with a header) or jsonl."),
     out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: standard output)."),
+    leader: Optional[str] = typer.Option(None, "--leader", help="A group leader's file: only their building's neighbours "
+                                         "who consented, each as a keyed hash (see docs/audiences.md)."),
+    purpose: Optional[list[str]] = typer.Option(None, "--purpose", help="With --leader: consent the file needs, "
+                                                "repeatable (default: marketing)."),
+    channel: str = typer.Option("wecom_leader", help="With --leader: the channel the leader contacts people on."),
+    identifiers: str = typer.Option("hash", help="With --leader: hash (a keyed hash per leader) or oneid (only where "
+                                    "contact_rules.yml exports.clear_identifiers and the person's consent allow)."),
 ) -> None:
-    """The published members (oneid, entered_at, version), ordered by OneID; run `refresh` first."""
+    """The published members (oneid, entered_at, version), ordered by OneID; run `refresh` first.
+    With --leader: that leader's consented neighbours (id, id_kind, building_id, entered_at, version)."""
+    from functools import partial
+
     from lastmile.audiences.reads import write_members
     from lastmile.warehouse import connect
 
     if fmt not in ("csv", "jsonl"):
         raise BadInput(f"--format must be csv or jsonl, not {fmt!r}")
     (audience,) = _audiences([name])
+    write = partial(write_members, connect(), audience.name, fmt)
+    if leader is not None:
+        from lastmile.audiences.contact_rules import load_rules
+        from lastmile.audiences.exports import LeaderExport, write_leader_export
+
+        export = LeaderExport(audience.name, leader, tuple(purpose or ("marketing",)), channel, identifiers)
+        write = partial(write_leader_export, connect(), export, settings().hash_key_bytes(), load_rules(), fmt)
+    elif purpose or identifiers != "hash" or channel != "wecom_leader":
+        raise BadInput("--purpose, --channel and --identifiers apply to a leader's file: add --leader")
     if out is None:
-        write_members(connect(), audience.name, fmt, sys.stdout)
+        write(sys.stdout)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8", newline="") as stream:
-        written = write_members(connect(), audience.name, fmt, stream)
-    err.print(f"{written:,} members of {audience.name} written to {out}", highlight=False, soft_wrap=True)
+        written = write(stream)
+    err.print(f"{written:,} {'people' if leader else 'members'} of {audience.name} written to {out}", highlight=False, soft_wrap=True)
 
 
 leader_app = typer.Typer(help="Group leaders (团长): the daily brief for their building.", no_args_is_help=True)

@@ -115,6 +115,8 @@ class ContactRules:
     quiet_start: time = time(21, 0)
     quiet_end: time = time(8, 0)
     spending_health_daily_cap: int = 1
+    #: Whether a leader's export may carry OneIDs in the clear (see lastmile.audiences.exports).
+    clear_identifiers: bool = False
 
     def quiet(self, local: time) -> bool:
         """Whether a wall-clock time is in the quiet hours (which may span midnight)."""
@@ -155,7 +157,8 @@ def load_rules(path: Path | None = None) -> ContactRules:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ContactRulesError(f"{path}: not valid YAML: {exc}") from None
-    known = {"frequency_cap": {"per_day", "per_week"}, "quiet_hours": {"start", "end"}, "spending_health": {"daily_cap"}}
+    known = {"frequency_cap": {"per_day", "per_week"}, "quiet_hours": {"start", "end"}, "spending_health": {"daily_cap"},
+             "exports": {"clear_identifiers"}}
     if not isinstance(data, dict):
         raise ContactRulesError(f"{path}: expected a mapping with {sorted(known)}")
     for section, body in data.items():
@@ -164,12 +167,16 @@ def load_rules(path: Path | None = None) -> ContactRules:
         if not isinstance(body, dict) or set(body) - known[section]:
             raise ContactRulesError(f"{path}: {section} takes only {sorted(known[section])}")
     d = ContactRules()
+    clear = (data.get("exports") or {}).get("clear_identifiers", d.clear_identifiers)
+    if not isinstance(clear, bool):
+        raise ContactRulesError(f"{path}: exports.clear_identifiers must be true or false, got {clear!r}")
     return ContactRules(
         per_day=_count(path, data, "frequency_cap", "per_day", d.per_day),
         per_week=_count(path, data, "frequency_cap", "per_week", d.per_week),
         quiet_start=_clock(path, data, "start", d.quiet_start),
         quiet_end=_clock(path, data, "end", d.quiet_end),
         spending_health_daily_cap=_count(path, data, "spending_health", "daily_cap", d.spending_health_daily_cap),
+        clear_identifiers=clear,
     )
 
 

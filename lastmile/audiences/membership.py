@@ -4,8 +4,9 @@ Four tables, created on first use:
 
 * ``audience_membership_changes`` — append-only history: who entered or left which audience,
   when, under which version of its definition, and why;
-* ``audience_members`` — the current members (ReplacingMergeTree with a deleted flag: read
-  it with ``FINAL``, which shows exactly the people in each audience now);
+* ``audience_members`` — the current members (ReplacingMergeTree with a deleted flag: the
+  newest row of a person, by ``updated_at``, says whether they are in; ``FINAL`` shows exactly
+  the people in each audience now);
 * ``audience_versions`` — every published definition, by version (a hash of the rule);
 * ``audience_fingerprints`` — per audience, the version, size and fingerprint (XOR of
   ``sipHash64(oneid)``) of the membership last published: read with ``argMax`` by time.
@@ -14,14 +15,19 @@ A refresh compares what an audience selects now with what is published and write
 difference, so refreshing again without a change in the data (or the definition) writes
 nothing: consumers of the history never see the same entry twice. The comparison and the
 writes are statements over the warehouse (INSERT ... SELECT): members never travel through
-Python. Most refreshes find nothing changed, so the first step is one pass over the selected
-people computing their count and fingerprint; when both equal the published ones under the
-same version, the published membership is not read at all. Otherwise current and published
-members are compared in one grouped pass (each person once, with the side they are on), not
-by repeated ``NOT IN`` scans of the published rows. Audiences that count events skip the
-fingerprint pass (counting events costs more than reading the published members) and write
-their entries and exits straight from the comparison. The fingerprint is that of the set the
-refresh compared; a refresh assumes the traits are not rebuilt while it runs.
+Python.
+
+Once an audience is published under its current version, a refresh is one statement that
+evaluates the predicate once and writes the entries and exits straight from the comparison
+with the published members (each person once, with the side they are on, in one grouped
+pass); the members table and the size and fingerprint then follow from what was written. The
+published members are read without ``FINAL``: the same grouped pass takes each person's
+newest row by ``argMax`` (``FINAL`` would merge the table's parts a second time before the
+grouping). The history has a min-max index on ``at``, so reading back what one refresh wrote
+skips every earlier refresh's rows. A first refresh, or one under a new version of the
+definition, first compares in full (restating who stays under the new version); ``evaluate``
+(a preview) checks the fingerprint first and reads the published members only when it
+differs. A refresh assumes the traits are not rebuilt while it runs.
 """
 
 from __future__ import annotations
@@ -41,8 +47,11 @@ TABLES_SQL = (
     oneid String COMMENT 'The person.',
     change Enum8('enter' = 1, 'exit' = 2) COMMENT 'enter or exit.',
     at DateTime64(3, 'UTC') COMMENT 'When the refresh published it (UTC).',
-    reason String COMMENT 'Why, in words: which definition version the person now matches or no longer matches.'
+    reason String COMMENT 'Why, in words: which definition version the person now matches or no longer matches.',
+    INDEX at_minmax at TYPE minmax GRANULARITY 1
 ) ENGINE = MergeTree ORDER BY (audience, oneid, at)""",
+    # tables created before the index: new parts get it (a refresh reads back only its own part)
+    "ALTER TABLE audience_membership_changes ADD INDEX IF NOT EXISTS at_minmax at TYPE minmax GRANULARITY 1",
     """CREATE TABLE IF NOT EXISTS audience_members (
     audience LowCardinality(String) COMMENT 'Audience name.',
     oneid String COMMENT 'The person.',
@@ -72,14 +81,20 @@ SAMPLE_SIZE = 10
 
 #: What an audience selects now (``{predicate}`` filled in), and what is published for it.
 _CURRENT = "SELECT oneid FROM " + TRAITS_VIEW + " WHERE {predicate}"
-_PUBLISHED = "SELECT oneid, version, entered_at FROM audience_members FINAL WHERE audience = {audience:String}"
-#: Every person on either side once: ``now`` (selected now), ``before`` (published), and the
-#: published version and entry time (``{current}`` replaced).
-_SIDES = """SELECT oneid, max(side = 1) AS now, max(side = 2) AS before,
-       maxIf(version, side = 2) AS published_version, maxIf(entered_at, side = 2) AS published_entered_at
-FROM (SELECT oneid, 1 AS side, '' AS version, toDateTime64(0, 3, 'UTC') AS entered_at FROM ({current})
+#: Every row of the published members (all of a person's rows; the newest one counts).
+_PUBLISHED = ("SELECT oneid, 2 AS side, version, entered_at, updated_at, is_deleted FROM audience_members "
+              "WHERE audience = {audience:String}")
+#: Every person on either side once: ``now`` (selected now), ``before`` (published: their
+#: newest row, by ``updated_at``, is not a deletion; a deletion wins a tie), and the published
+#: version and entry time (``{current}`` replaced). No ``FINAL``: the grouping that compares
+#: the sides also picks each person's newest row.
+_SIDES = """SELECT oneid, max(side = 1) AS now,
+       argMaxIf(tuple(is_deleted = 0, version, entered_at), (updated_at, is_deleted), side = 2) AS published,
+       published.1 AS before, published.2 AS published_version, published.3 AS published_entered_at
+FROM (SELECT oneid, 1 AS side, '' AS version, toDateTime64(0, 3, 'UTC') AS entered_at,
+             toDateTime64(0, 3, 'UTC') AS updated_at, toUInt8(0) AS is_deleted FROM ({current})
       UNION ALL
-      SELECT oneid, 2 AS side, version, entered_at FROM (""" + _PUBLISHED + """))
+      """ + _PUBLISHED + """)
 GROUP BY oneid"""
 #: Size, fingerprint and a sample of what the audience selects now, next to the published
 #: fingerprint (version, size, fingerprint; empty version when never published).
@@ -228,59 +243,51 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     recorded in ``audience_versions``, and members who stay under a new version have their
     row updated to it (their entry time kept). Returns the evaluation that was published.
     When the published membership is under this version already, the entries and exits are
-    written straight from the comparison and counted from what was written (no separate
-    counting pass).
+    written straight from the comparison (one evaluation of the predicate) and counted from
+    what was written.
     """
     ensure_tables(warehouse)
     as_of = as_of or newest_event_time(warehouse)
-    if audience.compile().uses_events:
-        direct = _refresh_directly(warehouse, audience, as_of, now)
-        if direct is not None:
-            return direct
+    direct = _refresh_directly(warehouse, audience, as_of, now)
+    if direct is not None:
+        return direct
     fp = _fingerprint(warehouse, audience, as_of)
     if fp.unchanged(audience):  # the fingerprint is written after the version, so the version is recorded
         return _compare(warehouse, audience, fp)
     version = audience.version
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
-    # a stored fingerprint under this version was written after the version was recorded
-    known = fp.stored[0] == version or warehouse.scalar(
+    known = warehouse.scalar(
         "SELECT count() FROM audience_versions WHERE audience = {a:String} AND version = {v:String}", {"a": audience.name, "v": version})
     if not known:
         definition = audience.sql if audience.sql is not None else json.dumps(audience.rule, ensure_ascii=False, sort_keys=True, default=str)
         warehouse.insert_rows("audience_versions", [(audience.name, version, audience.kind, definition, audience.owner, at)],
                               ["audience", "version", "kind", "definition", "owner", "published_at"])
-    if fp.stored[0] == version:
-        _publish(warehouse, audience, fp, at, restate=False)
-        row = warehouse.rows(f"""
-SELECT countIf(change = 'enter'), countIf(change = 'exit'),
-       groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit')
-FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:DateTime64(3, 'UTC')}} AND version = {{v:String}}""",
-                             {"a": audience.name, "v": version, "at": at})[0]
-        entries, exits = int(row[0]), int(row[1])
-        result = Evaluation(audience, fp.as_of, fp.size, fp.size - entries + exits, entries, exits, 0,
-                            sample_entries=list(row[2]), sample_exits=list(row[3]), sample_members=fp.sample)
-    else:
-        result = _compare(warehouse, audience, fp)
-        if result.entries or result.exits or result.restated:
-            _publish(warehouse, audience, fp, at, restate=bool(result.restated))
+    result = _compare(warehouse, audience, fp)
+    if result.entries or result.exits or result.restated:
+        _publish(warehouse, audience, fp, at, restate=bool(result.restated))
     warehouse.insert_rows("audience_fingerprints", [(audience.name, version, fp.size, fp.fingerprint, at)],
                           ["audience", "version", "size", "fingerprint", "updated_at"])
     return result
 
 
-def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None) -> Evaluation | None:
-    """Refresh an audience whose predicate counts events, evaluating the predicate once.
-
-    Counting events costs far more than reading the published membership, so a fingerprint
-    pass (one evaluation) followed by the comparison (a second) would double the cost of
-    every changed refresh. Instead the comparison writes the entries and exits at once (none
-    when nothing changed), and the size and fingerprint follow from the stored ones and what
-    was written. None when there is no stored fingerprint under this version (first refresh,
-    changed definition): the full path then restates and records the version.
-    """
+def stored_fingerprint(warehouse: Warehouse, audience: str) -> tuple[str, int, int]:
+    """Version, size and fingerprint last published for ``audience`` (``('', 0, 0)``: none)."""
     stored = warehouse.rows("SELECT argMax(tuple(version, size, fingerprint), updated_at) FROM audience_fingerprints WHERE audience = {a:String}",
-                            {"a": audience.name})[0][0]
-    version, published_size, published_fingerprint = str(stored[0]), int(stored[1]), int(stored[2])
+                            {"a": audience})[0][0]
+    return str(stored[0]), int(stored[1]), int(stored[2])
+
+
+def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None) -> Evaluation | None:
+    """Refresh an audience published under its current version, evaluating the predicate once.
+
+    A fingerprint pass (one evaluation) followed by the comparison (a second) would double
+    the cost of every changed refresh, and a dbt build brings changes. Instead the
+    comparison writes the entries and exits at once (none when nothing changed), and the
+    size and fingerprint follow from the stored ones and what was written. None when there
+    is no stored fingerprint under this version (first refresh, changed definition): the
+    full path then restates and records the version.
+    """
+    version, published_size, published_fingerprint = stored_fingerprint(warehouse, audience.name)
     if version != audience.version:
         return None
     current, parameters = _query(warehouse, audience, as_of)
@@ -294,13 +301,35 @@ FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:Dat
                                                                            {"a": audience.name, "v": version, "at": at})[0]
     entries, exits = int(entries), int(exits)
     size = published_size + entries - exits
-    sample = [r[0] for r in warehouse.rows(f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}",
-                                           {"a": audience.name})]
     if entries or exits:  # XOR removes who left and adds who entered
         warehouse.insert_rows("audience_fingerprints", [(audience.name, version, size, published_fingerprint ^ int(changed), at)],
                               ["audience", "version", "size", "fingerprint", "updated_at"])
     return Evaluation(audience, as_of, size, published_size, entries, exits, 0,
-                      sample_entries=list(sample_entries), sample_exits=list(sample_exits), sample_members=sample)
+                      sample_entries=list(sample_entries), sample_exits=list(sample_exits),
+                      sample_members=sample_members(warehouse, audience.name))
+
+
+#: People read to find a sample of current members without ``FINAL`` (those who left are skipped).
+_SAMPLE_WINDOW = 10 * SAMPLE_SIZE
+
+
+def sample_members(warehouse: Warehouse, audience: str) -> list[str]:
+    """The first members of ``audience`` by OneID (at most ``SAMPLE_SIZE``).
+
+    Reads the first people of the audience's rows in key order and keeps those whose newest
+    row is not a deletion; only when too many of them left does it fall back to ``FINAL``.
+    """
+    parameters = {"a": audience, "n": _SAMPLE_WINDOW}
+    (last, people), = warehouse.rows(
+        "SELECT max(oneid), count() FROM (SELECT DISTINCT oneid FROM audience_members WHERE audience = {a:String} "
+        "ORDER BY oneid LIMIT {n:UInt32})", parameters)
+    found = [r[0] for r in warehouse.rows(
+        "SELECT oneid FROM audience_members WHERE audience = {a:String} AND oneid <= {last:String} GROUP BY oneid "
+        f"HAVING argMax(is_deleted, (updated_at, is_deleted)) = 0 ORDER BY oneid LIMIT {SAMPLE_SIZE}", {**parameters, "last": last})]
+    if len(found) < SAMPLE_SIZE and int(people) == _SAMPLE_WINDOW:
+        found = [r[0] for r in warehouse.rows(
+            f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}", parameters)]
+    return found
 
 
 def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool) -> None:
