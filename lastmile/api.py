@@ -320,6 +320,10 @@ def create_app(cfg: Settings | None = None, service: Any = None, warm: bool = Fa
     from lastmile.api_audiences import mount_audiences
 
     mount_audiences(app, cfg, needs, audit, errors)
+    # Stocking (/communities/{id}/forecast, /communities/{id}/stocking-plan): scope board:read.
+    from lastmile.api_stocking import mount_stocking
+
+    mount_stocking(app, cfg, needs, errors)
     # The group leader's daily brief (/leaders/{leader_id}/brief): scope leaders:read.
     from lastmile.api_leaders import mount_leaders
 

@@ -135,25 +135,21 @@ class Economics:
         """A lost unit: the margin and the goodwill."""
         return max(self.unit_price - self.unit_cost, 0.0) + self.goodwill
 
-    @property
-    def expiry_risk(self) -> float:
+    def expiry_risk(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
         """Share of a leftover unit's cost at risk: it sells first next time unless it expires first."""
-        return min(1.0, DELIVERY_INTERVAL_H / self.shelf_life_h)
+        return min(1.0, interval_h / self.shelf_life_h)
 
-    @property
-    def overage(self) -> float:
-        return self.unit_cost * self.expiry_risk
+    def overage(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
+        return self.unit_cost * self.expiry_risk(interval_h)
 
-    @property
-    def critical_ratio(self) -> float:
+    def critical_ratio(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
         """The service level worth stocking for: P(demand <= stock) at the optimum."""
-        total = self.underage + self.overage
+        total = self.underage + self.overage(interval_h)
         return self.underage / total if total > 0 else 0.5
 
-    @property
-    def selling_hours(self) -> float:
+    def selling_hours(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
         """How long a delivered lot sells: until the next delivery, or its expiry if sooner."""
-        return min(self.shelf_life_h, DELIVERY_INTERVAL_H)
+        return min(self.shelf_life_h, interval_h)
 
 
 @dataclass(frozen=True)
@@ -275,33 +271,45 @@ def peak_label(hours: np.ndarray, p90: np.ndarray) -> str:
 
 def decide(community_id: str, sku: str, econ: Economics, order_at: datetime, delivery_at: datetime,
            forecast_hours: Sequence[datetime] | np.ndarray, p50: Sequence[float], p90: Sequence[float],
-           lots: Sequence[Lot], sku_name: str = "") -> Decision:
+           lots: Sequence[Lot], sku_name: str = "", next_delivery_at: datetime | None = None) -> Decision:
     """The order for one delivery from the hourly forecast and the lots on the shelf.
 
     ``forecast_hours`` (local hour starts) must cover the selling period after
-    ``delivery_at``; hours before ``order_at`` are ignored.
+    ``delivery_at``; hours before ``order_at`` are ignored. ``next_delivery_at``: when the
+    following lot arrives (default a day later; later when a typhoon cancels a delivery).
     """
-    hours = np.asarray([h if isinstance(h, (int, float, np.floating)) else hour_number(h) for h in forecast_hours], dtype=float)
-    lo = np.asarray(p50, dtype=float)
-    hi = np.asarray(p90, dtype=float)
-    t_order, t_delivery = hour_number(order_at), hour_number(delivery_at)
+    hours = np.asarray([hour_number(h) for h in forecast_hours], dtype=float)
+    t_delivery = hour_number(delivery_at)
+    t_next = hour_number(next_delivery_at) if next_delivery_at else t_delivery + DELIVERY_INTERVAL_H
+    return order_for(community_id, sku, econ, hour_number(order_at), t_delivery, t_next, hours,
+                     np.asarray(p50, dtype=float), np.asarray(p90, dtype=float), lots, sku_name)
+
+
+def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_delivery: float, t_next: float,
+              hours: np.ndarray, p50: np.ndarray, p90: np.ndarray, lots: Sequence[Lot] | Sequence[object],
+              sku_name: str = "") -> Decision:
+    """:func:`decide` on hour numbers (the replay's clock). ``lots``: anything with ``qty`` and
+    ``best_before`` (the ledger's lots too). Raises ValueError when the forecast does not
+    cover the selling period."""
     keep = hours >= math.floor(t_order)
-    hours, lo, hi = hours[keep], lo[keep], hi[keep]
-    order = np.argsort(hours)
-    hours, lo, hi = hours[order], lo[order], hi[order]
+    order = np.argsort(hours[keep], kind="stable")
+    hours, lo, hi = hours[keep][order], p50[keep][order], p90[keep][order]
     mean, var = hourly_moments(lo, hi)
-    period_end = t_delivery + econ.selling_hours
+    interval = t_next - t_delivery
+    selling = econ.selling_hours(interval)
+    period_end = t_delivery + selling
     in_period = (hours >= t_delivery) & (hours < period_end)
     covered = float(in_period.sum())
-    if covered < econ.selling_hours - 0.5:
-        raise ValueError(f"{community_id}/{sku}: the forecast covers {covered:.0f} of the {econ.selling_hours:.0f} selling "
+    delivery_at = from_hour_number(t_delivery)
+    if covered < selling - 0.5:
+        raise ValueError(f"{community_id}/{sku}: the forecast covers {covered:.0f} of the {selling:.0f} selling "
                          f"hours after the delivery at {delivery_at:%Y-%m-%d %H:%M}")
     m, v = period_moments(mean[in_period], var[in_period])
-    ratio = econ.critical_ratio
+    ratio = econ.critical_ratio(interval)
     target, p50_d, p90_d = (int(x) for x in demand_quantile([m, m, m], [v, v, v], [ratio, 0.5, 0.9]))
-    expiring, stale, usable = usable_on_hand(lots, t_order, t_delivery, period_end, hours, mean)
+    expiring, stale, usable = usable_on_hand(lots, t_order, t_delivery, period_end, hours, mean)  # type: ignore[arg-type]
     qty = max(int(math.ceil(target - usable - 1e-9)), 0)
     return Decision(community_id=community_id, sku=sku, delivery_at=delivery_at, order_qty=qty,
-                    on_hand=sum(lot.qty for lot in lots), expiring_before_delivery=expiring, expiring_unsold=stale,
-                    usable_on_hand=usable, p50_demand=float(p50_d), p90_demand=float(p90_d), target=target,
-                    critical_ratio=ratio, peak=peak_label(hours[in_period], hi[in_period]), sku_name=sku_name)
+                    on_hand=sum(lot.qty for lot in lots), expiring_before_delivery=expiring,  # type: ignore[attr-defined]
+                    expiring_unsold=stale, usable_on_hand=usable, p50_demand=float(p50_d), p90_demand=float(p90_d),
+                    target=target, critical_ratio=ratio, peak=peak_label(hours[in_period], hi[in_period]), sku_name=sku_name)

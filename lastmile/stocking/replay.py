@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -33,15 +32,8 @@ import numpy as np
 import pandas as pd
 
 from lastmile.stocking.ledger import ShelfStock
-from lastmile.stocking.newsvendor import (
-    Decision,
-    Economics,
-    demand_quantile,
-    hour_number,
-    hourly_moments,
-    period_moments,
-    usable_on_hand,
-)
+from lastmile.stocking.newsvendor import Decision, Economics, hour_number, order_for
+from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING, last_week_plus_margin
 from lastmile.stocking.pooling import neighbours_within, pool
 
 #: Local hour of the daily receipt and of the evening count at which the next order is placed.
@@ -50,9 +42,6 @@ ORDER_HOUR = 22
 
 #: Names of the two sides.
 PLAN, DEFAULT = "plan", "default_policy"
-
-#: (same weekday's units sold a week before, units on hand at the count) -> units to order.
-DefaultPolicy = Callable[[int, int], int]
 
 
 @dataclass
@@ -158,18 +147,20 @@ def _hours(values: pd.Series, tz: str) -> np.ndarray:
 
 def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, start: date, end: date, *,
            cost_share: float, goodwill_share: float, distances: pd.DataFrame | None = None, pool_km: float = 0.0,
-           history: pd.DataFrame | None = None, default_policy: DefaultPolicy | None = None,
-           tz: str = "Asia/Shanghai") -> ReplayResult:
+           no_delivery: set[date] | frozenset[date] = frozenset(), margin: float = DEFAULT_MARGIN,
+           min_facing: int = DEFAULT_MIN_FACING, tz: str = "Asia/Shanghai") -> ReplayResult:
     """Replay deliveries ``start`` .. ``end`` (inclusive) for every community × SKU with demand.
 
-    ``truth``: ``community_id, sku, hour, demanded`` (the simulator's unconstrained demand;
-    ``hour`` ISO text with offset or timestamps). ``forecasts``: ``community_id, sku, hour, p50,
-    p90`` and optionally ``origin`` (naive local time the forecast was made for; each delivery
-    reads the latest forecast made by its order time, none from after it). ``skus``: ``sku,
-    unit_price, shelf_life_days`` (``unit_cost`` optional). ``history``: ``community_id, sku,
-    hour, served`` before the window, what the default policy looks back at (default: the
-    ``served`` column of ``truth`` where present). ``distances``: ``community_id, neighbour_id,
-    km`` for pooling within ``pool_km``.
+    ``truth``: ``community_id, sku, hour, demanded`` and ``served`` (the simulator's
+    unconstrained demand and what its default policy sold; ``hour`` ISO text with offset or
+    timestamps). The default policy looks back at ``served`` before the window and at its own
+    sales inside it. ``forecasts``: ``community_id, sku, hour, p50, p90`` and optionally
+    ``origin`` (the local time the forecast was made for: each delivery reads the newest
+    forecast made by its order time, none from after it). ``skus``: ``sku, unit_price,
+    shelf_life_days`` (``unit_cost`` optional: else the configured share of the price).
+    ``distances``: ``community_id, neighbour_id, km`` for pooling within ``pool_km``.
+    ``no_delivery``: days whose delivery is cancelled (typhoon): nothing arrives, and the day
+    before orders for two days.
     """
     if end < start:
         raise ValueError(f"the replay window ends ({end}) before it starts ({start})")
@@ -179,116 +170,139 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     missing = {"community_id", "sku", "hour", "p50", "p90"} - set(forecasts.columns)
     if missing:
         raise ValueError(f"the forecast lacks the column(s) {', '.join(sorted(missing))}")
-    if default_policy is None:
-        default_policy = _simulator_default_policy()
 
     econ = _economics(skus, cost_share, goodwill_share)
-    first_delivery = hour_number(datetime.combine(start, datetime.min.time())) + DELIVERY_HOUR
-    last_end = hour_number(datetime.combine(end + timedelta(days=1), datetime.min.time())) + DELIVERY_HOUR
+    first_delivery = _at(start, DELIVERY_HOUR)
+    last_end = _at(end + timedelta(days=1), DELIVERY_HOUR)
 
-    demand = truth.loc[:, ["community_id", "sku", "demanded"]].copy()
-    demand["t"] = _hours(truth["hour"], tz)
-    past = _past_sales(truth, history, tz, first_delivery)
-    demand = demand[(demand["t"] >= first_delivery) & (demand["t"] < last_end) & (demand["demanded"] > 0)]
+    frame = pd.DataFrame({"community_id": truth["community_id"].astype(str).to_numpy(), "sku": truth["sku"].astype(str).to_numpy(),
+                          "t": _hours(truth["hour"], tz), "demanded": truth["demanded"].to_numpy().astype(int),
+                          "served": (truth["served"] if "served" in truth.columns else truth["demanded"] * 0).to_numpy().astype(int)})
+    frame["d"] = (frame["t"] // 24).astype(int)
+    base_day = int(frame["d"].min()) if len(frame) else int(first_delivery // 24)
+    n_days = int(last_end // 24) - base_day + 2
+    demand = frame[(frame["t"] >= first_delivery) & (frame["t"] < last_end) & (frame["demanded"] > 0)]
     unknown = sorted(set(demand["sku"]) - set(econ))
     if unknown:
         raise ValueError(f"{len(unknown)} SKU(s) with demand are not in the SKU list (e.g. {unknown[0]}): "
                          "their price and shelf life are needed")
     series = sorted(set(zip(demand["community_id"], demand["sku"])))
-    by_series: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    for key, group in demand.sort_values("t").groupby(["community_id", "sku"], sort=False):
-        by_series[key] = (group["t"].to_numpy(), group["demanded"].to_numpy().astype(int))
+    by_series: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {
+        key: (g["t"].to_numpy(), g["demanded"].to_numpy()) for key, g in demand.sort_values("t").groupby(["community_id", "sku"], sort=False)}
 
-    fc = forecasts.loc[:, [c for c in ("community_id", "sku", "p50", "p90", "origin") if c in forecasts.columns]].copy()
-    fc["t"] = _hours(forecasts["hour"], tz)
-    if "origin" in fc.columns:
-        fc["origin_t"] = _hours(fc["origin"], tz)
+    # The default policy's memory: calendar-day sales (what the till showed), its opening
+    # quantity (mean daily demand on sale, the supplier's suggestion) and each SKU's first day.
+    sales: dict[tuple[str, str], list[int]] = {key: [0] * n_days for key in series}
+    before = frame[frame["t"] < first_delivery]
+    for (c, sku, d), n in before.groupby(["community_id", "sku", "d"])["served"].sum().items():
+        if (c, sku) in sales:
+            sales[(c, sku)][int(d) - base_day] = int(n)
+    wanted = frame[frame["demanded"] > 0]
+    first_day = {str(sku): int(d) - base_day for sku, d in wanted.groupby("sku")["d"].min().items()}
+    on_sale_days = wanted.groupby("sku")["d"].nunique()
+    opening = {key: float(n) / max(int(on_sale_days.get(key[1], 1)), 1)
+               for key, n in wanted.groupby(["community_id", "sku"])["demanded"].sum().items() if key in sales}
 
+    fc = pd.DataFrame({"community_id": forecasts["community_id"].astype(str).to_numpy(), "sku": forecasts["sku"].astype(str).to_numpy(),
+                       "p50": forecasts["p50"].to_numpy(dtype=float), "p90": forecasts["p90"].to_numpy(dtype=float),
+                       "t": _hours(forecasts["hour"], tz)})
+    if "origin" in forecasts.columns:
+        fc["origin_t"] = _hours(forecasts["origin"], tz)
+
+    on_sale = _on_sale(skus)
     neighbours = neighbours_within(distances.to_dict("records"), pool_km) if distances is not None and pool_km > 0 else {}
     shelves: dict[str, dict[tuple[str, str], ShelfStock]] = {PLAN: defaultdict(ShelfStock), DEFAULT: defaultdict(ShelfStock)}
     out = {PLAN: Outcome(), DEFAULT: Outcome()}
-    cursor = {PLAN: defaultdict(int), DEFAULT: defaultdict(int)}
-    sold: dict[tuple[str, str, int], int] = defaultdict(int, past)  # (community, sku, day number) -> units the default side sold
-    notes: list[str] = []
+    cursor: dict[str, dict[tuple[str, str], int]] = {PLAN: defaultdict(int), DEFAULT: defaultdict(int)}
     missing_forecast: set[tuple[str, str]] = set()
-
-    def run_until(side: str, key: tuple[str, str], until: float) -> None:
-        """Serve the series' demand hours before ``until``."""
-        times, qty = by_series.get(key, (np.empty(0), np.empty(0, dtype=int)))
-        i = cursor[side][key]
-        stock = shelves[side][key]
-        o = out[side]
-        cost = econ[key[1]].unit_cost
-        while i < len(times) and times[i] < until:
-            for lot in stock.expire(times[i]):
-                o.written_off += lot.qty
-                o.written_off_cny += lot.qty * cost
-            served, _ = stock.sell(int(qty[i]), times[i])
-            o.demanded += int(qty[i])
-            o.served += served
-            if served < qty[i]:
-                o.lost_units += int(qty[i]) - served
-                o.stockout_hours += 1
-            if side == DEFAULT:
-                sold[(key[0], key[1], _day_number(times[i]))] += served
-            i += 1
-        cursor[side][key] = i
 
     def write_off(side: str, key: tuple[str, str], now: float) -> None:
         o = out[side]
         for lot in shelves[side][key].expire(now):
             o.written_off += lot.qty
-            o.written_off_cny += lot.qty * econ[key[1]].unit_cost
+            o.written_off_cny += lot.qty * lot.unit_cost
 
-    day = start
-    days = 0
-    while day <= end:
-        delivery = hour_number(datetime.combine(day, datetime.min.time())) + DELIVERY_HOUR
+    def run_until(side: str, key: tuple[str, str], until: float) -> None:
+        """Serve the series' demand hours before ``until``, writing off what expires on the way."""
+        times, qty = by_series.get(key, (np.empty(0), np.empty(0, dtype=int)))
+        i = cursor[side][key]
+        stock = shelves[side][key]
+        o = out[side]
+        while i < len(times) and times[i] < until:
+            write_off(side, key, times[i])
+            n = int(qty[i])
+            served, _ = stock.sell(n, times[i])
+            o.demanded += n
+            o.served += served
+            if served < n:
+                o.lost_units += n - served
+                o.stockout_hours += 1
+            if side == DEFAULT:
+                sales[key][int(times[i] // 24) - base_day] += served
+            i += 1
+        cursor[side][key] = i
+
+    window_days = [start + timedelta(days=k) for k in range((end - start).days + 1)]
+    delivery_days = [d for d in window_days if d not in no_delivery]
+    for n, day in enumerate(delivery_days):
+        delivery = _at(day, DELIVERY_HOUR)
         order_at = delivery - DELIVERY_HOUR - (24 - ORDER_HOUR)
-        plan_fc = _forecast_at(fc, order_at, delivery)
+        following = delivery_days[n + 1] if n + 1 < len(delivery_days) else end + timedelta(days=1)
+        t_next = _at(following, DELIVERY_HOUR)
+        plan_fc = _forecast_at(fc, order_at, t_next)
         decisions: list[Decision] = []
         default_orders: dict[tuple[str, str], int] = {}
+        day_index = int(delivery // 24) - base_day
         for key in series:
             for side in (PLAN, DEFAULT):
                 run_until(side, key, order_at)
                 write_off(side, key, order_at)
-                if delivery > first_delivery:  # the evening count
+                if n:  # the evening count (before the first delivery both shelves are empty)
                     out[side].counted_on_hand += shelves[side][key].on_hand
                     out[side].counts += 1
-            e = econ[key[1]]
             hours, p50, p90 = plan_fc.get(key, (np.empty(0), np.empty(0), np.empty(0)))
-            decisions.append(_plan_decision(key, e, order_at, delivery, hours, p50, p90, shelves[PLAN][key], missing_forecast))
-            last_week = sold.get((key[0], key[1], _day_number(delivery) - 7), 0)
-            default_orders[key] = max(int(default_policy(last_week, shelves[DEFAULT][key].on_hand)), 0)
+            try:
+                decisions.append(order_for(key[0], key[1], econ[key[1]], order_at, delivery, t_next, hours, p50, p90,
+                                           shelves[PLAN][key].lots))
+            except ValueError:
+                missing_forecast.add(key)
+            first = max(first_day.get(key[1], 0), 0)
+            if day_index >= first and on_sale(key[1], day):
+                stock = shelves[DEFAULT][key]
+                usable = max(stock.on_hand - stock.expiring_by(delivery), 0)
+                default_orders[key] = last_week_plus_margin(sales[key], day_index, usable, opening=opening.get(key, 0.0),
+                                                            first_day=first, margin=margin, min_facing=min_facing)
         transfers = pool(decisions, neighbours)
         for key in series:
             for side in (PLAN, DEFAULT):
                 run_until(side, key, delivery)
                 write_off(side, key, delivery)
         for t in transfers:
-            moved = _move(shelves[PLAN][(t.from_community, t.sku)], shelves[PLAN][(t.to_community, t.sku)], t.qty, delivery)
-            out[PLAN].pooled_units += moved
-        for d in decisions:
-            key = (d.community_id, d.sku)
-            e = econ[d.sku]
-            for side, qty in ((PLAN, d.order_qty), (DEFAULT, default_orders[key])):
+            out[PLAN].pooled_units += _move(shelves[PLAN][(t.from_community, t.sku)], shelves[PLAN][(t.to_community, t.sku)],
+                                            t.qty, delivery)
+        plan_orders = {(d.community_id, d.sku): d.order_qty for d in decisions}
+        for key in series:
+            e = econ[key[1]]
+            for side, qty in ((PLAN, plan_orders.get(key, 0)), (DEFAULT, default_orders.get(key, 0))):
                 shelves[side][key].receive(qty, delivery + e.shelf_life_h, f"{side}-{day}", e.unit_cost)
                 out[side].received += qty
-        day += timedelta(days=1)
-        days += 1
     for key in series:
         for side in (PLAN, DEFAULT):
             run_until(side, key, last_end)
             write_off(side, key, last_end)
+    notes = []
     if missing_forecast:
-        notes.append(f"{len(missing_forecast)} series had delivery days without a forecast; the plan ordered nothing for those days")
+        notes.append(f"{len(missing_forecast)} series lacked a forecast for some delivery days; the plan ordered nothing for those")
+    cancelled = [d for d in window_days if d in no_delivery]
+    if cancelled:
+        notes.append("deliveries cancelled on " + ", ".join(str(d) for d in cancelled))
     return ReplayResult(start=start, end=end, series=len(series), plan=out[PLAN], default_policy=out[DEFAULT],
-                        days=days, notes=notes)
+                        days=len(window_days), notes=notes)
 
 
-def _day_number(t: float) -> int:
-    """The selling day of an hour number: days run from one 05:00 delivery to the next."""
-    return int((t - DELIVERY_HOUR) // 24)
+def _at(day: date, hour: int) -> float:
+    """Hour number of ``hour``:00 local on ``day``."""
+    return hour_number(datetime.combine(day, datetime.min.time())) + hour
 
 
 def _economics(skus: pd.DataFrame, cost_share: float, goodwill_share: float) -> dict[str, Economics]:
@@ -300,22 +314,25 @@ def _economics(skus: pd.DataFrame, cost_share: float, goodwill_share: float) -> 
             for s, p, life, c in zip(skus["sku"], skus["unit_price"], skus["shelf_life_days"], costs)}
 
 
-def _past_sales(truth: pd.DataFrame, history: pd.DataFrame | None, tz: str, before: float) -> dict[tuple[str, str, int], int]:
-    """Units sold per community, SKU and selling day before the window (the default policy's memory)."""
-    source = history if history is not None else truth if "served" in truth.columns else None
-    if source is None or source.empty:
-        return {}
-    t = _hours(source["hour"], tz)
-    keep = t < before
-    frame = pd.DataFrame({"c": source["community_id"].to_numpy()[keep], "s": source["sku"].to_numpy()[keep],
-                          "d": ((t[keep] - DELIVERY_HOUR) // 24).astype(int), "n": source["served"].to_numpy()[keep]})
-    sums = frame.groupby(["c", "s", "d"])["n"].sum()
-    return {(str(c), str(s), int(d)): int(n) for (c, s, d), n in sums.items()}
+def _on_sale(skus: pd.DataFrame) -> Any:
+    """``on_sale(sku, day)``: launched and in season (``launched_on``, ``available_from``/``_until`` when listed)."""
+    bounds: dict[str, tuple[date | None, date | None]] = {}
+    for row in skus.to_dict("records"):
+        lo = [pd.Timestamp(row[c]).date() for c in ("launched_on", "available_from") if c in row and row[c] is not None and not pd.isna(row[c])]
+        hi = row.get("available_until")
+        bounds[str(row["sku"])] = (max(lo) if lo else None, pd.Timestamp(hi).date() if hi is not None and not pd.isna(hi) else None)
+
+    def on_sale(sku: str, day: date) -> bool:
+        lo, hi = bounds.get(sku, (None, None))
+        return (lo is None or day >= lo) and (hi is None or day <= hi)
+
+    return on_sale
 
 
 def _forecast_at(fc: pd.DataFrame, order_at: float, delivery: float) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per series, the hourly forecast a buyer had at ``order_at`` for the hours up to a day after ``delivery``."""
-    window = fc[(fc["t"] >= order_at) & (fc["t"] < delivery + 24)]
+    """Per series, the hourly forecast a buyer had at ``order_at`` for the hours before ``delivery``
+    (the following delivery: the end of the selling period)."""
+    window = fc[(fc["t"] >= order_at) & (fc["t"] < delivery)]
     if "origin_t" in window.columns:
         window = window[window["origin_t"] <= order_at]
         if not window.empty:
@@ -326,26 +343,6 @@ def _forecast_at(fc: pd.DataFrame, order_at: float, delivery: float) -> dict[tup
             for key, g in window.groupby(["community_id", "sku"], sort=False)}
 
 
-def _plan_decision(key: tuple[str, str], e: Economics, order_at: float, delivery: float, hours: np.ndarray,
-                   p50: np.ndarray, p90: np.ndarray, stock: ShelfStock, missing: set[tuple[str, str]]) -> Decision:
-    """The newsvendor's order for one series on the replay's clock (the arithmetic of :func:`newsvendor.decide`)."""
-    period_end = delivery + e.selling_hours
-    in_period = (hours >= delivery) & (hours < period_end)
-    if not in_period.any():
-        missing.add(key)
-        target, p50_d, p90_d, usable, expiring, stale = 0, 0.0, 0.0, float(stock.on_hand), 0, 0
-    else:
-        mean, var = hourly_moments(p50, p90)
-        m, v = period_moments(mean[in_period], var[in_period])
-        target, p50_d, p90_d = (int(x) for x in demand_quantile([m, m, m], [v, v, v], [e.critical_ratio, 0.5, 0.9]))
-        expiring, stale, usable = usable_on_hand(stock.lots, order_at, delivery, period_end, hours, mean)
-    qty = max(int(np.ceil(target - usable - 1e-9)), 0)
-    return Decision(community_id=key[0], sku=key[1], delivery_at=datetime(1970, 1, 1) + timedelta(hours=delivery),
-                    order_qty=qty, on_hand=stock.on_hand, expiring_before_delivery=expiring, expiring_unsold=stale,
-                    usable_on_hand=usable, p50_demand=float(p50_d), p90_demand=float(p90_d), target=target,
-                    critical_ratio=e.critical_ratio)
-
-
 def _move(giver: ShelfStock, taker: ShelfStock, qty: int, now: float) -> int:
     """Move ``qty`` good units (oldest first) from one shelf to another, best-before kept."""
     best_before = {lot.batch_id: (lot.best_before, lot.unit_cost) for lot in giver.lots}
@@ -354,13 +351,6 @@ def _move(giver: ShelfStock, taker: ShelfStock, qty: int, now: float) -> int:
         bb, cost = best_before[batch]
         taker.receive(n, bb, batch, cost)
     return moved
-
-
-def _simulator_default_policy() -> DefaultPolicy:
-    """The simulator's default stocking policy, as the replay calls it."""
-    from lastmile.stocking.policies import last_week_plus_margin
-
-    return lambda last_week, on_hand: last_week_plus_margin(last_week, on_hand)
 
 
 def load_truth(home: Path) -> pd.DataFrame:
