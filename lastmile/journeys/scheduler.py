@@ -130,6 +130,13 @@ class JourneyRunner:
             for journey in self.journeys:
                 mine = runs.setdefault((journey.name, event.oneid), [])
                 for i, run in enumerate(mine):
+                    # Waits that ended before this event go first: a reminder due at 18:00 is
+                    # sent even when the order that converts the person (at 20:00) is read in
+                    # the same pass.
+                    ticked = on_clock(journey, run, event.at, self.facts, self.zone) if run.due_at is not None else None
+                    if ticked is not None and ticked.run is not None:
+                        run = mine[i] = ticked.run
+                        transitions.append(ticked)
                     changed = on_event(journey, run, event, self.facts, self.zone)
                     if changed is not None and changed.run is not None:
                         mine[i] = changed.run

@@ -1,0 +1,421 @@
+"""Journeys: files that validate with clear errors, each shipped journey on a scripted stream,
+kill-and-restart without a repeated or lost step, and a holdout that never receives a send."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from lastmile.audiences import load_audiences
+from lastmile.audiences.contact_rules import ContactDesk, ContactRules
+from lastmile.config import Settings
+from lastmile.journeys import JourneyError, load_journey, load_journeys
+from lastmile.journeys import store as journey_store
+from lastmile.journeys.engine import AUDIENCE_ENTRY, Event, in_holdout
+from lastmile.journeys.intake import backfill
+from lastmile.journeys.scheduler import JourneyRunner, publish
+from lastmile.journeys.stats import journey_stats
+from lastmile.warehouse import Warehouse
+from pipelines import beam_ingest
+from tests.factories import event, packaging_return
+from tests.warehouses import empty_embedded_warehouse
+
+SHANGHAI = timezone(timedelta(hours=8))
+#: A Tuesday afternoon in the business zone: outside the default quiet hours.
+NOON = datetime(2026, 11, 24, 14, 0, tzinfo=SHANGHAI)
+SHIPPED = Path(__file__).resolve().parents[1] / "journeys"
+_ids = itertools.count(1)
+_batches = itertools.count(1)
+#: Roomy caps: these tests are about journeys; the caps have their own tests.
+RULES = ContactRules(per_day=20, per_week=100)
+
+
+def shipped(name: str):
+    return load_journey(SHIPPED / f"{name}.yml")
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def test_the_shipped_journeys_validate_against_the_shipped_audiences() -> None:
+    audiences = {a.name for a in load_audiences(SHIPPED.parent / "audiences")}
+    journeys = {j.name: j for j in load_journeys(SHIPPED, audiences)}
+    assert {"compensation_before_complaint", "review_reward", "packaging_returns", "packaging_reward",
+            "win_back_via_leader", "neighbour_referral", "predictive_reservation", "cold_chain_compensation"} <= set(journeys)
+    review = journeys["review_reward"]
+    assert review.holdout == 0.1 and review.once_per == "order_id" and review.event_types() == {"pickup", "review"}
+
+
+GOOD = """name: j
+description: d
+owner: o
+trigger: {event: pickup}
+steps:
+  - send: {template: t, channel: mini_program_push, purposes: [marketing]}
+"""
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    (GOOD.replace("trigger: {event: pickup}", "trigger: {event: pickups}"), 4, "unknown event 'pickups'; expected one of order, pickup"),
+    (GOOD.replace("trigger: {event: pickup}", "trigger: {event: pickup, where: {colour: red}}"), 4, "unknown field 'colour' of pickup"),
+    (GOOD.replace("trigger: {event: pickup}", "trigger: {audience: nobody_at_all}"), 4, "unknown audience 'nobody_at_all'"),
+    (GOOD.replace("channel: mini_program_push", "channel: carrier_pigeon"), 6, "unknown channel 'carrier_pigeon'"),
+    (GOOD.replace("purposes: [marketing]", "purposes: [marketing, service]"), 6, "a service message has the one purpose service"),
+    (GOOD + "  - wait: {weeks: 2}\n", 7, "unknown key 'weeks' in wait; expected days, hours, minutes, until"),
+    (GOOD + "  - wait: {until: \"25:00\"}\n", 7, "until is a local time like \"07:00\""),
+    (GOOD + "  - wait: {event: review}\n", 7, "waiting for an event needs at_most"),
+    (GOOD + "  - name: first\n    exit: true\n  - branch: {if: {event: review, since_entry: true}, then: first}\n", 9,
+     "'first' is not after this step; branches jump forward only"),
+    (GOOD + "  - branch: {if: {trait: shoe_size, op: '>', value: 40}, then: exit}\n", 7, "unknown trait 'shoe_size'"),
+    (GOOD + "  - branch: {if: {event: review, since_entry: true}}\n", 7, "a branch needs then or else"),
+    (GOOD + "holdout: 1.5\n", 7, "holdout is the share of entrants who get nothing"),
+    (GOOD + "goal: {event: review, same: order_id, within: {fortnights: 1}}\n", 7, "unknown key 'fortnights' in within"),
+    (GOOD.replace("owner: o\n", ""), 1, "a journey file needs owner"),
+    (GOOD + "colour: red\n", 7, "unknown key 'colour' in a journey file"),
+    (GOOD.replace("steps:", "steps: [").replace("purposes: [marketing]}\n", "purposes: [marketing]}\n"), 6, "not valid YAML"),
+])
+def test_a_bad_journey_file_names_the_line_and_what_was_expected(tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = tmp_path / "j.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(JourneyError) as caught:
+        load_journey(path, audiences={"excursion_affected_neighbours"})
+    assert str(caught.value).startswith(f"{path}:{line}: "), str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_the_version_follows_the_behaviour_not_the_wording(tmp_path: Path) -> None:
+    path = tmp_path / "j.yml"
+    path.write_text(GOOD, encoding="utf-8")
+    first = load_journey(path).version
+    path.write_text(GOOD.replace("description: d", "description: reworded"), encoding="utf-8")
+    assert load_journey(path).version == first
+    path.write_text(GOOD.replace("template: t", "template: other"), encoding="utf-8")
+    assert load_journey(path).version != first
+
+
+# --- a warehouse with consenting neighbours ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Warehouse, list[str]]]:
+    """One embedded warehouse; 40 neighbours who granted marketing, health and personalised
+    recommendations on every channel a week before NOON, and their OneIDs (each test takes its own)."""
+    with empty_embedded_warehouse(tmp_path_factory.mktemp("journeys") / "home") as (cfg, store):
+        grants, first = [], []
+        for n in range(40):
+            openid = f"oJourney-{n:03d}"
+            for purpose in ("marketing", "health", "personalised_recommendation"):
+                grants.append(event("consent", occurred_at=(NOON - timedelta(days=7)).isoformat(), subject={"openid": openid},
+                                    purpose=purpose, channel="all", granted=True))
+            first.append(grants[-3]["event_id"])
+        ingest(cfg, grants)
+        oneid = dict(store.rows("SELECT event_id, oneid FROM event_oneid WHERE event_id IN {e:Array(String)}", {"e": first}))
+        yield cfg, store, [oneid[e] for e in first]
+
+
+def ingest(cfg: Settings, events: list[dict]) -> None:
+    directory = cfg.home / f"batch{next(_batches)}"
+    directory.mkdir(parents=True)
+    by_type: dict[str, list[bytes]] = {}
+    for e in events:
+        by_type.setdefault(e["event_type"], []).append(orjson.dumps(e))
+    for event_type, lines in by_type.items():
+        (directory / f"{event_type}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    beam_ingest.run(directory, cfg=cfg)
+
+
+_taken = itertools.count(0)
+
+
+def people(pool: list[str], n: int, journey=None, holdout: bool | None = False) -> list[str]:
+    """``n`` unused consenting neighbours (by default outside ``journey``'s holdout)."""
+    out: list[str] = []
+    while len(out) < n:
+        oneid = pool[next(_taken)]
+        if journey is None or holdout is None or in_holdout(journey, oneid) == holdout:
+            out.append(oneid)
+    return out
+
+
+def stranger() -> str:
+    """A person with no consent at all (never ingested: no consent event resolves to them)."""
+    return f"stranger-{next(_ids):05d}"
+
+
+def ev(event_type: str, oneid: str, at: datetime, **fields) -> Event:
+    return Event(f"ev-journey-{next(_ids):06d}", event_type, oneid, at.astimezone(timezone.utc), fields)
+
+
+def runner(cfg: Settings, store: Warehouse, *journeys) -> JourneyRunner:
+    return JourneyRunner(store, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone)
+
+
+def feed(r: JourneyRunner, events: list[Event], now: datetime):
+    journey_store.note(r.warehouse, events)
+    return r.tick(now)
+
+
+def steps_of(store: Warehouse, journey: str, oneid: str) -> list[tuple[str, str, str, str]]:
+    """(step name, kind, outcome, refusal reason) in order."""
+    return store.rows("SELECT step_name, toString(kind), toString(outcome), reason FROM journey_steps FINAL "
+                      "WHERE journey = {j:String} AND oneid = {o:String} ORDER BY at, step_index", {"j": journey, "o": oneid})
+
+
+def status(store: Warehouse, journey: str, oneid: str) -> list[str]:
+    return [r[0] for r in store.rows("SELECT toString(status) FROM journey_runs FINAL WHERE journey = {j:String} "
+                                     "AND oneid = {o:String} ORDER BY entered_at", {"j": journey, "o": oneid})]
+
+
+# --- the shipped journeys --------------------------------------------------------------------
+
+def test_review_reward_prompts_reminds_once_and_stops_at_the_review(warehouse) -> None:
+    cfg, store, pool = warehouse
+    journey = shipped("review_reward")
+    r = runner(cfg, store, journey)
+    quick, slow = people(pool, 2, journey)
+    nobody = stranger()
+    pickups = [ev("pickup", p, NOON, order_id=f"ord-{p[:8]}", collector_role="buyer") for p in (quick, slow, nobody)]
+    report = feed(r, pickups + [ev("pickup", quick, NOON, order_id="ord-family", collector_role="family")], NOON)
+    assert report.entered == 3 and report.sent == 2 and report.refusals == {"no_consent": 1}
+    # The quick one reviews the same order within hours: converted, no reminder.
+    feed(r, [ev("review", quick, NOON + timedelta(hours=3), order_id=f"ord-{quick[:8]}", stars=5)], NOON + timedelta(hours=3))
+    report = r.tick(NOON + timedelta(days=1, minutes=1))
+    assert report.due == 2 and report.sent == 1  # the slow one's reminder; the stranger's is refused again
+    assert steps_of(store, "review_reward", quick) == [("enter", "enter", "entered", ""), ("prompt", "send", "sent", ""),
+                                                      ("step_2", "wait", "waiting", ""), ("goal", "goal", "converted", "")]
+    assert [s[:3] for s in steps_of(store, "review_reward", slow)] == [
+        ("enter", "enter", "entered"), ("prompt", "send", "sent"), ("step_2", "wait", "waiting"), ("reminder", "send", "sent")]
+    assert [s[2:] for s in steps_of(store, "review_reward", nobody) if s[1] == "send"] == [("refused", "no_consent")] * 2
+    # A review of another order is not the goal; the window ends two days after the reminder.
+    feed(r, [ev("review", slow, NOON + timedelta(days=1, hours=2), order_id="ord-other", stars=4)], NOON + timedelta(days=1, hours=2))
+    r.tick(NOON + timedelta(days=3, hours=1))
+    assert status(store, "review_reward", quick) == ["converted"] and status(store, "review_reward", slow) == ["completed"]
+    stats = journey_stats(store, journey)
+    assert stats["treated"]["entered"] == 3 and stats["converted"] == 1 and stats["completed"] == 2
+    assert stats["sends"]["prompt"]["sent"] == 2 and stats["refusals"] == {"no_consent": 2}
+
+
+def test_compensation_before_the_complaint_apologises_at_once_then_asks_after_pickup(warehouse) -> None:
+    from lastmile.audiences.membership import ensure_tables
+
+    cfg, store, pool = warehouse
+    journey = shipped("compensation_before_complaint")
+    r = runner(cfg, store, journey)
+    picks_up, never = people(pool, 2)
+    unconsented = stranger()
+    ensure_tables(store)
+    night = NOON + timedelta(hours=9)  # 23:00: quiet hours hold back marketing, not an apology
+    store.insert_rows("audience_membership_changes",
+                      [("excursion_affected_neighbours", "v1", p, "enter", night.astimezone(timezone.utc).replace(tzinfo=None), "test")
+                       for p in (picks_up, never, unconsented)], ["audience", "version", "oneid", "change", "at", "reason"])
+    report = r.tick(night)
+    assert report.entered == 3 and report.sent == 3  # service: no consent needed, not held back at night
+    r.tick(night)  # the same entries are not taken twice
+    feed(r, [ev("pickup", picks_up, night + timedelta(hours=11), order_id="ord-exc", collector_role="buyer")],
+         night + timedelta(hours=11))
+    assert [s[:3] for s in steps_of(store, journey.name, picks_up)] == [
+        ("enter", "enter", "entered"), ("apology", "send", "sent"), ("until_pickup", "wait", "waiting"),
+        ("picked_up", "branch", "then"), ("review_prompt", "send", "sent")]
+    r.tick(night + timedelta(days=2, minutes=1))  # no pickup within two days: the branch exits
+    assert [s[:3] for s in steps_of(store, journey.name, never)][-1] == ("picked_up", "branch", "else")
+    assert status(store, journey.name, never) == ["exited"] and status(store, journey.name, unconsented) == ["exited"]
+    assert store.scalar("SELECT count() FROM journey_runs FINAL WHERE journey = {j:String}", {"j": journey.name}) == 3
+
+
+def test_packaging_returns_remind_at_nine_unless_the_boxes_came_back(warehouse) -> None:
+    cfg, store, pool = warehouse
+    journey = shipped("packaging_returns")
+    r = runner(cfg, store, journey)
+    keeps, returns = people(pool, 2)
+    feed(r, [ev("pickup", p, NOON, order_id=f"ord-pk-{p[:6]}", collector_role="buyer") for p in (keeps, returns)], NOON)
+    feed(r, [ev("return", returns, NOON + timedelta(days=1), kind="packaging", box_id="RB-C01-1")], NOON + timedelta(days=1))
+    r.tick(NOON + timedelta(days=2, hours=1))  # two days are up at 14:00: now wait for 09:00
+    assert [s[1] for s in steps_of(store, journey.name, keeps)] == ["enter", "wait", "wait"]
+    r.tick(NOON + timedelta(days=2, hours=19))  # 09:00 the next morning
+    reminder = store.rows("SELECT at, channel FROM journey_steps FINAL WHERE journey = {j:String} AND oneid = {o:String} "
+                          "AND kind = 'send' AND outcome = 'sent'", {"j": journey.name, "o": keeps})
+    assert [(at.replace(tzinfo=timezone.utc).astimezone(SHANGHAI).strftime("%d %H:%M"), c) for at, c in reminder] == [("27 09:00", "locker_screen")]
+    assert status(store, journey.name, returns) == ["converted"]
+    assert not [s for s in steps_of(store, journey.name, returns) if s[1] == "send"]
+
+
+def test_the_tenth_packaging_return_earns_the_coupon_once(warehouse) -> None:
+    """History conditions read the warehouse: ten returns ingested, backfilled into the inbox."""
+    cfg, store, _ = warehouse
+    journey = shipped("packaging_reward")
+    openid = f"oRecycler-{next(_ids):04d}"
+    returns = [packaging_return(claimant={"openid": openid}, occurred_at=(NOON + timedelta(minutes=20 * h)).isoformat(),
+                                event_id=f"ev-pack-{openid}-{h:02d}") for h in range(11)]
+    returns.append(event("consent", occurred_at=(NOON - timedelta(days=1)).isoformat(), subject={"openid": openid},
+                         channel="all", granted=True))
+    ingest(cfg, returns)
+    assert backfill(store, journey.event_types(), NOON - timedelta(hours=1)) >= 11
+    r = runner(cfg, store, journey)
+    report = r.tick(NOON + timedelta(hours=4))
+    assert report.entered == 11 and report.sent == 1
+    coupon = store.rows("SELECT run_id, toString(outcome) FROM journey_steps FINAL WHERE journey = {j:String} AND kind = 'send'",
+                        {"j": journey.name})
+    assert coupon == [(f"ev-pack-{openid}-09", "sent")]  # the tenth, by event time
+
+
+def test_the_cold_chain_compensation_journey_is_one_service_message_per_order(warehouse) -> None:
+    cfg, store, _ = warehouse
+    journey = shipped("cold_chain_compensation")
+    r = runner(cfg, store, journey)
+    claimant = stranger()  # no consent: a service message needs none
+    claims = [ev("return", claimant, NOON + timedelta(minutes=m), kind="claim", reason="temperature", order_id="ord-warm")
+              for m in (0, 5)]
+    claims.append(ev("return", claimant, NOON, kind="claim", reason="damaged", order_id="ord-dropped"))
+    report = feed(r, claims, NOON + timedelta(minutes=5))
+    assert report.entered == 1 and report.sent == 1
+    assert [s[:3] for s in steps_of(store, journey.name, claimant)] == [
+        ("enter", "enter", "entered"), ("compensation", "send", "sent"), ("end", "end", "completed")]
+
+
+def test_win_back_referral_and_reservation_follow_their_files(warehouse) -> None:
+    from lastmile.audiences.membership import ensure_tables
+
+    cfg, store, pool = warehouse
+    win_back, referral, reservation = shipped("win_back_via_leader"), shipped("neighbour_referral"), shipped("predictive_reservation")
+    r = runner(cfg, store, win_back, referral, reservation)
+    lapsed, = people(pool, 1, win_back)
+    happy, = people(pool, 1)
+    ensure_tables(store)
+    store.insert_rows("audience_membership_changes", [("lapsed_health_tea_buyers", "v1", lapsed, "enter",
+                                                       NOON.astimezone(timezone.utc).replace(tzinfo=None), "test")],
+                      ["audience", "version", "oneid", "change", "at", "reason"])
+    feed(r, [ev("review", happy, NOON, order_id="ord-h1", stars=5), ev("review", happy, NOON + timedelta(hours=1), order_id="ord-h2", stars=4)],
+         NOON + timedelta(hours=1))
+    r.tick(NOON + timedelta(days=1))
+    # The leader writes at 10:00 the next morning; the referral invite goes at 19:00, once.
+    sent = store.rows("SELECT journey, oneid, at, channel FROM journey_steps FINAL WHERE kind = 'send' AND outcome = 'sent' "
+                      "AND journey IN ('win_back_via_leader', 'neighbour_referral') AND oneid IN {p:Array(String)} ORDER BY at",
+                      {"p": [lapsed, happy]})
+    assert [(j, o, at.replace(tzinfo=timezone.utc).astimezone(SHANGHAI).strftime("%d %H:%M"), c) for j, o, at, c in sent] == [
+        ("neighbour_referral", happy, "24 19:00", "mini_program_push"), ("win_back_via_leader", lapsed, "25 10:00", "wecom_leader")]
+    skipped = store.rows("SELECT detail FROM journey_steps FINAL WHERE journey = 'neighbour_referral' AND oneid = {o:String} "
+                         "AND outcome = 'skipped'", {"o": happy})
+    assert [d for (d,) in skipped] == ["already in run " + skipped[0][0].split("already in run ")[1]]
+    # An order within the week converts the win-back; the follow-up never goes.
+    feed(r, [ev("order", lapsed, NOON + timedelta(days=3), order_id="ord-back")], NOON + timedelta(days=3))
+    r.tick(NOON + timedelta(days=12))
+    assert status(store, win_back.name, lapsed) == ["converted"]
+    # A one-off buyer is no regular: the reservation journey exits at its first branch.
+    assert [s[1:3] for s in steps_of(store, reservation.name, lapsed)] == [("enter", "entered"), ("branch", "else")]
+
+
+# --- kill and restart; the holdout -----------------------------------------------------------
+
+def test_a_crash_between_deciding_and_recording_neither_loses_nor_repeats_a_step(warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, store, pool = warehouse
+    journey = shipped("review_reward")
+    first, second = people(pool, 2, journey)
+    events = [ev("pickup", p, NOON, order_id=f"ord-crash-{p[:6]}", collector_role="buyer") for p in (first, second)]
+    journey_store.note(store, events)
+
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt("killed after the contact rules decided, before the steps were recorded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(journey_store, "save_steps", killed)
+        with pytest.raises(KeyboardInterrupt):
+            runner(cfg, store, journey).tick(NOON)
+    assert store.scalar("SELECT count() FROM journey_steps WHERE journey = {j:String} AND oneid IN {p:Array(String)}",
+                        {"j": journey.name, "p": [first, second]}) == 0
+    decided = store.scalar("SELECT count() FROM contact_sends FINAL WHERE oneid IN {p:Array(String)}", {"p": [first, second]})
+    assert decided == 2  # the desk had allowed both prompts
+
+    with monkeypatch.context() as patched:  # restarted, and killed again after the steps, before the runs
+        patched.setattr(journey_store, "save_runs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            runner(cfg, store, journey).tick(NOON)
+
+    published: list[str] = []
+    for attempt in range(2):  # restarted twice more: the same events and ticks again
+        restarted = runner(cfg, store, journey)
+        journey_store.note(store, events)
+        restarted.tick(NOON)
+        restarted.tick(NOON + timedelta(days=1, minutes=1))
+        publish(store, lambda actions: published.extend(a.action_id for a in actions if a.details["oneid"] in (first, second)))
+    for person in (first, second):
+        assert [s[:3] for s in steps_of(store, journey.name, person)] == [
+            ("enter", "enter", "entered"), ("prompt", "send", "sent"), ("step_2", "wait", "waiting"), ("reminder", "send", "sent")]
+    sends = store.rows("SELECT send_id FROM contact_sends FINAL WHERE oneid IN {p:Array(String)}", {"p": [first, second]})
+    assert len(sends) == 4 and sorted(published) == sorted(s for (s,) in sends)  # each send published once
+    assert store.scalar("SELECT count() FROM contact_refusals FINAL WHERE oneid IN {p:Array(String)}", {"p": [first, second]}) == 0
+
+
+def test_the_holdout_never_receives_a_send_and_the_lift_is_measured(warehouse, tmp_path: Path) -> None:
+    cfg, store, pool = warehouse
+    path = tmp_path / "half.yml"
+    path.write_text("""name: half_held_out
+description: Half of the buyers are held out.
+owner: test
+trigger: {event: pickup}
+holdout: 0.5
+goal: {event: order, within: {days: 2}}
+steps:
+  - send: {template: offer, channel: mini_program_push, purposes: [marketing]}
+  - wait: {hours: 4}
+  - send: {template: offer_again, channel: mini_program_push, purposes: [marketing]}
+""", encoding="utf-8")
+    journey = load_journey(path)
+    treated = people(pool, 4, journey, holdout=False)
+    held = people(pool, 4, journey, holdout=True)
+    r = runner(cfg, store, journey)
+    feed(r, [ev("pickup", p, NOON, order_id=f"ord-h-{p[:6]}") for p in treated + held], NOON)
+    # Three treated and one held-out neighbour order again.
+    feed(r, [ev("order", p, NOON + timedelta(hours=20), order_id=f"ord-again-{p[:6]}") for p in treated[:3] + held[:1]],
+         NOON + timedelta(hours=20))
+    r.tick(NOON + timedelta(days=4))
+    outcomes = store.rows("SELECT holdout, toString(outcome), count() FROM journey_steps FINAL WHERE journey = {j:String} "
+                          "AND kind = 'send' GROUP BY holdout, outcome ORDER BY holdout", {"j": journey.name})
+    assert outcomes == [(0, "sent", 8), (1, "held_out", 8)]
+    published: list[dict] = []
+    publish(store, lambda actions: published.extend(a.details for a in actions))
+    assert {d["oneid"] for d in published if d["journey"] == journey.name} == set(treated)
+    assert store.scalar("SELECT count() FROM contact_sends FINAL WHERE oneid IN {p:Array(String)} AND origin = {o:String}",
+                        {"p": held, "o": f"journey:{journey.name}"}) == 0
+    stats = journey_stats(store, journey)
+    assert stats["treated"]["entered"] == 4 and stats["holdout"]["entered"] == 4
+    assert (stats["conversion"], stats["holdout_conversion"], stats["lift"]) == (0.75, 0.25, 0.5)
+
+
+# --- through the stream worker's sink ------------------------------------------------------------
+
+def test_the_stream_hook_notes_events_before_commit_and_sends_after_oneid(warehouse) -> None:
+    """Records through the worker's sink: the hook notes them; after OneID, a pass sends."""
+    from lastmile.identity.store import resolve_pending
+    from lastmile.ingest import Ingestor
+    from lastmile.journeys.stream import StreamJourneys
+    from lastmile.privacy import Identifiers
+    from lastmile.streaming.sink import Record, StreamSink
+
+    cfg, store, _ = warehouse
+    journey = shipped("cold_chain_compensation")
+    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
+    hook = StreamJourneys(sink, [journey], ContactDesk(store, RULES, cfg), cfg.business_zone, every_s=0,
+                          wall_clock=lambda: NOON + timedelta(hours=1))
+    sink.handlers.append(hook.handler())
+    claimant = f"oStream-{next(_ids):04d}"
+    claim = event("return", occurred_at=NOON.isoformat(), claimant={"openid": claimant}, order_id=f"ord-{claimant}")
+    try:
+        asyncio.run(sink.handle([Record("lastmile.return", 0, 1, orjson.dumps(claim))]))
+        assert store.rows("SELECT event_id, done FROM journey_inbox FINAL WHERE event_id = {e:String}", {"e": claim["event_id"]}) == [
+            (claim["event_id"], 0)]
+        hook.after_resolve()  # before OneID ran: the event waits for its person
+        assert hook.drain() == []
+        identifiers = sink.ingestor.identifiers
+        resolve_pending(store, identifiers.rules, frozenset(identifiers.rules.blocked_tokens(identifiers.hasher)))
+        hook.after_resolve()
+        sent = hook.drain()
+        assert [(a.action, a.details["template"]) for a in sent] == [("journey_send", "cold_chain_compensation")]
+        asyncio.run(hook.delivered(sent))
+        hook.after_resolve()
+        assert hook.drain() == []  # delivered: not handed out again
+    finally:
+        sink.close()
