@@ -43,7 +43,7 @@ def neighbour_id(oneid: str, cfg: Settings) -> str:
     """How a neighbour is named outside lastmile (``LASTMILE_LEADER_IDENTIFIER``)."""
     if cfg.leader_identifier == "oneid":
         return oneid
-    return "nbr_" + hmac.new(cfg.hash_key_bytes, b"leader-brief\x00" + oneid.encode(), hashlib.sha256).hexdigest()[:20]
+    return "nbr_" + hmac.new(cfg.hash_key_bytes(), b"leader-brief\x00" + oneid.encode(), hashlib.sha256).hexdigest()[:20]
 
 
 def _rows(brief: dict[str, Any], path: tuple[str, ...]) -> list[dict[str, Any]]:
