@@ -57,7 +57,13 @@ REFERENCE_TABLES: dict[str, tuple[str, str]] = {
     "recycling_boxes": ("box_id String, community_id String, location String, accepts Array(String)", "box_id"),
     "merchants": ("merchant_id String, name String, category_focus String, alliance_id Nullable(String)", "merchant_id"),
     "skus": ("sku String, name String, name_en String, category String, origin String, unit_price Float64, "
-             "product_class String, is_impulse Bool, is_healthy Bool", "sku"),
+             "product_class String, is_impulse Bool, is_healthy Bool, shelf_life_days Float64, unit_cost Float64, "
+             "available_from Nullable(Date), available_until Nullable(Date), launched_on Nullable(Date)", "sku"),
+    "calendar": ("date Date, holiday Nullable(String), is_holiday Bool, is_workday Bool, weather String", "date"),
+    "promotions": ("promotion_id String, kind String, sku Nullable(String), community_id Nullable(String), "
+                   "starts_at String, ends_at String, discount Float64", "promotion_id"),
+    "front_warehouses": ("warehouse_id String, community_id String, lat Float64, lon Float64", "warehouse_id"),
+    "community_distances": ("community_id String, neighbour_id String, km Float64", "(community_id, neighbour_id)"),
 }
 
 

@@ -9,9 +9,11 @@ writes, under ``out``:
   against ``schemas/*.json`` except the injected malformed lines; also duplicates and late
   lines, as real producers send them;
 * ``truth/`` - ground truth for tests and evaluation, never ingested: persons,
-  identifiers (OneID), orders, excursions, door spikes, injected lines;
+  identifiers (OneID), orders, excursions, door spikes, injected lines, bad batches, the
+  unconstrained hourly demand (``demand_hourly``) and daily stock movements (``stock_daily``);
 * ``reference/`` - master data: communities, buildings, leaders, lockers, recycling boxes,
-  merchants, SKUs;
+  merchants, SKUs, the calendar (holidays, weather), promotions, front warehouses and the
+  distances between communities;
 * ``manifest.json`` - the config and the counts.
 
 Same config, same bytes: everything is drawn from generators seeded by the config, in a
@@ -30,13 +32,16 @@ from typing import Any
 import orjson
 
 from .aftersales import build_aftersales, excursion_affected
+from .calendar import build_calendar, calendar_rows, promotion_rows
 from .clock import iso_ms
 from .config import EVENT_TYPES, SimulationConfig
 from .identify import build_identify
 from .identities import IdentityBook
 from .incidents import plan_cold_chain
-from .orders import build_orders
+from .geography import geography_rows
+from .orders import build_orders, draw_demand
 from .sizing import estimated_events, for_total_events
+from .supply import run_supply, unconstrained
 from .telemetry import render_telemetry, telemetry_count
 from .world import build_world, person_rows, reference_rows
 from .writer import EventFileWriter, write_events, write_jsonl
@@ -82,11 +87,14 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
     report("world", 1, 1)
 
     report("orders", 0, cfg.orders)
-    orders = build_orders(world, cfg, book)
+    cal = build_calendar(cfg, world.skus)
+    demand = draw_demand(world, cfg, cal)
+    supply = run_supply(world, cfg, world.skus, cal, demand) if cfg.supply else unconstrained(world, cfg, demand)
+    orders = build_orders(world, cfg, book, cal, demand, supply)
     report("orders", cfg.orders, cfg.orders)
     report("aftersales", 0, 1)
     affected = excursion_affected(orders, chain)
-    returns, reviews, claims = build_aftersales(world, cfg, orders, affected, book)
+    returns, reviews, claims, bad_batches = build_aftersales(world, cfg, orders, affected, book)
     report("aftersales", 1, 1)
     report("identify", 0, 1)
     identifies = build_identify(world, cfg, orders, book)
@@ -101,7 +109,7 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
     tel.close()
     writers.append(tel)
     other = {"order": orders.order_events, "pickup": orders.pickup_events, "return": returns,
-             "review": reviews, "identify": identifies}
+             "review": reviews, "identify": identifies, "inventory": supply.events}
     for k, event_type in enumerate(EVENT_TYPES[1:]):
         report("write", k, len(other))
         writers.append(write_events(out_dir / "events" / f"{event_type}.jsonl", event_type, other[event_type], cfg))
@@ -122,19 +130,25 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
         "excursions": _incident_rows(chain.excursions, start),
         "door_spikes": _incident_rows(chain.door_spikes, start),
         "injected": [row for w in writers for row in w.truth],
+        "demand_hourly": supply.demand_hourly,
+        "stock_daily": supply.stock_daily,
+        "bad_batches": bad_batches,
     }
     for name, rows in truth.items():
         path = out_dir / "truth" / f"{name}.jsonl"
         write_jsonl(path, rows)
         result.files[f"truth/{name}"] = path
-    for name, rows in reference_rows(world).items():
+    reference = {**reference_rows(world), "calendar": calendar_rows(cal),
+                 "promotions": promotion_rows(cal, world.skus, cfg.start), **geography_rows(world, cfg)}
+    for name, rows in reference.items():
         path = out_dir / "reference" / f"{name}.jsonl"
         write_jsonl(path, rows)
         result.files[f"reference/{name}"] = path
     manifest = {"config": cfg.to_dict(), "counts": result.counts, "injected": result.injected,
                 "truth_rows": {k: len(v) for k, v in truth.items()},
                 "communities": len(world.communities), "persons": len(world.persons),
-                "compartments": len(world.compartments)}
+                "compartments": len(world.compartments), "demanded_orders": cfg.orders,
+                "placed_orders": len(orders), "skus": len(world.skus), "supply": supply.figures}
     (out_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     result.files["manifest"] = out_dir / "manifest.json"
     report("truth", 1, 1)

@@ -8,6 +8,7 @@ generators stay about *how* to sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 PERSONAS = ("young_night", "senior_health", "family", "impulse")
 AGE_BANDS = ("18-35", "36-59", "60+")
@@ -23,9 +24,35 @@ COMMUNITY_NAMES = (
 )
 
 
+#: Shelf life, days from the 05:00 receipt, per (product class, category); ``SHELF_LIFE_BY_NAME``
+#: overrides it for items that keep shorter or longer than their category (leafy greens, cut fruit).
+SHELF_LIFE_DAYS: dict[tuple[str, str], float] = {
+    ("chilled", "vegetables"): 3.0, ("chilled", "fruit"): 4.0, ("chilled", "meat"): 3.0,
+    ("chilled", "seafood"): 2.0, ("chilled", "dairy"): 7.0, ("chilled", "dessert"): 3.0,
+    ("chilled", "eggs"): 21.0, ("chilled", "tofu"): 3.0, ("chilled", "ready_meal"): 1.0,
+    ("ambient", "bakery"): 3.0, ("ambient", "vegetables"): 14.0, ("ambient", "fruit"): 14.0,
+    ("ambient", "snacks"): 180.0, ("ambient", "drinks"): 270.0, ("ambient", "tea"): 365.0,
+    ("ambient", "grain"): 365.0,
+}
+#: Frozen goods keep for months whatever their category.
+FROZEN_SHELF_LIFE_DAYS = 180.0
+SHELF_LIFE_BY_NAME: dict[str, float] = {
+    "上海青": 1.5, "菠菜": 1.0, "生菜": 1.5, "有机娃娃菜": 2.0, "羽衣甘蓝": 2.0,  # leafy greens
+    "草莓": 3.0, "蓝莓": 4.0, "阳光玫瑰葡萄": 5.0, "猕猴桃": 5.0, "西瓜切块": 1.0, "鲜切水果杯": 1.0,
+    "胡萝卜": 7.0,
+}
+#: Shelf life at or under which a SKU counts as fresh (perishable) in fill-rate and spoilage figures.
+FRESH_MAX_SHELF_LIFE_DAYS = 7.0
+
+
 @dataclass(frozen=True)
 class Sku:
-    """One stock keeping unit. ``is_impulse``/``is_healthy`` are ground truth for spending health."""
+    """One stock keeping unit. ``is_impulse``/``is_healthy`` are ground truth for spending health.
+
+    ``popularity`` scales how often shoppers pick it against others of its category (staples
+    high, pack-size variants low: demand is skewed); the dates bound when it can be bought
+    (``available_from``/``available_until`` for seasonal items, ``launched_on`` for new ones).
+    """
 
     sku: str
     name: str
@@ -36,6 +63,36 @@ class Sku:
     product_class: str
     is_impulse: bool = False
     is_healthy: bool = False
+    popularity: float = 1.0
+    available_from: date | None = None
+    available_until: date | None = None
+    launched_on: date | None = None
+
+    @property
+    def shelf_life_days(self) -> float:
+        if self.name in SHELF_LIFE_BY_NAME:
+            return SHELF_LIFE_BY_NAME[self.name]
+        if self.product_class == "frozen":
+            return FROZEN_SHELF_LIFE_DAYS
+        return SHELF_LIFE_DAYS.get((self.product_class, self.category), 30.0)
+
+    @property
+    def is_fresh(self) -> bool:
+        return self.shelf_life_days <= FRESH_MAX_SHELF_LIFE_DAYS
+
+    @property
+    def unit_cost(self) -> float:
+        """Purchase cost per unit: 60-70 % of the list price, fixed per SKU number."""
+        share = 0.60 + 0.01 * (int(self.sku[2:]) * 37 % 11)
+        return round(self.unit_price * share, 2)
+
+    def available_on(self, day: date) -> bool:
+        """Whether shoppers can buy it on ``day`` (in season and launched)."""
+        if self.launched_on is not None and day < self.launched_on:
+            return False
+        if self.available_from is not None and day < self.available_from:
+            return False
+        return self.available_until is None or day <= self.available_until
 
 
 def _sku(n: int, name: str, name_en: str, category: str, origin: str, price: float, cls: str,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING
+
 #: Allowed temperature range per product class, °C (``None``: unbounded on that side).
 #: Ambient compartments have no cold-chain range, so they never have excursions.
 TEMPERATURE_RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -27,7 +29,7 @@ TEMPERATURE_RANGES: dict[str, tuple[float | None, float | None]] = {
 UTC_OFFSET = "+08:00"
 
 #: Event types, in the order files are written (telemetry first: it is the bulk).
-EVENT_TYPES = ("locker_telemetry", "order", "pickup", "return", "review", "identify")
+EVENT_TYPES = ("locker_telemetry", "order", "pickup", "return", "review", "identify", "inventory")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,10 @@ class SimulationConfig:
     """
 
     seed: int = 42
-    #: Orders placed in the window; everything else is sized from it.
+    #: Orders DEMANDED in the window (what shoppers try to buy); everything else is sized from
+    #: it. With ``supply`` on, fewer are placed: a line beyond the front warehouse's stock is
+    #: lost, and an order with no line left is never placed (truth/demand_hourly.jsonl keeps
+    #: the demand, events/order.jsonl has the placed orders).
     orders: int = 20_000
     weeks: int = 8
     start: date = date(2026, 9, 7)
@@ -70,6 +75,36 @@ class SimulationConfig:
     junk_identifier_share: float = 0.004
     #: Share of identifier occurrences typed in a messy but normalisable form ("138 0013 8000").
     messy_identifier_share: float = 0.1
+    #: Share of production batches (an order line's ``batch_id``) of degraded quality: their
+    #: buyers mostly get spoiled or poor goods, so reviews of those orders turn to 1-2 stars with
+    #: quality tags (not_fresh, overripe, ...) and quality claims become frequent. Listed in
+    #: truth/bad_batches.jsonl with the time of their first bad signal (lastmile.batches).
+    bad_batch_share: float = 0.05
+    #: Supply side: each community front warehouse (fw-<community_id>) stocks every SKU by
+    #: the default policy (:func:`lastmile.stocking.policies.last_week_plus_margin`, ordered
+    #: at 22:00 for a 05:00 receipt), sells first-expiring-first-out, writes off what expires,
+    #: and loses the demand beyond stock; writes events/inventory.jsonl. False: unconstrained
+    #: sales and no inventory events.
+    supply: bool = True
+    #: The default policy's margin over last week's same-day sales (0.55 = 55 % more).
+    stock_margin: float = DEFAULT_MARGIN
+    #: Units the default policy keeps of every listed SKU however little it sold.
+    stock_min_facing: int = DEFAULT_MIN_FACING
+    #: Share of received units damaged in handling (written off, reason damaged, at receipt).
+    damaged_share: float = 0.02
+    #: Cold-room faults per front warehouse per week; each writes off part of the chilled stock
+    #: (reason temperature).
+    cold_room_faults_per_week: float = 0.1
+    #: The catalogue beyond the hand-written base items: pack and grade variants (the long
+    #: tail), seasonal items (cherries, hairy crabs, mooncakes) and SKUs launched mid-window.
+    extended_catalogue: bool = True
+    #: Holidays and 调休 workdays (Mid-Autumn, the National Day week) shape demand.
+    holidays: bool = True
+    #: Rain, rainstorms and a typhoon day (deliveries suspended, stocking up the day before).
+    weather: bool = True
+    #: The every-other-Wednesday 14:00-17:00 blind box (the slot's orders triple) and weekly
+    #: price cuts on some SKUs (cut SKUs are picked more often).
+    promotions: bool = True
 
     def __post_init__(self) -> None:
         if self.orders < 1:
@@ -80,7 +115,10 @@ class SimulationConfig:
             raise ValueError(f"start must be a Monday (weekly rhythms are aligned to it), got {self.start}")
         if self.telemetry_every_s < 10:
             raise ValueError("telemetry_every_s must be >= 10")
-        for name in ("malformed_share", "duplicate_share", "late_share", "junk_identifier_share", "messy_identifier_share"):
+        if self.stock_margin < 0 or self.stock_min_facing < 0 or self.cold_room_faults_per_week < 0:
+            raise ValueError("stock_margin, stock_min_facing and cold_room_faults_per_week must be >= 0")
+        for name in ("malformed_share", "duplicate_share", "late_share", "junk_identifier_share", "messy_identifier_share",
+                     "damaged_share", "bad_batch_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 0.5:
                 raise ValueError(f"{name} must be within [0, 0.5], got {value}")

@@ -36,9 +36,10 @@ EXPECTED_REASON = {
     "oversized": "oversized",
 }
 #: Short event-id prefix per event type (ids look like ``ev-ord-000001234``).
-ID_PREFIX = {"locker_telemetry": "tel", "order": "ord", "pickup": "pik", "return": "ret", "review": "rev", "identify": "idn"}
+ID_PREFIX = {"locker_telemetry": "tel", "order": "ord", "pickup": "pik", "return": "ret", "review": "rev", "identify": "idn",
+             "inventory": "inv"}
 _WRONG_TYPE_FIELD = {"locker_telemetry": "temperature_c", "order": "total_amount", "pickup": "code_verified",
-                     "return": "claimant", "review": "stars", "identify": "identifiers"}
+                     "return": "claimant", "review": "stars", "identify": "identifiers", "inventory": "qty"}
 OVERSIZE_BYTES = 70_000  # comfortably over the 64 KiB payload limit
 
 

@@ -33,9 +33,11 @@ from .catalog import (
     WEDNESDAY_LULL,
     WEEKDAY_FACTOR,
 )
+from .calendar import Calendar, hourly_intensity
 from .clock import DAY_MS, HOUR_MS, MINUTE_MS, iso_seconds
 from .config import SimulationConfig
 from .identities import IdentityBook
+from .supply import Demand, Supply
 from .world import Person, World
 
 CHANNELS = ("mini_program", "group_chat", "store")
@@ -43,6 +45,10 @@ COLLECTOR_ROLES = ("buyer", "family", "neighbour", "leader", "staff")
 #: Orders nobody collects stay in the compartment until staff clear them this long after the
 #: slot ends (the cold-chain job assumes the same).
 UNCOLLECTED_CLEAR_MS = 48 * HOUR_MS
+#: Day-to-day swings of a SKU's appeal (a good batch, a leader's push in the group chat, a
+#: neighbour's post): its pick weight is multiplied by a lognormal shock of mean 1 and this
+#: sigma per day. Real demand varies more than independent shoppers would make it.
+DAILY_SHOCK_SIGMA = 0.4
 
 
 def weekly_profile(persona: str) -> np.ndarray:
@@ -91,16 +97,24 @@ class Orders:
 
 
 class _Sampler:
-    """SKU draws per (persona, class, dietary need), as cumulative weights for random.choices."""
+    """SKU draws per (day, persona, class, dietary need), as cumulative weights for random.choices.
 
-    def __init__(self, world: World) -> None:
+    A SKU's weight is its category's appeal to the persona (impulse and healthy biases
+    applied), times its popularity, times the price-cut lift in a week it is cut, times the
+    day's shock; SKUs not on sale that day (out of season, not launched yet) have none.
+    Tables are built on first use.
+    """
+
+    def __init__(self, world: World, cal: Calendar, shocks: np.ndarray) -> None:
         self.skus = world.skus
-        self.table: dict[tuple[str, str, bool], tuple[list[int], list[float]]] = {}
+        self.cal = cal
+        self.shocks = shocks
+        self.base: dict[tuple[str, str, bool], list[tuple[int, float]]] = {}
         for persona in PERSONAS:
             taste = CATEGORY_TASTE[persona]
             for cls in PRODUCT_CLASSES:
                 for diet in (False, True):
-                    idx, weights = [], []
+                    rows = []
                     for i, s in enumerate(self.skus):
                         if s.product_class != cls:
                             continue
@@ -109,12 +123,19 @@ class _Sampler:
                             w *= IMPULSE_BIAS[persona] * (0.3 if diet else 1.0)
                         if s.is_healthy and (diet or persona == "senior_health"):
                             w *= 2.0
-                        idx.append(i)
-                        weights.append(w)
-                    self.table[(persona, cls, diet)] = (idx, list(accumulate(weights)))
+                        rows.append((i, w * s.popularity))
+                    self.base[(persona, cls, diet)] = rows
+        self.table: dict[tuple[int, str, str, bool], tuple[list[int], list[float]]] = {}
 
-    def draw(self, rnd: random.Random, persona: str, cls: str, diet: bool, k: int) -> list[int]:
-        idx, cum = self.table[(persona, cls, diet)]
+    def draw(self, rnd: random.Random, day: int, persona: str, cls: str, diet: bool, k: int) -> list[int]:
+        key = (day, persona, cls, diet)
+        if key not in self.table:
+            when, week = self.cal.days[day].date, day // 7
+            shock = self.shocks[:, day]
+            rows = [(i, w * self.cal.pick_factor(i, week) * shock[i]) for i, w in self.base[(persona, cls, diet)]
+                    if self.skus[i].available_on(when)]
+            self.table[key] = ([i for i, _ in rows], list(accumulate(w for _, w in rows)))
+        idx, cum = self.table[key]
         return rnd.choices(idx, cum_weights=cum, k=k)
 
 
@@ -126,42 +147,74 @@ def _pick(rnd: random.Random, cum: list[float]) -> int:
     return bisect_right(cum, rnd.random() * cum[-1])
 
 
-def _sample_times(world: World, cfg: SimulationConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(order time ms, person index) for every order, sorted by time."""
+def _sample_times(world: World, cfg: SimulationConfig, rng: np.random.Generator,
+                  cal: Calendar) -> tuple[np.ndarray, np.ndarray]:
+    """(order time ms, person index) for every demanded order, sorted by time.
+
+    Each persona's orders fall on the window's hours in proportion to its weekly rhythm as
+    the calendar bends it (holidays, weather, blind boxes), and the impulse persona's
+    spending velocity rises week by week.
+    """
     persons = world.persons
     weights = np.array([p.activity for p in persons])
     who = rng.choice(len(persons), size=cfg.orders, p=weights / weights.sum())
     persona_of = np.array([PERSONAS.index(p.persona) for p in persons])[who]
-    week = np.zeros(cfg.orders, dtype=np.int64)
-    hour_of_week = np.zeros(cfg.orders, dtype=np.int64)
+    hour = np.zeros(cfg.orders, dtype=np.int64)
+    week_of_hour = np.arange(cfg.weeks * 168) // 168
     for k, persona in enumerate(PERSONAS):
         mask = persona_of == k
         n = int(mask.sum())
         if not n:
             continue
-        hour_of_week[mask] = rng.choice(168, size=n, p=weekly_profile(persona))
-        # The impulse persona's spending velocity rises week by week.
-        ramp = 1.0 + (0.25 if persona == "impulse" else 0.0) * np.arange(cfg.weeks)
-        week[mask] = rng.choice(cfg.weeks, size=n, p=ramp / ramp.sum())
-    t = week * 7 * DAY_MS + hour_of_week * HOUR_MS + rng.integers(0, HOUR_MS, cfg.orders)
+        ramp = 1.0 + (0.25 if persona == "impulse" else 0.0) * week_of_hour
+        intensity = hourly_intensity(cal, weekly_profile(persona)) * ramp
+        hour[mask] = rng.choice(len(intensity), size=n, p=intensity / intensity.sum())
+    t = hour * HOUR_MS + rng.integers(0, HOUR_MS, cfg.orders)
     order = np.lexsort((who, t))
     return t[order], who[order]
 
 
-def build_orders(world: World, cfg: SimulationConfig, book: IdentityBook) -> Orders:
-    """All orders in the window and the pickups that follow them."""
+def draw_demand(world: World, cfg: SimulationConfig, cal: Calendar) -> Demand:
+    """Every demanded order: when, who, and the basket they want (one product class, SKUs to
+    taste and as the day's assortment and price cuts allow). Nothing here knows about stock."""
     rng = cfg.rng("orders")
+    rnd = random.Random(cfg.seed * 1_000_003 + 43)
+    times, who = _sample_times(world, cfg, rng, cal)
+    shocks = cfg.rng("demand_shocks").lognormal(-DAILY_SHOCK_SIGMA ** 2 / 2, DAILY_SHOCK_SIGMA,
+                                                (len(world.skus), cfg.weeks * 7))
+    sampler = _Sampler(world, cal, shocks)
+    class_cum = {p: _cum(CLASS_MIX[p]) for p in PERSONAS}
+    demand = Demand()
+    for t, pi in zip(times.tolist(), who.tolist()):
+        p = world.persons[pi]
+        week = t // (7 * DAY_MS)
+        cls = PRODUCT_CLASSES[_pick(rnd, class_cum[p.persona])]
+        lo, hi = BASKET_LINES[p.persona]
+        if p.persona == "impulse":
+            hi += week // 2
+        picks = sampler.draw(rnd, t // DAY_MS, p.persona, cls, p.dietary_need, rnd.randint(lo, hi))
+        qty_max = 4 if p.persona == "impulse" else (3 if p.persona == "family" else 2)
+        lines: dict[int, int] = {}
+        for s in picks:
+            lines[s] = lines[s] + 1 if s in lines else rnd.randint(1, qty_max)
+        demand.t_ms.append(t)
+        demand.person.append(pi)
+        demand.community.append(p.community_index)
+        demand.basket_class.append(cls)
+        demand.lines.append(list(lines.items()))
+    return demand
+
+
+def build_orders(world: World, cfg: SimulationConfig, book: IdentityBook, cal: Calendar, demand: Demand,
+                 supply: Supply) -> Orders:
+    """The placed orders (demanded orders with at least one line served) and their pickups."""
     rnd = random.Random(cfg.seed * 1_000_003 + 41)
-    times, who = _sample_times(world, cfg, rng)
-    sampler = _Sampler(world)
     skus = world.skus
-    n_weeks = cfg.weeks
-    # Weekly promotions: ~12% of SKU-weeks are 15% off.
-    promo = np.where(rng.random((len(skus), n_weeks + 2)) < 0.12, 0.85, 1.0)
-    prices = np.round(np.array([s.unit_price for s in skus])[:, None] * promo, 2).tolist()
+    cut = cal.price_cut
+    prices = [[round(s.unit_price * (1.0 - float(cut[i, w])), 2) for w in range(cfg.weeks)]
+              for i, s in enumerate(skus)]
     merchants_by = _merchant_index(world)
     slot_cum = {p: _cum(SLOT_PREF[p]) for p in PERSONAS}
-    class_cum = {p: _cum(CLASS_MIX[p]) for p in PERSONAS}
     slot_stamp: dict[int, str] = {}
 
     def stamp(ms: int) -> str:
@@ -171,12 +224,14 @@ def build_orders(world: World, cfg: SimulationConfig, book: IdentityBook) -> Ord
 
     out = Orders()
     leaders = world.leaders
-    for n, (t, pi) in enumerate(zip(times.tolist(), who.tolist())):
+    for t, pi, cls, got in zip(demand.t_ms, demand.person, demand.basket_class, supply.served):
+        if not got:  # nothing of the basket was in stock: the order is never placed
+            continue
         p = world.persons[pi]
         building = world.buildings[p.building_index]
         community = world.communities[p.community_index]
         leader = world.persons[building.leader_person]
-        order_id = f"ord-{n + 1:09d}"
+        order_id = f"ord-{len(out) + 1:09d}"
         week = t // (7 * DAY_MS)
 
         # channel, and whether the leader keys this order in with their own phone
@@ -189,29 +244,17 @@ def build_orders(world: World, cfg: SimulationConfig, book: IdentityBook) -> Ord
             trap = rnd.random() < share
         buyer = _buyer(book, rnd, world, p, channel, t, leader if trap else None)
 
-        # basket: one product class, SKUs to taste, prices of the week
-        cls = PRODUCT_CLASSES[_pick(rnd, class_cum[p.persona])]
-        lo, hi = BASKET_LINES[p.persona]
-        if p.persona == "impulse":
-            hi += week // 2
-        picks = sampler.draw(rnd, p.persona, cls, p.dietary_need, rnd.randint(lo, hi))
-        qty_max = 4 if p.persona == "impulse" else (3 if p.persona == "family" else 2)
+        # the lines the front warehouse could serve, at the week's prices
         slot_day, slot = _slot(rnd, slot_cum[p.persona], t)
         slot_start = slot_day * DAY_MS + SLOTS[slot][0] * HOUR_MS
         slot_end = slot_day * DAY_MS + SLOTS[slot][1] * HOUR_MS
         batch_day = stamp(slot_start - DAY_MS)[5:10].replace("-", "")
         items: list[dict[str, Any]] = []
-        seen: dict[int, dict[str, Any]] = {}
-        for s in picks:
-            if s in seen:
-                seen[s]["qty"] += 1
-                continue
+        for s, qty, batch in got:
             sku = skus[s]
-            line = {"sku": sku.sku, "category": sku.category, "qty": rnd.randint(1, qty_max),
-                    "unit_price": prices[s][min(week, n_weeks + 1)], "origin": sku.origin,
-                    "batch_id": f"{sku.sku}-{batch_day}"}
-            seen[s] = line
-            items.append(line)
+            items.append({"sku": sku.sku, "category": sku.category, "qty": qty,
+                          "unit_price": prices[s][week], "origin": sku.origin,
+                          "batch_id": batch or f"{sku.sku}-{batch_day}"})
         gross = sum(it["qty"] * it["unit_price"] for it in items)
         coupon = (5.0 if gross >= 39 else 0.0) if rnd.random() < 0.15 else 0.0
         total = round(max(0.0, gross - coupon), 2)

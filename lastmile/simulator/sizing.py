@@ -8,21 +8,32 @@ which the world itself reads.
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from dataclasses import replace
 from typing import Any
 
+from .assortment import build_catalogue
 from .config import SimulationConfig
 from .world import count_compartments
 
-#: Non-telemetry events per order at default rates (orders, pickups, reviews, returns,
-#: identifies), measured on seeded runs; used only to *estimate* sizes.
-EVENTS_PER_ORDER = 2.58
+#: Non-telemetry events per demanded order at default rates (orders, pickups, reviews,
+#: returns, identifies of the placed orders), measured on seeded runs; used only to
+#: *estimate* sizes.
+EVENTS_PER_ORDER = 2.5
+#: Inventory events per front warehouse, SKU and day (the 22:00 count, receipts, write-offs,
+#: sold-out signals), measured likewise.
+INVENTORY_EVENTS_PER_SKU_DAY = 2.2
 
 
 def estimated_events(cfg: SimulationConfig) -> int:
     """Roughly how many lines ``simulate`` writes for ``cfg`` (within a few %)."""
     telemetry = count_compartments(cfg) * cfg.telemetry_steps
     other = cfg.orders * EVENTS_PER_ORDER
+    if cfg.supply:
+        days = cfg.weeks * 7
+        listed = sum(1 for s in build_catalogue(cfg.start, cfg.extended_catalogue)
+                     for d in range(0, days, 7) if s.available_on(cfg.start + timedelta(days=d))) / len(range(0, days, 7))
+        other += cfg.n_communities * listed * days * INVENTORY_EVENTS_PER_SKU_DAY
     bad = 1.0 + cfg.malformed_share + cfg.duplicate_share
     return int((telemetry + other) * bad)
 

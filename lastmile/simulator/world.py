@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
 
+from .assortment import build_catalogue
 from .catalog import (
     ACTIVITY,
     CITY,
@@ -25,7 +27,6 @@ from .catalog import (
     DISTRICTS,
     MERCHANT_FOCUS,
     MERCHANT_NAMES,
-    SKUS,
     Sku,
 )
 from .config import SimulationConfig
@@ -341,7 +342,7 @@ def build_world(cfg: SimulationConfig) -> World:
     leaders = _choose_leaders(buildings, persons, rnd)
     merchants = _merchants(communities, rnd)
     return World(cfg, communities, lockers, compartments, buildings, households, persons, leaders,
-                 merchants, SKUS, boxes)
+                 merchants, build_catalogue(cfg.start, cfg.extended_catalogue), boxes)
 
 
 def _give_identifiers(p: Person, mint: _IdMint, rnd: random.Random, window: int) -> None:
@@ -451,10 +452,16 @@ def reference_rows(world: World) -> dict[str, list[dict[str, Any]]]:
         "skus": [
             {"sku": s.sku, "name": s.name, "name_en": s.name_en, "category": s.category, "origin": s.origin,
              "unit_price": s.unit_price, "product_class": s.product_class, "is_impulse": s.is_impulse,
-             "is_healthy": s.is_healthy}
+             "is_healthy": s.is_healthy, "shelf_life_days": s.shelf_life_days, "unit_cost": s.unit_cost,
+             "available_from": _iso(s.available_from), "available_until": _iso(s.available_until),
+             "launched_on": _iso(s.launched_on)}
             for s in world.skus
         ],
     }
+
+
+def _iso(day: date | None) -> str | None:
+    return day.isoformat() if day is not None else None
 
 
 def person_rows(world: World) -> list[dict[str, Any]]:

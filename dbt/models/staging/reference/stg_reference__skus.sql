@@ -12,7 +12,12 @@ renamed as (
         unit_price as list_price_cny,
         product_class,
         is_impulse,
-        is_healthy
+        is_healthy,
+        shelf_life_days,
+        unit_cost as unit_cost_cny,
+        available_from,
+        available_until,
+        launched_on
     from source
 )
 
