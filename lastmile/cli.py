@@ -1396,5 +1396,10 @@ def config_cmd() -> None:
     console.print(table)
 
 
+# `lastmile journey list|validate|stats|tick`, defined beside the journeys.
+from lastmile.cli_journeys import register as _register_journeys  # noqa: E402
+
+_register_journeys(app, friendly, BadInput, console, err)
+
 if __name__ == "__main__":
     app()

@@ -419,3 +419,21 @@ def test_the_stream_hook_notes_events_before_commit_and_sends_after_oneid(wareho
         assert hook.drain() == []  # delivered: not handed out again
     finally:
         sink.close()
+
+
+def test_the_command_line_validates_lists_and_reports(warehouse, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lastmile.cli import app
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text(GOOD.replace("purposes: [marketing]", "purposes: [gossip]"), encoding="utf-8")
+    cli = CliRunner()
+    out = cli.invoke(app, ["journey", "validate", str(bad)])
+    assert out.exit_code == 2 and f"{bad}:6: unknown purpose 'gossip'" in " ".join(out.output.split())
+    out = cli.invoke(app, ["journey", "list", "--json"])
+    assert out.exit_code == 0 and "review_reward" in {j["name"] for j in orjson.loads(out.output)}
+    out = cli.invoke(app, ["journey", "stats", "review_reward", "--json"])
+    assert out.exit_code == 0, out.output
+    stats = orjson.loads(out.output)
+    assert stats["journey"] == "review_reward" and stats["entered"] >= 3 and "no_consent" in stats["refusals"]
