@@ -817,6 +817,9 @@ def stream_cmd(
                                        help="Decide every action (compensation, welcome, replenishment nudge) by the "
                                             "contact rules (contact_rules.yml: consent, caps, quiet hours) before "
                                             "publishing it; refusals go to contact_refusals."),
+    journeys: bool = typer.Option(False, "--journeys/--no-journeys",
+                                  help="Advance the journeys of LASTMILE_JOURNEYS_DIR: note their events, make a pass "
+                                       "after OneID runs, publish their sends (through the contact rules) to lastmile.actions."),
     log_level: str = typer.Option("WARNING", help="faust/worker log level."),
 ) -> None:
     """Run the worker: topics → contracts → warehouse (+ quarantine) → actions → OneID → Feast, until SIGTERM.
@@ -839,7 +842,7 @@ def stream_cmd(
                                   identity_every_s=identity_seconds,
                                   identity_waiting_every_s=identity_waiting_seconds, profiles_every_s=profiles_seconds,
                                   features=features, replenish_every_s=replenish_seconds, audiences=audiences,
-                                  contact_rules=contact_rules),
+                                  contact_rules=contact_rules, journeys=journeys),
         loglevel=log_level.upper())
 
 

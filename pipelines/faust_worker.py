@@ -81,6 +81,7 @@ class StreamOptions:
     features: bool = True  # push today's counters to Feast's online store
     replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
     audiences: bool = True  # evaluate the event audiences after OneID runs (needs OneID; nothing when none exists)
+    journeys: bool = False  # advance the journeys of journeys/ after OneID runs and publish their sends (needs OneID)
     contact_rules: bool = False  # decide every action by contact_rules.yml (consent, caps, quiet hours) before publishing
 
 
@@ -94,6 +95,7 @@ class WorkerParts:
     replenishments: Replenishments | None = None
     audiences: EventAudiences | None = None
     desk: ContactDesk | None = None  # the contact rules every action passes (StreamOptions.contact_rules)
+    journeys: Any = None  # lastmile.journeys.stream.StreamJourneys (StreamOptions.journeys)
 
     def refresh_forgotten(self) -> None:
         """Adopt forget requests made while the worker runs (hold the warehouse lock).
@@ -138,6 +140,8 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         sink.handlers.append(pusher.handler())
     if parts.audiences is not None:
         sink.handlers.append(parts.audiences.handler())  # before the OneID notice: noted before a resolution starts
+    if parts.journeys is not None:
+        sink.handlers.append(parts.journeys.handler())  # into the inbox before the batch commits
     sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish, desk=parts.desk)]
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
@@ -162,8 +166,11 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
             await refresher.close()
             if replenishments is not None:
                 await sink.run_blocking(replenishments.evaluate)  # after the last resolution
+            if parts.journeys is not None:
+                await sink.run_blocking(parts.journeys.after_resolve, True)  # after the last resolution
             await publish_nudges()
             await publish_entries()
+            await publish_journey_sends()
             if pusher is not None:
                 pusher.close()
             status()
@@ -184,6 +191,16 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         @app.timer(interval=0.2)
         async def audience_entries() -> None:
             await publish_entries()  # queued by the OneID thread (EventAudiences.after_resolve)
+
+    async def publish_journey_sends() -> None:
+        if parts.journeys is not None and (sends := parts.journeys.drain()):
+            await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in sends])
+            await parts.journeys.delivered(sends)
+
+    if parts.journeys is not None:
+        @app.timer(interval=1.0)
+        async def journey_sends() -> None:
+            await publish_journey_sends()  # queued by the OneID thread (StreamJourneys.after_resolve)
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
@@ -262,7 +279,27 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     audiences = event_audiences(cfg, warehouse) if refresher.enabled and options.audiences else None
     if audiences is not None:
         refresher.after_resolve.append(audiences.after_resolve)
-    return WorkerParts(sink, refresher, pusher, replenishments, audiences, desk)
+    journeys = stream_journeys(cfg, sink, desk) if refresher.enabled and options.journeys else None
+    if journeys is not None:
+        refresher.after_resolve.append(journeys.after_resolve)
+    return WorkerParts(sink, refresher, pusher, replenishments, audiences, desk, journeys)
+
+
+def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None) -> Any:
+    """The journeys of LASTMILE_JOURNEYS_DIR in the worker, or None when there are none. A folder
+    that does not load is logged and the worker runs without journeys (ingestion comes first).
+    Journey sends always pass the contact rules."""
+    from lastmile.journeys import JourneyError, load_journeys
+    from lastmile.journeys.stream import StreamJourneys
+
+    try:
+        found = load_journeys(cfg.journeys_path)
+    except JourneyError as exc:
+        log.error("journeys are off: %s", exc)
+        return None
+    if not found:
+        return None
+    return StreamJourneys(sink, found, desk or ContactDesk(sink.warehouse, load_rules(), cfg), cfg.business_zone)
 
 
 def event_audiences(cfg: Settings, warehouse: Any) -> EventAudiences | None:
