@@ -813,10 +813,11 @@ def stream_cmd(
     audiences: bool = typer.Option(True, "--audiences/--no-audiences",
                                    help="Evaluate the freshness: event audiences for the people each batch touched "
                                         "(after OneID runs) and send entries to lastmile.audience_changes."),
-    contact_rules: bool = typer.Option(False, "--contact-rules/--no-contact-rules",
+    contact_rules: bool = typer.Option(True, "--contact-rules/--no-contact-rules",
                                        help="Decide every action (compensation, welcome, replenishment nudge) by the "
-                                            "contact rules (contact_rules.yml: consent, caps, quiet hours) before "
-                                            "publishing it; refusals go to contact_refusals."),
+                                            "contact rules (consent, caps, quiet hours; LASTMILE_CONTACT_RULES) before "
+                                            "publishing it; refusals go to contact_refusals with their reason. "
+                                            "--no-contact-rules publishes every action (a downstream system then decides)."),
     journeys: bool = typer.Option(False, "--journeys/--no-journeys",
                                   help="Advance the journeys of LASTMILE_JOURNEYS_DIR: note their events, make a pass "
                                        "after OneID runs, publish their sends (through the contact rules) to lastmile.actions."),
@@ -1397,6 +1398,12 @@ def config_cmd() -> None:
         current = "***" if "PASSWORD" in name or "KEY" in name else str(__import__("os").environ.get(name, default))
         table.add_row(name, default or '""', current or '""', meaning)
     console.print(table)
+
+
+# `lastmile stocking plan|export`, defined beside the stocking code with this module's error handling.
+from lastmile.cli_stocking import register as _register_stocking  # noqa: E402
+
+_register_stocking(app, friendly, BadInput, console, err)
 
 
 # `lastmile journey list|validate|stats|tick`, defined beside the journeys.

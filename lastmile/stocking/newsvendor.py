@@ -217,6 +217,7 @@ class Decision:
     target: int
     critical_ratio: float
     peak: str = ""
+    selling_until: datetime | None = None
     sku_name: str = ""
     pool_from: str | None = None
     pooled_qty: int = 0
@@ -237,28 +238,23 @@ class Decision:
         return reason(self)
 
 
-def _day(moment: datetime) -> str:
-    return moment.strftime("%a %m-%d")
-
-
 def reason(d: Decision) -> str:
     """The decision in a buyer's words: demand, stock, what expires, the order."""
-    parts = [f"{_day(d.delivery_at)} delivery: P90 demand {d.p90_demand:.0f}{' (' + d.peak + ')' if d.peak else ''}, "
-             f"P50 {d.p50_demand:.0f}"]
+    until = f" to {d.selling_until:%a %H:%M}" if d.selling_until else ""
+    parts = [f"P90 demand {d.p90_demand:.0f} (P50 {d.p50_demand:.0f}) {d.delivery_at:%a %H:%M}{until}"
+             + (f", {d.peak}" if d.peak else "")]
     stock = f"on hand {d.on_hand}"
-    if d.expiring_before_delivery:
-        stock += f", {d.expiring_before_delivery} expiring before delivery"
-    if d.expiring_unsold:
-        stock += f", {d.expiring_unsold} expiring before they sell"
-    parts.append(stock)
+    expiring = [f"{n} {what}" for n, what in ((d.expiring_before_delivery, "expire before delivery"),
+                                              (d.expiring_unsold, "would expire unsold")) if n]
+    parts.append(stock + (": " + ", ".join(expiring) if expiring else ""))
     if d.pool_from and d.pooled_qty:
-        parts.append(f"take {d.pooled_qty} from neighbour {d.pool_from}")
-    parts.append(f"order {d.order_qty} (stock to {d.target} for {d.critical_ratio:.0%} service)")
+        parts.append(f"{d.pooled_qty} from neighbour {d.pool_from}")
+    parts.append(f"order {d.order_qty} to stock {d.target} ({d.critical_ratio:.0%} service level)")
     return "; ".join(parts + d.notes)
 
 
 def peak_label(hours: np.ndarray, p90: np.ndarray) -> str:
-    """The two-hour window with the highest P90 demand, if it stands out (say "Fri 16:00-18:00 peak")."""
+    """The two-hour window with the highest P90 demand when it stands out ("peak Fri 16:00-18:00 (12)")."""
     if len(hours) < 4 or not np.any(p90 > 0):
         return ""
     pair = p90[:-1] + p90[1:]
@@ -266,7 +262,7 @@ def peak_label(hours: np.ndarray, p90: np.ndarray) -> str:
     if pair[i] < 2.5 * pair.mean() or pair[i] < 2:
         return ""
     start = from_hour_number(float(hours[i]))
-    return f"{start:%A} {start:%H}:00-{(start + timedelta(hours=2)):%H}:00 peak {pair[i]:.0f}"
+    return f"peak {start:%a %H}:00-{(start + timedelta(hours=2)):%H}:00 ({pair[i]:.0f})"
 
 
 def decide(community_id: str, sku: str, econ: Economics, order_at: datetime, delivery_at: datetime,
@@ -312,4 +308,5 @@ def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_de
     return Decision(community_id=community_id, sku=sku, delivery_at=delivery_at, order_qty=qty,
                     on_hand=sum(lot.qty for lot in lots), expiring_before_delivery=expiring,  # type: ignore[attr-defined]
                     expiring_unsold=stale, usable_on_hand=usable, p50_demand=float(p50_d), p90_demand=float(p90_d),
-                    target=target, critical_ratio=ratio, peak=peak_label(hours[in_period], hi[in_period]), sku_name=sku_name)
+                    target=target, critical_ratio=ratio, peak=peak_label(hours[in_period], hi[in_period]),
+                    selling_until=from_hour_number(period_end), sku_name=sku_name)

@@ -144,15 +144,15 @@ def load_lots(warehouse: Warehouse, at: datetime, tz: str) -> tuple[dict[tuple[s
     """
     if "raw_inventory" not in set(warehouse.tables()):
         return {}, {}
-    at_utc = at.replace(tzinfo=ZoneInfo(tz)).astimezone(timezone.utc).replace(tzinfo=None)
+    at_utc = at.replace(tzinfo=ZoneInfo(tz)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     params = {"at": at_utc, "tz": tz}
     counts = warehouse.rows(
         "SELECT community_id, sku, argMax(qty, occurred_at) FROM raw_inventory FINAL "
-        "WHERE movement = 'stock_count' AND occurred_at <= {at:DateTime64(3)} GROUP BY community_id, sku", params)
+        "WHERE movement = 'stock_count' AND occurred_at <= toDateTime64({at:String}, 3, 'UTC') GROUP BY community_id, sku", params)
     receipts = warehouse.rows(
         "SELECT community_id, sku, qty, formatDateTime(best_before, '%Y-%m-%d %H:%i:%S', {tz:String}), unit_cost "
-        "FROM raw_inventory FINAL WHERE movement = 'receipt' AND occurred_at <= {at:DateTime64(3)} "
-        "AND best_before > {at:DateTime64(3)} ORDER BY occurred_at", params)
+        "FROM raw_inventory FINAL WHERE movement = 'receipt' AND occurred_at <= toDateTime64({at:String}, 3, 'UTC') "
+        "AND best_before > toDateTime64({at:String}, 3, 'UTC') ORDER BY occurred_at", params)
     by_series: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
     costs: dict[str, float] = {}
     for community, sku, qty, best_before, unit_cost in receipts:
@@ -214,7 +214,7 @@ def build_plan(forecast: pd.DataFrame, economics: dict[str, Economics], lots: di
             unknown.add(str(sku))
             continue
         try:
-            d = decide(str(community), str(sku), econ, order_at, delivery_at, list(group["hour"].dt.to_pydatetime()),
+            d = decide(str(community), str(sku), econ, order_at, delivery_at, [h.to_pydatetime() for h in group["hour"]],
                        group["p50"].to_numpy(), group["p90"].to_numpy(), lots.get((str(community), str(sku)), []),
                        sku_name=names.get(str(sku), ""))
         except ValueError:
