@@ -44,7 +44,6 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_STOCKING_COST_SHARE": ("0.65", "Unit cost of a SKU as a share of its unit price when a receipt carries no unit cost: what writing off one unit loses (stocking plan)."),
     "LASTMILE_STOCKING_GOODWILL_SHARE": ("1.0", "Goodwill lost with each unit of demand a front warehouse cannot serve, as a share of the unit price, on top of the margin: a lost order costs margin + goodwill (stocking plan)."),
     "LASTMILE_POOL_KM": ("2.0", "Communities at most this many km apart may cover each other's shortfall from surplus stock (stocking plan `pool_from`); 0 turns pooling off."),
-    "LASTMILE_LEADER_IDENTIFIER": ("pseudonym", "How the group leader's brief (API, CSV, Markdown) names a neighbour: pseudonym (nbr_ + a keyed hash of the OneID under the hash key: stable, meaningless without the key) or oneid."),
 }
 
 
@@ -108,8 +107,6 @@ class Settings:
     stocking_cost_share: float = 0.65
     stocking_goodwill_share: float = 1.0
     pool_km: float = 2.0
-    #: ``pseudonym`` or ``oneid``: how the leader's brief names neighbours (lastmile.leaders.export).
-    leader_identifier: str = "pseudonym"
 
     @property
     def embedded(self) -> bool:
@@ -221,12 +218,6 @@ def _share(text: str, name: str, upper: float | None = None) -> float:
     return value
 
 
-def _choice(text: str, name: str, allowed: tuple[str, ...]) -> str:
-    if text not in allowed:
-        raise ValueError(f"{name}={text!r}: expected one of {', '.join(allowed)}")
-    return text
-
-
 @lru_cache(maxsize=None)
 def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
     env = dict(key)
@@ -260,7 +251,6 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         stocking_cost_share=_share(env["LASTMILE_STOCKING_COST_SHARE"], "LASTMILE_STOCKING_COST_SHARE", upper=1.0),
         stocking_goodwill_share=_share(env["LASTMILE_STOCKING_GOODWILL_SHARE"], "LASTMILE_STOCKING_GOODWILL_SHARE"),
         pool_km=_share(env["LASTMILE_POOL_KM"], "LASTMILE_POOL_KM"),
-        leader_identifier=_choice(env["LASTMILE_LEADER_IDENTIFIER"], "LASTMILE_LEADER_IDENTIFIER", ("pseudonym", "oneid")),
     )
 
 
