@@ -37,7 +37,9 @@ from lastmile.api_auth import create_key, read_audit
 from lastmile.cli import app as cli
 from lastmile.config import Settings
 from lastmile.leaders.brief import UnknownLeader, assemble
-from lastmile.leaders.export import neighbour_id, present, to_csv, to_markdown
+from lastmile.audiences.contact_rules import ContactRules
+from lastmile.audiences.exports import ExportRefused, leader_key, pseudonym
+from lastmile.leaders.export import present, to_csv, to_markdown
 from lastmile.warehouse import Warehouse, connect
 from pipelines import beam_ingest
 from tests.asgi import call
@@ -213,25 +215,28 @@ def test_no_one_without_consent_or_from_another_building_is_named(built: tuple[S
         assemble(w, "LD-NOPE", DAY, cfg=cfg)
 
 
-def test_exports_name_neighbours_by_the_configured_identifier(built: tuple[Settings, Warehouse]) -> None:
+def test_exports_name_neighbours_as_the_leader_export_does(built: tuple[Settings, Warehouse]) -> None:
     cfg, w = built
     brief = assemble(w, "LD-C01-B01", DAY, cfg=cfg)
-    erin = oneid(w, ERIN_FIRST)
+    alice, erin = oneid(w, ALICE_EGGS[0]), oneid(w, ERIN_FIRST)
     shown = present(brief, cfg)
-    pseudonym = neighbour_id(erin, cfg)
-    assert pseudonym.startswith("nbr_") and shown["identifier"] == "pseudonym"
-    assert erin not in json.dumps(shown) and shown["new_neighbours"]["neighbours"][0]["neighbour"] == pseudonym
+    hashed = pseudonym(leader_key(cfg.hash_key_bytes(), "LD-C01-B01"), erin)  # erin's id in this leader's audience files
+    assert erin not in json.dumps(shown) and alice not in json.dumps(shown)
+    assert shown["new_neighbours"]["neighbours"][0]["neighbour"] == hashed
+    assert shown["new_neighbours"]["neighbours"][0]["id_kind"] == "keyed_hash"
     lines = to_csv(shown).splitlines()
     assert lines[0] == "section,neighbour,sku,name,order_id,locker,when,detail,amount_cny"
-    assert f"lockers_overdue,{pseudonym},,,{ERIN_FIRST['order_id']},L-C01-1/L-C01-1-K01,2026-11-19T11:00:00Z,13 h past the slot," in lines
+    assert f"lockers_overdue,{hashed},,,{ERIN_FIRST['order_id']},L-C01-1/L-C01-1-K01,2026-11-19T11:00:00Z,13 h past the slot," in lines
     assert sum(line.startswith("sales_this_week,") for line in lines) == 4
     md = to_markdown(shown)
     assert "## 老顾客沉默了 / Regulars gone quiet" in md and "嫩豆腐、上海青、铁观音" in md and erin not in md
     assert "另有 1 位邻居" in md  # carol, counted under due to reorder, overdue and claims
-    import dataclasses
-
-    as_oneid = present(brief, dataclasses.replace(cfg, leader_identifier="oneid"))
-    assert as_oneid["new_neighbours"]["neighbours"][0]["neighbour"] == erin
+    # OneIDs in the clear: only when the contact rules allow it, only for who granted personalised recommendations
+    with pytest.raises(ExportRefused):
+        present(brief, cfg, identifiers="oneid", warehouse=w, rules=ContactRules())
+    clear = present(brief, cfg, identifiers="oneid", warehouse=w, rules=ContactRules(clear_identifiers=True))
+    assert clear["due_to_reorder"]["neighbours"][0]["neighbour"] == alice
+    assert clear["new_neighbours"]["neighbours"][0]["neighbour"] == hashed  # erin granted marketing only
 
 
 def test_api_contract(built: tuple[Settings, Warehouse]) -> None:

@@ -1,11 +1,13 @@
 """The leader's brief as it leaves lastmile: neighbours under the configured identifier, and the
 CSV and Markdown a WeCom bot posts to the leader.
 
-:func:`present` is the one place a brief's OneIDs are replaced (``LASTMILE_LEADER_IDENTIFIER``):
-``pseudonym`` gives ``nbr_`` and a keyed hash of the OneID under the hash key, stable per
-person and meaningless without the key (a system holding the key and the OneIDs of an
-audience export can match them); ``oneid`` keeps the OneID. The API and both formats go
-through it, so no export carries a OneID unless configured to.
+:func:`present` is the one place a brief's OneIDs are replaced, with the identifiers of a
+leader's audience export (:mod:`lastmile.audiences.exports`): by default the keyed hash of the
+OneID under that leader's key (:func:`~lastmile.audiences.exports.leader_key`,
+:func:`~lastmile.audiences.exports.pseudonym`), the same id a neighbour has in that leader's
+audience files; ``identifiers="oneid"`` writes the OneID only when the contact rules allow it
+(``exports.clear_identifiers``) and only for neighbours who also granted
+``personalised_recommendation`` on the leader's channel. ``id_kind`` says which a row has.
 
 CSV has one row per line of the brief (``section`` says which) and a header; Markdown has a
 heading per section in Chinese and English, in the subset WeCom's group bots render.
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import csv
 import copy
-import hashlib
-import hmac
 import io
 from typing import Any
 
+from lastmile.audiences.contact_rules import ContactRules, consented_oneids_sql, load_rules
+from lastmile.audiences.exports import CLEAR_PURPOSE, ExportRefused, leader_key, pseudonym
 from lastmile.config import Settings
 from lastmile.config import settings as current_settings
+from lastmile.leaders.brief import LEADER_CHANNEL, NAMED
+from lastmile.warehouse import Warehouse
 
 #: Person-level sections: where each keeps its rows in the brief.
 PERSON_SECTIONS = (("due_to_reorder",), ("new_neighbours",), ("quiet_regulars",), ("lockers", "overdue"),
@@ -39,13 +43,6 @@ TITLES = {
 }
 
 
-def neighbour_id(oneid: str, cfg: Settings) -> str:
-    """How a neighbour is named outside lastmile (``LASTMILE_LEADER_IDENTIFIER``)."""
-    if cfg.leader_identifier == "oneid":
-        return oneid
-    return "nbr_" + hmac.new(cfg.hash_key_bytes(), b"leader-brief\x00" + oneid.encode(), hashlib.sha256).hexdigest()[:20]
-
-
 def _rows(brief: dict[str, Any], path: tuple[str, ...]) -> list[dict[str, Any]]:
     node: Any = brief
     for key in path:
@@ -53,14 +50,34 @@ def _rows(brief: dict[str, Any], path: tuple[str, ...]) -> list[dict[str, Any]]:
     return node["neighbours"]
 
 
-def present(brief: dict[str, Any], cfg: Settings | None = None) -> dict[str, Any]:
-    """A copy of ``brief`` with every ``oneid`` replaced by ``neighbour`` under the configured identifier."""
+def present(brief: dict[str, Any], cfg: Settings | None = None, identifiers: str = "hash",
+            warehouse: Warehouse | None = None, rules: ContactRules | None = None) -> dict[str, Any]:
+    """A copy of ``brief`` with every ``oneid`` replaced by ``neighbour`` and its ``id_kind``.
+
+    ``identifiers="oneid"`` needs ``warehouse`` (to read the consent) and contact rules that
+    allow OneIDs in the clear; otherwise :class:`~lastmile.audiences.exports.ExportRefused`.
+    """
     cfg = cfg or current_settings()
+    clear: set[str] = set()
+    if identifiers == "oneid":
+        rules = rules or load_rules()
+        if not rules.clear_identifiers:
+            raise ExportRefused("OneIDs in the clear are not allowed by the contact rules (exports.clear_identifiers in "
+                                "contact_rules.yml); the default keyed hash needs no permission")
+        if warehouse is None:
+            raise ValueError("identifiers='oneid' needs the warehouse to read who granted it")
+        sql = consented_oneids_sql(LEADER_CHANNEL, (*NAMED, CLEAR_PURPOSE))
+        clear = {str(o) for (o,) in warehouse.rows(sql)}
+    elif identifiers != "hash":
+        raise ExportRefused(f"identifiers must be hash or oneid, not {identifiers!r}")
+    key = leader_key(cfg.hash_key_bytes(), brief["leader_id"])
     out = copy.deepcopy(brief)
     for path in PERSON_SECTIONS:
         for row in _rows(out, path):
-            row["neighbour"] = neighbour_id(row.pop("oneid"), cfg)
-    out["identifier"] = cfg.leader_identifier
+            oneid = row.pop("oneid")
+            in_clear = oneid in clear
+            row["neighbour"] = oneid if in_clear else pseudonym(key, oneid)
+            row["id_kind"] = "oneid" if in_clear else "keyed_hash"
     return out
 
 
