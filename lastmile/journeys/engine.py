@@ -114,7 +114,7 @@ def in_holdout(journey: Journey, oneid: str) -> bool:
 
 def _record(journey: Journey, run: Run, label: str, index: int, name: str, kind: str, at: datetime, outcome: str,
             detail: str = "", send: Send | None = None) -> StepRecord:
-    return StepRecord(step_id(journey.name, journey.version, run.oneid, run.run_id, label), journey.name, journey.version,
+    return StepRecord(step_id(journey.name, run.version, run.oneid, run.run_id, label), journey.name, run.version,
                       run.oneid, run.run_id, index, name, kind, at, outcome, detail, run.holdout, send, run.trigger_id)
 
 
@@ -203,6 +203,14 @@ def on_clock(journey: Journey, run: Run, now: datetime, facts: Facts | None, zon
         run, more = _advance(journey, run, due, facts, zone)
         steps += more
     return Transition(run, tuple(steps)) if changed else None
+
+
+def retire(journey: Journey, run: Run, at: datetime) -> Transition:
+    """End an active run that started under another version of the journey file: its step
+    indexes may mean other steps now, so it does not go on under the new file."""
+    run = replace(run, status=EXITED, due_at=None, ended_at=at, seq=run.seq + 1,
+                  end_reason=f"the journey file changed (version {run.version} -> {journey.version})")
+    return Transition(run, (_record(journey, run, "retired", len(journey.steps), "end", "end", at, "exited", run.end_reason),))
 
 
 # --- running steps ---------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from typing import Any
 
 from lastmile.journeys import store
 from lastmile.journeys.definition import Journey
-from lastmile.journeys.engine import AUDIENCE_ENTRY, Event, Facts, Run, StepRecord, Transition, enter, on_clock, on_event, triggered_by
+from lastmile.journeys.engine import (AUDIENCE_ENTRY, Event, Facts, Run, StepRecord, Transition, enter, on_clock, on_event, retire,
+                                      triggered_by)
 from lastmile.journeys.facts import WarehouseFacts
 from lastmile.warehouse import Warehouse
 
@@ -73,6 +74,7 @@ class JourneyRunner:
         self.wall_clock = wall_clock or (lambda: datetime.now(timezone.utc))
         self.event_types = set().union(*(j.event_types() for j in self.journeys)) if self.journeys else set()
         self.audiences = {j.trigger.audience for j in self.journeys if j.trigger.audience}
+        self._retired = False
         store.ensure_tables(warehouse)
 
     # --- one pass ------------------------------------------------------------------------------
@@ -80,6 +82,8 @@ class JourneyRunner:
     def tick(self, now: datetime) -> TickReport:
         """Apply what is pending and due by ``now`` (an aware time). Hold the warehouse if it is shared."""
         report = TickReport()
+        if not self._retired:
+            self._retire_old_versions(now, report)
         if self.audiences:
             self._note_audience_entries(now)
         self._apply_inbox(now, report)
@@ -94,9 +98,17 @@ class JourneyRunner:
         return report
 
     def _journey(self, run: Run) -> Journey | None:
-        """The journey a run belongs to. A run started under an older version goes on under the
-        current file (its steps by index); a journey whose file was removed stops advancing."""
-        return next((j for j in self.journeys if j.name == run.journey), None)
+        """The journey a run belongs to (None: its file was removed, the run stops advancing)."""
+        return next((j for j in self.journeys if j.name == run.journey and j.version == run.version), None)
+
+    def _retire_old_versions(self, now: datetime, report: TickReport) -> None:
+        """Once per runner: active runs of an earlier version of a loaded journey end (exited),
+        with the reason in their last step."""
+        current = {j.name: j for j in self.journeys}
+        old = [r for r in store.active_runs(self.warehouse, sorted(current))
+               if r.version != current[r.journey].version]
+        self._commit([retire(current[r.journey], r, now) for r in old], report)
+        self._retired = True
 
     def _note_audience_entries(self, now: datetime) -> None:
         if "audience_membership_changes" not in self.warehouse.tables():

@@ -132,6 +132,12 @@ def runs_of(warehouse: Warehouse, people: Sequence[str]) -> list[Run]:
     return [_run(r) for r in warehouse.rows(f"{_SELECT_RUNS} WHERE oneid IN {{p:Array(String)}}", {"p": list(people)})]
 
 
+def active_runs(warehouse: Warehouse, journeys: Sequence[str]) -> list[Run]:
+    """The active runs of these journeys."""
+    return [_run(r) for r in warehouse.rows(f"{_SELECT_RUNS} WHERE status = 'active' AND journey IN {{j:Array(String)}}",
+                                            {"j": list(journeys)})]
+
+
 def due_runs(warehouse: Warehouse, now: datetime) -> list[Run]:
     """Active runs whose wait (or goal window) ends by ``now``."""
     return [_run(r) for r in warehouse.rows(
