@@ -429,3 +429,105 @@ def test_plain_dbt_command_line_reaches_chdb(built: tuple[Settings, transform.Bu
     n = connect(cfg).scalar("SELECT count() FROM dim_customer")
     assert f'"n": {n}' in out.stdout
     assert n > 0
+
+def _stock_scenario(cfg: Settings) -> tuple[list[dict], list[dict]]:
+    """A front warehouse of its own (community C99, inside the simulated window) and one SKU:
+    a receipt of 10 sells out at 11:05 on Wednesday (the sold-out count at the instant of the
+    last sale), the next morning's receipt of 8 ends the stock-out, 2 sell, 1 is written off
+    damaged and the evening count finds 5. Late: 5 more sell at 23:10 and it sells out again."""
+    from tests.factories import inventory_movement
+
+    sku, category, origin = connect(cfg).rows(
+        "SELECT sku, category, catalogue_origin FROM stg_reference__skus ORDER BY sku LIMIT 1")[0]
+
+    def order(n: int, at: str, qty: int) -> dict:
+        return event("order", occurred_at=at, order_id=f"ord-stock-{n:04d}", buyer={"openid": f"oSTOCK-test-{n}"},
+                     community_id="C99", items=[{"sku": sku, "category": category, "qty": qty, "unit_price": 5.0,
+                                                 "origin": origin, "batch_id": f"{sku}-0916"}], total_amount=5.0 * qty)
+
+    def move(movement: str, at: str, **fields: object) -> dict:
+        return inventory_movement(movement, occurred_at=at, warehouse_id="fw-C99", community_id="C99", sku=sku, **fields)
+
+    first = [
+        move("receipt", "2026-09-16T05:00:00+08:00", qty=10, batch_id="B1", best_before="2026-09-17T12:00:00+08:00", unit_cost=2.5),
+        order(1, "2026-09-16T08:15:00+08:00", 3), order(2, "2026-09-16T08:40:00+08:00", 2), order(3, "2026-09-16T11:05:00+08:00", 5),
+        move("stock_count", "2026-09-16T11:05:00+08:00", qty=0),
+        move("stock_count", "2026-09-16T22:00:00+08:00", qty=0),
+        move("receipt", "2026-09-17T05:00:00+08:00", qty=8, batch_id="B2", best_before="2026-09-18T12:00:00+08:00", unit_cost=2.5),
+        order(4, "2026-09-17T09:30:00+08:00", 2),
+        move("write_off", "2026-09-17T21:00:00+08:00", qty=1, batch_id="B2", reason="damaged"),
+        move("stock_count", "2026-09-17T22:00:00+08:00", qty=5),
+    ]
+    late = [order(5, "2026-09-17T23:10:00+08:00", 5), move("stock_count", "2026-09-17T23:10:00+08:00", qty=0)]
+    return first, late
+
+
+def test_stock_facts_on_a_hand_made_front_warehouse(built: tuple[Settings, transform.BuildResult], tmp_path: Path) -> None:
+    """Units sold come from the order lines, received and written off from the movements, on hand
+    from the counts; the hours from a sold-out count until the next receipt are censored; a late
+    sell-out stays censored to the end of the data; incremental builds equal a full refresh."""
+    from pipelines import beam_ingest
+
+    cfg, _ = built
+    wh = connect(cfg)
+    first, late = _stock_scenario(cfg)
+
+    def ingest(events: list[dict], name: str) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        for event_type in ("order", "inventory"):
+            (folder / f"{event_type}.jsonl").write_bytes(
+                b"\n".join(orjson.dumps(e) for e in events if e["event_type"] == event_type) + b"\n")
+        report = beam_ingest.run(folder, cfg=cfg)
+        assert report.quarantined == 0 and report.written == len(events)
+
+    def build() -> None:
+        result = transform.run(cfg, select="+fct_stock_daily", load_reference_data=False)
+        assert result.success, result.failures
+
+    def hourly() -> list[tuple]:
+        return wh.rows("SELECT toString(hour), units_sold, received, written_off, toFloat64(written_off_cny), on_hand_end, censored "
+                       "FROM fct_stock_hourly WHERE community_id = 'C99' ORDER BY hour")
+
+    def daily() -> list[tuple]:
+        return wh.rows("SELECT toString(date), warehouse_id, units_sold, received, written_off, toFloat64(written_off_cny), "
+                       "on_hand_end, censored_hours FROM fct_stock_daily WHERE community_id = 'C99' ORDER BY date")
+
+    ingest(first, "stock")
+    build()
+    sold_out = [(f"2026-09-16 {h:02d}:00:00", 0, 0, 0, 0.0, 0, True) for h in range(12, 24)]
+    sold_out += [(f"2026-09-17 {h:02d}:00:00", 0, 0, 0, 0.0, 0, True) for h in range(0, 5)]
+    assert hourly() == [
+        ("2026-09-16 05:00:00", 0, 10, 0, 0.0, None, False),  # no count yet: on hand unknown
+        ("2026-09-16 08:00:00", 5, 0, 0, 0.0, None, False),
+        ("2026-09-16 11:00:00", 5, 0, 0, 0.0, 0, True),  # sold out at 11:05: the hour is censored
+        *sold_out,
+        ("2026-09-17 05:00:00", 0, 8, 0, 0.0, 8, False),  # the receipt ends the stock-out
+        ("2026-09-17 09:00:00", 2, 0, 0, 0.0, 6, False),
+        ("2026-09-17 21:00:00", 0, 0, 1, 2.5, 5, False),  # one unit of batch B2 at its cost, 2.50
+        ("2026-09-17 22:00:00", 0, 0, 0, 0.0, 5, False),
+    ]
+    assert daily() == [("2026-09-16", "fw-C99", 10, 10, 0, 0.0, 0, 13), ("2026-09-17", "fw-C99", 2, 8, 1, 2.5, 5, 5)]
+    tested, _ = transform.invoke(cfg, ["test", "--select", "stg_lastmile__inventory int_stock_outs fct_stock_hourly fct_stock_daily"])
+    assert tested.success, tested.failures
+
+    # Late: the last 5 sell at 23:10 and the SKU sells out again, with no receipt after it: censored
+    # through the hour of the newest event in the warehouse.
+    ingest(late, "late-stock")
+    build()
+    last_hour = datetime.fromisoformat(wh.scalar("SELECT toString(max(hour)) FROM fct_stock_hourly"))
+    sold_out_again = [h for h in hourly() if h[0] >= "2026-09-17 23:00:00"]
+    assert sold_out_again[0] == ("2026-09-17 23:00:00", 5, 0, 0, 0.0, 0, True)
+    assert [h[0] for h in sold_out_again] == [str(datetime(2026, 9, 17, 23) + timedelta(hours=k))
+                                              for k in range(int((last_hour - datetime(2026, 9, 17, 23)).total_seconds() // 3600) + 1)]
+    assert all(h[1:] == (0, 0, 0, 0.0, 0, True) for h in sold_out_again[1:])
+    assert daily()[1] == ("2026-09-17", "fw-C99", 7, 8, 1, 2.5, 0, 6)
+
+    def snapshot() -> dict[str, pd.DataFrame]:
+        return {t: wh.client.query_df(f"SELECT * EXCEPT (_built_at) FROM {t} ORDER BY ALL") for t in ("fct_stock_hourly", "fct_stock_daily")}
+
+    incremental = snapshot()
+    full = transform.run(cfg, select="int_stock_events+", full_refresh=True, load_reference_data=False)
+    assert full.success, full.failures
+    for table, frame_ in snapshot().items():
+        pd.testing.assert_frame_equal(incremental[table], frame_, obj=table)

@@ -33,6 +33,7 @@ LAYERS = ("staging", "intermediate", "marts")
 SCOPE_ENTRY_MACROS = {
     "person": ("customer_scope_prepare", "scope_drop"),
     "order": ("scope_drop",),
+    "series": ("scope_drop",),
     "identity_snapshot": ("event_oneid_state_begin", "event_oneid_state_end"),
     "reading_batch": ("telemetry_batch_begin", "telemetry_batch_end"),
 }

@@ -19,3 +19,9 @@
 {% macro business_day_close(d) -%}
     toTimeZone(toDateTime64(({{ d }}) + 1, 3, '{{ var("business_tz") }}'), 'UTC')
 {%- endmacro %}
+
+{#- The local hour an instant falls in, as a DateTime in the business zone (the grain of the
+    hourly stock fact and of the demand forecast). -#}
+{% macro business_hour(ts) -%}
+    toStartOfHour({{ ts }}, '{{ var("business_tz") }}')
+{%- endmacro %}

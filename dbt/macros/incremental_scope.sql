@@ -24,6 +24,9 @@
           unique_key='oneid'.
         - 'order': the orders of `scope_rules` (its `also`); the model reads
           `scope_relation()` (order_id); unique_key='order_id'.
+        - 'series': the community and SKU series of `scope_rules` (its `also`), each rebuilt
+          whole; the model reads `scope_relation()` (community_id, sku);
+          unique_key='community_id, sku' (the stock facts, macros/stock_scope.sql).
         - 'identity_snapshot': the node snapshot of stg_identity__event_oneid
           (macros/event_oneid_state.sql).
         - 'reading_batch': the telemetry batch of int_compartment_weekly_compliance
@@ -66,18 +69,18 @@
 
 {#- The statements of each kind, in order (blank ones are skipped). -#}
 {% macro incremental_scope_steps(kind, phase) -%}
-    {%- if kind in ('person', 'order') -%}
+    {%- if kind in ('person', 'order', 'series') -%}
         {{ return([scope_prepare(kind)] if phase == 'begin' else [scope_drop()]) }}
     {%- elif kind == 'identity_snapshot' -%}
         {{ return(event_oneid_state_begin() if phase == 'begin' else event_oneid_state_end()) }}
     {%- elif kind == 'reading_batch' -%}
         {{ return(telemetry_batch_begin() if phase == 'begin' else telemetry_batch_end()) }}
     {%- else -%}
-        {{ exceptions.raise_compiler_error("incremental_scope '" ~ kind ~ "' of " ~ this ~ " is not one of person, order, identity_snapshot, reading_batch") }}
+        {{ exceptions.raise_compiler_error("incremental_scope '" ~ kind ~ "' of " ~ this ~ " is not one of person, order, series, identity_snapshot, reading_batch") }}
     {%- endif -%}
 {%- endmacro %}
 
-{#- `<this>__scope`: the keys an incremental build rewrites ('person' and 'order' scopes). -#}
+{#- `<this>__scope`: the keys an incremental build rewrites ('person', 'order' and 'series' scopes). -#}
 {% macro scope_relation() -%}
     {{ return(this.incorporate(path={"identifier": this.identifier ~ '__scope'})) }}
 {%- endmacro %}
@@ -100,9 +103,10 @@
         {{ return(customer_scope_prepare(rules.get('also'), rules.get('everyone') or 'false')) }}
     {%- else -%}
         {%- if not rules.get('also') -%}
-            {{ exceptions.raise_compiler_error("the 'order' scope of " ~ this ~ " needs scope_rules with 'also'") }}
+            {{ exceptions.raise_compiler_error("the '" ~ kind ~ "' scope of " ~ this ~ " needs scope_rules with 'also'") }}
         {%- endif -%}
-        {{ return("create or replace table " ~ scope_relation() ~ " engine = MergeTree order by order_id as " ~ rules['also']) }}
+        {%- set key = 'order_id' if kind == 'order' else '(community_id, sku)' -%}
+        {{ return("create or replace table " ~ scope_relation() ~ " engine = MergeTree order by " ~ key ~ " as " ~ rules['also']) }}
     {%- endif -%}
 {%- endmacro %}
 
