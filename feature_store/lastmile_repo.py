@@ -123,6 +123,23 @@ community_bestsellers = FeatureView(
     tags={"team": "ml"},
 )
 
+# Demand forecast and stock per community x SKU (lastmile stocking plan): the next day's
+# forecast, units that would expire, days of cover. The recommender favours SKUs that would
+# otherwise expire and stops pushing those about to sell out (lastmile.models.stock_aware).
+sku_forecast = FeatureView(
+    name="sku_forecast",
+    entities=[community, sku],
+    ttl=timedelta(days=2),
+    schema=[
+        Field(name="sf_p50_24h", dtype=Float64), Field(name="sf_p90_24h", dtype=Float64),
+        Field(name="sf_on_hand", dtype=Int64), Field(name="sf_expiring_units", dtype=Int64),
+        Field(name="sf_order_qty", dtype=Int64), Field(name="sf_stock_after_delivery", dtype=Int64),
+        Field(name="sf_days_of_cover", dtype=Float64),
+    ],
+    source=_source("feat_sku_forecast"),
+    tags={"team": "ops"},
+)
+
 # Locker / compartment service: pickup punctuality and cold-chain readings per locker.
 locker_service = FeatureView(
     name="locker_service",

@@ -58,6 +58,8 @@ class Item(BaseModel):
     is_healthy: bool
     community_rank_28d: int | None = None
     bought_before: int = 0
+    stock: str | None = Field(None, description="would_expire (moved up: stock that would otherwise be written off) or "
+                              "selling_out (moved last: the front warehouse is running out); null otherwise.")
 
 
 class Nudge(BaseModel):

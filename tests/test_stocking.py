@@ -306,3 +306,22 @@ def test_api_forecast_contract(api: tuple[Any, str, str]) -> None:
     assert call(app, "/communities/c1/forecast?hours=0", ops)[0] == 422
     assert call(app, "/communities/c1/forecast?hours=73", ops)[0] == 422
     assert call(app, "/communities/c9/forecast", ops)[0] == 404
+
+
+# --- the recommender's stock-aware step --------------------------------------------------------
+
+def test_recommendations_favour_stock_that_would_expire_and_stop_pushing_what_sells_out() -> None:
+    from lastmile.models.stock_aware import rerank_by_stock
+
+    items = [{"sku": f"s{i}", "score": 1.0 - i / 10} for i in range(6)]
+    signals = {
+        "s1": {"sf_expiring_units": 0, "sf_days_of_cover": 0.2, "sf_p50_24h": 12.0},  # selling out: last
+        "s4": {"sf_expiring_units": 5, "sf_days_of_cover": 3.0, "sf_p50_24h": 2.0},  # would expire: up 3 places
+        "s5": {"sf_expiring_units": 0, "sf_days_of_cover": None, "sf_p50_24h": 0.0},  # no demand forecast: stays
+    }
+    ranked = rerank_by_stock(items, signals)
+    assert [i["sku"] for i in ranked] == ["s0", "s4", "s2", "s3", "s5", "s1"]
+    assert {i["sku"]: i["stock"] for i in ranked} == {"s0": None, "s4": "would_expire", "s2": None, "s3": None,
+                                                       "s5": None, "s1": "selling_out"}
+    assert [i["score"] for i in ranked if i["sku"] == "s4"] == [0.6]  # scores stay the re-ranker's
+    assert rerank_by_stock(items, {}) == [{**i, "stock": None} for i in items]

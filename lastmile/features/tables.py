@@ -42,7 +42,7 @@ CATEGORIES: tuple[str, ...] = _project_categories()
 #: The dbt models (marts/features) that feature views read, in the order they are reported.
 FEATURE_MODELS: tuple[str, ...] = ("feat_customer_profile", "feat_spending_health", "feat_category_affinity",
                                    "feat_customer_sku", "feat_community_sku", "feat_locker_service", "feat_sku",
-                                   "feat_customer_credit")
+                                   "feat_customer_credit", "feat_sku_forecast")
 #: dbt selection of the feature models (and the intermediates only they read): tagged
 #: ``features``, left out of the default ``lastmile transform`` / ``dbt build`` (dbt/selectors.yml).
 FEATURE_SELECTION = "tag:features"

@@ -18,6 +18,7 @@ from lastmile.features.tables import CATEGORIES
 from lastmile.models.policy import CapLedger, SpendingPolicy
 from lastmile.models.recommender import MODEL_NAME as RECO, RecommenderModel, candidate_features, model_dir
 from lastmile.models.spending import MODEL_NAME as SPEND, SpendingModel
+from lastmile.models.stock_aware import StockSignals, rerank_by_stock
 
 CUSTOMER_VIEWS = ("customer_profile", "customer_credit", "spending_health", "category_affinity",
                   "customer_realtime", "customer_consent")
@@ -51,6 +52,8 @@ class ModelService:
         # Planned once: each request is then one read of Feast's online store per entity set.
         self.customer_reader = OnlineReader(self.store, self.customer_refs)
         self.candidate_reader = OnlineReader(self.store, self.candidate_refs)
+        # The community front warehouse's shelf (sku_forecast): what would expire, what is selling out.
+        self.stock = StockSignals(self.store)
 
     def warm(self) -> None:
         """Run both online reads once, for ids that match nothing: SQLite prepares the statements
@@ -130,6 +133,7 @@ class ModelService:
         got = self.candidate_reader.read(self.candidate_rows(oneid, community, cands))
         items = self._rerank(row, got, cands, scores, rank, now.timestamp())
         items.sort(key=lambda r: -r["score"])
+        items = rerank_by_stock(items, self.stock.read(community, [i["sku"] for i in items]))
         health = self.spend.assess(row)
         exempt = bool(row.get("dietary_need_declared"))
         affinity = {c: float(row.get(f"aff_{c}") or 0.0) for c in CATEGORIES}

@@ -38,7 +38,7 @@ PLAN_TABLE = "stocking_plan"
 
 #: The columns of ``stocking_plan`` in insert order.
 PLAN_COLUMNS = ("warehouse_id", "community_id", "sku", "delivery_at", "order_qty", "on_hand", "expiring_before_delivery",
-                "p50_demand", "p90_demand", "target_qty", "pooled_qty", "reason", "pool_from", "plan_version", "made_at")
+                "expiring_unsold", "p50_demand", "p90_demand", "target_qty", "pooled_qty", "reason", "pool_from", "plan_version", "made_at")
 
 
 def plan_table_sql(tz: str) -> str:
@@ -51,6 +51,7 @@ def plan_table_sql(tz: str) -> str:
     order_qty UInt32 COMMENT 'Units to order from the supplier for this delivery.',
     on_hand UInt32 COMMENT 'Units on the shelf when the plan was made (the last stock count).',
     expiring_before_delivery UInt32 COMMENT 'Units on hand whose best-before passes before the delivery: they count for nothing.',
+    expiring_unsold UInt32 COMMENT 'Units on hand expiring during the selling period before the forecast demand can take them.',
     p50_demand Float64 COMMENT 'Median demand over the selling period (delivery to the next delivery, or to expiry if sooner), units.',
     p90_demand Float64 COMMENT '90th percentile of demand over the selling period, units.',
     target_qty UInt32 COMMENT 'Stock the newsvendor aims for at the delivery (the demand quantile at the critical ratio).',
@@ -238,7 +239,7 @@ def write_plan(warehouse: Warehouse, decisions: Sequence[Decision], version: str
     ensure_table(warehouse, tz)
     zone = ZoneInfo(tz)
     rows = [(warehouse_id(d.community_id), d.community_id, d.sku, d.delivery_at.replace(tzinfo=zone), d.order_qty, d.on_hand,
-             d.expiring_before_delivery, d.p50_demand, d.p90_demand, d.target, d.pooled_qty, d.reason, d.pool_from, version,
+             d.expiring_before_delivery, d.expiring_unsold, d.p50_demand, d.p90_demand, d.target, d.pooled_qty, d.reason, d.pool_from, version,
              made_at) for d in decisions]
     if rows:
         warehouse.insert_rows(PLAN_TABLE, rows, PLAN_COLUMNS)
@@ -298,7 +299,7 @@ def read_plan(warehouse: Warehouse, tz: str, community_id: str | None = None, de
         day_filter = f"delivery_at = (SELECT max(delivery_at) FROM {PLAN_TABLE} WHERE {scope})"
     result = warehouse.query(
         f"SELECT warehouse_id, community_id, sku, formatDateTime(delivery_at, '%Y-%m-%dT%H:%i:%S', {{tz:String}}) AS delivery_local, "
-        f"order_qty, on_hand, expiring_before_delivery, p50_demand, p90_demand, target_qty, pooled_qty, reason, pool_from, "
+        f"order_qty, on_hand, expiring_before_delivery, expiring_unsold, p50_demand, p90_demand, target_qty, pooled_qty, reason, pool_from, "
         f"plan_version, made_at FROM {PLAN_TABLE} FINAL WHERE {scope} AND {day_filter} ORDER BY warehouse_id, sku", params)
     zone = ZoneInfo(tz)
     out = []
