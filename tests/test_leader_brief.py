@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,39 @@ def test_exports_name_neighbours_as_the_leader_export_does(built: tuple[Settings
     clear = present(brief, cfg, identifiers="oneid", warehouse=w, rules=ContactRules(clear_identifiers=True))
     assert clear["due_to_reorder"]["neighbours"][0]["neighbour"] == alice
     assert clear["new_neighbours"]["neighbours"][0]["neighbour"] == hashed  # erin granted marketing only
+
+
+def test_surplus_from_the_stocking_plan_of_the_morning(built: tuple[Settings, Warehouse]) -> None:
+    from zoneinfo import ZoneInfo
+
+    from lastmile.stocking.plan import PLAN_COLUMNS, PLAN_TABLE, ensure_table
+
+    cfg, w = built
+    ensure_table(w, cfg.business_tz)
+    try:
+        assert assemble(w, "LD-C01-B01", DAY, cfg=cfg)["notes"] == [
+            "no stocking plan for the delivery of 2026-11-20 to C01: surplus is not shown"]
+        today, tomorrow = (datetime(2026, 11, d, 5, 0, tzinfo=ZoneInfo("Asia/Shanghai")) for d in (20, 21))
+        plan = [  # sku, community, delivery, on hand, expiring before it, ordered, p50
+            ("SKU-EGG", "C01", today, 10, 2, 4, 7.5),   # 12 in stock, 4.5 over the median: 4
+            ("SKU-TEA", "C01", today, 3, 0, 0, 1.2),    # 3 in stock: 1
+            ("SKU-TOFU", "C01", today, 1, 0, 3, 6.0),   # short, not surplus
+            ("SKU-VEG", "C01", today, 5, 0, 0, 4.5),    # 0.5 over: no whole unit
+            ("SKU-VEG", "C02", today, 50, 0, 0, 1.0),   # another community
+            ("SKU-TOFU", "C01", tomorrow, 40, 0, 0, 1.0),  # tomorrow's delivery
+        ]
+        w.insert_rows(PLAN_TABLE, [(f"fw-{c}", c, sku, at, qty, on, exp, 0, p50, p50 * 1.5, on + qty, 0, "", None, "v1",
+                                    datetime.now(timezone.utc)) for sku, c, at, on, exp, qty, p50 in plan], list(PLAN_COLUMNS))
+        brief = assemble(w, "LD-C01-B01", DAY, cfg=cfg)
+        assert brief["surplus"] == [
+            {"sku": "SKU-EGG", "sku_name": "土鸡蛋", "surplus_units": 4, "stock_units": 12, "p50_demand": 7.5},
+            {"sku": "SKU-TEA", "sku_name": "铁观音", "surplus_units": 1, "stock_units": 3, "p50_demand": 1.2}]
+        assert brief["notes"] == []
+        shown = present(brief, cfg)
+        assert "surplus,,SKU-EGG,土鸡蛋,,,,4 units over the median demand (7.5) of 12 in stock," in to_csv(shown).splitlines()
+        assert "- 土鸡蛋 · 4 units over the median demand (7.5) of 12 in stock" in to_markdown(shown)
+    finally:
+        w.command(f"DROP TABLE IF EXISTS {PLAN_TABLE}")
 
 
 def test_api_contract(built: tuple[Settings, Warehouse]) -> None:

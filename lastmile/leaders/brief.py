@@ -27,8 +27,9 @@ of their first order. The brief has these sections:
     What sells in the building: the mart ``leader_brief_building_sales`` over the seven
     business days before the morning, by units.
 ``surplus``
-    Stock beyond the median (P50) of today's demand, from the stocking plan and the demand
-    forecast: ``None``, with a note, while those have not run.
+    SKUs of the community's front warehouse with stock beyond the median (P50) of today's
+    demand, from the stocking plan of this morning's delivery (``stocking_plan``, made from the
+    demand forecast): ``None``, with a note, while no plan exists for it.
 
 **Consent.** Only neighbours with a current consent for the leader's channel
 (``wecom_leader``) appear by name, decided by
@@ -46,6 +47,7 @@ last build (``marts_as_of``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -66,7 +68,6 @@ HISTORY_BASED = TRIGGER_PURPOSES["replenishment_nudge"]
 SETTLED = ("auto_approved", "matched_customer_claim")
 #: The marts the brief reads (built by ``lastmile transform``).
 MARTS = ("dim_customer", "leader_brief_quiet_regulars", "leader_brief_building_sales")
-SURPLUS_TABLES = ("stocking_plan", "demand_forecast")
 DT = "DateTime64(3, 'UTC')"
 
 
@@ -286,11 +287,36 @@ class _Brief:
                 "top": [{"sku": s, "sku_name": name or None, "category": category, "orders": int(o), "units": int(u),
                          "amount_cny": _num(a)} for s, name, category, o, u, a in found]}
 
-    def surplus(self) -> tuple[None, str]:
-        present = [t for t in SURPLUS_TABLES if t in self.tables]
-        if len(present) < len(SURPLUS_TABLES):
+    def surplus(self) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """SKUs of the community's front warehouse with stock beyond the median of today's demand.
+
+        From the stocking plan of this morning's delivery: the stock after it is what was on
+        hand, less what expires before it, plus what was ordered; the surplus is that stock
+        beyond the plan's median (P50) demand over the selling period, in whole units.
+        """
+        from lastmile.stocking.plan import PLAN_TABLE
+
+        if PLAN_TABLE not in self.tables:
             return None, "the demand forecast and stocking plan have not run: surplus is not shown"
-        return None, "the stocking plan exists, but the brief does not read it yet: surplus is not shown"
+        found = self.w.rows(f"""
+            SELECT sku, on_hand, expiring_before_delivery, order_qty, p50_demand
+            FROM {PLAN_TABLE} FINAL
+            WHERE community_id = {{community:String}} AND toDate(delivery_at) = {{day:Date}}
+            ORDER BY sku
+            """, {"community": self.leader.community_id, "day": self.day})
+        if not found:
+            return None, (f"no stocking plan for the delivery of {self.day.isoformat()} to {self.leader.community_id}: "
+                          "surplus is not shown")
+        names = self._sku_names()
+        items = []
+        for sku, on_hand, expiring, ordered, p50 in found:
+            stock = int(on_hand) - int(expiring) + int(ordered)
+            extra = math.floor(stock - float(p50))
+            if extra >= 1:
+                items.append({"sku": sku, "sku_name": names.get(sku), "surplus_units": extra, "stock_units": stock,
+                              "p50_demand": round(float(p50), 1)})
+        items.sort(key=lambda i: (-i["surplus_units"], i["sku"]))
+        return items[: self.windows.top_sellers], None
 
     def _sku_names(self) -> dict[str, str]:
         if "ref_skus" not in self.tables:
@@ -320,7 +346,7 @@ def assemble(warehouse: Warehouse, leader_id: str, day: date | None = None, wind
     morning = morning_of(day, cfg)
     brief = _Brief(warehouse, leader, morning, windows, cfg)
     surplus, surplus_note = brief.surplus()
-    notes = [surplus_note]
+    notes = [surplus_note] if surplus_note else []
     marts_as_of = brief.marts_as_of()
     if marts_as_of and date.fromisoformat(marts_as_of) >= day:
         notes.append(f"the marts are as of {marts_as_of}, not before this morning: regulars gone quiet may know "

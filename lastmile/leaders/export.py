@@ -109,6 +109,9 @@ def _lines(brief: dict[str, Any]) -> list[dict[str, Any]]:
     for r in brief["open_claims"]["neighbours"]:
         out.append({"section": "open_claims", "neighbour": r["neighbour"], "order_id": r["order_id"], "when": r["claimed_at"],
                     "detail": r["reason"] or "", "amount_cny": r["amount_cny"]})
+    for r in brief["surplus"] or []:
+        out.append({"section": "surplus", "sku": r["sku"], "name": r["sku_name"],
+                    "detail": f"{r['surplus_units']} units over the median demand ({r['p50_demand']:g}) of {r['stock_units']} in stock"})
     for r in brief["sales_this_week"]["top"]:
         out.append({"section": "sales_this_week", "sku": r["sku"], "name": r["sku_name"],
                     "detail": f"{r['units']} units in {r['orders']} orders", "amount_cny": r["amount_cny"]})
@@ -157,6 +160,6 @@ def to_markdown(brief: dict[str, Any]) -> str:
             for i, line in enumerate((line for line in lines if line["section"] == "sales_this_week"), 1)] or ["- —"]
     zh, en = TITLES["surplus"]
     out.append(f"\n## {zh} / {en}")
-    out.append("- —" if brief["surplus"] is None else "\n".join(f"- {s}" for s in brief["surplus"]))
+    out += [f"- {line['name'] or line['sku']} · {line['detail']}" for line in lines if line["section"] == "surplus"] or ["- —"]
     out += [f"\n> {note}" for note in brief["notes"]]
     return "\n".join(line for line in out if line != "") + "\n"
