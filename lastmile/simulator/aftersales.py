@@ -5,8 +5,8 @@ collected) is the main source of temperature claims and of bad reviews tagged ``
 late deliveries and damage pull stars down too. A few claim-abusers claim on many orders.
 This is the signal later models are scored against, so the causal links are explicit here.
 
-Bad batches: a share of production batches (``SimulationConfig.bad_batch_share``) is of
-degraded quality. Most buyers of such a batch get poor goods: they review more often, with
+Bad batches: a share of production batches (``SimulationConfig.bad_batch_share``) sold on
+at least :data:`BAD_BATCH_MIN_ORDERS` orders is of degraded quality. Most buyers of such a batch get poor goods: they review more often, with
 1-2 stars, a quality tag of the product's kind (not_fresh, overripe, wilted, ...) and a text
 naming the product, and some claim (reason quality). These effects draw from their own
 generator, so every order without a bad batch keeps exactly the events it had without them.
@@ -34,6 +34,10 @@ TEMPERATURE_CLAIM_IF_AFFECTED = 0.5
 #: Base rates per collected order (an unaffected temperature claim is rare but happens).
 BASE_CLAIM_RATES = (("temperature", 0.0015), ("damaged", 0.008), ("quality", 0.012), ("missing", 0.004), ("other", 0.002))
 
+#: Only batches sold on at least this many orders are made bad: a lot of two or three orders
+#: cannot be told from bad luck by any statistical rule (nor should it), and procurement acts
+#: on the lots that reach many neighbours.
+BAD_BATCH_MIN_ORDERS = 8
 #: A buyer of a bad batch's line gets poor goods with this chance (not every unit is bad) ...
 BAD_BATCH_HIT = 0.9
 #: ... and then reviews badly (a new review, or their review turned bad) with this chance ...
@@ -113,7 +117,7 @@ class BadBatches:
                 if line.get("batch_id"):
                     sizes[line["batch_id"]] = sizes.get(line["batch_id"], 0) + 1
                     self.sku_of[line["batch_id"]] = line["sku"]
-        self.bad = {b for b in sorted(sizes) if pick.random() < cfg.bad_batch_share}
+        self.bad = {b for b in sorted(sizes) if pick.random() < cfg.bad_batch_share and sizes[b] >= BAD_BATCH_MIN_ORDERS}
         self.orders = {b: sizes[b] for b in self.bad}
         self.skus = {s.sku: s for s in world.skus}
         self.first_signal: dict[str, int] = {}
