@@ -215,6 +215,14 @@ def run_cmd(
         with _stage("identity evaluation", timings):
             quality = _evaluate(cfg.home / "truth" / "identifiers.jsonl")
         out["identity"] = quality.as_dict()
+    batch_detection = None
+    if wanted("transform"):  # the alerts first: fct_batch_quality shows them
+        from lastmile.batches.evaluate import alert_and_score
+        from lastmile.batches.rules import load_rules as load_batch_rules
+
+        with _stage("batch-quality alerts", timings):
+            _, batch_detection = alert_and_score(connect(cfg), load_batch_rules(), cfg.home / "truth" / "bad_batches.jsonl")
+        out["batch_quality"] = batch_detection.as_dict() if batch_detection else None
     if wanted("transform"):
         from lastmile.audiences.membership import ensure_tables
         from lastmile.transform import build
@@ -282,6 +290,8 @@ def run_cmd(
         console.print(f"OneID: {out['profiles']:,} profiles; against ground truth pairwise precision {quality.pairwise_precision:.4f}, "
                       f"recall {quality.pairwise_recall:.4f}; largest profile {quality.largest_cluster} identifiers "
                       f"({quality.largest_cluster_persons} real person{'s' if quality.largest_cluster_persons != 1 else ''})")
+    if batch_detection is not None:
+        console.print(batch_detection.text(), highlight=False)
     if "dbt" in out:
         console.print("dbt: " + built.summary())
     if "quality" in out:

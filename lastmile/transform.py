@@ -181,7 +181,11 @@ def _with_settings_vars(cfg: Settings, command: Sequence[str]) -> list[str]:
         at = args.index("--vars")
         given = yaml.safe_load(args[at + 1]) or {}
         del args[at:at + 2]
-    return [*args, "--vars", json.dumps({"business_tz": cfg.business_tz, **given})]
+    from lastmile.batches.rules import load_rules as batch_rules
+
+    # batch_quality: what a bad review or claim is, from batch_quality.yml (the alerts' definition)
+    settings_vars = {"business_tz": cfg.business_tz, "batch_quality": batch_rules().as_dbt_vars()}
+    return [*args, "--vars", json.dumps({**settings_vars, **given})]
 
 
 def _dbt_args(cfg: Settings, command: Sequence[str], quiet: bool = False) -> list[str]:

@@ -38,6 +38,8 @@ import faust
 import mode
 
 from lastmile.audiences.contact_rules import ContactDesk, load_rules
+from lastmile.batches.rules import load_rules as load_batch_rules
+from lastmile.batches.stream import BatchQualityWatch
 from lastmile.config import Settings, settings as current_settings
 from lastmile.identity.forget import forgotten_tokens
 from lastmile.ingest import Ingestor
@@ -82,7 +84,8 @@ class StreamOptions:
     replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
     audiences: bool = True  # evaluate the event audiences after OneID runs (needs OneID; nothing when none exists)
     journeys: bool = False  # advance the journeys of journeys/ after OneID runs and publish their sends (needs OneID)
-    contact_rules: bool = False  # decide every action by contact_rules.yml (consent, caps, quiet hours) before publishing
+    contact_rules: bool = True  # decide every action by the contact rules (consent, caps, quiet hours) before publishing
+    batch_alerts: bool = True  # batch-quality alerts for procurement (batch_quality.yml, lastmile.batches)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class WorkerParts:
     audiences: EventAudiences | None = None
     desk: ContactDesk | None = None  # the contact rules every action passes (StreamOptions.contact_rules)
     journeys: Any = None  # lastmile.journeys.stream.StreamJourneys (StreamOptions.journeys)
+    batches: BatchQualityWatch | None = None  # batch-quality alerts (StreamOptions.batch_alerts)
 
     def refresh_forgotten(self) -> None:
         """Adopt forget requests made while the worker runs (hold the warehouse lock).
@@ -132,6 +136,7 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     async def publish_entries() -> None:
         if parts.audiences is not None and (entries := parts.audiences.drain()):
             await publish(CHANGES_TOPIC, entries)
+            await sink.run_blocking(parts.audiences.delivered, entries)  # the outbox: `audience publish` skips them
 
     # The Feast push goes first: it needs no warehouse lock, while remembering new identifiers
     # (the welcome rule) waits for it behind a OneID run or a profiles rebuild - up to a second
@@ -143,6 +148,8 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     if parts.journeys is not None:
         sink.handlers.append(parts.journeys.handler())  # into the inbox before the batch commits
     sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish, desk=parts.desk)]
+    if parts.batches is not None:
+        sink.handlers.append(parts.batches.handler(sink, publish))  # procurement's alerts: not customer contacts
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
@@ -282,7 +289,10 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     journeys = stream_journeys(cfg, sink, desk) if refresher.enabled and options.journeys else None
     if journeys is not None:
         refresher.after_resolve.append(journeys.after_resolve)
-    return WorkerParts(sink, refresher, pusher, replenishments, audiences, desk, journeys)
+    batches = BatchQualityWatch(warehouse, load_batch_rules()) if options.batch_alerts else None
+    if batches is not None:
+        batches.load()  # the recent orders and feedback, so feedback on them is judged against their batches
+    return WorkerParts(sink, refresher, pusher, replenishments, audiences, desk, journeys, batches)
 
 
 def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None) -> Any:
@@ -307,13 +317,21 @@ def event_audiences(cfg: Settings, warehouse: Any) -> EventAudiences | None:
     (then the worker does no audience work at all). A folder that does not load is logged and
     the worker runs without audiences: ingestion matters more than a bad audience file."""
     from lastmile.audiences import AudienceError, load_audiences
+    from lastmile.audiences.destinations import load_destinations
 
     try:
         found = [a for a in load_audiences(cfg.audiences_path) if a.freshness == "event"]
     except AudienceError as exc:
         log.error("event audiences are off: %s", exc)
         return None
-    return EventAudiences(warehouse, found) if found else None
+    if not found:
+        return None
+    try:  # the destinations whose outbox records what the worker sends to lastmile.audience_changes
+        destinations = load_destinations(cfg.audience_destinations_path, bootstrap(cfg))
+    except AudienceError as exc:
+        log.error("audience destinations not read (a later publish re-sends the stream's changes): %s", exc)
+        destinations = []
+    return EventAudiences(warehouse, found, destinations=destinations)
 
 
 #: Cyclic GC thresholds for the worker: (young, middle, old) as in ``gc.set_threshold``.

@@ -100,6 +100,7 @@ MIGRATION_MODULES = (
     "lastmile.identity.forget",
     "lastmile.coldchain.tables",
     "lastmile.streaming.seen",
+    "lastmile.batches.alerts",
 )
 
 
