@@ -41,6 +41,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_AUDIENCES_DIR": ("", "Folder of audience definitions (*.yml, `lastmile audience`). Empty: audiences/ shipped with lastmile at the repository root."),
     "LASTMILE_JOURNEYS_DIR": ("", "Folder of journey definitions (*.yml, `lastmile journey`). Empty: journeys/ shipped with lastmile at the repository root."),
     "LASTMILE_AUDIENCE_DESTINATIONS": ("", "YAML file of audience destinations (Kafka topic, signed webhooks; `lastmile audience publish`). Empty: $LASTMILE_HOME/destinations.yml; no file: no destinations."),
+    "LASTMILE_CONTACT_RULES": ("", "YAML file of contact rules (frequency caps, quiet hours, spending-health cap, leader exports). Empty: contact_rules.yml at the repository root."),
     "LASTMILE_STOCKING_COST_SHARE": ("0.65", "Unit cost of a SKU as a share of its unit price when a receipt carries no unit cost: what writing off one unit loses (stocking plan)."),
     "LASTMILE_STOCKING_GOODWILL_SHARE": ("1.0", "Goodwill lost with each unit of demand a front warehouse cannot serve, as a share of the unit price, on top of the margin: a lost order costs margin + goodwill (stocking plan)."),
     "LASTMILE_POOL_KM": ("2.0", "Communities at most this many km apart may cover each other's shortfall from surplus stock (stocking plan `pool_from`); 0 turns pooling off."),
@@ -103,6 +104,7 @@ class Settings:
     warehouse_users: str = ""
     audiences_dir: str = ""
     audience_destinations: str = ""
+    contact_rules: str = ""
     journeys_dir: str = ""
     stocking_cost_share: float = 0.65
     stocking_goodwill_share: float = 1.0
@@ -247,6 +249,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         business_tz=_business_tz(env["LASTMILE_BUSINESS_TZ"]),
         audiences_dir=env["LASTMILE_AUDIENCES_DIR"],
         audience_destinations=env["LASTMILE_AUDIENCE_DESTINATIONS"],
+        contact_rules=env["LASTMILE_CONTACT_RULES"],
         journeys_dir=env["LASTMILE_JOURNEYS_DIR"],
         stocking_cost_share=_share(env["LASTMILE_STOCKING_COST_SHARE"], "LASTMILE_STOCKING_COST_SHARE", upper=1.0),
         stocking_goodwill_share=_share(env["LASTMILE_STOCKING_GOODWILL_SHARE"], "LASTMILE_STOCKING_GOODWILL_SHARE"),

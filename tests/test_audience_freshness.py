@@ -103,11 +103,11 @@ def test_no_refresh_after_a_failed_build_or_when_switched_off(small, tmp_path: P
 class _Written:
     """The part of a written batch the audiences read: the rows of each raw table."""
 
-    def __init__(self, orders: list[str]) -> None:
-        self.orders = orders
+    def __init__(self, orders: list[str], returns: tuple[str, ...] | list[str] = ()) -> None:
+        self.tables = {"raw_order": orders, "raw_return": list(returns)}
 
     def rows(self, table: str) -> list[dict]:
-        return [{"event_id": e} for e in self.orders] if table == "raw_order" else []
+        return [{"event_id": e} for e in self.tables.get(table, [])]
 
 
 def test_event_audiences_enter_the_people_a_batch_touched_once(small, tmp_path: Path) -> None:
@@ -181,3 +181,65 @@ def test_the_worker_does_no_audience_work_without_an_event_audience(small, home,
     assert stream is not None and [a.name for a in stream.audiences] == ["first_order"]
     audience(folder, "broken", "rule: {trait: nope, op: '=', value: 1}\n")
     assert event_audiences(replace(home, audiences_dir=str(folder)), small) is None  # logged; ingestion goes on
+
+
+def test_event_audience_members_leave_when_the_window_passes(small, tmp_path: Path) -> None:
+    """"A temperature claim in the last hour": p2 enters on their claim; once the stream's time
+    (the newest event) is more than an hour past it, p2 leaves: an exit in the history, the
+    membership closed and an exit message with the id a delivery would give it."""
+    from datetime import timedelta
+
+    from lastmile.audiences import load_audiences
+    from lastmile.audiences.destinations import event_id
+    from lastmile.streaming.audiences import EventAudiences
+    from tests.test_audiences import NOW
+
+    small.insert_rows("raw_return", [("r-warm", "return", "claim", "temperature", (NOW + timedelta(minutes=5)).replace(tzinfo=None))],
+                      ["event_id", "event_type", "kind", "reason", "occurred_at"])
+    small.insert_rows("event_oneid", [("return", "r-warm", "p2")], ["event_type", "event_id", "oneid"])
+    audience(tmp_path, "warm_claim", "freshness: event\nrule: {event: return, where: {kind: claim, reason: temperature}, at_least: 1, hours: 1}\n")
+    stream = EventAudiences(small, load_audiences(tmp_path))
+    stream.note(_Written([], returns=["r-warm"]))
+    stream.after_resolve()
+    assert [(json.loads(v)["change"], k.decode()) for k, v in stream.drain()] == [("enter", "p2")]
+    stream.after_resolve()  # the stream's time has not moved: nobody leaves
+    assert stream.drain() == [] and _members(small, "warm_claim") == {"p2"}
+    # 50 minutes later (an order of p5): the claim is 45 minutes old, p2 stays
+    _order(small, "e-later", "p5", NOW + timedelta(minutes=50))
+    stream.after_resolve()
+    assert stream.drain() == [] and _members(small, "warm_claim") == {"p2"}
+    # 70 minutes after the claim: it left the window
+    _order(small, "e-much-later", "p5", NOW + timedelta(minutes=75))
+    stream.after_resolve()
+    (exit_,) = [json.loads(v) for _, v in stream.drain()]
+    assert (exit_["change"], exit_["oneid"]) == ("exit", "p2") and _members(small, "warm_claim") == set()
+    stamp = datetime.fromisoformat(exit_["at"].replace("Z", "+00:00"))
+    assert exit_["event_id"] == event_id("warm_claim", exit_["version"], "p2", "exit", stamp)
+    assert small.rows("SELECT toString(change) FROM audience_membership_changes WHERE audience = 'warm_claim' ORDER BY at") == [
+        ("enter",), ("exit",)]
+    assert stream.stats.exits == 1
+
+
+def test_what_the_stream_sent_is_in_the_outbox_and_not_delivered_again(small, tmp_path: Path) -> None:
+    """The worker's entries reach lastmile.audience_changes itself; recorded as delivered to the
+    Kafka destination on that topic, a later publish sends them no second time (same ids)."""
+    from lastmile.audiences import load_audiences
+    from lastmile.audiences.destinations import Destination, pending
+    from lastmile.streaming.audiences import EventAudiences
+
+    audience(tmp_path, "first_order", FIRST_ORDER)
+    kafka = Destination("audience_changes", "kafka", None)
+    webhook = Destination("scrm", "webhook", None, url="http://127.0.0.1:9/")
+    stream = EventAudiences(small, load_audiences(tmp_path), destinations=[kafka, webhook])
+    stream.note(_Written(["e1", "e4"]))
+    stream.after_resolve()
+    sent = stream.drain()
+    assert len(sent) == 2 and len(pending(small, kafka)) == 2
+    stream.delivered(sent)  # the broker acknowledged them
+    assert pending(small, kafka) == []
+    assert sorted(e["event_id"] for e in pending(small, webhook)) == sorted(json.loads(v)["event_id"] for _, v in sent)
+
+
+def _order(warehouse, event: str, oneid: str, at: datetime) -> None:
+    warehouse.insert_rows("raw_order", [(event, "order", f"o-{event}", at.replace(tzinfo=None))], ["event_id", "event_type", "order_id", "occurred_at"])
+    warehouse.insert_rows("event_oneid", [("order", event, oneid)], ["event_type", "event_id", "oneid"])

