@@ -3,7 +3,7 @@
 A leader runs one building (``ref_leaders``). Their **neighbours** are the people whose home
 building (``dim_customer.home_building_id``, where most of their orders go) is that building;
 someone new since the last dbt build, not yet in ``dim_customer``, counts under the building
-of their first order. The brief has these sections:
+their order was for. The brief has these sections:
 
 ``due_to_reorder``
     Neighbours whose next purchase of a staple is due this morning: the replenishment rhythm
@@ -161,16 +161,25 @@ class _Brief:
         self.params = {"building": leader.building_id, "morning": morning.astimezone(timezone.utc).replace(tzinfo=None)}
         self.named = self._consented(NAMED)
         self.history_named = self._consented(HISTORY_BASED)
-        self.home = {str(o): str(b) for o, b in warehouse.rows("SELECT oneid, home_building_id FROM dim_customer")}
+        self.residents = {str(o) for (o,) in warehouse.rows(
+            "SELECT oneid FROM dim_customer WHERE home_building_id = {building:String}", self.params)}
 
     def _consented(self, purposes: tuple[str, ...]) -> set[str]:
         if not {"raw_consent", "event_oneid"} <= self.tables:
             return set()
         return {str(o) for (o,) in self.w.rows(consented_oneids_sql(LEADER_CHANNEL, purposes))}
 
-    def neighbour(self, oneid: str, first_building: str = "") -> bool:
-        """Whether the person lives in the leader's building (see the module docstring)."""
-        return self.home.get(oneid, first_building) == self.leader.building_id
+    def neighbours(self, candidates: list[tuple[str, str]]) -> set[str]:
+        """Of ``(oneid, building of their order)`` pairs, the leader's neighbours: home building
+        (dim_customer) the leader's, or, for people new since the last dbt build, the order's."""
+        b = self.leader.building_id
+        maybe = [o for o, building in candidates if o not in self.residents and building == b]
+        unknown: set[str] = set()
+        if maybe:
+            known = {str(o) for (o,) in self.w.rows("SELECT oneid FROM dim_customer WHERE has({ids:Array(String)}, oneid)",
+                                                     {"ids": maybe})}
+            unknown = set(maybe) - known
+        return {o for o, _ in candidates if o in self.residents or o in unknown}
 
     def _since(self, days: int) -> datetime:
         return self.morning - timedelta(days=days)
@@ -185,7 +194,7 @@ class _Brief:
         rows = [{"oneid": d.oneid, "sku": d.sku, "sku_name": names.get(d.sku), "due": d.due.isoformat(),
                  "last_purchase": d.last_purchase.isoformat(), "purchases": d.purchases,
                  "mean_interval_days": d.mean_interval_days}
-                for d in due_replenishments(self.w, self.morning, Rhythm()) if self.neighbour(d.oneid)]
+                for d in due_replenishments(self.w, self.morning, Rhythm()) if d.oneid in self.residents]
         return self._split(rows, self.history_named)
 
     def new_neighbours(self) -> dict[str, Any]:
@@ -195,12 +204,16 @@ class _Brief:
             FROM raw_order AS o FINAL
             INNER JOIN event_oneid AS e ON e.event_id = o.event_id AND e.event_type = 'order'
             WHERE o.occurred_at < {{morning:{DT}}}
+              AND e.oneid IN (SELECT e2.oneid FROM raw_order AS o2
+                              INNER JOIN event_oneid AS e2 ON e2.event_id = o2.event_id AND e2.event_type = 'order'
+                              WHERE o2.occurred_at >= {{since:{DT}}} AND o2.occurred_at < {{morning:{DT}}})
             GROUP BY e.oneid
             HAVING first_order_at >= {{since:{DT}}}
             ORDER BY first_order_at, e.oneid
             """, {**self.params, "since": self._since(self.windows.new_neighbour_days).replace(tzinfo=None)})
+        mine = self.neighbours([(str(o), str(building)) for o, _, building, _ in found])
         rows = [{"oneid": str(o), "first_order_at": _iso(at), "channel": str(channel)}
-                for o, at, building, channel in found if self.neighbour(str(o), str(building))]
+                for o, at, _, channel in found if str(o) in mine]
         return self._split(rows, self.named)
 
     def quiet_regulars(self) -> dict[str, Any]:
@@ -240,12 +253,13 @@ class _Brief:
             WHERE o.order_id NOT IN (SELECT order_id FROM raw_pickup WHERE occurred_at < {{morning:{DT}}})
             ORDER BY o.slot_end, o.order_id
             """, {**self.params, "since": self._since(self.windows.locker_days).replace(tzinfo=None)})
+        mine = self.neighbours([(str(row[1]), self.leader.building_id) for row in found if row[1]])
         out: dict[str, Any] = {}
         for state in ("waiting", "overdue"):
             rows = []
             for order_id, oneid, locker, compartment, start, end in found:
                 end_utc = end.replace(tzinfo=timezone.utc) if end.tzinfo is None else end
-                if (end_utc < self.morning) != (state == "overdue") or not self.neighbour(str(oneid)):
+                if (end_utc < self.morning) != (state == "overdue") or str(oneid) not in mine:
                     continue
                 row = {"oneid": str(oneid), "order_id": order_id, "locker_id": locker, "compartment_id": compartment,
                        "slot_start": _iso(start), "slot_end": _iso(end)}
@@ -269,8 +283,9 @@ class _Brief:
               {settled}
             ORDER BY r.occurred_at, r.event_id
             """, {**self.params, "since": self._since(self.windows.claim_days).replace(tzinfo=None)})
+        mine = self.neighbours([(str(row[0]), self.leader.building_id) for row in found])
         rows = [{"oneid": str(o), "order_id": order_id, "reason": reason, "amount_cny": _num(amount), "claimed_at": _iso(at)}
-                for o, order_id, reason, amount, at in found if self.neighbour(str(o))]
+                for o, order_id, reason, amount, at in found if str(o) in mine]
         return self._split(rows, self.named)
 
     def sales_this_week(self) -> dict[str, Any]:
