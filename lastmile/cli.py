@@ -108,7 +108,7 @@ def _simulate(seed: int, orders: int, weeks: int, out: Path) -> Any:
 @friendly
 def simulate_cmd(
     seed: int = typer.Option(42, help="Random seed; the same seed writes the same files."),
-    orders: int = typer.Option(20_000, help="Orders to simulate (telemetry, pickups, returns, reviews follow)."),
+    orders: int = typer.Option(20_000, help="Orders demanded (placed ones are fewer: a front warehouse sells only what it stocked; telemetry, pickups, returns, reviews follow)."),
     weeks: int = typer.Option(8, help="Weeks of activity, from Monday 2026-09-07."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default $LASTMILE_HOME)."),
     as_json: bool = typer.Option(False, "--json", help="Print counts as JSON."),
