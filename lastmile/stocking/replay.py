@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lastmile.config import Settings
 from lastmile.stocking.ledger import ShelfStock
 from lastmile.stocking.newsvendor import Decision, Economics, hour_number, order_for
 from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING, last_week_plus_margin
@@ -65,6 +66,7 @@ class Outcome:
 
     @property
     def average_on_hand(self) -> float:
+        """Units on hand over all shelves at an evening count, on average over the counts."""
         return self.counted_on_hand / self.counts if self.counts else 0.0
 
     @property
@@ -126,6 +128,7 @@ class ReplayResult:
                  "same true demand:", f"  {'':34} {'plan':>12} {'default policy':>15}"]
         lines += [f"  {label:34} {fmt.format(plan[key]):>12} {fmt.format(default[key]):>15}" for label, key, fmt in rows]
         ratio = self.spoilage_ratio
+        lines.append("  (inventory turnover: units served over the window / average units on hand at the evening counts)")
         lines.append(f"  spoilage (CNY) of the plan / default policy: {'n/a' if ratio is None else f'{ratio:.2f}'}")
         verdict = "meets" if self.meets_target else "misses"
         lines.append(f"  target (fill rate >= 0.95 and >= default, spoilage <= 0.5 x default): {verdict}")
@@ -154,9 +157,10 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     ``truth``: ``community_id, sku, hour, demanded`` and ``served`` (the simulator's
     unconstrained demand and what its default policy sold; ``hour`` ISO text with offset or
     timestamps). The default policy looks back at ``served`` before the window and at its own
-    sales inside it. ``forecasts``: ``community_id, sku, hour, p50, p90`` and optionally
-    ``origin`` (the local time the forecast was made for: each delivery reads the newest
-    forecast made by its order time, none from after it). ``skus``: ``sku, unit_price,
+    sales inside it. ``forecasts``: ``community_id, sku, hour, p50, p90`` (or ``unique_id``,
+    ``ds``) and optionally ``origin``, the first hour a forecast was made for (or mlforecast's
+    ``cutoff``): each delivery reads the newest forecast made by its order time (22:00 the
+    evening before), never one from after it, and that forecast must reach the next delivery. ``skus``: ``sku, unit_price,
     shelf_life_days`` (``unit_cost`` optional: else the configured share of the price).
     ``distances``: ``community_id, neighbour_id, km`` for pooling within ``pool_km``.
     ``no_delivery``: days whose delivery is cancelled (typhoon): nothing arrives, and the day
@@ -167,9 +171,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     missing = {"community_id", "sku", "hour", "demanded"} - set(truth.columns)
     if missing:
         raise ValueError(f"the true demand lacks the column(s) {', '.join(sorted(missing))}")
-    missing = {"community_id", "sku", "hour", "p50", "p90"} - set(forecasts.columns)
-    if missing:
-        raise ValueError(f"the forecast lacks the column(s) {', '.join(sorted(missing))}")
+    forecasts = _forecast_frame(forecasts)
 
     econ = _economics(skus, cost_share, goodwill_share)
     first_delivery = _at(start, DELIVERY_HOUR)
@@ -250,6 +252,9 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
         following = delivery_days[n + 1] if n + 1 < len(delivery_days) else end + timedelta(days=1)
         t_next = _at(following, DELIVERY_HOUR)
         plan_fc = _forecast_at(fc, order_at, t_next)
+        if n:
+            out[PLAN].counts += 1
+            out[DEFAULT].counts += 1
         decisions: list[Decision] = []
         default_orders: dict[tuple[str, str], int] = {}
         day_index = int(delivery // 24) - base_day
@@ -259,7 +264,6 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
                 write_off(side, key, order_at)
                 if n:  # the evening count (before the first delivery both shelves are empty)
                     out[side].counted_on_hand += shelves[side][key].on_hand
-                    out[side].counts += 1
             hours, p50, p90 = plan_fc.get(key, (np.empty(0), np.empty(0), np.empty(0)))
             try:
                 decisions.append(order_for(key[0], key[1], econ[key[1]], order_at, delivery, t_next, hours, p50, p90,
@@ -314,6 +318,27 @@ def _economics(skus: pd.DataFrame, cost_share: float, goodwill_share: float) -> 
             for s, p, life, c in zip(skus["sku"], skus["unit_price"], skus["shelf_life_days"], costs)}
 
 
+def _forecast_frame(forecasts: pd.DataFrame) -> pd.DataFrame:
+    """The forecast with ``community_id, sku, hour, p50, p90`` (and ``origin`` if known).
+
+    Also takes the forecast frame's own names (``unique_id`` = community/sku, ``ds``) and
+    mlforecast's cross-validation ``cutoff`` (the last hour of data: the forecast was made for
+    the hour after it).
+    """
+    frame = forecasts
+    if not {"community_id", "sku"} <= set(frame.columns) and "unique_id" in frame.columns:
+        parts = frame["unique_id"].astype(str).str.split("/", n=1, expand=True)
+        frame = frame.assign(community_id=parts[0], sku=parts[1])
+    if "hour" not in frame.columns and "ds" in frame.columns:
+        frame = frame.assign(hour=frame["ds"])
+    if "origin" not in frame.columns and "cutoff" in frame.columns:
+        frame = frame.assign(origin=pd.to_datetime(frame["cutoff"]) + pd.Timedelta(hours=1))
+    missing = {"community_id", "sku", "hour", "p50", "p90"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"the forecast lacks the column(s) {', '.join(sorted(missing))}")
+    return frame
+
+
 def _on_sale(skus: pd.DataFrame) -> Any:
     """``on_sale(sku, day)``: launched and in season (``launched_on``, ``available_from``/``_until`` when listed)."""
     bounds: dict[str, tuple[date | None, date | None]] = {}
@@ -358,7 +383,7 @@ def load_truth(home: Path) -> pd.DataFrame:
     path = home / "truth" / "demand_hourly.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the replay needs the simulator's true demand (run `lastmile simulate`)")
-    return pd.read_json(path, lines=True, dtype={"community_id": str, "sku": str, "hour": str})
+    return pd.read_json(path, lines=True, dtype={"community_id": str, "sku": str, "hour": str}, convert_dates=False)
 
 
 def load_reference_rows(home: Path, name: str) -> list[dict[str, Any]]:
@@ -367,3 +392,22 @@ def load_reference_rows(home: Path, name: str) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def replay_simulation(cfg: Settings, forecasts: pd.DataFrame, start: date, end: date,
+                      home: Path | None = None) -> ReplayResult:
+    """:func:`replay` on a simulated data directory (default ``$LASTMILE_HOME``): its true demand,
+    SKUs (prices, unit costs, shelf lives, seasons), distances, typhoon days and the default
+    policy's margin and facing from its manifest; costs and pooling from ``cfg``."""
+    home = home or cfg.home
+    skus = pd.DataFrame(load_reference_rows(home, "skus"))
+    if skus.empty:
+        raise FileNotFoundError(f"{home / 'reference' / 'skus.jsonl'} is missing: run `lastmile simulate`")
+    distances = pd.DataFrame(load_reference_rows(home, "community_distances"))
+    no_delivery = {date.fromisoformat(r["date"]) for r in load_reference_rows(home, "calendar") if r.get("weather") == "typhoon"}
+    manifest = home / "manifest.json"
+    sim = json.loads(manifest.read_text(encoding="utf-8")).get("config", {}) if manifest.is_file() else {}
+    return replay(load_truth(home), forecasts, skus, start, end, cost_share=cfg.stocking_cost_share,
+                  goodwill_share=cfg.stocking_goodwill_share, distances=distances if not distances.empty else None,
+                  pool_km=cfg.pool_km, no_delivery=no_delivery, margin=float(sim.get("stock_margin", DEFAULT_MARGIN)),
+                  min_facing=int(sim.get("stock_min_facing", DEFAULT_MIN_FACING)), tz=cfg.business_tz)
