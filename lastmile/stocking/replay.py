@@ -394,12 +394,33 @@ def load_reference_rows(home: Path, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def replay_simulation(cfg: Settings, forecasts: pd.DataFrame, start: date, end: date,
+def delivery_window(forecasts: pd.DataFrame, tz: str = "Asia/Shanghai") -> tuple[date, date]:
+    """The deliveries a rolling-origin forecast can plan: from the day after the first origin
+    (ordered that evening) to the day after the last one."""
+    frame = _forecast_frame(forecasts)
+    if "origin" not in frame.columns:
+        hours = _hours(frame["hour"], tz)
+        first, last = float(hours.min()), float(hours.max()) - 24
+    else:
+        origins = _hours(frame["origin"], tz)
+        first, last = float(origins.min()), float(origins.max())
+    start = (datetime(1970, 1, 1) + timedelta(hours=first)).date() + timedelta(days=1)
+    end = (datetime(1970, 1, 1) + timedelta(hours=last)).date() + timedelta(days=1)
+    if end < start:
+        raise ValueError("the forecast does not reach a full selling day after its first origin")
+    return start, end
+
+
+def replay_simulation(cfg: Settings, forecasts: pd.DataFrame, start: date | None = None, end: date | None = None,
                       home: Path | None = None) -> ReplayResult:
     """:func:`replay` on a simulated data directory (default ``$LASTMILE_HOME``): its true demand,
     SKUs (prices, unit costs, shelf lives, seasons), distances, typhoon days and the default
-    policy's margin and facing from its manifest; costs and pooling from ``cfg``."""
+    policy's margin and facing from its manifest; costs and pooling from ``cfg``. Without
+    ``start``/``end``, the deliveries the forecast covers (:func:`delivery_window`)."""
     home = home or cfg.home
+    if start is None or end is None:
+        first, last = delivery_window(forecasts, cfg.business_tz)
+        start, end = start or first, end or last
     skus = pd.DataFrame(load_reference_rows(home, "skus"))
     if skus.empty:
         raise FileNotFoundError(f"{home / 'reference' / 'skus.jsonl'} is missing: run `lastmile simulate`")
