@@ -86,7 +86,7 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
                  "goal": j.goal.match.event if j.goal else None, "holdout": j.holdout, "owner": j.owner,
                  "description": j.description, "path": str(j.path)} for j in _journeys(bad_input)]
         if as_json:
-            print(json.dumps(rows, ensure_ascii=False))
+            typer.echo(json.dumps(rows, ensure_ascii=False))
             return
         table = Table("name", "trigger", "steps", "goal", "holdout", "owner")
         for r in rows:
@@ -105,7 +105,7 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
         (journey,) = _journeys(bad_input, [name])
         s = journey_stats(connect(), journey)
         if as_json:
-            print(json.dumps(s, ensure_ascii=False))
+            typer.echo(json.dumps(s, ensure_ascii=False))
             return
         console.print(f"{s['journey']} (version {s['version']}): {s['entered']:,} entered, {s['converted']:,} converted, "
                       f"{s['exited']:,} exited, {s['completed']:,} completed without the goal", highlight=False)
@@ -156,7 +156,7 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
         report["noted"] = noted
         report["undelivered"] = len(store.undelivered(warehouse))
         if as_json:
-            print(json.dumps(report, ensure_ascii=False))
+            typer.echo(json.dumps(report, ensure_ascii=False))
             return
         console.print(f"{report['events']:,} events applied ({report['waiting']:,} waiting for their OneID, {report['unresolved']:,} "
                       f"set aside without one), {report['entered']:,} runs started, {report['due']:,} waits ended; "

@@ -451,10 +451,13 @@ def test_the_command_line_validates_lists_and_reports(warehouse, tmp_path: Path)
     assert out.exit_code == 2 and f"{bad}:6: unknown purpose 'gossip'" in " ".join(out.output.split())
     out = cli.invoke(app, ["journey", "list", "--json"])
     assert out.exit_code == 0 and "review_reward" in {j["name"] for j in orjson.loads(out.output)}
+    cfg, store, _ = warehouse
+    nobody = stranger()
+    feed(runner(cfg, store, shipped("review_reward")), [ev("pickup", nobody, NOON, order_id=f"ord-{nobody}", collector_role="buyer")], NOON)
     out = cli.invoke(app, ["journey", "stats", "review_reward", "--json"])
     assert out.exit_code == 0, out.output
     stats = orjson.loads(out.output)
-    assert stats["journey"] == "review_reward" and stats["entered"] >= 3 and "no_consent" in stats["refusals"]
+    assert stats["journey"] == "review_reward" and stats["entered"] >= 1 and stats["refusals"].get("no_consent", 0) >= 1
 
 
 # --- the real worker ---------------------------------------------------------------------------
