@@ -32,18 +32,18 @@ from lastmile.warehouse import Warehouse
 #: Order, review and claim rows in event-time order: (occurred_at, rank, table, row). At one
 #: instant an order goes before the feedback about it.
 _EVENTS_SQL = """
-SELECT occurred_at, 0 AS rank, 'raw_order' AS t, order_id, event_id, merchant_id,
-       arrayMap(i -> i.1, items) AS skus, arrayMap(i -> i.2, items) AS origins, arrayMap(i -> i.3, items) AS batches,
-       toUInt8(0) AS stars, CAST([] AS Array(String)) AS tags, '' AS text, '' AS kind, '' AS reason
-FROM (SELECT occurred_at, order_id, event_id, merchant_id,
-             arrayMap(i -> (i.sku, ifNull(i.origin, ''), ifNull(i.batch_id, '')), items) AS items
-      FROM raw_order FINAL {where})
-UNION ALL
-SELECT occurred_at, 1, 'raw_review', order_id, event_id, '', [], [], [], stars, tags, ifNull(text, ''), '', ''
-FROM raw_review FINAL {where}
-UNION ALL
-SELECT occurred_at, 1, 'raw_return', ifNull(order_id, ''), event_id, '', [], [], [], 0, [], '', kind, ifNull(reason, '')
-FROM raw_return FINAL {where} {and_claim}
+SELECT * FROM (
+    SELECT occurred_at, 0 AS rank, 'raw_order' AS t, order_id, event_id, merchant_id,
+           arrayMap(i -> (i.sku, ifNull(i.category, ''), ifNull(i.origin, ''), ifNull(i.batch_id, '')), items) AS lines,
+           toUInt8(0) AS stars, CAST([] AS Array(String)) AS tags, '' AS text, '' AS kind, '' AS reason
+    FROM raw_order FINAL {where}
+    UNION ALL
+    SELECT occurred_at, 1, 'raw_review', order_id, event_id, '', [], stars, tags, ifNull(text, ''), '', ''
+    FROM raw_review FINAL {where}
+    UNION ALL
+    SELECT occurred_at, 1, 'raw_return', ifNull(order_id, ''), event_id, '', [], 0, [], '', kind, ifNull(reason, '')
+    FROM raw_return FINAL {where} {and_claim}
+)
 ORDER BY occurred_at, rank, event_id
 """
 
@@ -54,11 +54,11 @@ def warehouse_rows(warehouse: Warehouse, since: Any = None) -> Iterator[tuple[st
     where = "WHERE occurred_at >= {since:DateTime64(3, 'UTC')}" if since is not None else ""
     sql = _EVENTS_SQL.format(where=where, and_claim=("AND" if where else "WHERE") + " kind = 'claim'")
     parameters = {"since": since} if since is not None else None
-    for (at, _, table, order_id, event_id, merchant, skus, origins, batches, stars, tags, text, kind,
+    for (at, _, table, order_id, event_id, merchant, lines, stars, tags, text, kind,
          reason) in warehouse.rows(sql, parameters):
         if table == "raw_order":
             yield table, {"order_id": order_id, "event_id": event_id, "occurred_at": at, "merchant_id": merchant,
-                          "items": [{"sku": s, "origin": o, "batch_id": b} for s, o, b in zip(skus, origins, batches)]}
+                          "items": [{"sku": s, "category": c, "origin": o, "batch_id": b} for s, c, o, b in lines]}
         elif table == "raw_review":
             yield table, {"order_id": order_id, "event_id": event_id, "occurred_at": at, "stars": stars,
                           "tags": tags, "text": text or None}
