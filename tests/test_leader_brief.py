@@ -289,6 +289,10 @@ def test_api_contract(built: tuple[Settings, Warehouse]) -> None:
     status, body, _ = call(app, path + "&format=md", key=reader)
     assert status == 200 and "团长早报".encode() in body
     assert call(app, "/leaders/LD-NOPE/brief", key=reader)[0] == 404
+    spec = json.loads(call(app, "/openapi.json")[1])
+    operation = spec["paths"]["/leaders/{leader_id}/brief"]["get"]
+    assert operation["x-required-scope"] == "leaders:read" and {"200", "401", "403", "404"} <= set(operation["responses"])
+    assert {"due_to_reorder", "quiet_regulars", "surplus"} <= set(spec["components"]["schemas"]["Brief"]["properties"])
     assert call(app, path + "&format=xml", key=reader)[0] == 422
     assert call(app, "/leaders/LD-C01-B01/brief?as_of=yesterday", key=reader)[0] == 422
     # each named neighbour of each answer is audited, under the audit pseudonym
