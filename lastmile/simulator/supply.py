@@ -191,10 +191,14 @@ class _Run:
         self.daily["written_off"][c, s, day] += qty
         self.daily["written_off_cny"][c, s, day] += qty * self.cost[s]
 
-    def _expire(self, c: int, s: int, now: int) -> None:
+    def _expire(self, c: int, s: int, now: int, signal: bool = True) -> None:
+        """Write off the lots past their best-before at ``now``; if that empties the shelf, the
+        SKU sold out when the last of them expired (``signal``: say so then)."""
         lots: list[Expired] = self.shelves[c][s].stock.expire(now)
         for lot in lots:
             self._write_off(c, s, int(lot.best_before), lot.batch_id, lot.qty, "expired")
+        if lots and signal:
+            self._signal_sold_out(c, s, int(lots[-1].best_before))
 
     def _signal_sold_out(self, c: int, s: int, t: int) -> None:
         shelf = self.shelves[c][s]
@@ -211,7 +215,7 @@ class _Run:
             for s in range(self.n_s):
                 shelf = self.shelves[c][s]
                 if shelf.stock.lots:
-                    self._expire(c, s, now)
+                    self._expire(c, s, now, signal=False)  # the delivery decides whether it is sold out
                 qty = self.pending[c][s]
                 self.pending[c][s] = 0
                 if qty and deliveries:
