@@ -1,8 +1,11 @@
 """Orders and their pickups: who buys what, when, through which channel, from which locker.
 
-Order times follow a weekly rhythm per persona (young night owls order late, seniors in the
-morning, everyone before the Friday-afternoon cut-off, nobody on Wednesday mid-afternoon).
-Baskets hold one product class so they fit one compartment. Buyer identifiers are what the
+Demand comes first (:func:`draw_demand`): order times follow a weekly rhythm per persona
+(young night owls order late, seniors in the morning, everyone before the Friday-afternoon
+cut-off, nobody on Wednesday mid-afternoon) as the calendar bends it, and baskets hold one
+product class so they fit one compartment. The front warehouses then serve what they stock
+(:mod:`lastmile.simulator.supply`), and :func:`build_orders` turns the demanded orders with at
+least one line served into placed orders. Buyer identifiers are what the
 channel would see, including the leader-phone trap: a 团长 typing neighbours' group-chat
 orders with their own phone, while the neighbour's openid or member card rides along.
 """

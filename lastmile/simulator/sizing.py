@@ -43,7 +43,7 @@ def for_total_events(n: int, seed: int = 42, **overrides: Any) -> SimulationConf
 
     Telemetry grows in steps (a whole community of lockers at a time, ~145k readings over
     8 weeks), so this searches ``orders`` for the estimate closest to ``n`` and may land a
-    few % off: ``for_total_events(1_000_000)`` picks 55k orders and writes ~1.06M events.
+    few % off: ``for_total_events(1_000_000)`` picks about 46k orders and writes ~1.0M events.
     """
     if n < 1000:
         raise ValueError("n must be >= 1000")
