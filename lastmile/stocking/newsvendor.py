@@ -98,7 +98,8 @@ def period_moments(mean: np.ndarray, var: np.ndarray, correlation: float = HOUR_
     return float(mean.sum()), max(total_var, 0.0)
 
 
-def demand_quantile(mean: np.ndarray | float, var: np.ndarray | float, q: np.ndarray | float) -> np.ndarray:
+def demand_quantile(mean: np.ndarray | Sequence[float] | float, var: np.ndarray | Sequence[float] | float,
+                    q: np.ndarray | Sequence[float] | float) -> np.ndarray:
     """The ``q`` quantile of a count with this mean and variance (negative binomial, or Poisson
     when the variance is at most the mean); 0 where the mean is 0."""
     mean, var, q = np.broadcast_arrays(np.asarray(mean, dtype=float), np.asarray(var, dtype=float), np.asarray(q, dtype=float))
@@ -288,6 +289,8 @@ def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_de
     ``best_before`` (the ledger's lots too). Raises ValueError when the forecast does not
     cover the selling period."""
     keep = hours >= math.floor(t_order)
+    if np.isnan(p50[keep]).any() or np.isnan(p90[keep]).any():
+        raise ValueError(f"{community_id}/{sku}: the forecast has hours without a P50 or P90")
     order = np.argsort(hours[keep], kind="stable")
     hours, lo, hi = hours[keep][order], p50[keep][order], p90[keep][order]
     mean, var = hourly_moments(lo, hi)

@@ -218,14 +218,14 @@ def build_plan(forecast: pd.DataFrame, economics: dict[str, Economics], lots: di
             d = decide(str(community), str(sku), econ, order_at, delivery_at, [h.to_pydatetime() for h in group["hour"]],
                        group["p50"].to_numpy(), group["p90"].to_numpy(), lots.get((str(community), str(sku)), []),
                        sku_name=names.get(str(sku), ""))
-        except ValueError:
-            short.append(f"{community}/{sku}")
+        except ValueError as exc:
+            short.append(str(exc))
             continue
         decisions.append(d)
     if unknown:
         notes.append(f"{len(unknown)} SKU(s) in the forecast are not in ref_skus and were not planned: {', '.join(sorted(unknown)[:5])}")
     if short:
-        notes.append(f"{len(short)} series' forecast does not cover the selling period and were not planned: {', '.join(short[:5])}")
+        notes.append(f"{len(short)} series were not planned (forecast incomplete): {'; '.join(short[:3])}")
     pool(decisions, neighbours or {})
     return decisions, notes
 
