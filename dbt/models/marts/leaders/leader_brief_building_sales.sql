@@ -5,20 +5,21 @@
 {{ config(order_by='(building_id, sales_date, sku)') }}
 
 with observation as (
-    select * from {{ ref('int_observation_window') }}
+    -- the first instant of the window, so the facts' ordered_at index and monthly partitions prune the scan
+    select toDateTime(as_of_date - {{ var('leader_sales_days') - 1 }}, '{{ var("business_tz") }}') as window_start
+    from {{ ref('int_observation_window') }}
 ),
 
 orders as (
     select order_id, building_id, community_id, leader_id
     from {{ ref('fct_orders') }}
-    where building_id is not null
-      and {{ business_date('ordered_at') }} > (select as_of_date from observation) - {{ var('leader_sales_days') }}
+    where building_id is not null and ordered_at >= (select window_start from observation)
 ),
 
 lines as (
     select order_id, {{ business_date('ordered_at') }} as sales_date, sku, category, qty, line_amount_cny
     from {{ ref('fct_order_lines') }}
-    where {{ business_date('ordered_at') }} > (select as_of_date from observation) - {{ var('leader_sales_days') }}
+    where ordered_at >= (select window_start from observation)
 ),
 
 buildings as (
