@@ -147,7 +147,9 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         sink.handlers.append(parts.audiences.handler())  # before the OneID notice: noted before a resolution starts
     if parts.journeys is not None:
         sink.handlers.append(parts.journeys.handler())  # into the inbox before the batch commits
-    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(sink, publish, desk=parts.desk)]
+    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(
+        sink, publish, desk=parts.desk, replaced=parts.journeys.replaced if parts.journeys is not None else (),
+        hand_over=parts.journeys.hand_over if parts.journeys is not None else None)]
     if parts.batches is not None:
         sink.handlers.append(parts.batches.handler(sink, publish))  # procurement's alerts: not customer contacts
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
@@ -279,15 +281,17 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
         refresher.after_resolve.append(pusher.on_resolved)
         pusher.on_waiting = refresher.hurry
     desk = ContactDesk(warehouse, load_rules(), cfg) if options.contact_rules else None
+    journeys = stream_journeys(cfg, sink, desk) if refresher.enabled and options.journeys else None
+    replaced = journeys.replaced if journeys is not None else set()
     replenishments = None
     if refresher.enabled and options.replenish_every_s > 0:
-        replenishments = Replenishments(warehouse, every_s=options.replenish_every_s, desk=desk)
+        replenishments = Replenishments(warehouse, every_s=options.replenish_every_s, desk=desk,
+                                        hand_over=journeys.note_actions if journeys and "replenishment_nudge" in replaced else None)
         refresher.after_resolve.append(replenishments.after_resolve)
     audiences = event_audiences(cfg, warehouse) if refresher.enabled and options.audiences else None
     if audiences is not None:
         refresher.after_resolve.append(audiences.after_resolve)
-    journeys = stream_journeys(cfg, sink, desk) if refresher.enabled and options.journeys else None
-    if journeys is not None:
+    if journeys is not None:  # after the nudges: a nudge a journey took over is applied in the same pass
         refresher.after_resolve.append(journeys.after_resolve)
     batches = BatchQualityWatch(warehouse, load_batch_rules()) if options.batch_alerts else None
     if batches is not None:

@@ -47,6 +47,10 @@ def test_the_shipped_journeys_validate_against_the_shipped_audiences() -> None:
     journeys = {j.name: j for j in load_journeys(SHIPPED, audiences)}
     assert {"compensation_before_complaint", "review_reward", "packaging_returns", "packaging_reward",
             "win_back_via_leader", "neighbour_referral", "predictive_reservation", "cold_chain_compensation"} <= set(journeys)
+    # the worker's three built-in triggers, each taken over by one journey
+    assert {j.replaces: n for n, j in journeys.items() if j.replaces} == {
+        "compensate_cold_chain": "cold_chain_compensation", "welcome_neighbour": "welcome_neighbour",
+        "replenishment_nudge": "replenishment_nudge"}
     review = journeys["review_reward"]
     assert review.holdout == 0.1 and review.once_per == "order_id" and review.event_types() == {"pickup", "review"}
 
@@ -77,6 +81,8 @@ steps:
     (GOOD + "goal: {event: review, same: order_id, within: {fortnights: 1}}\n", 7, "unknown key 'fortnights' in within"),
     (GOOD.replace("owner: o\n", ""), 1, "a journey file needs owner"),
     (GOOD + "colour: red\n", 7, "unknown key 'colour' in a journey file"),
+    (GOOD.replace("trigger: {event: pickup}", "trigger: {signal: birthday}"), 4, "unknown signal 'birthday'; expected one of new_neighbour"),
+    (GOOD + "replaces: free_lunch\n", 7, "replaces names a built-in trigger of the stream worker"),
     (GOOD.replace("steps:", "steps: [").replace("purposes: [marketing]}\n", "purposes: [marketing]}\n"), 6, "not valid YAML"),
 ])
 def test_a_bad_journey_file_names_the_line_and_what_was_expected(tmp_path: Path, text: str, line: int, message: str) -> None:
@@ -458,6 +464,56 @@ def test_the_command_line_validates_lists_and_reports(warehouse, tmp_path: Path)
     assert out.exit_code == 0, out.output
     stats = orjson.loads(out.output)
     assert stats["journey"] == "review_reward" and stats["entered"] >= 1 and stats["refusals"].get("no_consent", 0) >= 1
+
+
+def test_journeys_take_the_built_in_triggers_over_in_the_stream(warehouse) -> None:
+    """With the journeys that replace them, the worker's trigger handler publishes no compensation
+    and no welcome of its own: the claim starts the compensation journey, the welcome and the
+    replenishment nudge arrive as signals, and every send comes from a journey."""
+    from lastmile.identity.store import resolve_pending
+    from lastmile.ingest import Ingestor
+    from lastmile.journeys.stream import StreamJourneys
+    from lastmile.privacy import Identifiers
+    from lastmile.streaming.handlers import triggers
+    from lastmile.streaming.sink import Record, StreamSink
+    from lastmile.streaming.triggers import Replenishments
+
+    cfg, store, pool = warehouse
+    journeys = [shipped("cold_chain_compensation"), shipped("welcome_neighbour"), shipped("replenishment_nudge")]
+    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
+    hook = StreamJourneys(sink, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone, every_s=0,
+                          wall_clock=lambda: NOON + timedelta(hours=1))
+    published: list[dict] = []
+
+    async def publish(topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        published.extend(orjson.loads(value) for _, value in messages)
+
+    assert hook.replaced == {"compensate_cold_chain", "welcome_neighbour", "replenishment_nudge"}
+    sink.handlers += [hook.handler(), triggers(sink, publish, known=set(), desk=ContactDesk(store, RULES, cfg),
+                                               clock=lambda: NOON, replaced=hook.replaced, hand_over=hook.hand_over)]
+    newcomer = f"oNewcomer-{next(_ids):04d}"
+    claim = event("return", occurred_at=NOON.isoformat(), claimant={"openid": newcomer}, order_id=f"ord-{newcomer}")
+    grant = event("consent", occurred_at=(NOON - timedelta(minutes=1)).isoformat(), subject={"openid": newcomer},
+                  channel="all", granted=True)
+    nudged, = people(pool, 1)
+    try:
+        asyncio.run(sink.handle([Record("lastmile.return", 0, 1, orjson.dumps(claim)), Record("lastmile.consent", 0, 1, orjson.dumps(grant))]))
+        assert published == []  # neither a compensation nor a welcome from the handler itself
+        identifiers = sink.ingestor.identifiers
+        resolve_pending(store, identifiers.rules, frozenset(identifiers.rules.blocked_tokens(identifiers.hasher)))
+        due = Replenishments.action(type("Due", (), {"action_id": f"replenish:{nudged}:SKU-0012:2026-11-24", "oneid": nudged,
+                                                     "sku": "SKU-0012", "due": NOON.date(), "last_purchase": (NOON - timedelta(days=7)).date(),
+                                                     "purchases": 3, "mean_interval_days": 7})(), NOON)
+        hook.note_actions([due])  # as Replenishments(hand_over=hook.note_actions) hands a due staple over
+        hook.after_resolve()
+        sends = [a for a in hook.drain() if a.details["oneid"] in (nudged,) or a.event_id in (claim["event_id"], grant["event_id"])]
+    finally:
+        sink.close()
+    assert sorted((a.details["journey"], a.details["template"]) for a in sends) == [
+        ("cold_chain_compensation", "cold_chain_compensation"), ("replenishment_nudge", "replenishment_nudge"),
+        ("welcome_neighbour", "welcome_neighbour")]
+    nudge = next(a for a in sends if a.details["journey"] == "replenishment_nudge")
+    assert nudge.details["trigger"]["sku"] == "SKU-0012" and nudge.details["purposes"] == ["marketing", "personalised_recommendation"]
 
 
 # --- the real worker ---------------------------------------------------------------------------

@@ -43,7 +43,16 @@ from lastmile.audiences.contact_rules import CHANNELS, CONSENT_PURPOSES, SERVICE
 from lastmile.audiences.definition import EVENT_TABLES, AudienceError, _mapping, _RuleCompiler, _scalar, _text
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TOP_KEYS = {"name", "description", "owner", "trigger", "once_per", "reentry", "holdout", "goal", "steps"}
+_TOP_KEYS = {"name", "description", "owner", "trigger", "once_per", "reentry", "holdout", "goal", "steps", "replaces"}
+#: Signals the stream worker derives (not contract events), and the fields each carries.
+SIGNALS: dict[str, tuple[str, ...]] = {
+    # the first event naming a person none of whose identifiers was seen before
+    "new_neighbour": ("id_type", "community_id", "channel"),
+    # a staple bought at regular intervals is due and no new purchase came
+    "replenishment_due": ("sku", "due", "last_purchase", "purchases", "mean_interval_days"),
+}
+#: The stream worker's built-in triggers a journey may replace, and the signal or event that carries each.
+BUILT_IN_TRIGGERS = ("compensate_cold_chain", "welcome_neighbour", "replenishment_nudge")
 _UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
 #: Where a branch may go besides a step name.
 EXIT, NEXT = "exit", "next"
@@ -90,7 +99,7 @@ class EventMatch:
 
 @dataclass(frozen=True)
 class Trigger:
-    """What starts a run: an event (``event``) or an entry into an audience (``audience``)."""
+    """What starts a run: an event or a signal (``event``) or an entry into an audience (``audience``)."""
 
     event: EventMatch | None = None
     audience: str | None = None
@@ -156,6 +165,8 @@ class Journey:
     once_per: str | None = None
     reentry: bool = True
     holdout: float = 0.0
+    #: A built-in trigger of the stream worker this journey takes over (it is then not sent by the worker itself).
+    replaces: str | None = None
     definition: Any = None  # what decides behaviour, as plain data (for the version)
 
     @property
@@ -223,6 +234,12 @@ def load_journeys(folder: Path, audiences: set[str] | None = None) -> list[Journ
         if journey.name in seen:
             raise JourneyError(f"{journey.path}: journey name {journey.name!r} is also used by {seen[journey.name]}")
         seen[journey.name] = journey.path
+    taken: dict[str, Journey] = {}
+    for journey in journeys:
+        if journey.replaces and journey.replaces in taken:
+            raise JourneyError(f"{journey.path}: {journey.replaces} is already replaced by {taken[journey.replaces].path}; one journey takes a built-in trigger over")
+        if journey.replaces:
+            taken[journey.replaces] = journey
     return sorted(journeys, key=lambda j: j.name)
 
 
@@ -285,13 +302,22 @@ class _Reader:
             holdout = float(holdout)
         goal = self.goal(top["goal"][1], trigger) if "goal" in top else None
         steps = self.steps(top["steps"][1], trigger)
+        replaces = None
+        if "replaces" in top:
+            replaces = self.text(top["replaces"][1], "replaces")
+            if replaces not in BUILT_IN_TRIGGERS:
+                raise self.fail(top["replaces"][1], f"replaces names a built-in trigger of the stream worker: {', '.join(BUILT_IN_TRIGGERS)}; got {replaces!r}")
         definition = {k: _plain(v) for k, (_, v) in top.items() if k not in ("name", "description", "owner")}
         return Journey(name, self.text(top["description"][1], "description"), self.text(top["owner"][1], "owner"), self.path,
-                       trigger, steps, goal, once_per, reentry, holdout, definition)
+                       trigger, steps, goal, once_per, reentry, holdout, replaces, definition)
 
     def field(self, event: str, node: yaml.Node, name: str) -> None:
         from lastmile.contracts import contract
 
+        if event in SIGNALS:
+            if name not in SIGNALS[event]:
+                raise self.fail(node, f"unknown field {name!r} of the signal {event}; expected one of {', '.join(SIGNALS[event])}")
+            return
         properties = contract(event).properties
         fields = sorted(k for k, v in properties.items() if v.get("type") not in ("object", "array"))
         if name not in fields:
@@ -322,9 +348,16 @@ class _Reader:
         return EventMatch(event, where, same), body
 
     def trigger(self, node: yaml.Node) -> Trigger:
-        body = self.map(node, "trigger", {"event", "where", "audience"})
-        if ("event" in body) == ("audience" in body):
-            raise self.fail(node, "a trigger is exactly one of {event: TYPE, where: {...}} or {audience: NAME}")
+        body = self.map(node, "trigger", {"event", "where", "audience", "signal"})
+        if len({"event", "audience", "signal"} & set(body)) != 1:
+            raise self.fail(node, "a trigger is exactly one of {event: TYPE, where: {...}}, {audience: NAME} or {signal: NAME}")
+        if "signal" in body:
+            if "where" in body:
+                raise self.fail(body["where"][0], "where filters an event trigger; a signal trigger takes none")
+            signal = self.text(body["signal"][1], "signal")
+            if signal not in SIGNALS:
+                raise self.fail(body["signal"][1], f"unknown signal {signal!r}; expected one of {', '.join(SIGNALS)}")
+            return Trigger(event=EventMatch(signal))
         if "audience" in body:
             if "where" in body:
                 raise self.fail(body["where"][0], "where filters an event trigger; an audience trigger takes none")

@@ -88,6 +88,7 @@ class StepRecord:
     holdout: bool = False
     send: Send | None = None
     trigger_id: str = ""
+    context: dict[str, Any] = field(default_factory=dict)  # the trigger's fields
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def in_holdout(journey: Journey, oneid: str) -> bool:
 def _record(journey: Journey, run: Run, label: str, index: int, name: str, kind: str, at: datetime, outcome: str,
             detail: str = "", send: Send | None = None) -> StepRecord:
     return StepRecord(step_id(journey.name, run.version, run.oneid, run.run_id, label), journey.name, run.version,
-                      run.oneid, run.run_id, index, name, kind, at, outcome, detail, run.holdout, send, run.trigger_id)
+                      run.oneid, run.run_id, index, name, kind, at, outcome, detail, run.holdout, send, run.trigger_id,
+                      run.context)
 
 
 # --- entry -----------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def on_event(journey: Journey, run: Run, event: Event, facts: Facts | None, zone
     later conditions. None when it changes nothing (not relevant, before entry, seen before)."""
     if run.status != ACTIVE or event.event_id == run.trigger_id or event.at < run.entered_at:
         return None
-    if any(seen == event.event_id for seen, _, _ in run.events):
+    if any(seen == event.event_id and kind == event.event_type for seen, kind, _ in run.events):
         return None
     if event.event_type not in journey.event_types():
         return None

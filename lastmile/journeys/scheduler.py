@@ -225,7 +225,7 @@ def actions(pending: Sequence[dict[str, Any]]) -> list[Any]:
                    occurred_at=p["at"].isoformat(), person=None,
                    details={"journey": p["journey"], "version": p["version"], "step": p["step_name"], "oneid": p["oneid"],
                             "run_id": p["run_id"], "template": p["template"], "channel": p["channel"],
-                            "purposes": p["purposes"], "params": p["params"]}) for p in pending]
+                            "purposes": p["purposes"], "params": p["params"], "trigger": p["trigger_fields"]}) for p in pending]
 
 
 def publish(warehouse: Warehouse, send: Callable[[list[Any]], None], at: datetime | None = None) -> int:

@@ -60,19 +60,20 @@ COMMENT 'Per person and journey run: where they are. Read with FINAL.'""",
     channel String,
     purposes Array(String),
     params String COMMENT 'JSON of the template parameters.',
+    trigger_fields String COMMENT 'JSON of the trigger''s fields (what the template may quote: the order, the SKU).',
     holdout UInt8
 ) ENGINE = ReplacingMergeTree ORDER BY step_id
 COMMENT 'Every step of every run, once. Read with FINAL.'""",
     """CREATE TABLE IF NOT EXISTS journey_inbox (
     event_id String,
-    event_type LowCardinality(String) COMMENT 'An event type, or audience_entry.',
+    event_type LowCardinality(String) COMMENT 'An event type, a signal (new_neighbour, replenishment_due) or audience_entry.',
     oneid String COMMENT 'Empty until resolved (event_oneid).',
     occurred_at DateTime64(3, 'UTC'),
     fields String COMMENT 'JSON of the event''s top-level fields (identifiers left out).',
     noted_at DateTime64(3, 'UTC') DEFAULT now64(3),
     outcome LowCardinality(String) COMMENT 'Empty while pending; applied, or no_person when it never resolved.',
     done UInt8
-) ENGINE = ReplacingMergeTree(done) ORDER BY event_id
+) ENGINE = ReplacingMergeTree(done) ORDER BY (event_id, event_type)
 COMMENT 'Events noted for journeys; done = 1 once applied. Read with FINAL.'""",
     """CREATE TABLE IF NOT EXISTS journey_deliveries (
     step_id String,
@@ -84,7 +85,7 @@ COMMENT 'Allowed journey sends published to lastmile.actions.'""",
 _RUN_COLUMNS = ["journey", "version", "oneid", "run_id", "trigger_id", "holdout", "status", "step", "entered_at", "due_at",
                 "ended_at", "end_reason", "state", "seq"]
 _STEP_COLUMNS = ["step_id", "journey", "version", "oneid", "run_id", "trigger_id", "step_index", "step_name", "kind", "at",
-                 "outcome", "reason", "detail", "template", "channel", "purposes", "params", "holdout"]
+                 "outcome", "reason", "detail", "template", "channel", "purposes", "params", "trigger_fields", "holdout"]
 
 
 def ensure_tables(warehouse: Warehouse) -> None:
@@ -155,7 +156,7 @@ def save_steps(warehouse: Warehouse, steps: Iterable[tuple[StepRecord, str, str]
         rows.append((s.step_id, s.journey, s.version, s.oneid, s.run_id, s.trigger_id, s.index, s.name, s.kind, _utc(s.at),
                      outcome, reason, s.detail, send.template if send else "", send.channel if send else "",
                      list(send.purposes) if send else [], json.dumps(send.params if send else {}, ensure_ascii=False, default=str),
-                     int(s.holdout)))
+                     json.dumps(s.context if send else {}, ensure_ascii=False, default=str), int(s.holdout)))
     return warehouse.insert_rows("journey_steps", rows, _STEP_COLUMNS) if rows else 0
 
 
@@ -200,16 +201,19 @@ def newest_noted(warehouse: Warehouse) -> datetime | None:
 def undelivered(warehouse: Warehouse, limit: int = 10_000) -> list[dict[str, Any]]:
     """Allowed sends not yet published, oldest first."""
     rows = warehouse.rows(
-        f"""SELECT step_id, journey, version, oneid, run_id, trigger_id, step_name, at, template, channel, purposes, params
+        f"""SELECT step_id, journey, version, oneid, run_id, trigger_id, step_name, at, template, channel, purposes, params,
+               trigger_fields
         FROM journey_steps FINAL
         WHERE kind = 'send' AND outcome = 'sent' AND step_id NOT IN (SELECT step_id FROM journey_deliveries)
         ORDER BY at, step_id LIMIT {int(limit)}""")
-    keys = ["step_id", "journey", "version", "oneid", "run_id", "trigger_id", "step_name", "at", "template", "channel", "purposes", "params"]
+    keys = ["step_id", "journey", "version", "oneid", "run_id", "trigger_id", "step_name", "at", "template", "channel", "purposes", "params",
+            "trigger_fields"]
     out = []
     for row in rows:
         item = dict(zip(keys, row))
         item["at"] = _aware(item["at"])
         item["params"] = json.loads(item["params"] or "{}")
+        item["trigger_fields"] = json.loads(item["trigger_fields"] or "{}")
         item["purposes"] = list(item["purposes"])
         out.append(item)
     return out

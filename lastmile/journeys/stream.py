@@ -10,6 +10,10 @@
   known are applied, runs start, waits that ended go on. Its clock is the newest event
   time the journeys have seen (never past the wall clock), so a replayed backlog keeps its
   own timing: a "one day later" reminder is not sent before the day's events were read.
+* A journey that ``replaces`` a built-in trigger takes it over: the worker hands the
+  welcomes and replenishment nudges it decided to :meth:`StreamJourneys.note_actions` as
+  the signals ``new_neighbour`` and ``replenishment_due`` instead of publishing them, and
+  no longer sends its own cold-chain compensation (the journey reacts to the claim itself).
 * The allowed sends are queued for the worker, which publishes them to ``lastmile.actions``
   (``action_id`` = step id) and then records them delivered; a crash in between publishes
   them again with the same id.
@@ -25,8 +29,9 @@ from typing import Any
 
 from lastmile.audiences.definition import EVENT_TABLES
 from lastmile.journeys import store
-from lastmile.journeys.definition import Journey
-from lastmile.journeys.intake import events_from_rows
+from lastmile.journeys.definition import SIGNALS, Journey
+from lastmile.journeys.engine import Event
+from lastmile.journeys.intake import _time, events_from_rows
 from lastmile.journeys.scheduler import JourneyRunner, TickReport, actions
 from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
 
@@ -66,6 +71,36 @@ class StreamJourneys:
                 await self.sink.run_blocking(store.note, self.sink.warehouse, events)
 
         return handle
+
+    @property
+    def replaced(self) -> set[str]:
+        """The built-in triggers the journeys take over (``replaces:``)."""
+        return {j.replaces for j in self.runner.journeys if j.replaces}
+
+    def note_actions(self, actions: Sequence[Any]) -> None:
+        """Put built-in trigger decisions into the inbox as signals. Hold the warehouse lock.
+
+        A welcome becomes ``new_neighbour`` under the id of the event that named the person
+        (OneID resolves it like the event); a replenishment nudge becomes ``replenishment_due``
+        under its ``action_id`` (one per person, staple and due day), with its OneID.
+        """
+        events = []
+        for action in actions:
+            details = action.details or {}
+            if action.action == "welcome_neighbour":
+                events.append(Event(action.event_id, "new_neighbour", "", _time(action.occurred_at),
+                                    {k: details[k] for k in SIGNALS["new_neighbour"] if details.get(k) is not None}))
+            elif action.action == "replenishment_nudge":
+                events.append(Event(action.action_id, "replenishment_due", details.get("oneid") or "", _time(action.occurred_at),
+                                    {k: details[k] for k in SIGNALS["replenishment_due"] if details.get(k) is not None}))
+        if events:
+            newest = max(e.at for e in events)
+            self.newest = newest if self.newest is None else max(self.newest, newest)
+            store.note(self.sink.warehouse, events)
+
+    async def hand_over(self, actions: Sequence[Any]) -> None:
+        """:meth:`note_actions` from the batch handler (before the batch commits)."""
+        await self.sink.run_blocking(self.note_actions, actions)
 
     def now(self) -> datetime | None:
         """The journeys' clock: the newest event time noted, never past the wall clock."""

@@ -165,11 +165,14 @@ class Replenishments:
     """
 
     def __init__(self, warehouse: Warehouse, every_s: float = 60.0, rhythm: Rhythm = Rhythm(),
-                 clock: Callable[[], float] = time.monotonic, desk: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, desk: Any = None,
+                 hand_over: Callable[[list[Action]], None] | None = None) -> None:
         self.warehouse = warehouse
         #: Optional :class:`~lastmile.audiences.contact_rules.ContactDesk`: nudges it refuses
         #: (no consent, quiet hours at the stream's time, caps) are not queued.
         self.desk = desk
+        #: A journey took the nudge over: the due nudges go to it (as signals), undecided and unqueued.
+        self.hand_over = hand_over
         self.every_s = every_s
         self.rhythm = rhythm
         self.clock = clock
@@ -197,6 +200,10 @@ class Replenishments:
         self.evaluations += 1
         actions = [self.action(due, as_of) for due in due_replenishments(self.warehouse, as_of, self.rhythm)
                    if due.action_id not in self.sent]
+        if self.hand_over is not None:
+            self.hand_over(actions)
+            self.sent.update(a.action_id for a in actions)
+            return
         if self.desk is not None:
             actions = [a for a, d in zip(actions, self.desk.decide_actions(actions, as_of)) if d.allowed]
         with self._lock:
