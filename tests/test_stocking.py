@@ -162,14 +162,17 @@ def test_replay_arithmetic_on_a_tiny_case() -> None:
 
 
 def test_replay_without_a_delivery_on_a_typhoon_day_orders_for_two_days() -> None:
-    truth = pd.DataFrame({"community_id": "c1", "sku": "s1", "hour": ["2026-10-01T10:00:00+08:00", "2026-10-02T10:00:00+08:00"],
-                          "demanded": [5, 3], "served": [0, 0]})
+    truth = pd.DataFrame({"community_id": ["c1", "c1", "c2"], "sku": "s1", "demanded": [5, 3, 4], "served": [0, 0, 0],
+                          "hour": ["2026-10-01T10:00:00+08:00", "2026-10-02T10:00:00+08:00", "2026-10-01T11:00:00+08:00"]})
     skus = SKUS.assign(shelf_life_days=3.0)
     forecast = _forecast({datetime(2026, 10, 1, 10): 5, datetime(2026, 10, 2, 10): 3})
     result = replay(truth, forecast, skus, date(2026, 10, 1), date(2026, 10, 2), cost_share=0.65, goodwill_share=1.0,
                     no_delivery={date(2026, 10, 2)})
     assert result.plan.served == 8 and result.plan.received >= 8  # one lot for both days
     assert any("cancelled on 2026-10-02" in n for n in result.notes)
+    # c2 has no forecast: left out of both sides, and said so.
+    assert result.series == 1 and result.default_policy.demanded == 8
+    assert any("1 series with demand but no forecast (4 units demanded)" in n for n in result.notes)
     with pytest.raises(ValueError, match="lacks the column"):
         replay(truth.drop(columns=["demanded"]), forecast, skus, date(2026, 10, 1), date(2026, 10, 2), cost_share=0.65,
                goodwill_share=1.0)

@@ -188,7 +188,15 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     if unknown:
         raise ValueError(f"{len(unknown)} SKU(s) with demand are not in the SKU list (e.g. {unknown[0]}): "
                          "their price and shelf life are needed")
-    series = sorted(set(zip(demand["community_id"], demand["sku"])))
+    forecast_series = set(zip(forecasts["community_id"].astype(str), forecasts["sku"].astype(str)))
+    wanted_series = set(zip(demand["community_id"], demand["sku"]))
+    unforecast = wanted_series - forecast_series
+    # Series the forecast does not cover at all (too young for the backtest) are left out of
+    # both sides: the comparison is on the same demand.
+    if unforecast:
+        left_out = demand[[k in unforecast for k in zip(demand["community_id"], demand["sku"])]]
+        demand = demand.drop(left_out.index)
+    series = sorted(wanted_series - unforecast)
     by_series: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {
         key: (g["t"].to_numpy(), g["demanded"].to_numpy()) for key, g in demand.sort_values("t").groupby(["community_id", "sku"], sort=False)}
 
@@ -295,6 +303,9 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
             run_until(side, key, last_end)
             write_off(side, key, last_end)
     notes = []
+    if unforecast:
+        notes.append(f"{len(unforecast)} series with demand but no forecast ({int(left_out['demanded'].sum()):,} units "
+                     "demanded) are left out of both sides")
     if missing_forecast:
         notes.append(f"{len(missing_forecast)} series lacked a forecast for some delivery days; the plan ordered nothing for those")
     cancelled = [d for d in window_days if d in no_delivery]
