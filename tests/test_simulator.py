@@ -52,7 +52,7 @@ def valid(lines: dict[str, list[bytes]], injected: list[dict[str, Any]]) -> dict
 
 @pytest.fixture(scope="module")
 def truth(run: SimulationResult) -> dict[str, list[dict[str, Any]]]:
-    names = ("persons", "identifiers", "orders", "excursions", "door_spikes")
+    names = ("persons", "identifiers", "orders", "excursions", "door_spikes", "bad_batches")
     return {n: _jsonl(run.out_dir / "truth" / f"{n}.jsonl") for n in names}
 
 
@@ -389,8 +389,12 @@ def test_packaging_returns_and_claim_abusers(valid: dict[str, list[dict[str, Any
     packaging = [e for e in valid["return"] if e["kind"] == "packaging"]
     assert len(packaging) > 0.05 * len(truth["orders"])
     abusers = {p["person_id"] for p in truth["persons"] if p["claim_abuser"]}
-    claims_by = Counter(o["person_id"] for o in truth["orders"] if o["claim_reason"])
-    orders_by = Counter(o["person_id"] for o in truth["orders"] if o["picked_up_at"])
+    # Orders carrying a bad batch draw quality claims from everyone: compare on the others.
+    bad = {b["batch_id"] for b in truth["bad_batches"]}
+    spoiled = {o["order_id"] for o in valid["order"] if any(i["batch_id"] in bad for i in o["items"])}
+    fair = [o for o in truth["orders"] if o["order_id"] not in spoiled]
+    claims_by = Counter(o["person_id"] for o in fair if o["claim_reason"])
+    orders_by = Counter(o["person_id"] for o in fair if o["picked_up_at"])
     rate = lambda people: sum(claims_by[p] for p in people) / max(1, sum(orders_by[p] for p in people))  # noqa: E731
     assert rate(abusers) > 5 * rate(set(orders_by) - abusers)
 
