@@ -18,7 +18,8 @@ import pytest
 from lastmile.contracts import EventParser
 from lastmile.simulator import SimulationConfig, SimulationResult, simulate
 from lastmile.simulator.catalog import FRESH_MAX_SHELF_LIFE_DAYS, SKUS
-from lastmile.stocking.policies import last_week_plus_margin
+from lastmile.stocking.ledger import ShelfStock
+from lastmile.stocking.policies import last_week_plus_margin, sellable_on_hand
 from lastmile.transform import REFERENCE_TABLES
 
 FIXED_NOW = datetime.fromisoformat("2026-11-23T12:00:00+00:00")
@@ -89,6 +90,12 @@ def test_policy_orders_last_weeks_same_day_sales_plus_margin_minus_the_shelf() -
     assert last_week_plus_margin(sales, 7, 40, opening=99, margin=0.5) == 0
     # Last week's same day sold nothing: the facing is still kept.
     assert last_week_plus_margin(sales, 9 - 7 + 7, 0, opening=99, margin=0.5, min_facing=2) == 2
+    # What the operator counts: lots still good at the delivery day's close (hour 46), not
+    # the 4 units that expire during that day.
+    shelf = ShelfStock()
+    shelf.receive(4, best_before=40, batch_id="a")
+    shelf.receive(6, best_before=53, batch_id="b")
+    assert sellable_on_hand(shelf, close=46) == 6
 
 
 def test_policy_bootstraps_from_the_days_seen_and_the_opening_quantity() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lastmile.stocking.ledger import Expired, ShelfStock
-from lastmile.stocking.policies import last_week_plus_margin
+from lastmile.stocking.policies import last_week_plus_margin, sellable_on_hand
 
 from .calendar import Calendar
 from .catalog import CATEGORY_FOCUS, Sku
@@ -258,7 +258,7 @@ class _Run:
                 if not self.available[s][nxt]:
                     continue
                 stock = self.shelves[c][s].stock
-                usable = stock.on_hand - stock.expiring_by(close) if stock.lots else 0
+                usable = sellable_on_hand(stock, close) if stock.lots else 0
                 self.pending[c][s] = last_week_plus_margin(
                     self.sales[c][s], nxt, usable, opening=self.opening[c][s],
                     first_day=self.first_day[s], margin=cfg.stock_margin, min_facing=cfg.stock_min_facing)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .ledger import ShelfStock
+
 #: Margin over last week's same-day sales: 0.55 orders 55 % more than sold (calibrated so the
 #: simulated default policy fills about three in four fresh units and writes off about a sixth).
 DEFAULT_MARGIN = 0.55
@@ -48,3 +50,10 @@ def last_week_plus_margin(sales: Sequence[float], day: int, usable_on_hand: int,
         base = opening
     target = max(min_facing, math.ceil(base * (1.0 + margin) - 1e-9))
     return max(0, target - usable_on_hand)
+
+
+def sellable_on_hand(stock: ShelfStock, close: float) -> int:
+    """The ``usable_on_hand`` the operator counts in the evening: units on the shelf that will
+    still be good at the close of the delivery day (``close``), so stock that expires during
+    that day is not relied on."""
+    return stock.on_hand - stock.expiring_by(close)
