@@ -171,7 +171,7 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
-RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "audiences", "train")
+RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "audiences", "forecast", "train")
 
 
 @app.command("run")
@@ -183,7 +183,7 @@ def run_cmd(
     through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → audiences → models.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → audiences → demand forecast → models.
 
     Re-running gives the same counts. A failed great-expectations checkpoint stops the run
     before any feature is published, and says which expectations failed.
@@ -258,6 +258,13 @@ def run_cmd(
     if wanted("audiences"):
         with _stage("audiences", timings):
             out["audiences"] = _refresh_audiences(connect(cfg))
+    if wanted("forecast"):
+        from lastmile.forecast import run as run_forecast
+
+        with _stage("demand forecast", timings):
+            forecast_report = run_forecast(cfg, connect(cfg), backtest=True, replay=True)
+        out["forecast"] = forecast_report.as_dict()
+        out["forecast_report"] = forecast_report.text()
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
 
@@ -300,6 +307,8 @@ def run_cmd(
         console.print(f"features: {out['features']}")
     if "audiences" in out:
         _print_audiences(out["audiences"])
+    if "forecast_report" in out:
+        console.print(out["forecast_report"], highlight=False, soft_wrap=True)
     if "models_report" in out:
         console.print(out["models_report"].rstrip(), highlight=False)
         for oneid, recommendation in out.get("examples", {}).items():
@@ -1058,6 +1067,28 @@ def train_cmd(as_json: bool = typer.Option(False, "--json", help="Print the metr
     typer.echo(trained.text())
     if as_json:
         print(json.dumps(trained.as_dict(), default=str))
+
+
+@app.command("forecast")
+@friendly
+def forecast_cmd(
+    backtest: bool = typer.Option(False, "--backtest", help="Also backtest (rolling origin, 72 h, a day apart) against seasonal naive and AutoETS."),
+    windows: int = typer.Option(12, help="Backtest origins, one a day, ending with the last full 72 hours of data."),
+    replay: bool = typer.Option(False, "--replay", help="Replay the plan made from the backtest's forecasts against the default stocking policy (needs a simulation's true demand)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train the demand model and forecast every community × SKU for the next 72 hours (P50, P90) into demand_forecast."""
+    from lastmile.forecast import run as run_forecast
+    from lastmile.warehouse import connect
+
+    if windows < 1:
+        raise BadInput("--windows must be at least 1")
+    with console.status("forecasting demand…"):
+        report = run_forecast(settings(), connect(settings()), backtest=backtest, windows=windows, replay=replay)
+    if as_json:
+        print(json.dumps(report.as_dict(), default=str, ensure_ascii=False))
+    else:
+        console.print(report.text(), highlight=False, soft_wrap=True)
 
 
 @app.command("recommend")
