@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import time as clock_time
 from pathlib import Path
@@ -252,7 +253,7 @@ class _Reader:
     def fail(self, node: yaml.Node | None, message: str) -> JourneyError:
         return _fail(self.path, node, message)
 
-    def map(self, node: yaml.Node, what: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    def map(self, node: yaml.Node, what: str, allowed: Collection[str], required: Collection[str] = frozenset()) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         try:
             found = _mapping(self.path, node, what)
         except AudienceError as exc:
@@ -260,7 +261,7 @@ class _Reader:
         for key, (key_node, _) in found.items():
             if key not in allowed:
                 raise self.fail(key_node, f"unknown key {key!r} in {what}; expected {', '.join(sorted(allowed))}")
-        missing = sorted(required - set(found))
+        missing = sorted(set(required) - set(found))
         if missing:
             raise self.fail(node, f"{what} needs {', '.join(missing)}")
         return found
@@ -323,7 +324,7 @@ class _Reader:
         if name not in fields:
             raise self.fail(node, f"unknown field {name!r} of {event}; expected one of {', '.join(fields)}")
 
-    def event_match(self, node: yaml.Node, what: str, trigger: Trigger | None, extra: set[str] = frozenset()) -> tuple[EventMatch, dict[str, tuple[yaml.Node, yaml.Node]]]:
+    def event_match(self, node: yaml.Node, what: str, trigger: Trigger | None, extra: Collection[str] = frozenset()) -> tuple[EventMatch, dict[str, tuple[yaml.Node, yaml.Node]]]:
         body = self.map(node, what, {"event", "where", "same", *extra}, {"event"})
         event = self.scalar(body["event"][1], "event")
         if event not in EVENT_TABLES:

@@ -63,7 +63,7 @@ def backfill(warehouse: Warehouse, event_types: Iterable[str], since: datetime, 
         result = warehouse.query(
             f"SELECT {columns} FROM {quote_ident(table)} FINAL WHERE occurred_at > {{since:DateTime64(3, 'UTC')}} {bound} "
             "AND event_id NOT IN (SELECT event_id FROM journey_inbox WHERE event_type = {type:String}) ORDER BY occurred_at, event_id",
-            {"since": store._utc(since), "until": store._utc(until), "type": event_type})
+            {"since": store.warehouse_time(since), "until": store.warehouse_time(until), "type": event_type})
         rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
         noted += store.note(warehouse, events_from_rows(event_type, rows))
     return noted

@@ -120,8 +120,8 @@ class JourneyRunner:
             WHERE change = 'enter' AND audience IN {a:Array(String)}
               AND at > {since:DateTime64(3, 'UTC')} AND at <= {now:DateTime64(3, 'UTC')}
               AND id NOT IN (SELECT event_id FROM journey_inbox WHERE event_type = 'audience_entry')""",
-            {"a": sorted(self.audiences), "since": store._utc(now - AUDIENCE_LOOKBACK), "now": store._utc(now)})
-        store.note(self.warehouse, [Event(eid, AUDIENCE_ENTRY, oneid, store._aware(at), {"audience": audience})
+            {"a": sorted(self.audiences), "since": store.warehouse_time(now - AUDIENCE_LOOKBACK), "now": store.warehouse_time(now)})
+        store.note(self.warehouse, [Event(eid, AUDIENCE_ENTRY, oneid, store.aware(at), {"audience": audience})
                                     for eid, audience, oneid, at in rows])
 
     def _apply_inbox(self, now: datetime, report: TickReport) -> None:

@@ -93,21 +93,25 @@ def ensure_tables(warehouse: Warehouse) -> None:
         warehouse.command(ddl)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
+def warehouse_time(moment: datetime | None) -> datetime | None:
+    """An aware time as the warehouse's DateTime64 parameters take it (naive UTC)."""
     return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
+def aware(moment: datetime) -> datetime:
+    """A warehouse time (naive UTC) as an aware one."""
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def maybe_aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else aware(moment)
 
 
 # --- runs ------------------------------------------------------------------------------------
 
 def save_runs(warehouse: Warehouse, runs: Iterable[Run]) -> int:
-    rows = [(r.journey, r.version, r.oneid, r.run_id, r.trigger_id, int(r.holdout), r.status, r.step, _utc(r.entered_at),
-             _utc(r.due_at), _utc(r.ended_at), r.end_reason,
+    rows = [(r.journey, r.version, r.oneid, r.run_id, r.trigger_id, int(r.holdout), r.status, r.step, warehouse_time(r.entered_at),
+             warehouse_time(r.due_at), warehouse_time(r.ended_at), r.end_reason,
              json.dumps({"context": r.context, "events": [list(e) for e in r.events]}, ensure_ascii=False, default=str),
              r.seq) for r in runs]
     return warehouse.insert_rows("journey_runs", rows, _RUN_COLUMNS) if rows else 0
@@ -120,10 +124,10 @@ def _run(row: Sequence[Any]) -> Run:
     values = dict(zip(_RUN_COLUMNS, row))
     state = json.loads(values["state"] or "{}")
     return Run(values["journey"], values["version"], values["oneid"], values["run_id"], values["trigger_id"],
-               _aware(values["entered_at"]), bool(values["holdout"]), state.get("context") or {}, int(values["step"]),
-               values["status"], _aware(values["due_at"]),
+               aware(values["entered_at"]), bool(values["holdout"]), state.get("context") or {}, int(values["step"]),
+               values["status"], maybe_aware(values["due_at"]),
                tuple((e[0], e[1], e[2]) for e in state.get("events") or []), int(values["seq"]),
-               _aware(values["ended_at"]), values["end_reason"])
+               maybe_aware(values["ended_at"]), values["end_reason"])
 
 
 def runs_of(warehouse: Warehouse, people: Sequence[str]) -> list[Run]:
@@ -143,7 +147,7 @@ def due_runs(warehouse: Warehouse, now: datetime) -> list[Run]:
     """Active runs whose wait (or goal window) ends by ``now``."""
     return [_run(r) for r in warehouse.rows(
         f"{_SELECT_RUNS} WHERE status = 'active' AND due_at IS NOT NULL AND due_at <= {{now:DateTime64(3, 'UTC')}} "
-        "ORDER BY due_at, journey, oneid, run_id", {"now": _utc(now)})]
+        "ORDER BY due_at, journey, oneid, run_id", {"now": warehouse_time(now)})]
 
 
 # --- steps -----------------------------------------------------------------------------------
@@ -153,7 +157,7 @@ def save_steps(warehouse: Warehouse, steps: Iterable[tuple[StepRecord, str, str]
     rows = []
     for s, outcome, reason in steps:
         send = s.send
-        rows.append((s.step_id, s.journey, s.version, s.oneid, s.run_id, s.trigger_id, s.index, s.name, s.kind, _utc(s.at),
+        rows.append((s.step_id, s.journey, s.version, s.oneid, s.run_id, s.trigger_id, s.index, s.name, s.kind, warehouse_time(s.at),
                      outcome, reason, s.detail, send.template if send else "", send.channel if send else "",
                      list(send.purposes) if send else [], json.dumps(send.params if send else {}, ensure_ascii=False, default=str),
                      json.dumps(s.context if send else {}, ensure_ascii=False, default=str), int(s.holdout)))
@@ -165,7 +169,7 @@ def save_steps(warehouse: Warehouse, steps: Iterable[tuple[StepRecord, str, str]
 def note(warehouse: Warehouse, events: Iterable[Event]) -> int:
     """Put events in the inbox (a replayed event is one row: the table collapses on its id and
     an applied event stays applied)."""
-    rows = [(e.event_id, e.event_type, e.oneid, _utc(e.at), json.dumps(e.fields, ensure_ascii=False, default=str), "", 0)
+    rows = [(e.event_id, e.event_type, e.oneid, warehouse_time(e.at), json.dumps(e.fields, ensure_ascii=False, default=str), "", 0)
             for e in events]
     return warehouse.insert_rows("journey_inbox", rows, ["event_id", "event_type", "oneid", "occurred_at", "fields", "outcome", "done"]) if rows else 0
 
@@ -181,19 +185,19 @@ def pending(warehouse: Warehouse, limit: int = 50_000) -> list[tuple[Event, date
         f"""SELECT i.event_id, toString(i.event_type), {person}, i.occurred_at, i.fields, i.noted_at
         FROM (SELECT * FROM journey_inbox FINAL WHERE done = 0) AS i {join}
         ORDER BY i.occurred_at, i.event_id LIMIT {int(limit)}""")
-    return [(Event(eid, etype, oneid or "", _aware(at), json.loads(fields or "{}")), _aware(noted)) for eid, etype, oneid, at, fields, noted in rows]
+    return [(Event(eid, etype, oneid or "", aware(at), json.loads(fields or "{}")), aware(noted)) for eid, etype, oneid, at, fields, noted in rows]
 
 
 def mark(warehouse: Warehouse, events: Iterable[tuple[Event, str]]) -> int:
     """Mark inbox events done with an outcome (``applied`` or ``no_person``)."""
-    rows = [(e.event_id, e.event_type, e.oneid, _utc(e.at), json.dumps(e.fields, ensure_ascii=False, default=str), outcome, 1)
+    rows = [(e.event_id, e.event_type, e.oneid, warehouse_time(e.at), json.dumps(e.fields, ensure_ascii=False, default=str), outcome, 1)
             for e, outcome in events]
     return warehouse.insert_rows("journey_inbox", rows, ["event_id", "event_type", "oneid", "occurred_at", "fields", "outcome", "done"]) if rows else 0
 
 
 def newest_noted(warehouse: Warehouse) -> datetime | None:
     value = warehouse.scalar("SELECT max(occurred_at) FROM journey_inbox")
-    return None if value is None or value.year < 2000 else _aware(value)
+    return None if value is None or value.year < 2000 else aware(value)
 
 
 # --- the outbox ------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ def undelivered(warehouse: Warehouse, limit: int = 10_000) -> list[dict[str, Any
     out = []
     for row in rows:
         item = dict(zip(keys, row))
-        item["at"] = _aware(item["at"])
+        item["at"] = aware(item["at"])
         item["params"] = json.loads(item["params"] or "{}")
         item["trigger_fields"] = json.loads(item["trigger_fields"] or "{}")
         item["purposes"] = list(item["purposes"])
@@ -220,4 +224,4 @@ def undelivered(warehouse: Warehouse, limit: int = 10_000) -> list[dict[str, Any
 
 
 def delivered(warehouse: Warehouse, step_ids: Sequence[str], at: datetime) -> int:
-    return warehouse.insert_rows("journey_deliveries", [(s, _utc(at)) for s in step_ids], ["step_id", "delivered_at"]) if step_ids else 0
+    return warehouse.insert_rows("journey_deliveries", [(s, warehouse_time(at)) for s in step_ids], ["step_id", "delivered_at"]) if step_ids else 0
