@@ -156,7 +156,7 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
     def status() -> None:
-        write_status(status_path(cfg), sink, consumer, refresher, pusher, replenishments)
+        write_status(status_path(cfg), sink, consumer, refresher, pusher, replenishments, parts.journeys)
 
     @app.service
     class EventTopics(mode.Service):

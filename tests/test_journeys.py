@@ -596,6 +596,9 @@ def test_the_worker_sends_a_journey_step_once_across_a_kill_and_restart(tmp_path
             sends = asyncio.run(_journey_sends(broker.bootstrap, {first["order_id"], second["order_id"]}, WORKER_START_S))
         finally:
             _stop(worker)
+    worker_status = orjson.loads((home / "stream" / "status.json").read_bytes())
+    assert worker_status["journey_passes"] > 0 and worker_status["journey_errors"] == 0
+    assert worker_status["journey_sends_published"] >= 1
     by_order: dict[str, set[str]] = {}
     for s in sends:
         by_order.setdefault(s["details"]["run_id"], set()).add(s["action_id"])

@@ -54,6 +54,7 @@ class StreamJourneys:
         self.newest = store.newest_noted(sink.warehouse)
         self.ticks = 0
         self.errors = 0
+        self.published = 0  # sends recorded delivered by this process
         self.last: TickReport | None = None
         self._last = float("-inf")
         self._pending: dict[str, Any] = {}
@@ -141,6 +142,7 @@ class StreamJourneys:
                                          datetime.now(timezone.utc))
             with self._lock:
                 self._handed.difference_update(a.action_id for a in sent)
+            self.published += len(sent)
 
 
 async def publish_to_kafka(bootstrap: str, sends: Sequence[Any], timeout_s: float = 30.0) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from lastmile.config import Settings
 from lastmile.streaming.consumer import BatchConsumer
@@ -24,7 +25,9 @@ def status_path(cfg: Settings) -> Path:
 
 
 def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refresher: IdentityRefresher,
-                 pusher: FeaturePusher | None = None, replenishments: Replenishments | None = None) -> None:
+                 pusher: FeaturePusher | None = None, replenishments: Replenishments | None = None,
+                 journeys: Any = None) -> None:
+    """``journeys``: the worker's :class:`~lastmile.journeys.stream.StreamJourneys`, when it runs them."""
     stats, ids = sink.stats, refresher.stats
     features: dict = {}
     if replenishments is not None:
@@ -34,6 +37,10 @@ def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refreshe
         features |= {"feature_pushes": fs.pushes, "feature_rows_pushed": fs.rows, "feature_push_errors": fs.errors,
                     "feature_orders_waiting_for_oneid": pusher.counters.unresolved,
                     **{f"feature_freshness_{k}": v for k, v in fs.freshness().items()}}
+    if journeys is not None:
+        features |= {"journey_passes": journeys.ticks, "journey_errors": journeys.errors,
+                     "journey_sends_published": journeys.published,
+                     "journey_last_pass": journeys.last.as_dict() if journeys.last is not None else None}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({
