@@ -840,6 +840,9 @@ def stream_cmd(
     journeys: bool = typer.Option(False, "--journeys/--no-journeys",
                                   help="Advance the journeys of LASTMILE_JOURNEYS_DIR: note their events, make a pass "
                                        "after OneID runs, publish their sends (through the contact rules) to lastmile.actions."),
+    batch_alerts: bool = typer.Option(True, "--batch-alerts/--no-batch-alerts",
+                                      help="Alert procurement on lastmile.actions when a batch's bad reviews and claims "
+                                           "cross its SKU baseline (batch_quality.yml, docs/batch-quality.md)."),
     log_level: str = typer.Option("WARNING", help="faust/worker log level."),
 ) -> None:
     """Run the worker: topics → contracts → warehouse (+ quarantine) → actions → OneID → Feast, until SIGTERM.
@@ -862,7 +865,7 @@ def stream_cmd(
                                   identity_every_s=identity_seconds,
                                   identity_waiting_every_s=identity_waiting_seconds, profiles_every_s=profiles_seconds,
                                   features=features, replenish_every_s=replenish_seconds, audiences=audiences,
-                                  contact_rules=contact_rules, journeys=journeys),
+                                  contact_rules=contact_rules, journeys=journeys, batch_alerts=batch_alerts),
         loglevel=log_level.upper())
 
 

@@ -218,3 +218,39 @@ def test_stream_handler_publishes_the_alert_then_records_it(warehouse: Any) -> N
         (ACTIONS_TOPIC, ["batch_quality:SK0009-STREAM"])]
     assert store.rows(f"SELECT batch_id, raised_by FROM {TABLE} FINAL WHERE batch_id = 'SK0009-STREAM'") == [
         ("SK0009-STREAM", "stream")]
+
+
+@pytest.mark.slow
+def test_dbt_marts_on_a_small_simulation(tmp_path: Path) -> None:
+    """fct_batch_quality and supplier_scorecard over a small simulated community, with the alerts
+    the replay recorded: one row per batch, the alert flag where the table has one."""
+    from lastmile import transform
+    from lastmile.identity.rules import Rules
+    from lastmile.identity.store import resolve_pending
+    from lastmile.ingest import Ingestor, write
+    from lastmile.privacy import Identifiers
+    from lastmile.simulator import SimulationConfig, simulate
+
+    home = tmp_path / "home"
+    simulate(SimulationConfig(orders=1000, weeks=1, bad_batch_share=0.3, supply=False), home)
+    with empty_embedded_warehouse(home) as (cfg, store):
+        ingestor = Ingestor(Identifiers(cfg))
+        for name in ("order", "review", "return"):
+            lines = (home / "events" / f"{name}.jsonl").read_bytes().splitlines()
+            write(store, ingestor.process(f"events/{name}.jsonl", list(enumerate(lines, 1))))
+        rules = Rules.load()
+        resolve_pending(store, rules, rules.blocked_tokens(ingestor.identifiers.hasher))  # the OneIDs dbt joins
+        alerts, detection = alert_and_score(store, RULES, home / "truth" / "bad_batches.jsonl")
+        assert alerts and detection is not None and detection.recall > 0.5
+        transform.load_reference(cfg)
+        built, _ = transform.invoke(cfg, ["build", "--select", "+fct_batch_quality", "+supplier_scorecard",
+                                          "--indirect-selection", "cautious"], quiet=True)
+        assert built.success, built.failures
+        rows = dict(store.rows("SELECT batch_id, is_alerted FROM fct_batch_quality"))
+        assert len(rows) == store.scalar("SELECT uniqExact(batch_id) FROM int_order_lines_enriched WHERE batch_id != ''")
+        assert {b for b, alerted in rows.items() if alerted} == {a.batch_id for a in alerts}
+        flagged = store.rows("SELECT bad_rate FROM fct_batch_quality WHERE is_alerted")
+        assert min(r for (r,) in flagged) > store.scalar("SELECT avg(bad_rate) FROM fct_batch_quality")
+        merchants = store.scalar("SELECT uniqExact(merchant_id) FROM supplier_scorecard")
+        assert merchants == store.scalar("SELECT uniqExact(merchant_id) FROM raw_order FINAL")
+        assert store.scalar("SELECT sum(alerted_batches) FROM supplier_scorecard") >= len(alerts)
