@@ -33,6 +33,7 @@ differs. A refresh assumes the traits are not rebuilt while it runs.
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -96,6 +97,17 @@ FROM (SELECT oneid, 1 AS side, '' AS version, toDateTime64(0, 3, 'UTC') AS enter
       UNION ALL
       """ + _PUBLISHED + """)
 GROUP BY oneid"""
+#: The same comparison when every published member is under the audience's current version
+#: (a refresh after the first under that version): only whether each person is in, so the
+#: grouping keeps one number per person, their newest row's time in milliseconds with the
+#: deleted flag in the low bits (a deletion wins a tie), instead of a version and a time.
+_LEAN_SIDES = """SELECT oneid, max(side = 1) AS now, bitAnd(maxIf(newest, side = 2), 1) = 1 AS before,
+       {version:String} AS published_version
+FROM (SELECT oneid, 1 AS side, toUInt64(0) AS newest FROM ({current})
+      UNION ALL
+      SELECT oneid, 2 AS side, toUInt64(toUInt64(toUnixTimestamp64Milli(updated_at)) * 4 + is_deleted * 2 + (1 - is_deleted)) AS newest
+      FROM audience_members WHERE audience = {audience:String})
+GROUP BY oneid"""
 #: Size, fingerprint and a sample of what the audience selects now, next to the published
 #: fingerprint (version, size, fingerprint; empty version when never published).
 _FINGERPRINT = """SELECT count(), groupBitXor(sipHash64(oneid)), groupArraySorted(""" + str(SAMPLE_SIZE) + """)(oneid),
@@ -136,9 +148,24 @@ class Evaluation:
         }
 
 
+#: Clients whose warehouse has the tables already (checked once per connection, not per refresh).
+_READY: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
 def ensure_tables(warehouse: Warehouse) -> None:
+    """Create the membership tables if missing; once per connection (a refresh of 20 audiences
+    would otherwise spend more on these statements than on some of its comparisons)."""
+    if warehouse.client in _READY:
+        return
     for statement in TABLES_SQL:
         warehouse.command(statement)
+    _READY.add(warehouse.client)
+
+
+def _record_fingerprint(warehouse: Warehouse, audience: str, version: str, size: int, fingerprint: int, at: datetime) -> None:
+    warehouse.command("INSERT INTO audience_fingerprints (audience, version, size, fingerprint, updated_at) VALUES "
+                      "({a:String}, {v:String}, {n:UInt64}, {f:UInt64}, {at:DateTime64(3, 'UTC')})",
+                      {"a": audience, "v": version, "n": size, "f": fingerprint, "at": at})
 
 
 def newest_event_time(warehouse: Warehouse) -> datetime | None:
@@ -265,8 +292,7 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     result = _compare(warehouse, audience, fp)
     if result.entries or result.exits or result.restated:
         _publish(warehouse, audience, fp, at, restate=bool(result.restated))
-    warehouse.insert_rows("audience_fingerprints", [(audience.name, version, fp.size, fp.fingerprint, at)],
-                          ["audience", "version", "size", "fingerprint", "updated_at"])
+    _record_fingerprint(warehouse, audience.name, version, fp.size, fp.fingerprint, at)
     return result
 
 
@@ -293,7 +319,7 @@ def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime 
     current, parameters = _query(warehouse, audience, as_of)
     fp = _Fingerprint(as_of, current, parameters, published_size, published_fingerprint, [], (version, published_size, published_fingerprint))
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
-    _publish(warehouse, audience, fp, at, restate=False)
+    _publish(warehouse, audience, fp, at, restate=False, lean=True)
     entries, exits, changed, sample_entries, sample_exits = warehouse.rows(f"""
 SELECT countIf(change = 'enter'), countIf(change = 'exit'), groupBitXor(sipHash64(oneid)),
        groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit')
@@ -302,8 +328,7 @@ FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:Dat
     entries, exits = int(entries), int(exits)
     size = published_size + entries - exits
     if entries or exits:  # XOR removes who left and adds who entered
-        warehouse.insert_rows("audience_fingerprints", [(audience.name, version, size, published_fingerprint ^ int(changed), at)],
-                              ["audience", "version", "size", "fingerprint", "updated_at"])
+        _record_fingerprint(warehouse, audience.name, version, size, published_fingerprint ^ int(changed), at)
     return Evaluation(audience, as_of, size, published_size, entries, exits, 0,
                       sample_entries=list(sample_entries), sample_exits=list(sample_exits),
                       sample_members=sample_members(warehouse, audience.name))
@@ -316,25 +341,26 @@ _SAMPLE_WINDOW = 10 * SAMPLE_SIZE
 def sample_members(warehouse: Warehouse, audience: str) -> list[str]:
     """The first members of ``audience`` by OneID (at most ``SAMPLE_SIZE``).
 
-    Reads the first people of the audience's rows in key order and keeps those whose newest
-    row is not a deletion; only when too many of them left does it fall back to ``FINAL``.
+    Takes the people of the audience's first rows in key order (all rows of each of them)
+    and keeps those whose newest row is not a deletion; only when too many of them left does
+    it fall back to ``FINAL``.
     """
     parameters = {"a": audience, "n": _SAMPLE_WINDOW}
-    (last, people), = warehouse.rows(
-        "SELECT max(oneid), count() FROM (SELECT DISTINCT oneid FROM audience_members WHERE audience = {a:String} "
-        "ORDER BY oneid LIMIT {n:UInt32})", parameters)
-    found = [r[0] for r in warehouse.rows(
-        "SELECT oneid FROM audience_members WHERE audience = {a:String} AND oneid <= {last:String} GROUP BY oneid "
-        f"HAVING argMax(is_deleted, (updated_at, is_deleted)) = 0 ORDER BY oneid LIMIT {SAMPLE_SIZE}", {**parameters, "last": last})]
-    if len(found) < SAMPLE_SIZE and int(people) == _SAMPLE_WINDOW:
+    rows = warehouse.rows(
+        "SELECT oneid, argMax(is_deleted, (updated_at, is_deleted)) = 0, count() FROM audience_members "
+        "WHERE audience = {a:String} AND oneid IN (SELECT oneid FROM audience_members WHERE audience = {a:String} "
+        "ORDER BY oneid LIMIT {n:UInt32}) GROUP BY oneid ORDER BY oneid", parameters)
+    found = [oneid for oneid, member, _ in rows if member][:SAMPLE_SIZE]
+    if len(found) < SAMPLE_SIZE and sum(n for _, _, n in rows) >= _SAMPLE_WINDOW:  # more people may follow
         found = [r[0] for r in warehouse.rows(
             f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}", parameters)]
     return found
 
 
-def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool) -> None:
-    """Entries and exits into the history, then the current members (and restated ones) updated."""
-    sides = _SIDES.replace("{current}", fp.current)
+def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool, lean: bool = False) -> None:
+    """Entries and exits into the history, then the current members (and restated ones) updated.
+    ``lean``: every published member is under the current version (see ``_LEAN_SIDES``)."""
+    sides = (_LEAN_SIDES if lean and not restate else _SIDES).replace("{current}", fp.current)
     parameters = dict(fp.parameters, at=at)
     at_param = "{at:DateTime64(3, 'UTC')}"
     statements = []
