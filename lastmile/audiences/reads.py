@@ -1,10 +1,16 @@
 """Reading published audience membership: sizes, pages of members, a person's audiences.
 
 What the API, ``lastmile audience export`` and ``lastmile run`` show comes from here, so all
-of them read the same tables the same way: ``audience_members`` with ``FINAL`` (exactly the
-people in each audience now), ``audience_membership_changes`` and ``audience_versions`` for
-when a refresh last wrote something. Before the first refresh the tables do not exist; every
-read then answers "nobody" rather than failing.
+of them read the same tables the same way: ``audience_members`` (exactly the people in each
+audience now), ``audience_membership_changes`` and ``audience_versions`` for when a refresh
+last wrote something. Before the first refresh the tables do not exist; every read then
+answers "nobody" rather than failing.
+
+Pages of one audience read ``audience_members`` with ``FINAL``: the table is sorted by
+audience and OneID, so ``FINAL`` merges the parts in that order and a page (``LIMIT``) stops
+after its rows, where grouping every row of the audience by person would read them all. A
+person's audiences are read by grouping that person's rows (newest row by ``updated_at``):
+their rows are few, and ``FINAL`` would merge every audience's rows to find them.
 """
 
 from __future__ import annotations
@@ -121,8 +127,10 @@ def audiences_of(warehouse: Warehouse, oneid: str) -> list[tuple[str, Member]]:
     """The audiences ``oneid`` is in now, by name, with the membership row of each."""
     if not _has_tables(warehouse):
         return []
-    rows = warehouse.rows("SELECT audience, oneid, entered_at, version FROM audience_members FINAL WHERE oneid = {o:String} "
-                          "ORDER BY audience", {"o": oneid})
+    rows = warehouse.rows(
+        "SELECT audience, oneid, argMax(entered_at, (updated_at, is_deleted)), argMax(version, (updated_at, is_deleted)) "
+        "FROM audience_members WHERE oneid = {o:String} GROUP BY audience, oneid "
+        "HAVING argMax(is_deleted, (updated_at, is_deleted)) = 0 ORDER BY audience", {"o": oneid})
     return [(a, Member(o, _utc(e), v)) for a, o, e, v in rows]
 
 
