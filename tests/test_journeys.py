@@ -314,6 +314,32 @@ def test_win_back_referral_and_reservation_follow_their_files(warehouse) -> None
     assert [s[1:3] for s in steps_of(store, reservation.name, lapsed)] == [("enter", "entered"), ("branch", "else")]
 
 
+def test_predictive_reservation_offers_a_regular_their_basket_after_the_quiet_hours(warehouse) -> None:
+    """Four orders in four weeks make a regular (history read from the warehouse): six days after
+    the last one, at 08:30 (after the quiet hours), the offer; the earlier runs ended at once: no regular yet."""
+    cfg, store, pool = warehouse
+    journey = shipped("predictive_reservation")
+    regular, = people(pool, 1, journey)
+    openid = f"oJourney-{pool.index(regular):03d}"
+    orders = [event("order", occurred_at=(NOON - timedelta(days=7 * w)).isoformat(), buyer={"openid": openid},
+                    order_id=f"ord-regular-{regular[:6]}-{w}") for w in range(4)]
+    ingest(cfg, orders)
+    backfill(store, {"order"}, NOON - timedelta(days=30), NOON)
+    r = runner(cfg, store, journey)
+    r.tick(NOON + timedelta(days=7))
+    runs = store.rows("SELECT toString(status) FROM journey_runs FINAL WHERE journey = {j:String} AND oneid = {o:String} "
+                      "ORDER BY entered_at", {"j": journey.name, "o": regular})
+    assert [s for (s,) in runs] == ["exited", "exited", "exited", "active"]  # the last waits two days for an order
+    offer = store.rows("SELECT at, toString(outcome), purposes FROM journey_steps FINAL WHERE journey = {j:String} "
+                       "AND oneid = {o:String} AND kind = 'send'", {"j": journey.name, "o": regular})
+    assert [(at.replace(tzinfo=timezone.utc).astimezone(SHANGHAI).strftime("%m-%d %H:%M"), o, p) for at, o, p in offer] == [
+        ("12-01 08:30", "sent", ["marketing", "personalised_recommendation"])]
+    # the first three runs were no regulars yet (fewer than four orders in 28 days at their time)
+    branches = store.rows("SELECT toString(outcome) FROM journey_steps FINAL WHERE journey = {j:String} AND oneid = {o:String} "
+                          "AND kind = 'branch' ORDER BY at", {"j": journey.name, "o": regular})
+    assert [b for (b,) in branches] == ["else", "else", "else", "then"]
+
+
 # --- kill and restart; the holdout -----------------------------------------------------------
 
 def test_a_crash_between_deciding_and_recording_neither_loses_nor_repeats_a_step(warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
