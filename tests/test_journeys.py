@@ -104,6 +104,55 @@ def test_the_version_follows_the_behaviour_not_the_wording(tmp_path: Path) -> No
     assert load_journey(path).version != first
 
 
+def test_the_state_machine_waits_for_an_event_branches_forward_and_repeats_itself_exactly(tmp_path: Path) -> None:
+    """The engine alone (no warehouse): an awaited review or its time limit, a jump to a named
+    step, and the same inputs giving the same steps with the same ids."""
+    from lastmile.journeys.engine import enter, on_clock, on_event
+
+    path = tmp_path / "after_review.yml"
+    path.write_text("""name: after_review
+description: Thank good reviewers; apologise to unhappy ones.
+owner: test
+trigger: {event: pickup}
+steps:
+  - wait: {event: review, same: order_id, at_most: {hours: 2}}
+  - branch: {if: {event: review, since_entry: true, same: order_id, where: {stars: [1, 2]}}, then: apology}
+  - send: {template: thanks, channel: mini_program_push, purposes: [marketing]}
+  - exit
+  - name: apology
+    send: {template: apology, channel: mini_program_push, purposes: [service]}
+""", encoding="utf-8")
+    journey = load_journey(path)
+    zone = SHANGHAI
+
+    def run(stars: int | None) -> list[tuple[str, str, str]]:
+        pickup = Event("ev-pickup", "pickup", "oid-1", NOON, {"order_id": "ord-1"})
+        started = enter(journey, pickup, [], None, zone)
+        assert started is not None and started.run is not None
+        steps, state = list(started.steps), started.run
+        if stars is not None:
+            review = Event("ev-review", "review", "oid-1", NOON + timedelta(hours=1), {"order_id": "ord-1", "stars": stars})
+            other = Event("ev-other", "review", "oid-1", NOON + timedelta(minutes=30), {"order_id": "ord-2", "stars": 1})
+            assert on_event(journey, state, other, None, zone).steps == ()  # another order's review: noted, no step
+            state = on_event(journey, state, other, None, zone).run  # type: ignore[union-attr]
+            moved = on_event(journey, state, review, None, zone)
+            assert moved is not None and moved.run is not None
+            assert on_event(journey, moved.run, review, None, zone) is None  # the same event again changes nothing
+            steps, state = steps + list(moved.steps), moved.run
+        ticked = on_clock(journey, state, NOON + timedelta(hours=3), None, zone)
+        if ticked is not None:
+            steps += ticked.steps
+        return [(s.step_id, s.name, s.outcome) for s in steps]
+
+    unhappy, happy, silent = run(1), run(5), run(None)
+    assert [(n, o) for _, n, o in unhappy] == [("enter", "entered"), ("step_1", "waiting"), ("step_2", "then"),
+                                             ("apology", "pending"), ("end", "completed")]
+    assert [(n, o) for _, n, o in happy] == [("enter", "entered"), ("step_1", "waiting"), ("step_2", "else"),
+                                           ("step_3", "pending"), ("step_4", "exited")]
+    assert [(n, o) for _, n, o in silent][2:] == [("step_2", "else"), ("step_3", "pending"), ("step_4", "exited")]
+    assert run(1) == unhappy  # deterministic: the same ids for the same inputs
+
+
 # --- a warehouse with consenting neighbours ------------------------------------------------------
 
 @pytest.fixture(scope="module")
