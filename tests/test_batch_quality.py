@@ -134,6 +134,17 @@ def test_service_complaints_and_other_claims_are_not_batch_signals() -> None:
     assert monitor.batches["SK0009-LATE"].bad == 0 and monitor.batches["SK0009-LATE"].feedback == 12
 
 
+def test_the_stream_memory_drops_old_orders_but_keeps_the_baselines() -> None:
+    monitor = BatchMonitor(RULES)
+    feed(monitor, history())
+    baseline = monitor.baseline(monitor.batches["SK0009-H09"])
+    assert monitor.forget_before(T0.timestamp() + 9 * 24 * 3600) == 90  # nine days of ten orders
+    assert set(monitor.batches) == {"SK0009-H08", "SK0009-H09"} and len(monitor.orders) == 10  # H08: reviews after
+    assert monitor.baseline(monitor.batches["SK0009-H09"]) == baseline
+    # Feedback about a forgotten order waits for it (and is dropped by the next forget), nothing fails.
+    assert feed(monitor, [("raw_review", review(1, 400, 1, "overripe"))]) == []
+
+
 def test_rules_file(tmp_path: Path) -> None:
     assert load_rules() == BatchRules()  # the shipped file documents the defaults
     path = tmp_path / "batch_quality.yml"

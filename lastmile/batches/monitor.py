@@ -127,7 +127,7 @@ class BatchMonitor:
         #: batch ids alerted before (by the table): counted, never alerted again, out of the baselines.
         self.known_alerts: set[str] = set(alerted)
         self._waiting: dict[str, list[tuple[str, str, float, Signal, str | None]]] = {}
-        self._events: set[str] = set()
+        self._events: dict[str, float] = {}  # feedback event id -> event time (replays count once)
         self._sku: dict[str, list[float]] = {}  # sku -> [bad, feedback] over batches not alerted
         self._all = [0.0, 0.0]
         self.newest_s = 0.0
@@ -189,8 +189,8 @@ class BatchMonitor:
         event_id, order_id = row.get("event_id") or "", row.get("order_id") or ""
         if not event_id or not order_id or event_id in self._events:
             return []
-        self._events.add(event_id)
         at = epoch_s(row["occurred_at"])
+        self._events[event_id] = at
         self.newest_s = max(self.newest_s, at)
         if order_id not in self.orders:
             self._waiting.setdefault(order_id, []).append((event_id, event_type, at, signal, text))
@@ -369,4 +369,6 @@ class BatchMonitor:
             del self.batches[k]
         for k in [k for k, waiting in self._waiting.items() if all(w[2] < seconds for w in waiting)]:
             del self._waiting[k]
+        for k in [k for k, t in self._events.items() if t < seconds]:
+            del self._events[k]
         return len(old)
