@@ -203,7 +203,11 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
 
     async def publish_journey_sends() -> None:
         if parts.journeys is not None and (sends := parts.journeys.drain()):
-            await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in sends])
+            try:
+                await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in sends])
+            except Exception:
+                parts.journeys.requeue(sends)  # still in the outbox: tried again at the next turn
+                raise
             await parts.journeys.delivered(sends)
 
     if parts.journeys is not None:

@@ -513,6 +513,10 @@ def test_the_stream_hook_notes_events_before_commit_and_sends_after_oneid(wareho
         hook.after_resolve()
         sent = mine()
         assert [(a.action, a.details["template"]) for a in sent] == [("journey_send", "cold_chain_compensation")]
+        hook.after_resolve()
+        assert mine() == []  # handed out, not yet recorded: not handed out twice
+        hook.requeue(sent)  # the broker refused the publication
+        assert mine() == sent
         asyncio.run(hook.delivered(sent))
         hook.after_resolve()
         assert mine() == []  # delivered: not handed out again

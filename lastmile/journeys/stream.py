@@ -135,6 +135,13 @@ class StreamJourneys:
             self._handed.update(a.action_id for a in out)
         return out
 
+    def requeue(self, sends: Sequence[Any]) -> None:
+        """Hand sends out again at the next :meth:`drain` (their publication failed)."""
+        with self._lock:
+            self._handed.difference_update(a.action_id for a in sends)
+            for action in sends:
+                self._pending.setdefault(action.action_id, action)
+
     async def delivered(self, sent: Sequence[Any]) -> None:
         """Record published sends, so the outbox does not hand them out again."""
         if sent:
