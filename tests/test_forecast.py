@@ -192,3 +192,13 @@ def test_demand_forecast_rows_are_replaced_not_doubled(tmp_path: Path) -> None:
         assert sorted(r[0] for r in warehouse.rows(f"SELECT p90 FROM {store.TABLE} FINAL")) == [5.0, 6.0]
         hour = warehouse.scalar(f"SELECT formatDateTime(min(hour), '%Y-%m-%d %H:%i', 'Asia/Shanghai') FROM {store.TABLE}")
         assert hour == "2026-11-02 00:00"
+
+
+def test_forecast_command_on_a_warehouse_without_sales_says_what_to_run(home) -> None:
+    from typer.testing import CliRunner
+
+    from lastmile.cli import app
+
+    result = CliRunner().invoke(app, ["forecast", "--backtest"])
+    assert result.exit_code == 2
+    assert "lastmile run --through transform" in result.output or "lastmile transform" in result.output

@@ -27,6 +27,10 @@ DEFAULT_WINDOWS = 12
 STEP_HOURS = 24
 
 
+class HistoryTooShort(ValueError):
+    """The data does not reach back far enough for the backtest asked for."""
+
+
 @dataclass
 class BacktestResult:
     """Scores per forecaster, the ratios to the baselines, and what they were scored against."""
@@ -108,7 +112,7 @@ def run(frame: pd.DataFrame, truth: pd.DataFrame | None, windows: int = DEFAULT_
     needed = hours + STEP_HOURS * (windows - 1) + max(model.LAGS)
     span = int((frame["ds"].max() - frame["ds"].min()) / pd.Timedelta(hours=1)) + 1
     if span < needed:
-        raise ValueError(f"a backtest of {windows} origins needs {needed} hours of history, the data has {span}; "
+        raise HistoryTooShort(f"a backtest of {windows} origins needs {needed} hours of history, the data has {span}; "
                          "use fewer --windows or simulate more weeks")
     # Series too young to exist at the first origin have nothing to be scored on: leave them out.
     first_origin = frame["ds"].max() + pd.Timedelta(hours=1) - pd.Timedelta(hours=hours + STEP_HOURS * (windows - 1))

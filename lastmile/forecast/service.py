@@ -92,13 +92,15 @@ class ForecastReport:
     backtest: backtesting.BacktestResult | None = None
     replay: Any = None
     replay_note: str | None = None
+    backtest_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "origin": self.origin, "model_version": self.model_version, "series": self.series,
                 "cold_start_series": self.cold_start_series, "rows_written": self.rows_written,
                 "units_next_72h": round(self.units_next_72h, 1), "seconds": self.seconds,
                 "backtest": self.backtest.as_dict() if self.backtest else None,
-                "replay": self.replay.as_dict() if self.replay is not None else None, "replay_note": self.replay_note}
+                "replay": self.replay.as_dict() if self.replay is not None else None, "replay_note": self.replay_note,
+                "backtest_note": self.backtest_note}
 
     def text(self) -> str:
         lines = [f"forecast from {self.origin} (history: {self.source}): {self.series} series "
@@ -106,6 +108,8 @@ class ForecastReport:
                  f"{self.rows_written:,} rows in demand_forecast, model {self.model_version}"]
         if self.backtest:
             lines.append(self.backtest.text())
+        elif self.backtest_note:
+            lines.append(f"backtest: {self.backtest_note}")
         if self.replay is not None:
             lines.append(self.replay.text())
         elif self.replay_note:
@@ -118,8 +122,13 @@ def replay_available() -> bool:
 
 
 def run(cfg: Settings, warehouse: Any, *, backtest: bool = False, windows: int = backtesting.DEFAULT_WINDOWS,
-        replay: bool = False, hours: int = model.HORIZON_HOURS, now: datetime | None = None) -> ForecastReport:
-    """Forecast, store, and optionally backtest and replay. Idempotent: a re-run replaces its rows."""
+        replay: bool = False, hours: int = model.HORIZON_HOURS, now: datetime | None = None,
+        strict: bool = True) -> ForecastReport:
+    """Forecast, store, and optionally backtest and replay. Idempotent: a re-run replaces its rows.
+
+    With ``strict`` off (the main job), a history too short for the backtest is reported in
+    ``backtest_note`` instead of failing: the forecast itself is still made and stored.
+    """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     prepared = prepare(cfg, warehouse)
@@ -128,17 +137,25 @@ def run(cfg: Settings, warehouse: Any, *, backtest: bool = False, windows: int =
     fitted, ahead = forecast_ahead(prepared, hours)
     seconds["fit_predict"] = round(time.perf_counter() - start, 2)
     written = store.write(warehouse, ahead, fitted.version, prepared.tz, made_at=now or datetime.now(timezone.utc))
-    result = None
+    result, backtest_note = None, None
     if backtest or replay:
         start = time.perf_counter()
-        result = backtesting.run(prepared.frame, prepared.truth, windows=windows, hours=hours)
+        try:
+            result = backtesting.run(prepared.frame, prepared.truth, windows=windows, hours=hours)
+        except backtesting.HistoryTooShort as exc:
+            if strict:
+                raise
+            backtest_note = f"not run: {exc}"
+    if result is not None:
         seconds["backtest"] = round(time.perf_counter() - start, 2)
         kept = result.forecasts.sort_values("cutoff").drop_duplicates(["unique_id", "ds"], keep="last")
         written += store.write(warehouse, kept.assign(origin=kept["cutoff"] + pd.Timedelta(hours=1), method="model"),
                                fitted.version, prepared.tz)
     outcome, note = None, None
     if replay:
-        if not replay_available():
+        if result is None:
+            note = "no backtest to replay"
+        elif not replay_available():
             note = "the stocking replay is not installed"
         elif prepared.truth is None:
             note = f"no true demand ({'/'.join(TRUTH_FILE)}) in {cfg.home}: the replay needs a simulation"
@@ -151,4 +168,4 @@ def run(cfg: Settings, warehouse: Any, *, backtest: bool = False, windows: int =
     return ForecastReport(source=prepared.source, origin=str(prepared.origin), model_version=fitted.version,
                           series=int(ahead["unique_id"].nunique()), cold_start_series=int(ahead.loc[ahead["method"] == "cold_start", "unique_id"].nunique()),
                           rows_written=written, units_next_72h=float(ahead["mean"].sum()), seconds=seconds, backtest=result,
-                          replay=outcome, replay_note=note)
+                          replay=outcome, replay_note=note, backtest_note=backtest_note)
