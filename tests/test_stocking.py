@@ -103,6 +103,15 @@ def test_hourly_quantiles_become_a_mean_and_a_spread() -> None:
     assert (mean[1], var[1]) == (3, 0)  # a sure 3
     assert mean[2] == pytest.approx(0.339, abs=0.01)  # a sparse hour: P90 of 1 is about a third of a unit on average
     assert 10 < mean[3] < 11 and var[3] > 0
+    # With the model's own hourly mean: it is the expected value (a sparse hour's P90 of 0.2
+    # sits below its mean of 0.25), and the spread is at least a Poisson's.
+    mean, var = hourly_moments([0, 3], [0.2, 4], point=[0.25, float("nan")])
+    assert (mean[0], var[0]) == (0.25, 0.25) and mean[1] == pytest.approx(hourly_moments([3], [4])[0][0])
+    sparse = [0.25 if DELIVERY <= h < DELIVERY + timedelta(hours=24) else 0.0 for h in HOURS]  # 6 units a day
+    d = decide("c1", "s1", ONE_DAY, ORDER_AT, DELIVERY, HOURS, [0.0] * 31, [0.2 if x else 0.0 for x in sparse], [], point=sparse)
+    # Mean 6, variance 24 x 0.25 plus the hours' correlation: 6 + 0.15 x (24 x 0.5)^2 - 0.15 x 6 = 26.7;
+    # a negative binomial with those has median 5 and 0.675-quantile 7.
+    assert (d.p50_demand, d.target) == (5, 7)
     with pytest.raises(ValueError, match="covers 0 of the 24 selling hours"):
         decide("c1", "s1", ONE_DAY, ORDER_AT, DELIVERY, HOURS[:3], [1.0] * 3, [2.0] * 3, [])
 

@@ -67,12 +67,21 @@ def from_hour_number(hours: float) -> datetime:
     return _EPOCH + timedelta(hours=hours)
 
 
-def hourly_moments(p50: Sequence[float] | np.ndarray, p90: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hourly_moments(p50: Sequence[float] | np.ndarray, p90: Sequence[float] | np.ndarray,
+                   point: Sequence[float] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of each hour's demand from its P50 and P90 (gamma through both).
 
     An hour whose P90 is 0 has no demand. Quantiles crossing (P90 < P50, which independent
-    quantile models can produce) are read as P90 = P50.
+    quantile models can produce) are read as P90 = P50. ``point``: the forecast's own mean
+    per hour, when it has one: it is the expected value (quantile models fitted on sparse
+    counts put the P90 of an hour that sells one unit in five near 0.2, below its mean), and
+    the variance is at least a Poisson's.
     """
+    if point is not None:
+        given = np.maximum(np.asarray(point, dtype=float), 0.0)
+        mean, var = hourly_moments(p50, p90)
+        known = ~np.isnan(given)
+        return np.where(known, given, mean), np.where(known, np.maximum(var, given), var)
     lo = np.maximum(np.asarray(p50, dtype=float), 0.0)
     hi = np.maximum(np.asarray(p90, dtype=float), lo)
     mean = np.zeros_like(hi)
@@ -268,23 +277,26 @@ def peak_label(hours: np.ndarray, p90: np.ndarray) -> str:
 
 def decide(community_id: str, sku: str, econ: Economics, order_at: datetime, delivery_at: datetime,
            forecast_hours: Sequence[datetime] | np.ndarray, p50: Sequence[float], p90: Sequence[float],
-           lots: Sequence[Lot], sku_name: str = "", next_delivery_at: datetime | None = None) -> Decision:
+           lots: Sequence[Lot], sku_name: str = "", next_delivery_at: datetime | None = None,
+           point: Sequence[float] | None = None) -> Decision:
     """The order for one delivery from the hourly forecast and the lots on the shelf.
 
     ``forecast_hours`` (local hour starts) must cover the selling period after
     ``delivery_at``; hours before ``order_at`` are ignored. ``next_delivery_at``: when the
     following lot arrives (default a day later; later when a typhoon cancels a delivery).
+    ``point``: the forecast's hourly mean, when it has one (see :func:`hourly_moments`).
     """
     hours = np.asarray([hour_number(h) for h in forecast_hours], dtype=float)
     t_delivery = hour_number(delivery_at)
     t_next = hour_number(next_delivery_at) if next_delivery_at else t_delivery + DELIVERY_INTERVAL_H
     return order_for(community_id, sku, econ, hour_number(order_at), t_delivery, t_next, hours,
-                     np.asarray(p50, dtype=float), np.asarray(p90, dtype=float), lots, sku_name)
+                     np.asarray(p50, dtype=float), np.asarray(p90, dtype=float), lots, sku_name,
+                     None if point is None else np.asarray(point, dtype=float))
 
 
 def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_delivery: float, t_next: float,
               hours: np.ndarray, p50: np.ndarray, p90: np.ndarray, lots: Sequence[Lot] | Sequence[object],
-              sku_name: str = "") -> Decision:
+              sku_name: str = "", point: np.ndarray | None = None) -> Decision:
     """:func:`decide` on hour numbers (the replay's clock). ``lots``: anything with ``qty`` and
     ``best_before`` (the ledger's lots too). Raises ValueError when the forecast does not
     cover the selling period."""
@@ -293,7 +305,7 @@ def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_de
         raise ValueError(f"{community_id}/{sku}: the forecast has hours without a P50 or P90")
     order = np.argsort(hours[keep], kind="stable")
     hours, lo, hi = hours[keep][order], p50[keep][order], p90[keep][order]
-    mean, var = hourly_moments(lo, hi)
+    mean, var = hourly_moments(lo, hi, None if point is None else point[keep][order])
     interval = t_next - t_delivery
     selling = econ.selling_hours(interval)
     period_end = t_delivery + selling

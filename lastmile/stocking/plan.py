@@ -80,7 +80,7 @@ def next_delivery(after: datetime) -> datetime:
 class Forecast:
     """The newest forecast: hourly P50/P90 per community and SKU from its origin on."""
 
-    frame: pd.DataFrame  # community_id, sku, hour (naive local), p50, p90
+    frame: pd.DataFrame  # community_id, sku, hour (naive local), p50, p90 and mean when the forecast has one
     model_version: str
     made_at: datetime
     origin: datetime
@@ -124,12 +124,15 @@ def load_forecast(warehouse: Warehouse, tz: str, community_id: str | None = None
         f"SELECT formatDateTime(min(hour), '%Y-%m-%d %H:%i:%S', {{tz:String}}) FROM {FORECAST_TABLE} "
         f"WHERE made_at = (SELECT max(made_at) FROM {FORECAST_TABLE} {where}) {'AND community_id = {c:String}' if community_id else ''}",
         params)
+    columns = {c for (c,) in warehouse.rows("SELECT name FROM system.columns WHERE database = currentDatabase() "
+                                            "AND table = {t:String}", {"t": FORECAST_TABLE})}
+    point = ", toFloat64(argMax(mean, made_at)) AS mean" if "mean" in columns else ""
     result = warehouse.query(
         f"SELECT community_id, sku, formatDateTime(hour, '%Y-%m-%d %H:%i:%S', {{tz:String}}) AS hour_local, "
-        f"toFloat64(argMax(p50, made_at)) AS p50, toFloat64(argMax(p90, made_at)) AS p90 FROM {FORECAST_TABLE} "
+        f"toFloat64(argMax(p50, made_at)) AS p50, toFloat64(argMax(p90, made_at)) AS p90{point} FROM {FORECAST_TABLE} "
         f"{where} GROUP BY community_id, sku, hour HAVING hour_local >= {{origin:String}} ORDER BY community_id, sku, hour_local",
         {**params, "origin": origin_text})
-    frame = pd.DataFrame(result.result_rows, columns=["community_id", "sku", "hour", "p50", "p90"])
+    frame = pd.DataFrame(result.result_rows, columns=["community_id", "sku", "hour", "p50", "p90"] + (["mean"] if point else []))
     frame["hour"] = pd.to_datetime(frame["hour"])
     return Forecast(frame, str(model_version), made_at if made_at.tzinfo else made_at.replace(tzinfo=timezone.utc),
                     datetime.fromisoformat(origin_text))
@@ -217,7 +220,7 @@ def build_plan(forecast: pd.DataFrame, economics: dict[str, Economics], lots: di
         try:
             d = decide(str(community), str(sku), econ, order_at, delivery_at, [h.to_pydatetime() for h in group["hour"]],
                        group["p50"].to_numpy(), group["p90"].to_numpy(), lots.get((str(community), str(sku)), []),
-                       sku_name=names.get(str(sku), ""))
+                       sku_name=names.get(str(sku), ""), point=group["mean"].to_numpy() if "mean" in group.columns else None)
         except ValueError as exc:
             short.append(str(exc))
             continue

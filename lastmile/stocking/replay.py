@@ -215,6 +215,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
 
     fc = pd.DataFrame({"community_id": forecasts["community_id"].astype(str).to_numpy(), "sku": forecasts["sku"].astype(str).to_numpy(),
                        "p50": forecasts["p50"].to_numpy(dtype=float), "p90": forecasts["p90"].to_numpy(dtype=float),
+                       "mean": forecasts["mean"].to_numpy(dtype=float) if "mean" in forecasts.columns else np.nan,
                        "t": _hours(forecasts["hour"], tz)})
     if "origin" in forecasts.columns:
         fc["origin_t"] = _hours(forecasts["origin"], tz)
@@ -272,10 +273,10 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
                 write_off(side, key, order_at)
                 if n:  # the evening count (before the first delivery both shelves are empty)
                     out[side].counted_on_hand += shelves[side][key].on_hand
-            hours, p50, p90 = plan_fc.get(key, (np.empty(0), np.empty(0), np.empty(0)))
+            hours, p50, p90, point = plan_fc.get(key, (np.empty(0), np.empty(0), np.empty(0), np.empty(0)))
             try:
                 decisions.append(order_for(key[0], key[1], econ[key[1]], order_at, delivery, t_next, hours, p50, p90,
-                                           shelves[PLAN][key].lots))
+                                           shelves[PLAN][key].lots, point=point))
             except ValueError:
                 missing_forecast.add(key)
             first = max(first_day.get(key[1], 0), 0)
@@ -289,6 +290,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
             for side in (PLAN, DEFAULT):
                 run_until(side, key, delivery)
                 write_off(side, key, delivery)
+
         for t in transfers:
             out[PLAN].pooled_units += _move(shelves[PLAN][(t.from_community, t.sku)], shelves[PLAN][(t.to_community, t.sku)],
                                             t.qty, delivery)
@@ -365,7 +367,7 @@ def _on_sale(skus: pd.DataFrame) -> Any:
     return on_sale
 
 
-def _forecast_at(fc: pd.DataFrame, order_at: float, delivery: float) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _forecast_at(fc: pd.DataFrame, order_at: float, delivery: float) -> dict[tuple[str, str], tuple[np.ndarray, ...]]:
     """Per series, the hourly forecast a buyer had at ``order_at`` for the hours before ``delivery``
     (the following delivery: the end of the selling period)."""
     window = fc[(fc["t"] >= order_at) & (fc["t"] < delivery)]
@@ -375,8 +377,8 @@ def _forecast_at(fc: pd.DataFrame, order_at: float, delivery: float) -> dict[tup
             latest = window.groupby(["community_id", "sku"])["origin_t"].transform("max")
             window = window[window["origin_t"] == latest]
     window = window.sort_values("t")
-    return {key: (g["t"].to_numpy(), g["p50"].to_numpy(dtype=float), g["p90"].to_numpy(dtype=float))
-            for key, g in window.groupby(["community_id", "sku"], sort=False)}
+    return {key: (g["t"].to_numpy(), g["p50"].to_numpy(dtype=float), g["p90"].to_numpy(dtype=float),
+                  g["mean"].to_numpy(dtype=float)) for key, g in window.groupby(["community_id", "sku"], sort=False)}
 
 
 def _move(giver: ShelfStock, taker: ShelfStock, qty: int, now: float) -> int:
