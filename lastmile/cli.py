@@ -265,6 +265,13 @@ def run_cmd(
             forecast_report = run_forecast(cfg, connect(cfg), backtest=True, replay=True, strict=False)
         out["forecast"] = forecast_report.as_dict()
         out["forecast_report"] = forecast_report.text()
+        from lastmile.stocking.plan import make_plan
+
+        try:
+            with _stage("stocking plan", timings):
+                out["stocking"] = make_plan(cfg, connect(cfg)).as_dict()
+        except FileNotFoundError as exc:  # no forecast or reference data to plan from: say so, keep the rest
+            out["stocking"] = {"note": str(exc)}
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
 
@@ -309,6 +316,11 @@ def run_cmd(
         _print_audiences(out["audiences"])
     if "forecast_report" in out:
         console.print(out["forecast_report"], highlight=False, soft_wrap=True)
+    if "stocking" in out:
+        plan = out["stocking"]
+        console.print(f"stocking plan: not made ({plan['note']})" if "note" in plan else
+                      f"stocking plan for {plan['delivery_at'][:16]}: {plan['rows']:,} rows, {plan['order_units']:,} units to order, "
+                      f"{plan['pooled_units']:,} from neighbours (lastmile stocking export)", highlight=False, soft_wrap=True)
     if "models_report" in out:
         console.print(out["models_report"].rstrip(), highlight=False)
         for oneid, recommendation in out.get("examples", {}).items():
