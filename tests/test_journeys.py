@@ -315,6 +315,19 @@ def test_the_tenth_packaging_return_earns_the_coupon_once(warehouse) -> None:
     coupon = store.rows("SELECT run_id, toString(outcome) FROM journey_steps FINAL WHERE journey = {j:String} AND kind = 'send'",
                         {"j": journey.name})
     assert coupon == [(f"ev-pack-{openid}-09", "sent")]  # the tenth, by event time
+    # A pass answers history for all its people at once; asked one by one, the compiled audience
+    # rule gives the same answers at every step time (one definition of the window).
+    from lastmile.journeys.facts import WarehouseFacts
+
+    oneid = store.scalar("SELECT oneid FROM event_oneid WHERE event_id = {e:String}", {"e": f"ev-pack-{openid}-00"})
+    rule = {"event": "return", "where": {"kind": "packaging"}, "at_least": 10, "days": 3650}
+    times = [NOON + timedelta(minutes=20 * h) for h in range(11)] + [NOON + timedelta(minutes=20 * 9, seconds=-1)]
+    batched = WarehouseFacts(store)
+    batched.prepare({oneid}, NOON - timedelta(hours=1), NOON + timedelta(hours=5))
+    single = WarehouseFacts(store)
+    assert [batched.matches(oneid, rule, t) for t in times] == [single.matches(oneid, rule, t) for t in times] == \
+        [False] * 9 + [True, True, False]
+    assert batched.queries == 1 and single.queries == len(times)
 
 
 def test_the_cold_chain_compensation_journey_is_one_service_message_per_order(warehouse) -> None:

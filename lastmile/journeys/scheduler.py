@@ -87,14 +87,19 @@ class JourneyRunner:
         if self.audiences:
             self._note_audience_entries(now)
         self._apply_inbox(now, report)
-        for run in store.due_runs(self.warehouse, now):
+        due: list[Transition] = []
+        runs = store.due_runs(self.warehouse, now)
+        if runs:
+            self._prepare({r.oneid for r in runs}, min(r.due_at or now for r in runs), now)
+        for run in runs:
             journey = self._journey(run)
             if journey is None:
                 continue
             transition = on_clock(journey, run, now, self.facts, self.zone)
             if transition is not None:
                 report.due += 1
-                self._commit([transition], report)
+                due.append(transition)
+        self._commit(due, report)
         return report
 
     def _journey(self, run: Run) -> Journey | None:
@@ -134,6 +139,7 @@ class JourneyRunner:
         if not ready:
             store.mark(self.warehouse, [(e, "no_person") for e in given_up])
             return
+        self._prepare({e.oneid for e in ready}, min(e.at for e in ready), max(now, max(e.at for e in ready)))
         runs: dict[tuple[str, str], list[Run]] = {}
         for run in store.runs_of(self.warehouse, sorted({e.oneid for e in ready})):
             runs.setdefault((run.journey, run.oneid), []).append(run)
@@ -163,34 +169,42 @@ class JourneyRunner:
         report.events += len(ready)
         store.mark(self.warehouse, [(e, "applied") for e in ready] + [(e, "no_person") for e in given_up])
 
+    def _prepare(self, people: set[str], start: datetime, end: datetime) -> None:
+        """Tell the facts whom the next conditions are about (one query per condition, not per person)."""
+        prepare = getattr(self.facts, "prepare", None)
+        if prepare is not None:
+            prepare(people, start, end)
+
     # --- recording -------------------------------------------------------------------------
 
     def _commit(self, transitions: Sequence[Transition], report: TickReport) -> None:
-        """Decide the sends, record the steps, then save the runs' final states (in that order:
-        see :mod:`lastmile.journeys.store`)."""
+        """Decide the sends (all of the pass at once, in event order: the caps count the earlier
+        ones), record the steps, then save the runs' final states (in that order: see
+        :mod:`lastmile.journeys.store`)."""
         if not transitions:
             return
+        steps = [step for transition in transitions for step in transition.steps]
+        decisions = self._decide([s for s in steps if s.kind == "send" and s.outcome == "pending"])
         recorded: list[tuple[StepRecord, str, str]] = []
-        for transition in transitions:
-            for step in transition.steps:
-                outcome, reason = step.outcome, ""
-                if step.kind == "send" and step.outcome == "pending":
-                    outcome, reason = self._decide(step)
-                    if outcome == "sent":
-                        report.sent += 1
-                    else:
-                        report.refused += 1
-                        report.refusals[reason] = report.refusals.get(reason, 0) + 1
-                elif step.kind == "send":
-                    report.held_out += 1
-                elif step.kind == "enter":
-                    if step.outcome == "skipped":
-                        report.skipped += 1
-                    else:
-                        report.entered += 1
-                elif step.kind == "goal":
-                    report.converted += 1
-                recorded.append((step, outcome, reason))
+        for step in steps:
+            outcome, reason = step.outcome, ""
+            if step.kind == "send" and step.outcome == "pending":
+                outcome, reason = decisions[step.step_id]
+                if outcome == "sent":
+                    report.sent += 1
+                else:
+                    report.refused += 1
+                    report.refusals[reason] = report.refusals.get(reason, 0) + 1
+            elif step.kind == "send":
+                report.held_out += 1
+            elif step.kind == "enter":
+                if step.outcome == "skipped":
+                    report.skipped += 1
+                else:
+                    report.entered += 1
+            elif step.kind == "goal":
+                report.converted += 1
+            recorded.append((step, outcome, reason))
         store.save_steps(self.warehouse, recorded)
         latest: dict[tuple[str, str, str], Run] = {}
         for transition in transitions:
@@ -201,15 +215,14 @@ class JourneyRunner:
                     latest[key] = r
         store.save_runs(self.warehouse, latest.values())
 
-    def _decide(self, step: StepRecord) -> tuple[str, str]:
+    def _decide(self, steps: Sequence[StepRecord]) -> dict[str, tuple[str, str]]:
+        """Per send step id: ``("sent", "")`` or ``("refused", reason)`` by the contact rules."""
         from lastmile.audiences.contact_rules import Send
 
-        assert step.send is not None
-        decision = self.desk.decide(Send(step.step_id, step.oneid, step.send.channel, step.send.purposes, step.at,
-                                         origin=f"journey:{step.journey}"))
-        if decision.allowed:
-            return "sent", ""
-        return "refused", decision.reason
+        sends = [Send(s.step_id, s.oneid, s.send.channel, s.send.purposes, s.at, origin=f"journey:{s.journey}")
+                 for s in steps if s.send is not None]
+        decisions = self.desk.decide_many(sends) if sends else []
+        return {d.send_id: ("sent", "") if d.allowed else ("refused", d.reason) for d in decisions}
 
 
 # --- publishing -----------------------------------------------------------------------------
