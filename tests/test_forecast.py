@@ -101,7 +101,10 @@ def test_impute_censored_keeps_what_sold_and_lifts_sold_out_hours() -> None:
     sales, _ = _panel()
     imputed = frames.impute_censored(frames.complete_hours(sales))
     sold_out = imputed[imputed["censored"]]
-    assert (sold_out["y_sold"] == 0).all() and (sold_out["y"] > 0).mean() > 0.9
+    assert (sold_out["y_sold"] == 0).all()
+    # What the sold-out afternoons wanted: 3 units/h × the daily shape, Fridays × 1.4.
+    wanted = (3.0 * DAY_SHAPE[sold_out["ds"].dt.hour] * np.where(sold_out["ds"].dt.dayofweek == 4, 1.4, 1.0)).sum()
+    assert 0.85 * wanted <= sold_out["y"].sum() <= 1.15 * wanted, (sold_out["y"].sum(), wanted)
     clean = imputed[~imputed["censored"]]
     assert (clean["y"] == clean["y_sold"]).all()
 

@@ -91,25 +91,62 @@ def complete_hours(sales: pd.DataFrame, end: pd.Timestamp | None = None, start: 
     return frame.sort_values(["unique_id", "ds"], ignore_index=True)
 
 
-def impute_censored(frame: pd.DataFrame) -> pd.DataFrame:
-    """Replace what a sold-out hour recorded by what the series usually sells at that hour.
+#: Pseudo-units of the pooled hourly profile mixed into each series' own (shrinks a thin
+#: series' profile towards everyone's), and the prior weight, in days, of a series' typical day
+#: against what a censored day sold before it sold out.
+PROFILE_PRIOR_UNITS = 20.0
+DAY_PRIOR = 0.3
 
-    A censored hour's sale is a lower bound on demand. Read as demand it would teach the
-    model that the SKU sells little exactly when it sells best, and it would pull the lag and
-    rolling-mean features down. The frame keeps ``y_sold`` (what sold) and sets ``y`` to the
-    larger of the sale and the series' mean over its uncensored hours of the same hour of day
-    and day type (workday or weekend): the lag features read that, and the model gives
-    censored hours no weight as targets (:mod:`lastmile.forecast.model`).
+
+def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Replace what a sold-out hour recorded by an estimate of what was wanted in it.
+
+    A censored hour's sale is a lower bound on demand. Read as demand it would teach the model
+    that a SKU sells least exactly when it sells best; dropped, it would leave the model only
+    the days that did not sell out, the quiet ones. So the demand of the day is estimated from
+    its own uncensored hours: a day that sold 10 units by 14:00, when a usual day has sold half
+    its units by 14:00, wanted about 20. The day level is the Poisson-gamma posterior mean
+    ``(DAY_PRIOR × typical day + sold before) / (DAY_PRIOR + share of the day uncensored)``,
+    where the share comes from the series' hourly profile on days without a stock-out (workdays
+    and weekends apart, shrunk towards all series' profile). Each censored hour then gets a
+    Poisson draw around level × its share of the day (a draw, not the mean, so the quantile
+    models see demand's spread), never less than what it sold.
+
+    The frame keeps ``y_sold`` (what sold); ``y`` is the demand the model learns from and its
+    lags read.
     """
     out = frame.copy()
     out["y_sold"] = out["y"]
     if not out["censored"].any():
         return out
-    weekend = out["ds"].dt.dayofweek >= 5
-    keys = [out["unique_id"], out["ds"].dt.hour, weekend]
-    uncensored = out["y"].where(~out["censored"])
-    profile = uncensored.groupby(keys).transform("mean")
-    fallback = uncensored.groupby(out["unique_id"]).transform("mean")
-    typical = profile.fillna(fallback).fillna(0.0)
-    out["y"] = np.where(out["censored"], np.maximum(out["y"], typical), out["y"])
+    hour = out["ds"].dt.hour.to_numpy()
+    weekend = (out["ds"].dt.dayofweek >= 5).to_numpy()
+    day = out["ds"].dt.floor("D")
+    censored_day = out["censored"].groupby([out["unique_id"], day]).transform("any").to_numpy()
+    clean = out[~censored_day]
+    # Hourly profile: each series' share of its day per hour, shrunk towards the pooled one.
+    keys = pd.DataFrame({"unique_id": out["unique_id"], "hour": hour, "weekend": weekend})
+    clean_keys = keys[~censored_day]
+    pooled = clean["y"].groupby([clean_keys["weekend"], clean_keys["hour"]]).sum()
+    pooled = pooled / pooled.groupby(level=0).transform("sum")
+    own = clean["y"].groupby([clean_keys["unique_id"], clean_keys["weekend"], clean_keys["hour"]]).sum()
+    own_total = own.groupby(level=[0, 1]).transform("sum")
+    prior = pooled.reindex(pd.MultiIndex.from_arrays([own.index.get_level_values(1), own.index.get_level_values(2)])).to_numpy()
+    share_own = (own + PROFILE_PRIOR_UNITS * prior) / (own_total + PROFILE_PRIOR_UNITS)
+    share = pd.Series(share_own.reindex(pd.MultiIndex.from_frame(keys)).to_numpy(), index=out.index)
+    share = share.fillna(pd.Series(pooled.reindex(pd.MultiIndex.from_arrays([weekend, hour])).to_numpy(), index=out.index))
+    share = share.fillna(1 / 24)
+    # Typical day per series and day type, from days without a stock-out.
+    daily = clean.groupby([clean_keys["unique_id"], clean_keys["weekend"], day[~censored_day]])["y"].sum()
+    typical = daily.groupby(level=[0, 1]).mean()
+    typical_row = pd.Series(typical.reindex(pd.MultiIndex.from_arrays([out["unique_id"], weekend])).to_numpy(), index=out.index)
+    typical_row = typical_row.fillna(out.groupby("unique_id")["y"].transform("mean") * 24)
+    # Each censored day's level from what it sold in its uncensored hours.
+    open_share = share.where(~out["censored"], 0.0).groupby([out["unique_id"], day]).transform("sum")
+    sold_open = out["y"].where(~out["censored"], 0.0).groupby([out["unique_id"], day]).transform("sum")
+    level = (DAY_PRIOR * typical_row + sold_open) / (DAY_PRIOR + open_share)
+    expected = (level * share).to_numpy()
+    rng = np.random.default_rng(seed)
+    drawn = rng.poisson(np.clip(expected, 0, None)).astype(float)
+    out["y"] = np.where(out["censored"], np.maximum(out["y"].to_numpy(), drawn), out["y"].to_numpy())
     return out

@@ -88,10 +88,14 @@ def new_forecaster() -> Any:
                       date_features=["hour", "dayofweek"], num_threads=1)
 
 
+#: Training weight of a censored hour, whose target is imputed demand rather than an observation.
+CENSORED_WEIGHT = 1.0
+
+
 def training_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """What mlforecast reads: id, time, target (imputed), sample weight, features."""
     columns = ["unique_id", "ds", "y", "weight", *STATIC_FEATURES, *DYNAMIC_FEATURES]
-    out = frame.assign(weight=(~frame["censored"]).astype(float))
+    out = frame.assign(weight=np.where(frame["censored"], CENSORED_WEIGHT, 1.0))
     return out[columns]
 
 

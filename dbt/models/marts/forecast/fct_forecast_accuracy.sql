@@ -5,7 +5,11 @@
     what stock allowed, not what was wanted: its error says little about the forecast, so it
     is flagged and the accuracy views leave it out.
 
-    Hours after the newest hour of fct_stock_hourly are not known yet and are not listed. -#}
+    Hours after the newest hour of fct_stock_hourly are not known yet and are not listed.
+
+    Tagged `features`, like the forecast's staging model: the whole-project build leaves both
+    out, the feature build (and `lastmile transform --select fct_forecast_accuracy`) builds them. -#}
+{{ config(tags=['features']) }}
 
 with forecast as (
     select * from {{ ref('stg_stocking__demand_forecast') }}
