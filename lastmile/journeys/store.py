@@ -74,7 +74,8 @@ COMMENT 'Every step of every run, once. Read with FINAL.'""",
     outcome LowCardinality(String) COMMENT 'Empty while pending; applied, or no_person when it never resolved.',
     done UInt8
 ) ENGINE = ReplacingMergeTree(done) ORDER BY (event_id, event_type)
-COMMENT 'Events noted for journeys; done = 1 once applied. Read with FINAL.'""",
+TTL toDateTime(noted_at) + INTERVAL 30 DAY
+COMMENT 'Events noted for journeys; done = 1 once applied (kept 30 days: a replay of older events finds their runs, which know them). Read with FINAL.'""",
     """CREATE TABLE IF NOT EXISTS journey_deliveries (
     step_id String,
     delivered_at DateTime64(3, 'UTC')
