@@ -44,6 +44,10 @@ LAGS = (72, 96, 120, 144, 168, 336)
 #: per model; older weeks add little for a 72-hour horizon and cost fitting time linearly.
 TRAIN_HOURS = 28 * 24
 
+#: History the features of the first training hour read: the longest reach of the lags and
+#: rolling windows (the two-week seasonal mean at lag 168). Older hours are not featurized.
+FEATURE_REACH_HOURS = 168 + 2 * 168
+
 
 def _lag_transforms() -> dict[int, list[Any]]:
     from mlforecast.lag_transforms import ExpandingMean, RollingMean, SeasonalRollingMean
@@ -112,16 +116,21 @@ def tidy(predictions: pd.DataFrame, available: pd.Series | np.ndarray | None = N
     return out
 
 
-def featurize(frame: pd.DataFrame) -> tuple[Any, pd.DataFrame]:
+def featurize(frame: pd.DataFrame, horizon_span: int) -> tuple[Any, pd.DataFrame]:
     """mlforecast's features (lags, rolling means, hour, weekday, exogenous) for every row.
 
     Future hours may be in ``frame`` (with a placeholder ``y``, as mlforecast refuses nulls):
     with every lag >= the horizon, the features of an hour up to 72 hours past the last
-    observation read observed hours only, never a placeholder.
+    observation read observed hours only, never a placeholder. ``horizon_span``: hours at the
+    end of ``frame`` that are forecast rather than learned from (only the hours the training
+    rows and the forecast rows read are featurized, to keep memory to what is used).
     """
     forecaster = new_forecaster()
-    prep = forecaster.preprocess(training_frame(frame), static_features=list(STATIC_FEATURES), dropna=False,
+    start = frame["ds"].max() + pd.Timedelta(hours=1) - pd.Timedelta(hours=TRAIN_HOURS + FEATURE_REACH_HOURS + horizon_span)
+    prep = forecaster.preprocess(training_frame(frame[frame["ds"] >= start]), static_features=list(STATIC_FEATURES), dropna=False,
                                  weight_col="weight", validate_data=False)
+    features = prep.columns.difference(["unique_id", "ds", "y", "weight"])
+    prep[features] = prep[features].astype(np.float32)  # LightGBM bins float32 as well; half the memory
     return forecaster, prep.reset_index(drop=True)
 
 
@@ -162,7 +171,7 @@ def fit_predict(frame: pd.DataFrame, future: pd.DataFrame) -> tuple[DemandModel,
     if (future["ds"] - origin).max() >= pd.Timedelta(hours=HORIZON_HOURS) or future["ds"].min() < origin:
         raise ValueError(f"forecast hours must lie in the {HORIZON_HOURS} hours after the history")
     whole = pd.concat([frame, future.assign(y=0.0, y_sold=0.0, censored=False)], ignore_index=True)
-    forecaster, prep = featurize(whole)
+    forecaster, prep = featurize(whole, len(pd.unique(future["ds"])))
     forecaster.fit_models(*_xy(prep[_learnable(prep, origin)]))
     raw = _predict(forecaster, prep[prep["ds"] >= origin])
     merged = raw.merge(future[["unique_id", "ds", "available"]], on=["unique_id", "ds"], how="left")
@@ -181,7 +190,7 @@ def cross_validate(frame: pd.DataFrame, windows: int, hours: int = HORIZON_HOURS
     """
     end = frame["ds"].max() + pd.Timedelta(hours=1)
     first = end - pd.Timedelta(hours=hours + step * (windows - 1))
-    forecaster, prep = featurize(frame)
+    forecaster, prep = featurize(frame, hours + step * (windows - 1))
     forecaster.fit_models(*_xy(prep[_learnable(prep, first)]))
     raw = _predict(forecaster, prep[prep["ds"] >= first])
     raw = raw.merge(frame[["unique_id", "ds", "available"]], on=["unique_id", "ds"], how="left")
