@@ -44,6 +44,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_CONTACT_RULES": ("", "YAML file of contact rules (frequency caps, quiet hours, spending-health cap, leader exports). Empty: contact_rules.yml at the repository root."),
     "LASTMILE_STOCKING_COST_SHARE": ("0.65", "Unit cost of a SKU as a share of its unit price when a receipt carries no unit cost: what writing off one unit loses (stocking plan)."),
     "LASTMILE_STOCKING_GOODWILL_SHARE": ("1.0", "Goodwill lost with each unit of demand a front warehouse cannot serve, as a share of the unit price, on top of the margin: a lost order costs margin + goodwill (stocking plan)."),
+    "LASTMILE_STOCKING_HOLDING_SHARE": ("0.01", "Cost of keeping a unit on a front warehouse's shelf one more day, as a share of its unit cost (cold space, capital): what a long-life leftover costs (stocking plan)."),
     "LASTMILE_POOL_KM": ("2.0", "Communities at most this many km apart may cover each other's shortfall from surplus stock (stocking plan `pool_from`); 0 turns pooling off."),
 }
 
@@ -108,6 +109,7 @@ class Settings:
     journeys_dir: str = ""
     stocking_cost_share: float = 0.65
     stocking_goodwill_share: float = 1.0
+    stocking_holding_share: float = 0.01
     pool_km: float = 2.0
 
     @property
@@ -253,6 +255,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         journeys_dir=env["LASTMILE_JOURNEYS_DIR"],
         stocking_cost_share=_share(env["LASTMILE_STOCKING_COST_SHARE"], "LASTMILE_STOCKING_COST_SHARE", upper=1.0),
         stocking_goodwill_share=_share(env["LASTMILE_STOCKING_GOODWILL_SHARE"], "LASTMILE_STOCKING_GOODWILL_SHARE"),
+        stocking_holding_share=_share(env["LASTMILE_STOCKING_HOLDING_SHARE"], "LASTMILE_STOCKING_HOLDING_SHARE", upper=1.0),
         pool_km=_share(env["LASTMILE_POOL_KM"], "LASTMILE_POOL_KM"),
     )
 

@@ -28,7 +28,7 @@ from lastmile.cli import app as cli
 from lastmile.config import Settings
 from lastmile.stocking import outlets
 from lastmile.streaming import broker as dev
-from lastmile.stocking.newsvendor import Economics, Lot, decide, hour_number, hourly_moments
+from lastmile.stocking.newsvendor import Economics, Lot, decide, hour_number, hourly_moments, stock_level
 from lastmile.stocking.plan import make_plan, read_plan
 from lastmile.stocking.pooling import neighbours_within, pool
 from lastmile.stocking.replay import replay
@@ -55,14 +55,25 @@ def at(day: int, hour: int) -> float:
 
 # --- the newsvendor ----------------------------------------------------------------------------
 
-def test_critical_ratio_weighs_a_lost_order_against_a_write_off_at_risk() -> None:
-    assert ONE_DAY.underage == pytest.approx(13.5) and ONE_DAY.overage() == pytest.approx(6.5)
-    assert ONE_DAY.critical_ratio() == pytest.approx(0.675)
-    # Three days of shelf life: a leftover sells first tomorrow; a third of its cost is at risk.
+def test_the_stock_level_weighs_a_lost_order_against_a_write_off_over_the_shelf_life() -> None:
+    assert ONE_DAY.underage == pytest.approx(13.5)
+    # One day of life: the critical ratio 13.5 / 20 = 0.675. Poisson(8): P(<=8) = 0.593, P(<=9) = 0.717.
+    assert stock_level(ONE_DAY, 8.0, 8.0, life_periods=1.0) == (9, pytest.approx(0.7166, abs=1e-4))
+    # Three days: a leftover sells first tomorrow and is written off only if three days' demand
+    # (Poisson(24)) stays below it. The 15th unit: sells today with P(>=15) = 1 - 0.9827,
+    # 13.5 x 0.0173 = 0.23 > expires with P(Poisson(24) <= 14) = 0.0198, 6.5 x 0.0198 = 0.13;
+    # the 16th: 13.5 x 0.0082 = 0.11 < 6.5 x 0.0344 = 0.22. So 15, not the 9 of a one-day life.
     three = Economics.of(10.0, 3.0, 0.65, 1.0)
-    assert three.critical_ratio() == pytest.approx(13.5 / (13.5 + 6.5 / 3))
+    assert stock_level(three, 8.0, 8.0, life_periods=3.0)[0] == 15
+    # A slow mover (0.2 a day) with that life: a unit sells today with P = 0.18 (2.45 CNY saved)
+    # but expires unsold with P(Poisson(0.6) = 0) = 0.55 (3.57 CNY lost): none is stocked.
+    assert stock_level(three, 0.2, 0.2, life_periods=3.0)[0] == 0
+    # Frozen (180 days): only the holding cost of a day (0.065 CNY) holds it back:
+    # P(Poisson(8) <= 16) = 0.99628 >= 13.5 / 13.565 = 0.99521 > P(<= 15).
+    frozen = Economics.of(10.0, 180.0, 0.65, 1.0, holding_share=0.01)
+    assert stock_level(frozen, 8.0, 8.0, life_periods=180.0)[0] == 16
     # A known unit cost (from receipts) wins over the configured share.
-    assert Economics.of(10.0, 1.0, 0.65, 1.0, unit_cost=8.0).critical_ratio() == pytest.approx(12.0 / 20.0)
+    assert Economics.of(10.0, 1.0, 0.65, 1.0, unit_cost=8.0).unit_cost == 8.0
 
 
 def test_expiring_stock_counts_only_as_far_as_it_can_sell_before_its_best_before() -> None:
@@ -74,7 +85,7 @@ def test_expiring_stock_counts_only_as_far_as_it_can_sell_before_its_best_before
     assert (d.target, d.usable_on_hand, d.order_qty) == (9, 7, 2)
     assert (d.on_hand, d.expiring_before_delivery, d.expiring_unsold) == (12, 4, 1)
     assert d.reason == ("P90 demand 12 (P50 8) Thu 05:00 to Fri 05:00, peak Thu 09:00-11:00 (5); on hand 12: "
-                        "4 expire before delivery, 1 would expire unsold; order 2 to stock 9 (68% service level)")
+                        "4 expire before delivery, 1 would expire unsold; order 2 to stock 9 (72% service level)")
 
 
 def test_zero_demand_orders_nothing_whatever_the_shelf_holds() -> None:

@@ -11,11 +11,14 @@ the shelf:
   non-negative shape that fits sparse counts), hours are summed (means add; variances add
   with a small correlation, because a rainy day lifts every hour of it), and the sum is a
   negative binomial with that mean and variance (a Poisson when the spread is smaller).
-* **The critical ratio.** Understocking by a unit loses the margin and the customer's
+* **The stock level.** Understocking by a unit loses the margin and the customer's
   goodwill; overstocking by a unit risks writing it off. A unit left over when the next lot
   arrives is not lost at once when its shelf life outlasts the delivery interval: it sells
-  first next time, so only the share ``interval / shelf life`` of its cost is at risk. The
-  order-up-to level is the demand quantile at ``underage / (underage + overage)``.
+  first next time, so it is written off only if demand over its whole shelf life falls short
+  (:func:`stock_level`); keeping it meanwhile costs a little (cold space, capital:
+  ``LASTMILE_STOCKING_HOLDING_SHARE``), which keeps frozen goods from being stocked for a
+  month. With a one-day shelf life this is the textbook critical ratio
+  ``underage / (underage + overage)``.
 * **What is on the shelf.** Units expiring before the delivery are written off and count for
   nothing; demand between the order and the delivery takes the oldest units first; units
   expiring during the selling period count only as far as the demand before their
@@ -132,34 +135,56 @@ class Economics:
     unit_cost: float
     goodwill: float
     shelf_life_h: float
+    #: Cost of keeping a unit one more day, as a share of its unit cost (cold space, capital).
+    holding_share: float = 0.0
 
     @classmethod
     def of(cls, unit_price: float, shelf_life_days: float, cost_share: float, goodwill_share: float,
-           unit_cost: float | None = None) -> "Economics":
+           unit_cost: float | None = None, holding_share: float = 0.0) -> "Economics":
         """From the SKU's price and shelf life and the configured shares (``LASTMILE_STOCKING_*``)."""
         cost = unit_price * cost_share if unit_cost is None or not unit_cost > 0 else unit_cost
-        return cls(unit_price, cost, unit_price * goodwill_share, max(shelf_life_days, 1 / 24) * 24.0)
+        return cls(unit_price, cost, unit_price * goodwill_share, max(shelf_life_days, 1 / 24) * 24.0, holding_share)
 
     @property
     def underage(self) -> float:
         """A lost unit: the margin and the goodwill."""
         return max(self.unit_price - self.unit_cost, 0.0) + self.goodwill
 
-    def expiry_risk(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
-        """Share of a leftover unit's cost at risk: it sells first next time unless it expires first."""
-        return min(1.0, interval_h / self.shelf_life_h)
-
-    def overage(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
-        return self.unit_cost * self.expiry_risk(interval_h)
-
-    def critical_ratio(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
-        """The service level worth stocking for: P(demand <= stock) at the optimum."""
-        total = self.underage + self.overage(interval_h)
-        return self.underage / total if total > 0 else 0.5
-
     def selling_hours(self, interval_h: float = DELIVERY_INTERVAL_H) -> float:
         """How long a delivered lot sells: until the next delivery, or its expiry if sooner."""
         return min(self.shelf_life_h, interval_h)
+
+
+def demand_cdf(units: np.ndarray, mean: float, var: float) -> np.ndarray:
+    """P(demand <= units) for the count of :func:`demand_quantile` (negative binomial or Poisson)."""
+    if mean <= 1e-9:
+        return np.ones(len(units))
+    if var > mean * 1.0001:
+        return stats.nbinom.cdf(units, mean * mean / (var - mean), mean / var)
+    return stats.poisson.cdf(units, mean)
+
+
+def stock_level(econ: Economics, mean: float, var: float, life_periods: float,
+                interval_h: float = DELIVERY_INTERVAL_H) -> tuple[int, float]:
+    """The stock to aim for at the delivery, and the share of periods it serves in full.
+
+    The S-th unit is worth stocking while what it saves is more than what it risks: it is
+    sold in the period when demand exceeds S - 1 (saving the lost order), and it is written
+    off when demand over the lot's whole shelf life (``life_periods`` selling periods:
+    leftovers sell first next time) stays below S, or kept another day at the holding cost.
+    With a shelf life of one period this is the textbook critical ratio; a longer life makes
+    a write-off less likely, so more is stocked, and slow movers are held back by how little
+    of them sells before they expire.
+    """
+    life = max(life_periods, 1.0)
+    ceiling = int(demand_quantile(mean, var, 0.99999)[()]) + 2
+    units = np.arange(ceiling + 1)
+    in_period = demand_cdf(units, mean, var)
+    over_life = in_period if life <= 1.0 else demand_cdf(units, mean * life, var * life)
+    holding = econ.unit_cost * econ.holding_share * interval_h / 24.0
+    worth = econ.underage * (1.0 - in_period) > econ.unit_cost * over_life + holding * in_period
+    target = int(units[np.argmin(worth)]) if not worth.all() else ceiling
+    return target, float(in_period[target])
 
 
 @dataclass(frozen=True)
@@ -225,7 +250,7 @@ class Decision:
     p50_demand: float
     p90_demand: float
     target: int
-    critical_ratio: float
+    service_level: float
     peak: str = ""
     selling_until: datetime | None = None
     sku_name: str = ""
@@ -259,7 +284,7 @@ def reason(d: Decision) -> str:
     parts.append(stock + (": " + ", ".join(expiring) if expiring else ""))
     if d.pool_from and d.pooled_qty:
         parts.append(f"{d.pooled_qty} from neighbour {d.pool_from}")
-    parts.append(f"order {d.order_qty} to stock {d.target} ({d.critical_ratio:.0%} service level)")
+    parts.append(f"order {d.order_qty} to stock {d.target} ({d.service_level:.0%} service level)")
     return "; ".join(parts + d.notes)
 
 
@@ -316,12 +341,12 @@ def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_de
         raise ValueError(f"{community_id}/{sku}: the forecast covers {covered:.0f} of the {selling:.0f} selling "
                          f"hours after the delivery at {delivery_at:%Y-%m-%d %H:%M}")
     m, v = period_moments(mean[in_period], var[in_period])
-    ratio = econ.critical_ratio(interval)
-    target, p50_d, p90_d = (int(x) for x in demand_quantile([m, m, m], [v, v, v], [ratio, 0.5, 0.9]))
+    target, level = stock_level(econ, m, v, econ.shelf_life_h / selling, interval)
+    p50_d, p90_d = (int(x) for x in demand_quantile([m, m], [v, v], [0.5, 0.9]))
     expiring, stale, usable = usable_on_hand(lots, t_order, t_delivery, period_end, hours, mean)  # type: ignore[arg-type]
     qty = max(int(math.ceil(target - usable - 1e-9)), 0)
     return Decision(community_id=community_id, sku=sku, delivery_at=delivery_at, order_qty=qty,
                     on_hand=sum(lot.qty for lot in lots), expiring_before_delivery=expiring,  # type: ignore[attr-defined]
                     expiring_unsold=stale, usable_on_hand=usable, p50_demand=float(p50_d), p90_demand=float(p90_d),
-                    target=target, critical_ratio=ratio, peak=peak_label(hours[in_period], hi[in_period]),
+                    target=target, service_level=level, peak=peak_label(hours[in_period], hi[in_period]),
                     selling_until=from_hour_number(period_end), sku_name=sku_name)

@@ -54,7 +54,7 @@ def plan_table_sql(tz: str) -> str:
     expiring_unsold UInt32 COMMENT 'Units on hand expiring during the selling period before the forecast demand can take them.',
     p50_demand Float64 COMMENT 'Median demand over the selling period (delivery to the next delivery, or to expiry if sooner), units.',
     p90_demand Float64 COMMENT '90th percentile of demand over the selling period, units.',
-    target_qty UInt32 COMMENT 'Stock the newsvendor aims for at the delivery (the demand quantile at the critical ratio).',
+    target_qty UInt32 COMMENT 'Stock the newsvendor aims for at the delivery (lost orders against write-offs over the shelf life).',
     pooled_qty UInt32 COMMENT 'Units a neighbour covers from its surplus (pool_from), ordered less by that much.',
     reason String COMMENT 'The decision in a buyer''s words.',
     pool_from Nullable(String) COMMENT 'Neighbouring community whose surplus covers part of the shortfall; null if none.',
@@ -188,13 +188,15 @@ def sku_economics(skus: pd.DataFrame, cfg: Settings, costs: dict[str, float] | N
         raise ValueError(f"ref_skus lacks {', '.join(sorted(missing))}: re-run `lastmile simulate` and `lastmile transform` "
                          "(the SKU list needs prices and shelf lives)")
     costs = costs or {}
-    return {str(s): Economics.of(float(p), float(life), cfg.stocking_cost_share, cfg.stocking_goodwill_share, costs.get(str(s)))
+    return {str(s): Economics.of(float(p), float(life), cfg.stocking_cost_share, cfg.stocking_goodwill_share, costs.get(str(s)),
+                                 cfg.stocking_holding_share)
             for s, p, life in zip(skus["sku"], skus["unit_price"], skus["shelf_life_days"])}
 
 
 def plan_version(model_version: str, cfg: Settings) -> str:
     """Names the method, the forecast model and the cost settings a plan was made with."""
-    spec = f"{METHOD}|{model_version}|{cfg.stocking_cost_share}|{cfg.stocking_goodwill_share}|{cfg.pool_km}"
+    spec = (f"{METHOD}|{model_version}|{cfg.stocking_cost_share}|{cfg.stocking_goodwill_share}|{cfg.stocking_holding_share}|"
+            f"{cfg.pool_km}")
     return f"{METHOD}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 

@@ -149,7 +149,8 @@ def _hours(values: pd.Series, tz: str) -> np.ndarray:
 
 
 def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, start: date, end: date, *,
-           cost_share: float, goodwill_share: float, distances: pd.DataFrame | None = None, pool_km: float = 0.0,
+           cost_share: float, goodwill_share: float, holding_share: float = 0.0, distances: pd.DataFrame | None = None,
+           pool_km: float = 0.0,
            no_delivery: set[date] | frozenset[date] = frozenset(), margin: float = DEFAULT_MARGIN,
            min_facing: int = DEFAULT_MIN_FACING, tz: str = "Asia/Shanghai") -> ReplayResult:
     """Replay deliveries ``start`` .. ``end`` (inclusive) for every community × SKU with demand.
@@ -173,7 +174,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
         raise ValueError(f"the true demand lacks the column(s) {', '.join(sorted(missing))}")
     forecasts = _forecast_frame(forecasts)
 
-    econ = _economics(skus, cost_share, goodwill_share)
+    econ = _economics(skus, cost_share, goodwill_share, holding_share)
     first_delivery = _at(start, DELIVERY_HOUR)
     last_end = _at(end + timedelta(days=1), DELIVERY_HOUR)
 
@@ -322,12 +323,13 @@ def _at(day: date, hour: int) -> float:
     return hour_number(datetime.combine(day, datetime.min.time())) + hour
 
 
-def _economics(skus: pd.DataFrame, cost_share: float, goodwill_share: float) -> dict[str, Economics]:
+def _economics(skus: pd.DataFrame, cost_share: float, goodwill_share: float, holding_share: float) -> dict[str, Economics]:
     missing = {"sku", "unit_price", "shelf_life_days"} - set(skus.columns)
     if missing:
         raise ValueError(f"the SKU list lacks the column(s) {', '.join(sorted(missing))}")
     costs = skus["unit_cost"] if "unit_cost" in skus.columns else pd.Series([None] * len(skus), index=skus.index)
-    return {str(s): Economics.of(float(p), float(life), cost_share, goodwill_share, None if pd.isna(c) else float(c))
+    return {str(s): Economics.of(float(p), float(life), cost_share, goodwill_share, None if pd.isna(c) else float(c),
+                                 holding_share)
             for s, p, life, c in zip(skus["sku"], skus["unit_price"], skus["shelf_life_days"], costs)}
 
 
@@ -442,6 +444,6 @@ def replay_simulation(cfg: Settings, forecasts: pd.DataFrame, start: date | None
     manifest = home / "manifest.json"
     sim = json.loads(manifest.read_text(encoding="utf-8")).get("config", {}) if manifest.is_file() else {}
     return replay(load_truth(home), forecasts, skus, start, end, cost_share=cfg.stocking_cost_share,
-                  goodwill_share=cfg.stocking_goodwill_share, distances=distances if not distances.empty else None,
+                  goodwill_share=cfg.stocking_goodwill_share, holding_share=cfg.stocking_holding_share, distances=distances if not distances.empty else None,
                   pool_km=cfg.pool_km, no_delivery=no_delivery, margin=float(sim.get("stock_margin", DEFAULT_MARGIN)),
                   min_facing=int(sim.get("stock_min_facing", DEFAULT_MIN_FACING)), tz=cfg.business_tz)
