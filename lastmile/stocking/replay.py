@@ -34,7 +34,7 @@ import pandas as pd
 from lastmile.config import Settings
 from lastmile.stocking.ledger import ShelfStock
 from lastmile.stocking.newsvendor import Decision, Economics, hour_number, order_for
-from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING, last_week_plus_margin
+from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING, last_week_plus_margin, sellable_on_hand
 from lastmile.stocking.pooling import neighbours_within, pool
 
 #: Local hour of the daily receipt and of the evening count at which the next order is placed.
@@ -282,8 +282,8 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
                 missing_forecast.add(key)
             first = max(first_day.get(key[1], 0), 0)
             if day_index >= first and on_sale(key[1], day):
-                stock = shelves[DEFAULT][key]
-                usable = max(stock.on_hand - stock.expiring_by(delivery), 0)
+                # The operator counts what will still be sellable at the delivery day's close (22:00).
+                usable = max(sellable_on_hand(shelves[DEFAULT][key], delivery - DELIVERY_HOUR + ORDER_HOUR), 0)
                 default_orders[key] = last_week_plus_margin(sales[key], day_index, usable, opening=opening.get(key, 0.0),
                                                             first_day=first, margin=margin, min_facing=min_facing)
         transfers = pool(decisions, neighbours)
