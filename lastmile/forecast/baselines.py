@@ -2,9 +2,10 @@
 
 * ``SeasonalNaive``: the same hour last week (season 168): what a buyer does by hand.
 * ``AutoETS``: exponential smoothing with a daily season (24), fitted per series: the
-  classical statistical forecaster. Its error type is chosen per series, with no trend
-  (``ZNA``): hourly demand over a few weeks has no trend worth extrapolating 72 hours, and
-  searching the trend forms too multiplies the fitting time. A weekly season (168) would give ETS 168 seasonal states
+  classical statistical forecaster, additive error and season, no trend (``ANA``): hourly
+  demand over a few weeks has no trend worth extrapolating 72 hours, multiplicative forms
+  break on the zero hours of sparse series, and searching all forms multiplies the fitting
+  time; the smoothing parameters are still fitted per series. A weekly season (168) would give ETS 168 seasonal states
   per series to estimate from a few weeks of history.
 
 They read what sold (a buyer copying last week copies the stock-outs too); seeing through
@@ -27,7 +28,7 @@ def statsforecast(models: tuple[str, ...] = BASELINES) -> object:
     from statsforecast.models import AutoETS, SeasonalNaive
 
     made = {"SeasonalNaive": lambda: SeasonalNaive(season_length=WEEK_HOURS),
-            "AutoETS": lambda: AutoETS(model="ZNA", season_length=DAY_HOURS)}
+            "AutoETS": lambda: AutoETS(model="ANA", season_length=DAY_HOURS)}
     return StatsForecast(models=[made[m]() for m in models], freq="h", n_jobs=1)
 
 

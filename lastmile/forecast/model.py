@@ -60,7 +60,7 @@ def _lag_transforms() -> dict[int, list[Any]]:
 
 
 #: LightGBM settings shared by the three models: shallow enough to fit in seconds on a laptop.
-LGBM_PARAMS: dict[str, Any] = {"n_estimators": 200, "learning_rate": 0.06, "num_leaves": 31, "min_child_samples": 40,
+LGBM_PARAMS: dict[str, Any] = {"n_estimators": 120, "learning_rate": 0.08, "num_leaves": 31, "min_child_samples": 40,
                                "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "max_bin": 63, "verbosity": -1,
                                "n_jobs": 1, "random_state": 7}
 
