@@ -171,7 +171,7 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
-RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "audiences", "forecast", "train")
+RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "audiences", "journeys", "forecast", "train")
 
 
 @app.command("run")
@@ -183,7 +183,7 @@ def run_cmd(
     through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → audiences → demand forecast → models.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → audiences → journeys → demand forecast → models.
 
     Re-running gives the same counts. A failed great-expectations checkpoint stops the run
     before any feature is published, and says which expectations failed.
@@ -258,6 +258,13 @@ def run_cmd(
     if wanted("audiences"):
         with _stage("audiences", timings):
             out["audiences"] = _refresh_audiences(connect(cfg))
+    if wanted("journeys"):  # the last week of loaded events, every send through the contact rules
+        from lastmile.journeys.replay import main_job as run_journeys
+
+        with _stage("journeys", timings):
+            journeys_report = run_journeys(cfg, connect(cfg))
+        out["journeys"] = journeys_report.as_dict()
+        out["journeys_report"] = journeys_report.text()
     if wanted("forecast"):
         from lastmile.forecast import run as run_forecast
 
@@ -314,6 +321,8 @@ def run_cmd(
         console.print(f"features: {out['features']}")
     if "audiences" in out:
         _print_audiences(out["audiences"])
+    if "journeys_report" in out:
+        console.print(out["journeys_report"], highlight=False, soft_wrap=True)
     if "forecast_report" in out:
         console.print(out["forecast_report"], highlight=False, soft_wrap=True)
     if "stocking" in out:
