@@ -727,3 +727,57 @@ def test_journey_publish_delivers_what_a_pass_allowed_once(warehouse, monkeypatc
         sends = asyncio.run(_journey_sends(broker.bootstrap, {f"ord-{claimant}"}, 30))
     assert {s["action_id"] for s in sends} == waiting and len(sends) == len(waiting)
     assert any(s["details"]["oneid"] == claimant and s["details"]["template"] == "cold_chain_compensation" for s in sends)
+
+
+# --- the main job's journeys stage ------------------------------------------------------------------
+
+def test_the_main_job_replays_loaded_events_a_day_at_a_time_through_the_contact_rules(tmp_path: Path) -> None:
+    """Batch-loaded pickups and a review over two days: the consenting buyer is prompted at the
+    pickup and reminded a day later, the one who reviewed converts without a reminder, the buyer
+    who never consented is refused; a second replay changes nothing; ``days`` limits the window."""
+    from lastmile.journeys.replay import replay
+
+    folder = tmp_path / "journeys"
+    folder.mkdir()
+    (folder / "stars.yml").write_text("""name: stars
+description: Ask the buyer for stars after the pickup; remind once.
+owner: test
+trigger: {event: pickup, where: {collector_role: buyer}}
+once_per: order_id
+goal: {event: review, same: order_id, within: {days: 2}}
+steps:
+  - name: prompt
+    send: {template: review_stars_points, channel: mini_program_push, purposes: [marketing]}
+  - wait: {days: 1}
+  - name: reminder
+    send: {template: review_reminder, channel: mini_program_push, purposes: [marketing]}
+""", encoding="utf-8")
+    journeys = load_journeys(folder)
+    start = NOON - timedelta(days=3)
+    with empty_embedded_warehouse(tmp_path / "home") as (cfg, store):
+        grants = [event("consent", occurred_at=(start - timedelta(days=7)).isoformat(), subject={"openid": f"oReplay-{n}"},
+                        purpose="marketing", channel="all", granted=True) for n in (1, 2)]
+        pickups = [event("pickup", occurred_at=(start + timedelta(days=d)).isoformat(), order_id=f"ord-replay-{who}",
+                         collector={"openid": f"oReplay-{who}"}) for d, who in ((0, 1), (1, 2), (1, 3))]
+        review = event("review", occurred_at=(start + timedelta(days=1, hours=3)).isoformat(), order_id="ord-replay-2",
+                       reviewer={"openid": "oReplay-2"})
+        ingest(cfg, [*grants, *pickups, review])
+
+        first = replay(store, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone)
+        assert first.passes == 2 and first.events == 4 and first.steps > 0
+        (figures,) = first.journeys
+        assert {k: figures[k] for k in ("entered", "sent", "refused", "refusals", "converted")} == {
+            "entered": 3, "sent": 3, "refused": 1, "refusals": {"no_consent": 1}, "converted": 1}
+        sent = store.rows("SELECT step_name, at FROM journey_steps FINAL WHERE outcome = 'sent' ORDER BY at, step_name")
+        day = timedelta(days=1)
+        assert [(name, at.replace(tzinfo=timezone.utc)) for name, at in sent] == [
+            ("prompt", start), ("prompt", start + day), ("reminder", start + day)]  # the reviewer is not reminded
+        assert "stars: 3 entered, 3 sent, 1 refused (no_consent 1), 0 held out, 1 converted (33.3%)" in first.text()
+
+        again = replay(store, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone)
+        assert again.journeys == first.journeys and again.steps == 0 and again.events == 0
+
+    with empty_embedded_warehouse(tmp_path / "recent") as (cfg, store):
+        ingest(cfg, [*grants, *pickups, review])
+        recent = replay(store, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone, days=1)
+        assert recent.journeys[0]["entered"] == 2  # the first day's pickup is outside the window
