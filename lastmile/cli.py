@@ -1097,7 +1097,7 @@ def train_cmd(as_json: bool = typer.Option(False, "--json", help="Print the metr
 @friendly
 def forecast_cmd(
     backtest: bool = typer.Option(False, "--backtest", help="Also backtest (rolling origin, 72 h, a day apart) against seasonal naive and AutoETS."),
-    windows: int = typer.Option(12, help="Backtest origins, one a day, ending with the last full 72 hours of data."),
+    windows: Optional[int] = typer.Option(None, help="Backtest origins, one a day, ending with the last full 72 hours of data (default: two weeks' worth)."),
     replay: bool = typer.Option(False, "--replay", help="Replay the plan made from the backtest's forecasts against the default stocking policy (needs a simulation's true demand)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -1105,10 +1105,12 @@ def forecast_cmd(
     from lastmile.forecast import run as run_forecast
     from lastmile.warehouse import connect
 
-    if windows < 1:
+    from lastmile.forecast.backtest import DEFAULT_WINDOWS
+
+    if windows is not None and windows < 1:
         raise BadInput("--windows must be at least 1")
     with console.status("forecasting demand…"):
-        report = run_forecast(settings(), connect(settings()), backtest=backtest, windows=windows, replay=replay)
+        report = run_forecast(settings(), connect(settings()), backtest=backtest, windows=windows or DEFAULT_WINDOWS, replay=replay)
     if as_json:
         print(json.dumps(report.as_dict(), default=str, ensure_ascii=False))
     else:
