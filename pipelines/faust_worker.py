@@ -213,6 +213,8 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     if parts.journeys is not None:
         @app.timer(interval=1.0)
         async def journey_sends() -> None:
+            if parts.journeys.owed:  # a resolution came too soon after the last pass: make it now
+                await sink.run_blocking(parts.journeys.catch_up)
             await publish_journey_sends()  # queued by the OneID thread (StreamJourneys.after_resolve)
 
     @app.timer(interval=10.0)

@@ -57,6 +57,9 @@ class StreamJourneys:
         self.published = 0  # sends recorded delivered by this process
         self.last: TickReport | None = None
         self._last = float("-inf")
+        #: A resolution came within ``every_s`` of the last pass: the worker makes that pass
+        #: later (:meth:`catch_up`), or the events it resolved would wait for the next resolution.
+        self.owed = False
         self._pending: dict[str, Any] = {}
         self._handed: set[str] = set()  # handed to the worker, not yet recorded delivered
         self._lock = threading.Lock()
@@ -110,11 +113,13 @@ class StreamJourneys:
     def after_resolve(self, force: bool = False) -> None:
         """On the OneID thread, holding the warehouse lock: one pass, at most every ``every_s``."""
         if not force and self.clock() - self._last < self.every_s:
+            self.owed = True
             return
         now = self.now()
         if now is None:
             return
         self._last = self.clock()
+        self.owed = False
         try:
             self.last = self.runner.tick(now)
             self.ticks += 1
@@ -127,6 +132,12 @@ class StreamJourneys:
             for action in queued:
                 if action.action_id not in self._handed:
                     self._pending.setdefault(action.action_id, action)
+
+    def catch_up(self) -> None:
+        """Holding the warehouse lock: the pass a resolution was owed, once ``every_s`` allows it
+        (a quiet stream has no later resolution to make it)."""
+        if self.owed:
+            self.after_resolve()
 
     def drain(self) -> list[Any]:
         """The queued sends (each handed out once until :meth:`delivered` or a restart)."""

