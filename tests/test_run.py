@@ -56,6 +56,11 @@ def test_run_is_idempotent_and_counts_add_up(home: Settings) -> None:
     # the analysts' view of the membership was built over the tables and reads them
     assert published.scalar("SELECT count() FROM stg_audiences__members") == published.count("audience_members")
     assert "audiences" in first["seconds"]
+    # The journeys stage replayed the last week of loaded events through the contact rules.
+    journeys = {j["journey"]: j for j in first["journeys"]["journeys"]}
+    assert set(journeys) == {p.stem for p in (ROOT / "journeys").glob("*.yml")}
+    assert first["journeys"]["events"] > 0 and sum(j["entered"] for j in journeys.values()) > 0
+    assert journeys["review_reward"]["refused"] == sum(journeys["review_reward"]["refusals"].values()) > 0
 
     second = run_json("--orders", "1000", "--weeks", "2", "--seed", "7", "--through", "cold-chain")
     assert second["warehouse"] == warehouse
