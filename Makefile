@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/board.py
 	$(PY) bench/audiences.py
 	$(PY) bench/journeys.py
+	$(PY) bench/forecast.py --replay
 	$(PY) bench/fuzz.py
 
 ## dbt from the command line, on the embedded warehouse (or LASTMILE_CLICKHOUSE_URL).
