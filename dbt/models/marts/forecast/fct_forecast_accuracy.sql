@@ -8,7 +8,8 @@
     Hours after the newest hour of fct_stock_hourly are not known yet and are not listed.
 
     Tagged `features`, like the forecast's staging model: the whole-project build leaves both
-    out, the feature build (and `lastmile transform --select fct_forecast_accuracy`) builds them. -#}
+    out, the feature build (and `lastmile transform --select
+    "stg_stocking__demand_forecast fct_forecast_accuracy"`) builds them. -#}
 {{ config(tags=['features']) }}
 
 with forecast as (
