@@ -42,9 +42,15 @@ def test_the_zone_is_read_once_and_checked(monkeypatch: pytest.MonkeyPatch) -> N
 def test_dbt_gets_the_zone_as_a_var_and_keeps_the_callers_vars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LASTMILE_BUSINESS_TZ", "Europe/Berlin")
     cfg = settings()
-    assert _vars(transform._dbt_args(cfg, ["build", "--select", "dim_customer"])) == {"business_tz": "Europe/Berlin"}
+    # the batch-quality signal definition travels with the zone: dbt counts bad reviews and
+    # claims exactly as batch_quality.yml (the alerts' file) defines them
+    signals = yaml.safe_load((ROOT / "batch_quality.yml").read_text(encoding="utf-8"))["signals"]
+    batch_quality = {key: sorted(signals[key]) if isinstance(signals[key], list) else signals[key]
+                     for key in ("bad_stars", "quality_tags", "service_tags", "claim_reasons")}
+    passed = _vars(transform._dbt_args(cfg, ["build", "--select", "dim_customer"]))
+    assert passed == {"business_tz": "Europe/Berlin", "batch_quality": batch_quality}
     merged = _vars(transform._dbt_args(cfg, ["run", "--vars", "{lookback_minutes: 0}"]))
-    assert merged == {"business_tz": "Europe/Berlin", "lookback_minutes": 0}
+    assert merged == {"business_tz": "Europe/Berlin", "batch_quality": batch_quality, "lookback_minutes": 0}
     assert transform._dbt_args(cfg, ["run", "--vars", json.dumps({"business_tz": "UTC"})]).count("--vars") == 1
     assert _vars(transform._dbt_args(cfg, ["run", "--vars", json.dumps({"business_tz": "UTC"})]))["business_tz"] == "UTC"
     assert "--vars" not in transform._dbt_args(cfg, ["deps"])

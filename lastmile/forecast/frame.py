@@ -7,8 +7,8 @@ no sale is a real zero, unless the SKU was sold out in it (``censored``), when t
 only that demand was at least what sold.
 
 Hours are naive local hours in the business time zone: the calendar, promotions and the
-Friday peak are local, and a naive clock has no daylight-saving gaps (Asia/Shanghai has none
-anyway) for the hourly frequency of mlforecast and statsforecast.
+Friday peak are local, and a naive clock has no daylight-saving gaps (the default business
+zone has none anyway) for the hourly frequency of mlforecast and statsforecast.
 """
 
 from __future__ import annotations

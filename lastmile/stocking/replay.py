@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lastmile.config import Settings
+from lastmile.config import Settings, settings
 from lastmile.stocking.ledger import ShelfStock
 from lastmile.stocking.newsvendor import Decision, Economics, hour_number, order_for
 from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING, last_week_plus_margin, sellable_on_hand
@@ -136,9 +136,11 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-def _hours(values: pd.Series, tz: str) -> np.ndarray:
+def _hours(values: pd.Series, tz: str | None) -> np.ndarray:
     """Hour numbers (:func:`lastmile.stocking.newsvendor.hour_number`) of timestamps or ISO texts:
-    times with an offset are read on the ``tz`` clock, naive ones are local already."""
+    times with an offset are read on the ``tz`` clock (the business time zone,
+    ``LASTMILE_BUSINESS_TZ``, when ``tz`` is not given), naive ones are local already."""
+    tz = tz or settings().business_tz
     try:
         ts = pd.to_datetime(values)
     except (ValueError, TypeError):  # texts with several offsets
@@ -152,7 +154,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
            cost_share: float, goodwill_share: float, holding_share: float = 0.0, distances: pd.DataFrame | None = None,
            pool_km: float = 0.0,
            no_delivery: set[date] | frozenset[date] = frozenset(), margin: float = DEFAULT_MARGIN,
-           min_facing: int = DEFAULT_MIN_FACING, tz: str = "Asia/Shanghai") -> ReplayResult:
+           min_facing: int = DEFAULT_MIN_FACING, tz: str | None = None) -> ReplayResult:
     """Replay deliveries ``start`` .. ``end`` (inclusive) for every community × SKU with demand.
 
     ``truth``: ``community_id, sku, hour, demanded`` and ``served`` (the simulator's
@@ -165,7 +167,8 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     shelf_life_days`` (``unit_cost`` optional: else the configured share of the price).
     ``distances``: ``community_id, neighbour_id, km`` for pooling within ``pool_km``.
     ``no_delivery``: days whose delivery is cancelled (typhoon): nothing arrives, and the day
-    before orders for two days.
+    before orders for two days. ``tz``: the clock offset times are read on (the configured
+    business time zone when not given).
     """
     if end < start:
         raise ValueError(f"the replay window ends ({end}) before it starts ({start})")
@@ -409,7 +412,7 @@ def load_reference_rows(home: Path, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def delivery_window(forecasts: pd.DataFrame, tz: str = "Asia/Shanghai") -> tuple[date, date]:
+def delivery_window(forecasts: pd.DataFrame, tz: str | None = None) -> tuple[date, date]:
     """The deliveries a rolling-origin forecast can plan: from the day after the first origin
     (ordered that evening) to the day after the last one."""
     frame = _forecast_frame(forecasts)
