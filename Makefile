@@ -26,13 +26,13 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/lastmile run
 
-## All tests, including the slow engine tests (JVM, broker, dbt).
+## All tests, including the slow engine tests (JVM, broker, dbt), a test file per CPU at a time.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 ## Only the fast tests: no engine start-up.
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
 
 ## Benchmarks: each prints figures and ends with one JSON line.
 bench: install

@@ -171,7 +171,7 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
-RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "features", "audiences", "journeys", "forecast", "train")
+RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "forecast", "features", "audiences", "journeys", "train")
 
 
 @app.command("run")
@@ -183,7 +183,7 @@ def run_cmd(
     through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → features → audiences → journeys → demand forecast → models.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → demand forecast and stocking plan → features → audiences → journeys → models.
 
     Re-running gives the same counts. A failed great-expectations checkpoint stops the run
     before any feature is published, and says which expectations failed.
@@ -245,6 +245,20 @@ def run_cmd(
             for failed in gate.failed:
                 err.print(f"failed expectation: {failed}", highlight=False, soft_wrap=True)
             raise WarehouseStageFailed(f"quality gate failed ({len(gate.failed)} expectations): features were not published")
+    if wanted("forecast"):  # before the features: the Feast view of the forecast reads what it writes
+        from lastmile.forecast import run as run_forecast
+
+        with _stage("demand forecast", timings):
+            forecast_report = run_forecast(cfg, connect(cfg), backtest=True, replay=True, strict=False)
+        out["forecast"] = forecast_report.as_dict()
+        out["forecast_report"] = forecast_report.text()
+        from lastmile.stocking.plan import make_plan
+
+        try:
+            with _stage("stocking plan", timings):
+                out["stocking"] = make_plan(cfg, connect(cfg)).as_dict()
+        except FileNotFoundError as exc:  # no forecast or reference data to plan from: say so, keep the rest
+            out["stocking"] = {"note": str(exc)}
     if wanted("features"):
         from lastmile.features.store import apply, materialize
         from lastmile.models.consent import load_dietary_declarations, simulated_declarations
@@ -265,20 +279,6 @@ def run_cmd(
             journeys_report = run_journeys(cfg, connect(cfg))
         out["journeys"] = journeys_report.as_dict()
         out["journeys_report"] = journeys_report.text()
-    if wanted("forecast"):
-        from lastmile.forecast import run as run_forecast
-
-        with _stage("demand forecast", timings):
-            forecast_report = run_forecast(cfg, connect(cfg), backtest=True, replay=True, strict=False)
-        out["forecast"] = forecast_report.as_dict()
-        out["forecast_report"] = forecast_report.text()
-        from lastmile.stocking.plan import make_plan
-
-        try:
-            with _stage("stocking plan", timings):
-                out["stocking"] = make_plan(cfg, connect(cfg)).as_dict()
-        except FileNotFoundError as exc:  # no forecast or reference data to plan from: say so, keep the rest
-            out["stocking"] = {"note": str(exc)}
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
 
