@@ -186,7 +186,15 @@ def test_alerts_list_compensations_and_quarantine(scenario: BoardScenario) -> No
     assert sorted((c["order_id"], c["decision"]) for c in found["compensations"]) == [("ord-b1", "auto_approved"),
                                                                                        ("ord-b2", "needs_review")]
     assert found["quarantine"] == [{"reason": "not_json", "last_hour": 1, "hourly_before": 0.0, "spike": False}]
-    assert found["journeys"]["available"] is False and found["batch_quality"]["available"] is False
+    assert found["journeys"]["available"] is False
+    # batch_quality_alerts comes with the migrations: the feed is there and has raised nothing yet
+    assert (found["batch_quality"]["available"], found["batch_quality"]["alerts"]) == (True, [])
+    today, yesterday = datetime(2026, 11, 20, 2, 0), datetime(2026, 11, 19, 2, 0)  # 10:00 in Shanghai
+    connect().insert_rows("batch_quality_alerts", [("batch_quality:B-1", "B-1", "SKU-0012", "Shouguang", 4, 9, 0.4444, 0.08, today),
+                                                   ("batch_quality:B-0", "B-0", "SKU-0012", "Shouguang", 3, 5, 0.6, 0.08, yesterday)],
+                          ["alert_id", "batch_id", "sku", "origin", "bad", "feedback", "bad_rate", "baseline_rate", "alert_at"])
+    alerted = figures(scenario, "alerts")["batch_quality"]["alerts"]
+    assert [(a["batch_id"], a["bad"], a["feedback"], a["alert_at"]) for a in alerted] == [("B-1", 4, 9, "2026-11-20T02:00:00Z")]
 
 
 def test_pipeline_health_measures_ingestion(scenario: BoardScenario, tmp_path: Path) -> None:

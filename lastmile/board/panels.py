@@ -490,6 +490,15 @@ ORDER BY last_hour DESC, reason
 """
 
 
+BATCH_ALERTS_SQL = f"""
+SELECT alert_id, batch_id, sku, origin, bad, feedback, bad_rate, baseline_rate, alert_at
+FROM batch_quality_alerts FINAL
+WHERE alert_at >= {p('day_start')} AND alert_at < {p('day_end')} AND alert_at <= {p('now')}
+ORDER BY alert_at DESC, alert_id
+LIMIT 50
+"""
+
+
 def _shape_alerts(rows: dict[str, Rows], ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "compensations" in rows:
@@ -510,15 +519,24 @@ def _shape_alerts(rows: dict[str, Rows], ctx: Context) -> dict[str, Any]:
         present = [t for t in tables if t in ctx.tables]
         out[feed] = {"available": bool(present), "tables": present,
                      "reason": "" if present else f"not in the warehouse yet ({', '.join(tables)})"}
+    if "batch_quality" in rows:
+        out["batch_quality"]["alerts"] = [{"alert_id": r["alert_id"], "batch_id": r["batch_id"], "sku": r["sku"],
+                                           "origin": r["origin"], "bad": int(r["bad"]), "feedback": int(r["feedback"]),
+                                           "bad_rate": round(float(r["bad_rate"]), 4),
+                                           "baseline_rate": round(float(r["baseline_rate"]), 4),
+                                           "alert_at": _iso(r["alert_at"])} for r in rows["batch_quality"]]
     return out
 
 
 ALERTS = Panel(
-    "alerts", "Alerts", "告警", "claim decisions (cold-chain job); quarantine (live, by ingestion time, all communities)",
+    "alerts", "Alerts", "告警", "claim decisions (cold-chain job); quarantine (live, by ingestion time, all communities); "
+    "batch-quality alerts (stream worker and lastmile run, all communities)",
     (Query("compensations", CLAIMS_SQL, ("claim_decisions", "cold_chain_incidents")),
-     Query("quarantine", QUARANTINE_SQL, ("quarantine",))),
+     Query("quarantine", QUARANTINE_SQL, ("quarantine",)),
+     Query("batch_quality", BATCH_ALERTS_SQL, ("batch_quality_alerts",))),
     _shape_alerts,
     {"compensations": "claim decisions for incidents that started today, newest first",
+     "batch_quality": "batches alerted today (all communities: a batch is sold in many), newest first",
      "quarantine": f"payloads quarantined per reason in the last hour (wall clock) against the hourly mean of the "
                    f"24 hours before; a spike is at least {SPIKE_MIN} and more than {SPIKE_FACTOR:g} times that mean"},
 )

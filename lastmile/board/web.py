@@ -209,12 +209,28 @@ class QuarantineReason(BaseModel):
     spike: bool
 
 
+class BatchAlert(BaseModel):
+    alert_id: str
+    batch_id: str
+    sku: str
+    origin: str
+    bad: int = Field(description="Orders with a bad review or claim blamed on the batch.")
+    feedback: int = Field(description="Orders of the batch with a review or claim.")
+    bad_rate: float
+    baseline_rate: float = Field(description="The SKU baseline the batch was tested against.")
+    alert_at: str | None
+
+
+class BatchQualityFeed(Availability):
+    alerts: list[BatchAlert] = Field(default=[], description="Batches alerted today, newest first (empty until the table exists).")
+
+
 class Alerts(BaseModel):
     compensations: list[Compensation] = []
     quarantine: list[QuarantineReason] = []
     quarantine_spikes: list[str] = []
     journeys: Availability
-    batch_quality: Availability
+    batch_quality: BatchQualityFeed
 
 
 class TableIngest(BaseModel):

@@ -184,6 +184,10 @@
       items.push([c.decision === "needs_review" ? "bad" : "", "赔付 Compensation ¥" + c.compensation_cny.toFixed(2) + " · " +
                   c.order_id + " · " + c.decision + " · " + c.severity + " · " + c.locker_id]);
     });
+    ((f.batch_quality || {}).alerts || []).slice(0, 20).forEach(function (b) {
+      items.push(["bad", "批次质量 Batch quality: " + b.sku + " · " + b.batch_id + " · " + b.bad + "/" + b.feedback +
+                  " bad · " + b.origin]);
+    });
     ["journeys", "batch_quality"].forEach(function (feed) {
       var a = f[feed];
       if (a && !a.available) items.push(["off", (feed === "journeys" ? "旅程 Journeys" : "批次质量 Batch quality") + ": 暂无 absent"]);
