@@ -13,20 +13,18 @@ any other answer carrying a person's data.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, Field
 
 from lastmile.api_auth import ApiKey, AuditLog
+from lastmile.api_support import WarehouseSource, answer_errors
 from lastmile.audiences import Audience, AudienceError, load_audiences
 from lastmile.audiences.reads import MAX_PAGE, BadCursor, audiences_of, decode_cursor, member_page, published
 from lastmile.config import Settings
-from lastmile.warehouse import Warehouse
 
 AudienceName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="The audience's name (its file's `name:`).")]
 OneID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The customer's OneID (e.g. oid_…).")]
@@ -79,14 +77,11 @@ class AudiencesUnavailable(RuntimeError):
     """The audience files or the warehouse cannot be read now (503)."""
 
 
-class AudienceSource:
+class AudienceSource(WarehouseSource):
     """The audience files and the warehouse, opened on first use (``opener``: how to connect)."""
 
-    def __init__(self, cfg: Settings, opener: Callable[[Settings], Warehouse] | None = None) -> None:
-        self.cfg = cfg
-        self.opener = opener
-        self._warehouse: Warehouse | None = None
-        self._lock = threading.Lock()
+    passes = (BadCursor,)
+    unavailable = AudiencesUnavailable
 
     def audiences(self) -> dict[str, Audience]:
         try:
@@ -99,25 +94,6 @@ class AudienceSource:
         if found is None:
             raise UnknownAudience(f"unknown audience: {name}")
         return found
-
-    def read(self, what: Callable[[Warehouse], Any]) -> Any:
-        """Run ``what`` on the warehouse; a warehouse that cannot answer is a 503, not a 500."""
-        with self._lock:
-            try:
-                if self._warehouse is None:
-                    if self.opener is None:
-                        from lastmile.warehouse import connect
-
-                        self._warehouse = connect(self.cfg)
-                    else:
-                        self._warehouse = self.opener(self.cfg)
-                return what(self._warehouse)
-            except BadCursor:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a lost connection or a locked embedded warehouse
-                if not self.cfg.embedded:
-                    self._warehouse = None
-                raise AudiencesUnavailable(f"the warehouse did not answer: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def _summary(audience: Audience, source: AudienceSource) -> dict[str, Any]:
@@ -133,17 +109,7 @@ def mount_audiences(app: FastAPI, cfg: Settings, needs: Callable[[str], Any], au
     source = source or AudienceSource(cfg)
     scoped: dict[str, Any] = {"tags": ["audiences"], "responses": errors, "openapi_extra": {"x-required-scope": "marketing:read"}}
 
-    @app.exception_handler(UnknownAudience)
-    async def _unknown(_: Request, exc: UnknownAudience) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(AudiencesUnavailable)
-    async def _unavailable(_: Request, exc: AudiencesUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
-
-    @app.exception_handler(BadCursor)
-    async def _cursor(_: Request, exc: BadCursor) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+    answer_errors(app, {UnknownAudience: 404, AudiencesUnavailable: 503, BadCursor: 422})
 
     @app.get("/audiences", response_model=list[AudienceSummary], **scoped)
     def list_audiences(key: ApiKey = needs("marketing:read")) -> list[dict[str, Any]]:

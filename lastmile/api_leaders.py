@@ -9,20 +9,19 @@ as text. Every neighbour a brief names is one line in the audit log.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Path, Query
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from lastmile.api_auth import ApiKey, AuditLog
+from lastmile.api_support import WarehouseSource, answer_errors
 from lastmile.config import Settings
 from lastmile.leaders.brief import BriefUnavailable, UnknownLeader, assemble
 from lastmile.leaders.export import oneids, present, to_csv, to_markdown
-from lastmile.warehouse import Warehouse
 
 LeaderId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The leader's id (ref_leaders.leader_id).")]
 SCOPE = "leaders:read"
@@ -140,32 +139,11 @@ class Brief(BaseModel):
     notes: list[str]
 
 
-class LeaderSource:
+class LeaderSource(WarehouseSource):
     """The warehouse, opened on first use; a warehouse that cannot answer is a 503."""
 
-    def __init__(self, cfg: Settings, opener: Callable[[Settings], Warehouse] | None = None) -> None:
-        self.cfg = cfg
-        self.opener = opener
-        self._warehouse: Warehouse | None = None
-        self._lock = threading.Lock()
-
-    def read(self, what: Callable[[Warehouse], Any]) -> Any:
-        with self._lock:
-            try:
-                if self._warehouse is None:
-                    if self.opener is None:
-                        from lastmile.warehouse import connect
-
-                        self._warehouse = connect(self.cfg)
-                    else:
-                        self._warehouse = self.opener(self.cfg)
-                return what(self._warehouse)
-            except (UnknownLeader, BriefUnavailable):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a lost connection or a locked embedded warehouse
-                if not self.cfg.embedded:
-                    self._warehouse = None
-                raise BriefUnavailable(f"the warehouse did not answer: {' '.join(str(exc).split())[:300]}") from exc
+    passes = (UnknownLeader, BriefUnavailable)
+    unavailable = BriefUnavailable
 
 
 def mount_leaders(app: FastAPI, cfg: Settings, needs: Callable[[str], Any], audit: AuditLog,
@@ -173,13 +151,7 @@ def mount_leaders(app: FastAPI, cfg: Settings, needs: Callable[[str], Any], audi
     """Add the leader route to ``app``; ``needs(scope)`` is the API's key dependency."""
     source = source or LeaderSource(cfg)
 
-    @app.exception_handler(UnknownLeader)
-    async def _unknown(_: Request, exc: UnknownLeader) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(BriefUnavailable)
-    async def _unavailable(_: Request, exc: BriefUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+    answer_errors(app, {UnknownLeader: 404, BriefUnavailable: 503})
 
     @app.get("/leaders/{leader_id}/brief", tags=["leaders"], response_model=Brief, response_model_by_alias=True, response_model_exclude_unset=True,
              responses={**errors, 200: {"content": {"text/csv": {}, "text/markdown": {}},

@@ -9,18 +9,17 @@ Neither carries personal data, so nothing here is written to the audit log.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, Field
 
 from lastmile.api_auth import ApiKey
+from lastmile.api_support import WarehouseSource, answer_errors
 from lastmile.config import Settings
 from lastmile.warehouse import Warehouse
 
@@ -83,32 +82,11 @@ class StockingUnavailable(RuntimeError):
     """The warehouse cannot answer now (503)."""
 
 
-class StockingSource:
+class StockingSource(WarehouseSource):
     """The warehouse, opened on first use (``opener``: how to connect)."""
 
-    def __init__(self, cfg: Settings, opener: Callable[[Settings], Warehouse] | None = None) -> None:
-        self.cfg = cfg
-        self.opener = opener
-        self._warehouse: Warehouse | None = None
-        self._lock = threading.Lock()
-
-    def read(self, what: Callable[[Warehouse], Any]) -> Any:
-        with self._lock:
-            try:
-                if self._warehouse is None:
-                    if self.opener is None:
-                        from lastmile.warehouse import connect
-
-                        self._warehouse = connect(self.cfg)
-                    else:
-                        self._warehouse = self.opener(self.cfg)
-                return what(self._warehouse)
-            except (NotPlanned, FileNotFoundError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a lost connection or a locked embedded warehouse
-                if not self.cfg.embedded:
-                    self._warehouse = None
-                raise StockingUnavailable(f"the warehouse did not answer: {' '.join(str(exc).split())[:300]}") from exc
+    passes = (NotPlanned, FileNotFoundError)
+    unavailable = StockingUnavailable
 
 
 def _forecast(warehouse: Warehouse, cfg: Settings, community_id: str, hours: int) -> dict[str, Any]:
@@ -149,13 +127,7 @@ def mount_stocking(app: FastAPI, cfg: Settings, needs: Callable[[str], Any], err
     source = source or StockingSource(cfg)
     scoped: dict[str, Any] = {"tags": ["stocking"], "responses": errors, "openapi_extra": {"x-required-scope": SCOPE}}
 
-    @app.exception_handler(NotPlanned)
-    async def _not_planned(_: Request, exc: NotPlanned) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(StockingUnavailable)
-    async def _unavailable(_: Request, exc: StockingUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+    answer_errors(app, {NotPlanned: 404, StockingUnavailable: 503})
 
     @app.get("/communities/{community_id}/forecast", response_model=CommunityForecast, **scoped)
     def community_forecast(community_id: CommunityId,
