@@ -45,6 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._stream_latency import percentile, stream_latencies  # noqa: E402 - needs the path above
+
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
 #: name -> body (``sql:`` or ``rule:``) of the 20 audiences.
@@ -141,24 +143,13 @@ WORKER_START_S = 120.0
 ENTRY_TIMEOUT_S = 30.0
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def entry_latencies(entries: int, work: Path) -> list[float]:
     """Seconds from producing a first order to its ``enter`` message, for ``entries`` orders
     through a running ``lastmile stream`` worker (the first, start-up one, left out)."""
-    import asyncio
-    import subprocess
-
     import orjson
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from lastmile.simulator import SimulationConfig, simulate
-    from lastmile.streaming import broker as dev
     from lastmile.streaming.audiences import CHANGES_TOPIC
-    from lastmile.streaming.topics import message_key, topic_for
 
     simulate(SimulationConfig(seed=3, orders=30, weeks=1, telemetry_every_s=3600), work / "sim")
     template = orjson.loads((work / "sim" / "events" / "order.jsonl").read_bytes().splitlines()[0])
@@ -172,51 +163,12 @@ def entry_latencies(entries: int, work: Path) -> list[float]:
         return {**template, "event_id": f"ev-bench-first-order-{n}", "order_id": f"ord-bench-first-order-{n}",
                 "buyer": {"openid": f"oBenchFirstOrder{n:05d}", "unionid": f"uBenchFirstOrder{n:05d}"}}
 
-    async def measure(bootstrap: str) -> list[float]:
-        consumer = AIOKafkaConsumer(CHANGES_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await consumer.start()
-        await producer.start()
-        out: list[float] = []
-        try:
-            for n in range(entries + 1):
-                event = order(n)
-                await producer.send_and_wait(topic_for("order"), orjson.dumps(event), key=message_key("order", event))
-                sent = time.monotonic()
-                wait_s = WORKER_START_S if n == 0 else ENTRY_TIMEOUT_S
-                arrived = None
-                while arrived is None and time.monotonic() - sent < wait_s:
-                    for records in (await consumer.getmany(timeout_ms=50)).values():
-                        if any(orjson.loads(r.value)["change"] == "enter" for r in records) and arrived is None:
-                            arrived = time.monotonic() - sent
-                if arrived is None:
-                    raise RuntimeError(f"no entry on {CHANGES_TOPIC} within {wait_s:.0f} s of order {n}")
-                if n:
-                    out.append(arrived)
-        finally:
-            await producer.stop()
-            await consumer.stop()
-        return out
-
-    with dev.dev_broker(log_path=work / "broker.log") as broker:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LASTMILE_")}
-        env.update(LASTMILE_HOME=str(work / "stream-home"), LASTMILE_HASH_KEY="bench-key-not-secret",
-                   LASTMILE_KAFKA_BOOTSTRAP=broker.bootstrap, LASTMILE_AUDIENCES_DIR=str(folder))
-        with open(work / "worker.log", "ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "lastmile.cli", "stream", "--group", "bench-audiences", "--flush-seconds", "0.2",
-                 "--identity-seconds", "1", "--profiles-seconds", "0", "--replenish-seconds", "0", "--no-features", "--judges", "0"],
-                cwd=Path(__file__).resolve().parent.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                return asyncio.run(measure(broker.bootstrap))
-            finally:
-                worker.terminate()
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait(10)
+    return stream_latencies(
+        work, count=entries, event_type="order", make_event=order, output_topic=CHANGES_TOPIC,
+        answers=lambda change, _order: change["change"] == "enter", offset_reset="earliest",
+        worker_args=["--group", "bench-audiences", "--flush-seconds", "0.2", "--identity-seconds", "1", "--profiles-seconds", "0",
+                     "--replenish-seconds", "0", "--no-features", "--judges", "0"],
+        worker_env={"LASTMILE_AUDIENCES_DIR": str(folder)}, start_s=WORKER_START_S, timeout_s=ENTRY_TIMEOUT_S)
 
 
 def main() -> None:
@@ -294,7 +246,7 @@ def main() -> None:
             latencies = entry_latencies(args.entries, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        p50, p95 = _percentile(latencies, 0.5), _percentile(latencies, 0.95)
+        p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
         print(f"entry latency (produce -> lastmile.audience_changes) over {len(latencies)} first orders: p50 {p50:.2f} s, "
               f"p95 {p95:.2f} s, max {max(latencies):.2f} s; target p95 <= 2 s: {'met' if p95 <= 2 else 'NOT met'}")
     print(json.dumps({

