@@ -1,6 +1,6 @@
 {#- One row per production or harvest batch (order line batch_id): its orders, reviews, bad
-    reviews and quality claims, counted as the batch-quality alerts count them (macros/
-    batch_quality.sql, from batch_quality.yml), and its alert if it raised one. Counts here give
+    reviews and quality claims, counted as the batch-quality alerts count them
+    (int_order_feedback, from batch_quality.yml), and its alert if it raised one. Counts here give
     every order's feedback to every batch of the order; the alert columns carry the alert's own
     blame-weighed counts at the event that tipped it. -#}
 {{ config(materialized='table', order_by='(sku, batch_id)') }}
@@ -19,23 +19,8 @@ with lines as (
     group by batch_id, order_id
 ),
 
-reviews as (
-    select
-        order_id,
-        count() as reviews,
-        countIf({{ is_bad_batch_review('stars', 'tags') }}) as bad_reviews
-    from {{ ref('int_reviews_enriched') }}
-    group by order_id
-),
-
-claims as (
-    select
-        order_id,
-        count() as claims,
-        countIf({{ is_quality_claim('claim_reason') }}) as quality_claims
-    from {{ ref('int_returns_enriched') }}
-    where return_kind = 'claim' and order_id != ''
-    group by order_id
+feedback as (
+    select * from {{ ref('int_order_feedback') }}
 ),
 
 alerts as (
@@ -51,14 +36,13 @@ per_batch as (
         topK(1)(lines.merchant_id)[1] as merchant_id,
         min(lines.ordered_at) as first_ordered_at,
         count() as orders,
-        toUInt64(sum(reviews.reviews)) as reviews,
-        toUInt64(sum(reviews.bad_reviews)) as bad_reviews,
-        toUInt64(sum(claims.quality_claims)) as quality_claims,
-        countIf(reviews.reviews > 0 or claims.claims > 0) as orders_with_feedback,
-        countIf(reviews.bad_reviews > 0 or claims.quality_claims > 0) as bad_orders
+        toUInt64(sum(feedback.reviews)) as reviews,
+        toUInt64(sum(feedback.bad_reviews)) as bad_reviews,
+        toUInt64(sum(feedback.quality_claims)) as quality_claims,
+        countIf(feedback.reviews > 0 or feedback.claims > 0) as orders_with_feedback,
+        countIf(feedback.bad_reviews > 0 or feedback.quality_claims > 0) as bad_orders
     from lines
-    left join reviews on reviews.order_id = lines.order_id
-    left join claims on claims.order_id = lines.order_id
+    left join feedback on feedback.order_id = lines.order_id
     group by lines.batch_id
 ),
 

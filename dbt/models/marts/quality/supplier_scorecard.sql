@@ -1,6 +1,6 @@
 {#- Per merchant and origin: what procurement and the operations board read about a supplier.
     Bad reviews and quality claims are counted as the batch-quality alerts count them
-    (macros/batch_quality.sql); an order counts for every (merchant, origin) of its lines. -#}
+    (int_order_feedback); an order counts for every (merchant, origin) of its lines. -#}
 {{ config(materialized='table', order_by='(merchant_id, origin)') }}
 
 with lines as (
@@ -14,23 +14,8 @@ orders as (
     from {{ ref('int_orders_enriched') }}
 ),
 
-reviews as (
-    select
-        order_id,
-        count() as reviews,
-        countIf({{ is_bad_batch_review('stars', 'tags') }}) as bad_reviews
-    from {{ ref('int_reviews_enriched') }}
-    group by order_id
-),
-
-claims as (
-    select
-        order_id,
-        countIf({{ is_quality_claim('claim_reason') }}) as quality_claims,
-        countIf(claim_reason = 'temperature') as temperature_claims
-    from {{ ref('int_returns_enriched') }}
-    where return_kind = 'claim' and order_id != ''
-    group by order_id
+feedback as (
+    select * from {{ ref('int_order_feedback') }}
 ),
 
 batches as (
@@ -46,15 +31,14 @@ scored as (
         per_order.merchant_id as merchant_id,
         per_order.origin as origin,
         count() as orders,
-        toUInt64(sum(reviews.reviews)) as reviews,
-        toUInt64(sum(reviews.bad_reviews)) as bad_reviews,
-        toUInt64(sum(claims.quality_claims)) as quality_claims,
-        toUInt64(sum(claims.temperature_claims)) as temperature_incidents,
+        toUInt64(sum(feedback.reviews)) as reviews,
+        toUInt64(sum(feedback.bad_reviews)) as bad_reviews,
+        toUInt64(sum(feedback.quality_claims)) as quality_claims,
+        toUInt64(sum(feedback.temperature_claims)) as temperature_incidents,
         countIf(orders.is_collected) as collected_orders,
         countIf(orders.is_picked_up_in_slot) as in_slot_orders
     from per_order
-    left join reviews on reviews.order_id = per_order.order_id
-    left join claims on claims.order_id = per_order.order_id
+    left join feedback on feedback.order_id = per_order.order_id
     left join orders on orders.order_id = per_order.order_id
     group by per_order.merchant_id, per_order.origin
 ),
