@@ -27,7 +27,7 @@ final as (
         order_id,
         count() as lines,
         countIf(is_traceable) as traceable_lines,
-        -- Days from the batch (SKU-MMDD) to the order, averaged over the lines that carry one.
+        -- Days from the batch date (parsed from the batch id) to the order, averaged over the lines that carry one.
         if(countIf(batch_date is not null) = 0, NULL,
            greatest(0, avgIf(dateDiff('day', batch_date, toDate(ordered_at, '{{ var("business_tz") }}')), batch_date is not null))) as batch_age_days,
         sum(amount) as line_amount_cny,

@@ -41,10 +41,16 @@ final as (
         skus.sku != '' as is_known_sku,
         skus.is_impulse as is_impulse,
         skus.is_healthy as is_healthy,
-        -- Traceable: origin as catalogued and a batch id of this SKU (SKU-MMDD).
+        -- Traceable: origin as catalogued and a batch id of this SKU (SKU-...).
         skus.sku != '' and lines.origin = skus.catalogue_origin and startsWith(lines.batch_id, concat(lines.sku, '-')) as is_traceable,
-        -- Batch date from SKU-MMDD, in the order's year (or the year before, across New Year).
-        toDateOrNull(concat(toString(toYear(lines.ordered_at)), '-', substring(lines.batch_id, length(lines.sku) + 2, 2), '-', substring(lines.batch_id, length(lines.sku) + 4, 2))) as batch_date,
+        -- Batch date from the batch id's last part: a lot received into a front warehouse
+        -- (SKU-<community>-YYYYMMDD) or a producer's batch (SKU-MMDD, in the order's year).
+        -- Any other form has no date.
+        {% set batch_stamp = "splitByChar('-', substring(lines.batch_id, length(lines.sku) + 2))[-1]" %}
+        if(not startsWith(lines.batch_id, concat(lines.sku, '-')) or not match({{ batch_stamp }}, '^([0-9]{4}|[0-9]{8})$'), NULL,
+           toDateOrNull(if(length({{ batch_stamp }}) = 8,
+                           concat(substring({{ batch_stamp }}, 1, 4), '-', substring({{ batch_stamp }}, 5, 2), '-', substring({{ batch_stamp }}, 7, 2)),
+                           concat(toString(toYear(lines.ordered_at)), '-', substring({{ batch_stamp }}, 1, 2), '-', substring({{ batch_stamp }}, 3, 2))))) as batch_date,
         lines._ingested_at as _ingested_at
     from lines
     left join skus on skus.sku = lines.sku

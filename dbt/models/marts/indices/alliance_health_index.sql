@@ -17,8 +17,11 @@ weekly as (
         sum(total_amount_cny) as gmv_cny,
         sumIf(total_amount_cny, is_in_alliance) as in_alliance_gmv_cny,
         uniqExact(oneid) as customers,
-        quantileExactIf(0.5)(hours_to_pickup, hours_to_pickup is not null) as median_hours_to_pickup,
-        avgIf(batch_age_days, batch_age_days is not null) as avg_batch_age_days
+        -- NULL, not NaN, when no order of the week carries the measure (an empty avgIf is NaN,
+        -- which linear_score would pass through as a score).
+        if(countIf(hours_to_pickup is not null) = 0, NULL,
+           quantileExactIf(0.5)(hours_to_pickup, hours_to_pickup is not null)) as median_hours_to_pickup,
+        if(countIf(batch_age_days is not null) = 0, NULL, avgIf(batch_age_days, batch_age_days is not null)) as avg_batch_age_days
     from orders
     group by alliance_id, community_id, week_start
 ),
