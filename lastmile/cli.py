@@ -842,7 +842,7 @@ def stream_cmd(
                                       "process; -1: one per core but one, at most 4."),
     identity_seconds: float = typer.Option(5.0, help="Resolve new identity evidence into OneIDs at most this often (0: never; "
                                                     "with several workers, enable it on one)."),
-    identity_waiting_seconds: float = typer.Option(1.0, help="...or this often while orders of a new neighbour wait "
+    identity_waiting_seconds: float = typer.Option(0.5, help="...or this often while orders of a new neighbour wait "
                                                    "for a OneID, so their online features follow within seconds "
                                                    "(0: no hurry)."),
     profiles_seconds: float = typer.Option(300.0, help="Refresh the OneID 360 (dbt run of dim_customer and what it reads, once dbt built the warehouse; it holds the warehouse for the run, ~10 s) at most this often (0: never)."),

@@ -78,7 +78,7 @@ class StreamOptions:
     group_id: str = APP_ID
     judges: int = -1  # processes judging batches; 0: a thread of the worker; -1: one per core but one (max 4)
     identity_every_s: float = 5.0  # 0: no OneID resolution in this worker
-    identity_waiting_every_s: float = 1.0  # resolve this often while orders wait for a OneID (0: no hurry)
+    identity_waiting_every_s: float = 0.5  # resolve this often while orders wait for a OneID (0: no hurry)
     profiles_every_s: float = 30.0  # 0: no profiles rebuild
     features: bool = True  # push today's counters to Feast's online store
     replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
@@ -184,9 +184,9 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
                 pusher.close()
             status()
 
-    @app.timer(interval=1.0)
+    @app.timer(interval=0.25)
     async def identity() -> None:
-        refresher.tick()  # resolves evidence of a stream gone quiet, too
+        refresher.tick()  # resolves evidence of a stream gone quiet, too; cheap when nothing is due
 
     @app.timer(interval=5.0)
     async def forget_requests() -> None:
