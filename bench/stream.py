@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--freshness-events", type=int, default=15_000)
     parser.add_argument("--log-level", default="WARNING", help="worker log level (INFO shows OneID runs)")
     parser.add_argument("--identity-seconds", type=float, default=5.0, help="worker's OneID resolve interval (0: off)")
-    parser.add_argument("--identity-waiting-seconds", type=float, default=1.0,
+    parser.add_argument("--identity-waiting-seconds", type=float, default=0.5,
                         help="worker's OneID resolve interval while orders wait for a OneID (0: no hurry)")
     parser.add_argument("--profiles-seconds", type=float, default=30.0, help="worker's profiles rebuild interval (0: off)")
     parser.add_argument("--batch-rows", type=int, default=20_000, help="worker's and ceiling consumer's batch size")
