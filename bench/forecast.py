@@ -39,9 +39,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lastmile.forecast import backtest, baselines, features, frame as frames, model  # noqa: E402
+from lastmile.config import settings  # noqa: E402
 from lastmile.forecast.features import Reference  # noqa: E402
 
-TZ = "Asia/Shanghai"
+TZ = settings().business_tz
 START = pd.Timestamp("2026-08-10")  # a Monday; 12 weeks cross the National Day week
 DAY_CURVE = np.array([0.02, 0.01, 0.01, 0.01, 0.02, 0.05, 0.3, 0.8, 1.2, 1.0, 0.9, 1.0, 1.1, 0.9, 0.7, 0.7, 0.9, 1.3,
                       1.6, 1.5, 1.2, 0.9, 0.5, 0.15])

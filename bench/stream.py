@@ -47,6 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._stream_latency import percentile  # noqa: E402 - needs the path above
+
 
 def _status(home: Path) -> dict:
     try:
@@ -176,11 +178,6 @@ def _ceiling(work: Path, bootstrap: str, events: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=40_000, help="simulated orders (~7 events each with telemetry)")
@@ -269,7 +266,7 @@ def main() -> None:
         for event_id, at_ms in warehouse.rows(f"SELECT event_id, toUnixTimestamp64Milli(min(_ingested_at)) FROM {table} GROUP BY event_id"):
             ingested[event_id] = int(at_ms)
     lags = [ingested[e] / 1000 - sent for e, sent in second.sent_at.items() if e in ingested]
-    p50, p95 = (_percentile(lags, 0.5), _percentile(lags, 0.95)) if lags else (float("nan"), float("nan"))
+    p50, p95 = (percentile(lags, 0.5), percentile(lags, 0.95)) if lags else (float("nan"), float("nan"))
     print(f"freshness produce→warehouse row over {len(lags):,} events: p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(lags):.2f} s")
     print(f"targets: >= 20,000 events/s: {'met' if events_per_s >= 20_000 else 'NOT met'}; "
           f"p95 <= 2 s: {'met' if p95 <= 2 else 'NOT met'}")
@@ -284,7 +281,7 @@ def main() -> None:
     feature_lags = [pushed[order_at[e]] / 1000 - sent for e, sent in second.sent_at.items()
                     if e in order_at and order_at[e] in pushed]
     orders_sent = sum(1 for e in second.sent_at if e in order_at)
-    fp50, fp95 = (_percentile(feature_lags, 0.5), _percentile(feature_lags, 0.95)) if feature_lags else (float("nan"),) * 2
+    fp50, fp95 = (percentile(feature_lags, 0.5), percentile(feature_lags, 0.95)) if feature_lags else (float("nan"),) * 2
     if not feature_lags:
         print("no order reached the online store: features are pushed per OneID (is --identity-seconds 0?)")
     print(f"freshness produce→online feature over {len(feature_lags):,} of {orders_sent:,} orders: "

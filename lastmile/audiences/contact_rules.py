@@ -56,7 +56,7 @@ import yaml
 
 from lastmile.config import Settings
 from lastmile.config import settings as current_settings
-from lastmile.identity.forget import _digest as forget_log_digest
+from lastmile.identity.forget import forget_log_digest
 from lastmile.models.policy import SpendingPolicy
 from lastmile.warehouse import Warehouse
 

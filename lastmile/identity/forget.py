@@ -90,7 +90,7 @@ def forgotten_tokens(warehouse: Warehouse, cfg: Settings | None = None) -> froze
     return frozenset(t for (t,) in warehouse.rows("SELECT token FROM identity_forgotten FINAL"))
 
 
-def _digest(value: str) -> str:
+def forget_log_digest(value: str) -> str:
     """What the forget log keeps of a token or OneID: enough to tell two requests for the same
     identifier apart from two for different ones, nothing that finds the person."""
     return hashlib.sha256(b"lastmile forget log\x00" + value.encode()).hexdigest()[:24]
@@ -182,7 +182,7 @@ def forget(warehouse: Warehouse, identifiers: Identifiers, id_type: str, value: 
         erase.apply()
     warehouse.insert_rows(
         "forget_log",
-        [(datetime.now(timezone.utc), _digest(token), _digest(oneid) if oneid else "", report.identifiers, report.touched)],
+        [(datetime.now(timezone.utc), forget_log_digest(token), forget_log_digest(oneid) if oneid else "", report.identifiers, report.touched)],
         ["at", "request_token", "oneid", "identifiers", "touched"],
     )
     return report
