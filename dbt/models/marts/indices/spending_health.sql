@@ -53,9 +53,11 @@ per_person as (
         sum(healthy_amount) / nullIf(sum(amount), 0) as healthy_share,
         countIf({{ is_late_night('ordered_at') }}) / count() as late_night_share,
         -- Velocity: average weekly spend of the last 4 weeks over the average weekly spend of
-        -- the weeks before (the person's own baseline); NULL without 2 baseline weeks.
-        sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') > (select as_of_date from observation) - 28) / 4 as recent_weekly_spend_cny,
-        sumIf(amount, toDate(ordered_at, '{{ var("business_tz") }}') <= (select as_of_date from observation) - 28)
+        -- the weeks before (the person's own baseline); NULL without 2 baseline weeks. Summed in
+        -- whole fen: a float sum depends on the order rows arrive in, and a weekly average that
+        -- ends in half a fen would round either way between an incremental and a full build.
+        sumIf(toInt64(round(amount * 100)), toDate(ordered_at, '{{ var("business_tz") }}') > (select as_of_date from observation) - 28) / 400 as recent_weekly_spend_cny,
+        sumIf(toInt64(round(amount * 100)), toDate(ordered_at, '{{ var("business_tz") }}') <= (select as_of_date from observation) - 28) / 100
             / nullIf(dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) / 7, 0) as baseline_weekly_spend_cny,
         dateDiff('day', toDate(min(ordered_at), '{{ var("business_tz") }}'), (select as_of_date from observation) - 28) >= 14 as has_baseline,
         -- Spend per category over all the person's orders (exact decimal sums), positive ones only.
