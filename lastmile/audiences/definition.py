@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from lastmile.yaml_documents import compose_document
+
 #: The dbt model audiences select from, and its documentation (the trait names a rule may use).
 TRAITS_VIEW = "audience_traits"
 TRAITS_DOC = Path(__file__).resolve().parents[2] / "dbt" / "models" / "marts" / "audiences" / "_audiences__models.yml"
@@ -155,22 +157,7 @@ def _mapping(path: Path, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Nod
 def load_audience(path: Path) -> Audience:
     """Read and check one audience file (the rule is compiled once to find its errors)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AudienceError(f"{path}: no such audience file") from None
-    except UnicodeDecodeError as exc:
-        raise AudienceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        started = (f" ({exc.context} on line {exc.context_mark.line + 1})"
-                   if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line else "")
-        raise AudienceError(f"{path}{line}: not valid YAML: {exc.problem or exc.context}{started}") from None
-    if root is None:
-        raise AudienceError(f"{path}: empty file; expected name, description, owner and sql or rule")
+    root = compose_document(path, AudienceError, "audience", "name, description, owner and sql or rule")
     top = _mapping(path, root, "an audience file")
     for key, (key_node, _) in top.items():
         if key not in _TOP_KEYS:

@@ -42,6 +42,7 @@ import yaml
 
 from lastmile.audiences.contact_rules import CHANNELS, CONSENT_PURPOSES, SERVICE
 from lastmile.audiences.definition import EVENT_TABLES, AudienceError, _mapping, _RuleCompiler, _scalar, _text
+from lastmile.yaml_documents import compose_document
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TOP_KEYS = {"name", "description", "owner", "trigger", "once_per", "reentry", "holdout", "goal", "steps", "replaces"}
@@ -208,19 +209,7 @@ def _since_entry_events(condition: Any) -> set[str]:
 def load_journey(path: Path, audiences: set[str] | None = None) -> Journey:
     """Read and check one journey file. ``audiences``: known audience names (None: not checked)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JourneyError(f"{path}: no such journey file") from None
-    except UnicodeDecodeError as exc:
-        raise JourneyError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise JourneyError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: {exc.problem or exc.context}") from None
-    if root is None:
-        raise JourneyError(f"{path}: empty file; expected name, description, owner, trigger and steps")
+    root = compose_document(path, JourneyError, "journey", "name, description, owner, trigger and steps")
     return _Reader(path, audiences).journey(root)
 
 
