@@ -29,7 +29,7 @@ final as (
         merchants.alliance_id = communities.alliance_id as is_in_alliance,
         orders.total_amount_cny as total_amount_cny,
         orders.hours_to_pickup as hours_to_pickup,
-        orders.batch_age_days as batch_age_days
+        orders.batch_life_used as batch_life_used
     from orders
     inner join communities on communities.community_id = orders.community_id
     left join merchants on merchants.merchant_id = orders.merchant_id

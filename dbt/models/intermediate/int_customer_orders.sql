@@ -79,7 +79,7 @@ with_lines as (
         orders.* except (oneid),
         rollups.lines as lines,
         rollups.traceable_lines as traceable_lines,
-        rollups.batch_age_days as batch_age_days,
+        rollups.batch_life_used as batch_life_used,
         rollups.line_amount_cny as line_amount_cny,
         rollups.impulse_amount_cny as impulse_amount_cny,
         rollups.healthy_amount_cny as healthy_amount_cny,

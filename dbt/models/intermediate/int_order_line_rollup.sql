@@ -27,9 +27,13 @@ final as (
         order_id,
         count() as lines,
         countIf(is_traceable) as traceable_lines,
-        -- Days from the batch date (parsed from the batch id) to the order, averaged over the lines that carry one.
-        if(countIf(batch_date is not null) = 0, NULL,
-           greatest(0, avgIf(dateDiff('day', batch_date, toDate(ordered_at, '{{ var("business_tz") }}')), batch_date is not null))) as batch_age_days,
+        -- How much of its shelf life a line's batch had used when it was ordered: days from the
+        -- batch date (parsed from the batch id) to the order over the SKU's shelf life, 0..1,
+        -- averaged over the lines with a batch date and a catalogued SKU. A share, not days:
+        -- a day-old lettuce is at the end of its life, a day-old frozen dumpling is not.
+        if(countIf(batch_date is not null and shelf_life_days > 0) = 0, NULL,
+           avgIf(least(1, greatest(0, dateDiff('day', batch_date, toDate(ordered_at, '{{ var("business_tz") }}'))) / shelf_life_days),
+                 batch_date is not null and shelf_life_days > 0)) as batch_life_used,
         sum(amount) as line_amount_cny,
         sumIf(amount, is_impulse) as impulse_amount_cny,
         sumIf(amount, is_healthy) as healthy_amount_cny,

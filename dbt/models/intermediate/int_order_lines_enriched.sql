@@ -41,6 +41,7 @@ final as (
         skus.sku != '' as is_known_sku,
         skus.is_impulse as is_impulse,
         skus.is_healthy as is_healthy,
+        if(skus.sku = '', NULL, skus.shelf_life_days) as shelf_life_days,
         -- Traceable: origin as catalogued and a batch id of this SKU (SKU-...).
         skus.sku != '' and lines.origin = skus.catalogue_origin and startsWith(lines.batch_id, concat(lines.sku, '-')) as is_traceable,
         -- Batch date from the batch id's last part: a lot received into a front warehouse

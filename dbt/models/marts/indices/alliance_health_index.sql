@@ -21,7 +21,7 @@ weekly as (
         -- which linear_score would pass through as a score).
         if(countIf(hours_to_pickup is not null) = 0, NULL,
            quantileExactIf(0.5)(hours_to_pickup, hours_to_pickup is not null)) as median_hours_to_pickup,
-        if(countIf(batch_age_days is not null) = 0, NULL, avgIf(batch_age_days, batch_age_days is not null)) as avg_batch_age_days
+        if(countIf(batch_life_used is not null) = 0, NULL, avgIf(batch_life_used, batch_life_used is not null)) as avg_batch_life_used
     from orders
     group by alliance_id, community_id, week_start
 ),
@@ -91,7 +91,7 @@ scored as (
         toFloat64(weekly.in_alliance_gmv_cny) / nullIf(toFloat64(weekly.gmv_cny), 0) as in_alliance_share,
         if(cross_selling.alliance_id = '', NULL, cross_selling.cross_selling_rate) as cross_selling_rate,
         weekly.median_hours_to_pickup as median_hours_to_pickup,
-        weekly.avg_batch_age_days as avg_batch_age_days,
+        weekly.avg_batch_life_used as avg_batch_life_used,
         if(merchant_scores.alliance_id = '', NULL, merchant_scores.merchant_hhi) as merchant_hhi,
         merchant_scores.active_merchants as active_merchants,
         if(merchant_scores.alliance_id = '', NULL, merchant_scores.merchant_retention) as merchant_retention
@@ -106,7 +106,7 @@ final as (
         round(100 * in_alliance_share, 2) as in_alliance_score,
         {{ linear_score('cross_selling_rate', 0.0, 0.5) }} as cross_selling_score,
         {{ linear_score('median_hours_to_pickup', 48, 12) }} as response_score,
-        {{ linear_score('avg_batch_age_days', 7, 1) }} as turnover_score,
+        {{ linear_score('avg_batch_life_used', 0.5, 0.0) }} as turnover_score,
         round(100 * (1 - merchant_hhi / 10000), 2) as concentration_score,
         round(100 * merchant_retention, 2) as retention_score,
         {{ weighted_available({
