@@ -205,3 +205,29 @@ def test_forecast_command_on_a_warehouse_without_sales_says_what_to_run(home) ->
     result = CliRunner().invoke(app, ["forecast", "--backtest"])
     assert result.exit_code == 2
     assert "lastmile run --through transform" in result.output or "lastmile transform" in result.output
+
+
+def test_wrmsse_over_the_hierarchy_scores_the_sums_of_bottom_forecasts() -> None:
+    # One SKU in one category at two communities: the total, category and SKU levels are the
+    # sum of both series, the community, community × category and community × SKU levels are
+    # the series themselves; so the hierarchy's WRMSSE is (total + bottom) / 2.
+    hours = list(pd.date_range("2026-10-01", periods=4, freq="h"))
+    history = pd.DataFrame({"unique_id": ["C01/SK1"] * 4 + ["C02/SK1"] * 4, "ds": hours * 2, "y": [0, 2, 0, 2, 1, 0, 1, 0.0]})
+    series = pd.DataFrame({"unique_id": ["C01/SK1", "C02/SK1"], "community_id": ["C01", "C02"], "category": "fruit",
+                           "sku": "SK1"})
+    earned = metrics.revenue(history, pd.Series({"C01/SK1": 10.0, "C02/SK1": 10.0}))
+    assert earned.to_dict() == {"C01/SK1": 40.0, "C02/SK1": 20.0}
+    forecasts = pd.DataFrame({"unique_id": ["C01/SK1", "C01/SK1", "C02/SK1", "C02/SK1"],
+                              "ds": list(pd.date_range("2026-10-01 04:00", periods=2, freq="h")) * 2,
+                              "cutoff": pd.Timestamp("2026-10-01 03:00"), "actual": [2.0, 0.0, 0.0, 1.0], "f": [1.0, 1.0, 1.0, 0.0]})
+    levels = metrics.wrmsse_by_level(forecasts, ["f"], history, earned, series)["f"]
+    assert set(levels) == set(metrics.LEVELS)
+    # C01: errors ±1 against one-step changes of 2 (RMSSE 0.5); C02: ±1 against changes of 1 (RMSSE 1);
+    # weighted 2/3 and 1/3 by revenue.
+    for level in ("community", "community × category", "community × sku"):
+        assert levels[level] == pytest.approx(2 / 3)
+    # The sum of the two forecasts, 2 then 1, is exactly the total wanted: RMSSE 0 at every aggregate.
+    for level in ("total", "category", "sku"):
+        assert levels[level] == pytest.approx(0.0)
+    scores = metrics.score(forecasts, "f", levels)
+    assert scores.wrmsse == pytest.approx(1 / 3) and scores.wrmsse_bottom == pytest.approx(2 / 3)

@@ -46,7 +46,12 @@ class BacktestResult:
     forecasts: pd.DataFrame | None = field(default=None, repr=False)
 
     def ratio(self, baseline: str) -> float:
+        """The model's WRMSSE (over the hierarchy) as a multiple of a baseline's."""
         return self.scores["model"].wrmsse / self.scores[baseline].wrmsse
+
+    def ratio_bottom(self, baseline: str) -> float:
+        """The same at the community × SKU level alone."""
+        return self.scores["model"].wrmsse_bottom / self.scores[baseline].wrmsse_bottom
 
     @property
     def beats_seasonal_naive(self) -> bool:
@@ -66,6 +71,8 @@ class BacktestResult:
                 "scores": {k: v.as_dict() for k, v in self.scores.items()},
                 "wrmsse_ratio_to_seasonal_naive": round(self.ratio("SeasonalNaive"), 4),
                 "wrmsse_ratio_to_ets": round(self.ratio("AutoETS"), 4),
+                "bottom_wrmsse_ratio_to_seasonal_naive": round(self.ratio_bottom("SeasonalNaive"), 4),
+                "bottom_wrmsse_ratio_to_ets": round(self.ratio_bottom("AutoETS"), 4),
                 "beats_seasonal_naive": self.beats_seasonal_naive, "verdict": self.verdict(), "seconds": self.seconds}
 
     def text(self) -> str:
@@ -74,7 +81,10 @@ class BacktestResult:
         for name, s in self.scores.items():
             extra = (f", P50 pinball {s.p50_pinball:.3f}, P90 pinball {s.p90_pinball:.3f}, P90 coverage {s.p90_coverage:.3f}"
                      if s.p90_coverage is not None else "")
-            lines.append(f"  {name:<14} WRMSSE {s.wrmsse:.3f}, bias {s.bias:+.1%}{extra}")
+            lines.append(f"  {name:<14} WRMSSE {s.wrmsse:.3f} (community × SKU alone {s.wrmsse_bottom:.3f}), "
+                         f"bias {s.bias:+.1%}{extra}")
+        lines.append(f"  community × SKU alone: {self.ratio_bottom('SeasonalNaive'):.2f}× seasonal naive, "
+                     f"{self.ratio_bottom('AutoETS'):.2f}× AutoETS")
         lines.append("  " + self.verdict())
         return "\n".join(lines)
 
@@ -123,22 +133,26 @@ def run(frame: pd.DataFrame, truth: pd.DataFrame | None, windows: int = DEFAULT_
     cv = model.cross_validate(frame, windows, hours, STEP_HOURS)
     seconds["model"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
-    # The baselines read what sold, as a buyer copying last week would: seeing through
-    # stock-outs is part of the model being judged. They fit on the same four weeks the model
-    # learns from (AutoETS's fitting time grows with the history).
+    # The baselines read the same history as the model: demand, with each sold-out hour's
+    # demand imputed (fed the raw sales they would learn stock-outs as low demand and lose on
+    # data rather than on method). They fit on the same four weeks the model learns from
+    # (AutoETS's fitting time grows with the history).
     recent = frame[frame["ds"] >= first_origin - pd.Timedelta(hours=model.TRAIN_HOURS)]
-    base = baselines.cross_validate(recent.assign(y=recent["y_sold"]), windows, hours, STEP_HOURS)
+    base = baselines.cross_validate(recent, windows, hours, STEP_HOURS)
     seconds["baselines"] = round(time.perf_counter() - start, 2)
     both = cv.merge(base.drop(columns=["y"]), on=["unique_id", "ds", "cutoff"], how="inner")
     if len(both) != len(cv):
         raise RuntimeError(f"the model's and the baselines' backtest hours differ ({len(cv)} vs {len(both)} matched)")
     scored, target = attach_actual(both, frame, truth)
     history = frame[frame["ds"] < first_origin]
-    prices = frame.drop_duplicates("unique_id").set_index("unique_id")["list_price"]
-    weights = metrics.revenue_weights(history[["unique_id", "ds", "y_sold"]].rename(columns={"y_sold": "y"}), prices)
-    scores = {"model": metrics.score(scored, "mean", history, weights, quantiles=True)}
+    series = frame.drop_duplicates("unique_id").rename(columns={"category_code": "category"})
+    earned = metrics.revenue(history[["unique_id", "ds", "y_sold"]].rename(columns={"y_sold": "y"}),
+                             series.set_index("unique_id")["list_price"])
+    levels = metrics.wrmsse_by_level(scored, ["mean", *baselines.BASELINES], history[["unique_id", "ds", "y"]], earned,
+                                     series[["unique_id", "community_id", "category", "sku"]])
+    scores = {"model": metrics.score(scored, "mean", levels["mean"], quantiles=True)}
     for name in baselines.BASELINES:
-        scores[name] = metrics.score(scored, name, history, weights)
+        scores[name] = metrics.score(scored, name, levels[name])
     cutoffs = sorted(scored["cutoff"].unique())
     origin = lambda c: (pd.Timestamp(c) + pd.Timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")  # noqa: E731 - cutoff = last hour known
     return BacktestResult(target=target, windows=len(cutoffs), first_origin=origin(cutoffs[0]), last_origin=origin(cutoffs[-1]),

@@ -8,8 +8,8 @@
   time; the smoothing parameters are still fitted per series. A weekly season (168) would give ETS 168 seasonal states
   per series to estimate from a few weeks of history.
 
-They read what sold (a buyer copying last week copies the stock-outs too); seeing through
-the stock-outs is part of the model they are compared with.
+The backtest feeds them the history the model learns from (sold-out hours' demand imputed),
+so a difference in score is a difference in method, not in data.
 """
 
 from __future__ import annotations

@@ -42,10 +42,12 @@ def hourly_sales_sql(has_stock_fact: bool, tz: str) -> str:
     signal; without it (a warehouse built before inventory events) every hour counts as
     uncensored and the sales are read from the order lines.
     """
+    # The local hour travels as text: the client hands DateTime values back as naive UTC
+    # whatever their zone, which would shift every hour off the local calendar and the truth.
     if has_stock_fact:
-        return ("SELECT community_id, sku, toDateTime(hour, {tz:String}) AS hour_local, toFloat64(sum(units_sold)) AS y, "
+        return ("SELECT community_id, sku, toString(toDateTime(hour, {tz:String})) AS hour_local, toFloat64(sum(units_sold)) AS y, "
                 "toUInt8(max(censored)) AS censored FROM fct_stock_hourly GROUP BY community_id, sku, hour_local")
-    return ("SELECT community_id, sku, toStartOfHour(toDateTime(ordered_at, {tz:String})) AS hour_local, "
+    return ("SELECT community_id, sku, toString(toStartOfHour(toDateTime(ordered_at, {tz:String}))) AS hour_local, "
             "toFloat64(sum(qty)) AS y, toUInt8(0) AS censored FROM fct_order_lines GROUP BY community_id, sku, hour_local")
 
 
@@ -59,7 +61,7 @@ def load_hourly_sales(warehouse: Any, tz: str) -> tuple[pd.DataFrame, str]:
     sales = pd.DataFrame(result.result_rows, columns=["community_id", "sku", "ds", "y", "censored"])
     if sales.empty:
         raise ValueError(f"{source} has no rows: nothing to forecast from")
-    sales["ds"] = pd.to_datetime(sales["ds"]).dt.tz_localize(None) if getattr(sales["ds"].dt, "tz", None) else pd.to_datetime(sales["ds"])
+    sales["ds"] = pd.to_datetime(sales["ds"], format="%Y-%m-%d %H:%M:%S")
     sales["censored"] = sales["censored"].astype(bool)
     return sales, source
 
