@@ -3,11 +3,20 @@
 Conversion is the share of runs that reached the goal. With a holdout (people chosen by a
 hash of their OneID who follow the journey but receive nothing), the lift is the treated
 group's conversion minus the holdout's: what the messages added, not how many were sent.
+Its 95 % confidence interval is Newcombe's hybrid score interval for a difference of two
+independent proportions (built on Wilson's intervals: sound at small counts and near 0 or 1,
+where the plain normal interval is not).
+
+Over a simulation the response probabilities are known, so :func:`expected_lift` says what the
+lift should be, and whether the measured interval covers it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from statsmodels.stats.proportion import confint_proportions_2indep
 
 from lastmile.journeys.definition import Journey
 from lastmile.warehouse import Warehouse
@@ -15,6 +24,19 @@ from lastmile.warehouse import Warehouse
 
 def _rate(converted: int, entered: int) -> float | None:
     return round(converted / entered, 4) if entered else None
+
+
+#: Confidence of the lift's interval.
+LIFT_CONFIDENCE = 0.95
+
+
+def lift_interval(converted: int, entered: int, held_converted: int, held_entered: int) -> tuple[float, float] | None:
+    """Newcombe's interval for treated minus holdout conversion (None: a group is empty)."""
+    if not entered or not held_entered:
+        return None
+    low, high = confint_proportions_2indep(converted, entered, held_converted, held_entered, method="newcomb",
+                                           compare="diff", alpha=1 - LIFT_CONFIDENCE)
+    return round(float(low), 4), round(float(high), 4)
 
 
 def journey_stats(warehouse: Warehouse, journey: Journey) -> dict[str, Any]:
@@ -60,4 +82,38 @@ def journey_stats(warehouse: Warehouse, journey: Journey) -> dict[str, Any]:
         "exited": treated["exited"] + held["exited"], "completed": treated["completed"] + held["completed"],
         "conversion": rate, "holdout_conversion": holdout_rate,
         "lift": round(rate - holdout_rate, 4) if rate is not None and holdout_rate is not None else None,
+        "lift_ci": lift_interval(treated["converted"], treated["entered"], held["converted"], held["entered"])
+        if journey.goal is not None else None,
     }
+
+
+def expected_lift(stats: dict[str, Any], journey: Journey, truth: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """``stats`` with the lift the simulated residents' response probabilities imply.
+
+    ``truth``: the simulator's response decisions (``truth/responses.jsonl``). A treated run
+    reaches the goal through a response with ``q = 1 - prod(1 - p)`` over its sends answered
+    with the goal's event by the person themself; it would have converted anyway with the
+    holdout's rate ``h``, so the expected lift is ``(1 - h) x mean q`` over the treated entrants
+    (a run whose sends were refused or never came has ``q = 0``). ``expected_inside``: whether
+    the measured interval covers it.
+    """
+    from lastmile.simulator.responses import EVENT_OF_KIND
+
+    out = dict(stats, expected_lift=None, expected_inside=None)
+    if truth is None or journey.goal is None or stats["holdout_conversion"] is None or not stats["treated"]["entered"]:
+        return out
+    miss: dict[str, float] = {}
+    for row in truth:
+        if row.get("journey") != journey.name or not row.get("respond"):
+            continue
+        event_type, own = EVENT_OF_KIND.get(row["respond"], ("", False))
+        if own and event_type == journey.goal.match.event:
+            key = f"{row.get('oneid')}|{row.get('run_id')}"
+            miss[key] = miss.get(key, 1.0) * (1.0 - float(row["p"]))
+    q = sum(1.0 - m for m in miss.values()) / stats["treated"]["entered"]
+    expected = round((1.0 - stats["holdout_conversion"]) * q, 4)
+    out["expected_lift"] = expected
+    if stats.get("lift_ci") is not None:
+        low, high = stats["lift_ci"]
+        out["expected_inside"] = bool(low <= expected <= high)
+    return out

@@ -1,0 +1,153 @@
+"""Residents who respond: the response model's draws, the truth it writes, and the journeys'
+measured lift against their holdouts when simulated residents answer the sends."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from lastmile.audiences.contact_rules import ContactDesk, ContactRules
+from lastmile.contracts import EventParser
+from lastmile.journeys import load_journeys
+from lastmile.simulator import SimulationConfig, simulate
+from lastmile.simulator.responses import (ResponseModel, ResponseRulesError, Residents, Send, StepRule, load_rules,
+                                          read_truth)
+from pipelines import beam_ingest
+from tests.factories import event
+from tests.warehouses import empty_embedded_warehouse
+
+SIM = SimulationConfig(orders=1_500, weeks=2, start=date(2026, 10, 5), supply=False, consent=False, spending_cap_from_day=None)
+SENT = datetime(2026, 10, 12, 2, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("responses") / "home"
+    simulate(SIM, out)
+    return out
+
+
+def sends(residents: Residents, journey: str, step: str, n: int, **trigger: str) -> list[Send]:
+    """``n`` sends of one step to residents who ordered (the trigger names one of their orders)."""
+    orders = sorted(residents.order_person)
+    return [Send(f"step-{journey}-{k:05d}", journey, step, f"oneid-{k}", SENT + timedelta(minutes=k),
+                 trigger={"order_id": orders[k % len(orders)], **trigger}) for k in range(n)]
+
+
+def test_the_model_decides_each_send_once_at_the_configured_rate_with_contract_events(world: Path) -> None:
+    residents = Residents.from_simulation(world)
+    rules = load_rules()
+    model = ResponseModel(rules, residents)
+    batch = sends(residents, "review_reward", "prompt", 2_000)
+    first = [model.decide(s) for s in batch]
+    fresh = ResponseModel(load_rules(), Residents.from_simulation(world))
+    again = [fresh.decide(s) for s in batch[:200]]
+    assert [d.truth_row() for d in again] == [d.truth_row() for d in first[:200]]  # same send, same decision
+    # the rate follows the probabilities the model reports for each send (persona and history included)
+    expected = sum(d.p for d in first)
+    responded = sum(d.responded for d in first)
+    assert abs(responded - expected) < 4 * expected ** 0.5, (responded, expected)
+    assert {d.persona for d in first} >= {"family", "young_night"} and len({round(d.p, 4) for d in first}) > 1
+    parser = EventParser()
+    for d in first:
+        assert d.truth_row()["cause"] == d.send.send_id
+        for e in d.events:
+            parser.judge(orjson.dumps(e))  # a contract event, or this raises
+            assert e["event_type"] == "review" and e["order_id"] == d.send.trigger["order_id"]
+            assert d.send.at < datetime.fromisoformat(e["occurred_at"]) <= d.send.at + timedelta(hours=20)
+
+    # a nudged staple buyer orders the staple; a reminded one brings packaging back; a referral is a new neighbour
+    sku = next(iter(residents.by_person.values())).latest_items[0]["sku"]
+    kinds = {}
+    for journey, step, extra in (("replenishment_nudge", "nudge", {"sku": sku}), ("packaging_returns", "reminder", {}),
+                                 ("neighbour_referral", "invite", {})):
+        decided = [model.decide(s) for s in sends(residents, journey, step, 400, **extra)]
+        kinds[journey] = [e for d in decided for e in d.events]
+        for e in kinds[journey]:
+            parser.judge(orjson.dumps(e))
+    assert kinds["replenishment_nudge"] and all([i["sku"] for i in e["items"]] == [sku] for e in kinds["replenishment_nudge"])
+    assert kinds["packaging_returns"] and all(e["kind"] == "packaging" for e in kinds["packaging_returns"])
+    assert kinds["neighbour_referral"] and all(set(e["buyer"]) == {"phone"} for e in kinds["neighbour_referral"])
+
+
+def test_a_bad_responses_file_says_what_was_expected(tmp_path: Path) -> None:
+    bad = tmp_path / "responses.yml"
+    bad.write_text("journeys:\n  review_reward: {respond: review, p: 1.5}\n", encoding="utf-8")
+    with pytest.raises(ResponseRulesError, match=r"journeys.review_reward.p: expected a number from 0 to 1, got 1.5"):
+        load_rules(bad)
+    bad.write_text("journeys:\n  review_reward: {respond: telepathy, p: 0.5}\n", encoding="utf-8")
+    with pytest.raises(ResponseRulesError, match="respond: expected one of review, packaging_return, order, referral"):
+        load_rules(bad)
+
+
+JOURNEY = """name: stars_test
+description: Ask the buyer for stars after the pickup; half are held out.
+owner: test
+trigger: {event: pickup, where: {collector_role: buyer}}
+once_per: order_id
+holdout: 0.5
+goal: {event: review, same: order_id, within: {days: 2}}
+steps:
+  - name: prompt
+    send: {template: review_stars_points, channel: mini_program_push, purposes: [marketing]}
+"""
+
+
+def test_the_measured_lift_of_a_journey_covers_the_response_probability(world: Path, tmp_path: Path) -> None:
+    """Simulated orders and pickups, every resident consenting: the residents answer the prompts
+    with the given probability, their reviews are ingested and resolved, the runs convert, and
+    the lift's interval over the holdout covers the lift the probabilities imply."""
+    from lastmile.journeys.replay import ResidentsRespond, replay
+
+    folder = tmp_path / "journeys"
+    folder.mkdir()
+    (folder / "stars_test.yml").write_text(JOURNEY, encoding="utf-8")
+    journeys = load_journeys(folder)
+    with empty_embedded_warehouse(tmp_path / "home") as (cfg, store):
+        for sub in ("events", "truth", "reference"):
+            shutil.copytree(world / sub, cfg.home / sub)
+        batch = cfg.home / "batch"
+        batch.mkdir()
+        for event_type in ("order", "pickup", "review"):
+            shutil.copy(world / "events" / f"{event_type}.jsonl", batch / f"{event_type}.jsonl")
+        residents = Residents.from_simulation(cfg.home)
+        grants = [event("consent", occurred_at="2026-10-01T09:00:00+08:00", subject=r.identifiers, purpose="marketing",
+                        channel="all", granted=True) for r in residents.by_person.values()]
+        (batch / "consent.jsonl").write_bytes(b"\n".join(orjson.dumps(g) for g in grants) + b"\n")
+        beam_ingest.run(batch, cfg=cfg)
+
+        rules = load_rules()
+        rules = replace(rules, journeys={"stars_test": StepRule("review", 0.5, (0.5, 12.0), ((4, 1.0),))}, steps={})
+        truth_path = cfg.home / "truth" / "responses.jsonl"
+        respond = ResidentsRespond(cfg, store, ResponseModel(rules, residents), truth_path)
+        desk = ContactDesk(store, ContactRules(per_day=20, per_week=100), cfg)
+        report = replay(store, journeys, desk, cfg.business_zone, days=6, respond=respond)
+
+        (figures,) = report.journeys
+        assert figures["sent"] > 80 and figures["held_out"] > 80, figures
+        low, high = figures["lift_ci"]
+        assert low > 0.2, figures  # the prompts work, and the interval says so
+        assert figures["expected_inside"] and low <= figures["expected_lift"] <= high, figures
+        assert "expected" in report.text() and "inside the interval" in report.text()
+
+        truth = read_truth(truth_path)
+        sent = dict(store.rows("SELECT step_id, oneid FROM journey_steps FINAL WHERE outcome = 'sent'"))
+        assert {row["cause"] for row in truth} == set(sent)  # one decision per allowed send, none for the holdout
+        answered = [row for row in truth if row["responded"]]
+        assert answered and all(row["p"] in (0.5, 0.6) and len(row["events"]) == 1 for row in answered)  # 0.6: regulars
+        ids = [row["events"][0]["event_id"] for row in answered]
+        loaded = dict(store.rows("SELECT r.event_id, e.oneid FROM raw_review AS r INNER JOIN event_oneid AS e "
+                                 "ON e.event_id = r.event_id WHERE r.event_id IN {ids:Array(String)}", {"ids": ids}))
+        assert len(loaded) == len(ids)  # every response is in the raw table, resolved to a person
+        same = sum(loaded[row["events"][0]["event_id"]] == row["oneid"] for row in answered)
+        assert same >= 0.95 * len(answered)  # ... the one who was messaged (OneID, not the truth, decides)
+
+        again = replay(store, journeys, desk, cfg.business_zone, days=6,
+                       respond=ResidentsRespond(cfg, store, ResponseModel(rules, residents), truth_path))
+        assert again.journeys == report.journeys and read_truth(truth_path) == truth  # nothing counted twice
