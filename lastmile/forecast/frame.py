@@ -97,7 +97,9 @@ def complete_hours(sales: pd.DataFrame, end: pd.Timestamp | None = None, start: 
 #: series' profile towards everyone's), and the prior weight, in days, of a series' typical day
 #: against what a censored day sold before it sold out.
 PROFILE_PRIOR_UNITS = 20.0
-DAY_PRIOR = 0.3
+DAY_PRIOR = 0.1
+#: Rounds of re-estimating a series' typical day over all its days (it settles within a few).
+TYPICAL_DAY_ROUNDS = 4
 
 
 def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -138,15 +140,23 @@ def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     share = pd.Series(share_own.reindex(pd.MultiIndex.from_frame(keys)).to_numpy(), index=out.index)
     share = share.fillna(pd.Series(pooled.reindex(pd.MultiIndex.from_arrays([weekend, hour])).to_numpy(), index=out.index))
     share = share.fillna(1 / 24)
-    # Typical day per series and day type, from days without a stock-out.
-    daily = clean.groupby([clean_keys["unique_id"], clean_keys["weekend"], day[~censored_day]])["y"].sum()
-    typical = daily.groupby(level=[0, 1]).mean()
-    typical_row = pd.Series(typical.reindex(pd.MultiIndex.from_arrays([out["unique_id"], weekend])).to_numpy(), index=out.index)
-    typical_row = typical_row.fillna(out.groupby("unique_id")["y"].transform("mean") * 24)
-    # Each censored day's level from what it sold in its uncensored hours.
+    # Each censored day's level from what it sold in its uncensored hours, shrunk towards the
+    # series' typical day. The days that sell out are the busy ones, so a typical day read from
+    # the days without a stock-out alone is too low: it starts there and is then re-estimated
+    # over all days, the censored ones at their current level, until it settles.
     open_share = share.where(~out["censored"], 0.0).groupby([out["unique_id"], day]).transform("sum")
     sold_open = out["y"].where(~out["censored"], 0.0).groupby([out["unique_id"], day]).transform("sum")
-    level = (DAY_PRIOR * typical_row + sold_open) / (DAY_PRIOR + open_share)
+    day_total = out["y"].groupby([out["unique_id"], day]).transform("sum")
+    first_hour = ~pd.Series(out["unique_id"].to_numpy() + day.astype(str).to_numpy(), index=out.index).duplicated()
+    day_keys = pd.MultiIndex.from_arrays([out["unique_id"], weekend])
+    daily = clean.groupby([clean_keys["unique_id"], clean_keys["weekend"], day[~censored_day]])["y"].sum()
+    typical = daily.groupby(level=[0, 1]).mean()
+    fallback = out.groupby("unique_id")["y"].transform("mean") * 24
+    for _ in range(TYPICAL_DAY_ROUNDS):
+        typical_row = pd.Series(typical.reindex(day_keys).to_numpy(), index=out.index).fillna(fallback)
+        level = (DAY_PRIOR * typical_row + sold_open) / (DAY_PRIOR + open_share)
+        day_level = level.where(pd.Series(censored_day, index=out.index), day_total)
+        typical = day_level[first_hour].groupby([out["unique_id"][first_hour], weekend[first_hour.to_numpy()]]).mean()
     expected = (level * share).to_numpy()
     rng = np.random.default_rng(seed)
     drawn = rng.poisson(np.clip(expected, 0, None)).astype(float)
