@@ -13,12 +13,13 @@ personalised recommendations on every channel before the window starts; the rest
   sends allowed or refused, waits, branches, goals, ends) per second of the replay.
   Reference, measured in the same run: the same events (the rows the journeys read) inserted
   into a plain MergeTree table and counted; the ratio is plain time / journey time.
-* Send latency: a development broker and a ``lastmile stream --journeys`` worker (a
-  subprocess, as in production, on a warehouse of its own) with the shipped
+* Send latency: a development broker and a ``lastmile stream`` worker (a subprocess, as in
+  production, on a warehouse of its own, with its default OneID intervals) with the shipped
   ``cold_chain_compensation`` journey. Temperature claims of neighbours nobody has seen are
   produced one at a time; each one's latency runs from the broker's acknowledgement of the
-  claim to the arrival of its ``journey_send`` on ``lastmile.actions`` (OneID resolves the
-  claimant, then a journey pass decides and publishes the compensation). p50 and p95 over
+  claim to the arrival of its ``journey_send`` on ``lastmile.actions`` (the claim's batch
+  hurries OneID, which resolves the claimant; the pass right after it decides the
+  compensation and the worker publishes it). p50 and p95 over
   ``--sends`` claims; the first, which also waits for the worker to join its group, is not
   counted. Target: p95 <= 2 s.
 * Batch-quality alerts: :func:`lastmile.batches.evaluate.alert_and_score` on the simulation
@@ -131,8 +132,8 @@ def send_latencies(sends: int, work: Path) -> list[float]:
 
     return stream_latencies(
         work, count=sends, event_type="return", make_event=claim, output_topic=ACTIONS_TOPIC, answers=answers,
-        worker_args=["--journeys", "--group", "bench-journeys", "--flush-seconds", "0.2", "--identity-seconds", "1",
-                     "--profiles-seconds", "0", "--replenish-seconds", "0", "--no-features", "--no-audiences", "--judges", "0"],
+        worker_args=["--group", "bench-journeys", "--flush-seconds", "0.2", "--profiles-seconds", "0", "--replenish-seconds", "0",
+                     "--no-features", "--no-audiences", "--judges", "0"],
         worker_env={"LASTMILE_JOURNEYS_DIR": str(folder)}, start_s=WORKER_START_S, timeout_s=SEND_TIMEOUT_S)
 
 

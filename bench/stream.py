@@ -5,13 +5,14 @@ On the development broker (tansu, loopback) and fresh embedded warehouses:
 1. **Ceiling.** A backlog of simulated events is published once. A plain consumer
    (aiokafka, its own consumer group) reads that backlog from the same topics and inserts
    the raw lines into a warehouse of its own, one table per topic, committing offsets
-   after each insert: no validation, no OneID, no features, no triggers. Its events/s
+   after each insert: no validation, no OneID, no features, no journeys. Its events/s
    (first record received to last batch committed) is what the broker, the client and the
    warehouse allow on this hardware; ``ratio_to_ceiling`` is the worker's share of it.
 2. **Throughput.** ``lastmile stream`` starts (as a subprocess, as in production) and
    drains the same backlog. ``events_per_s`` is events read over the time from the first
    record reaching the worker to the status written after the batch that completed the
-   backlog (start-up excluded: paid once per deploy; OneID resolution runs meanwhile, as
+   backlog (start-up excluded: paid once per deploy; OneID resolution, the shipped journeys
+   with all contact rules, the event audiences and the batch-quality alerts run meanwhile, as
    in production).
 3. **Freshness.** With the worker idle and caught up, the rest of the events are published
    at a steady rate (half the measured throughput, so the worker is not saturated) and
@@ -251,6 +252,9 @@ def main() -> None:
             print(f"produce:  {second.published:,} events at {rate:,.0f}/s for freshness ({second.seconds:.1f} s)")
             _wait(home, worker, first.published + second.published, 300)
             time.sleep(1.0)
+            done = _status(home)
+            print(f"journeys: {done.get('journey_passes', 0)} passes, {done.get('journey_sends_published', 0):,} sends "
+                  f"published, {done.get('journey_errors', 0)} failed passes")
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)

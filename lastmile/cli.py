@@ -846,21 +846,22 @@ def stream_cmd(
                                                    "for a OneID, so their online features follow within seconds "
                                                    "(0: no hurry)."),
     profiles_seconds: float = typer.Option(300.0, help="Refresh the OneID 360 (dbt run of dim_customer and what it reads, once dbt built the warehouse; it holds the warehouse for the run, ~10 s) at most this often (0: never)."),
-    replenish_seconds: float = typer.Option(60.0, help="Evaluate replenishment nudges (staples due today) at most "
-                                            "this often, after OneID runs (0: never)."),
+    replenish_seconds: float = typer.Option(60.0, help="Look for staples due today (the replenishment_due signal of "
+                                            "the journeys) at most this often, after OneID runs (0: never)."),
     features: bool = typer.Option(True, "--features/--no-features",
                                   help="Push today's counters per customer to Feast's online store as orders arrive."),
     audiences: bool = typer.Option(True, "--audiences/--no-audiences",
                                    help="Evaluate the freshness: event audiences for the people each batch touched "
                                         "(after OneID runs) and send entries to lastmile.audience_changes."),
     contact_rules: bool = typer.Option(True, "--contact-rules/--no-contact-rules",
-                                       help="Decide every action (compensation, welcome, replenishment nudge) by the "
-                                            "contact rules (consent, caps, quiet hours; LASTMILE_CONTACT_RULES) before "
-                                            "publishing it; refusals go to contact_refusals with their reason. "
-                                            "--no-contact-rules publishes every action (a downstream system then decides)."),
-    journeys: bool = typer.Option(False, "--journeys/--no-journeys",
-                                  help="Advance the journeys of LASTMILE_JOURNEYS_DIR: note their events, make a pass "
-                                       "after OneID runs, publish their sends (through the contact rules) to lastmile.actions."),
+                                       help="Load the contact rules (consent, caps, quiet hours; LASTMILE_CONTACT_RULES) "
+                                            "at start; journey sends are always decided by them, refusals go to "
+                                            "contact_refusals with their reason."),
+    journeys: bool = typer.Option(True, "--journeys/--no-journeys",
+                                  help="Advance the journeys of LASTMILE_JOURNEYS_DIR (the cold-chain compensation, the "
+                                       "welcome, the replenishment nudge, ...): note their events, make a pass after OneID "
+                                       "runs, publish their sends (through the contact rules) to lastmile.actions. "
+                                       "--no-journeys: no customer actions at all."),
     batch_alerts: bool = typer.Option(True, "--batch-alerts/--no-batch-alerts",
                                       help="Alert procurement on lastmile.actions when a batch's bad reviews and claims "
                                            "cross its SKU baseline (batch_quality.yml, docs/batch-quality.md)."),

@@ -15,7 +15,7 @@ What Faust does here, and what it does not:
 
 One batch: gather up to ``batch_rows`` records or ``flush_s`` → judge with the same
 ``Ingestor`` as the Beam backfill → write rows, quarantine records and identity evidence →
-handlers (Feast push of today's counters, OneID notice, quarantine topic, actions) → commit the batch's offsets. A worker
+handlers (Feast push of today's counters, the journeys' inbox, OneID notice, quarantine topic) → commit the batch's offsets. A worker
 killed at any point re-reads from the last commit; idempotent keys absorb the replay. A
 batch that fails exits the process (code 70) without committing it.
 
@@ -57,13 +57,15 @@ from lastmile.streaming.produce import ensure_topics
 from lastmile.streaming.sink import StreamSink
 from lastmile.streaming.status import status_path, write_status
 from lastmile.streaming.topics import ACTIONS_TOPIC, DEFAULT_PARTITIONS, event_topics
-from lastmile.streaming.triggers import Replenishments
 from lastmile.warehouse import connect, migrate
 
 log = logging.getLogger("lastmile.stream")
 
 #: The consumer group: every lastmile worker shares it, so partitions are split among them.
 APP_ID = "lastmile-stream"
+#: How often the worker looks for journey sends a pass queued: a send waits at most this long
+#: before it is published (a look is a flag read when nothing is queued).
+JOURNEY_SENDS_EVERY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,9 @@ class StreamOptions:
     identity_waiting_every_s: float = 0.5  # resolve this often while orders wait for a OneID (0: no hurry)
     profiles_every_s: float = 30.0  # 0: no profiles rebuild
     features: bool = True  # push today's counters to Feast's online store
-    replenish_every_s: float = 60.0  # evaluate replenishment nudges at most this often (0: never; needs OneID)
+    replenish_every_s: float = 60.0  # evaluate the replenishment_due signal at most this often (0: never; needs journeys)
     audiences: bool = True  # evaluate the event audiences after OneID runs (needs OneID; nothing when none exists)
-    journeys: bool = False  # advance the journeys of journeys/ after OneID runs and publish their sends (needs OneID)
+    journeys: bool = True  # advance the journeys of journeys/ after OneID runs and publish their sends (needs OneID)
     contact_rules: bool = True  # decide every action by the contact rules (consent, caps, quiet hours) before publishing
     batch_alerts: bool = True  # batch-quality alerts for procurement (batch_quality.yml, lastmile.batches)
 
@@ -95,7 +97,6 @@ class WorkerParts:
     sink: StreamSink
     refresher: IdentityRefresher
     pusher: FeaturePusher | None = None
-    replenishments: Replenishments | None = None
     audiences: EventAudiences | None = None
     desk: ContactDesk | None = None  # the contact rules every action passes (StreamOptions.contact_rules)
     journeys: Any = None  # lastmile.journeys.stream.StreamJourneys (StreamOptions.journeys)
@@ -124,39 +125,35 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     app = BatchApp(options.group_id, broker=f"kafka://{bootstrap(cfg)}", web_enabled=False, topic_allow_declare=False,
                producer_acks=1, datadir=str(cfg.home / "stream" / "faust"))
 
-    sink, refresher, pusher, replenishments = parts.sink, parts.refresher, parts.pusher, parts.replenishments
+    sink, refresher, pusher = parts.sink, parts.refresher, parts.pusher
 
     async def publish(topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         await publish_batches(app.producer, topic, messages)
-
-    async def publish_nudges() -> None:
-        if replenishments is not None and (actions := replenishments.drain()):
-            await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in actions])
 
     async def publish_entries() -> None:
         if parts.audiences is not None and (entries := parts.audiences.drain()):
             await publish(CHANGES_TOPIC, entries)
             await sink.run_blocking(parts.audiences.delivered, entries)  # the outbox: `audience publish` skips them
 
-    # The Feast push goes first: it needs no warehouse lock, while remembering new identifiers
-    # (the welcome rule) waits for it behind a OneID run or a profiles rebuild - up to a second
-    # or two on the embedded warehouse, which the online feature should not pay.
+    # The Feast push goes first: it needs no warehouse lock, while noting the journeys' events
+    # waits for it behind a OneID run or a profiles rebuild - up to a second or two on the
+    # embedded warehouse, which the online feature should not pay.
     if pusher is not None:
         sink.handlers.append(pusher.handler())
     if parts.audiences is not None:
         sink.handlers.append(parts.audiences.handler())  # before the OneID notice: noted before a resolution starts
     if parts.journeys is not None:
-        sink.handlers.append(parts.journeys.handler())  # into the inbox before the batch commits
-    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish), handlers.triggers(
-        sink, publish, desk=parts.desk, replaced=parts.journeys.replaced if parts.journeys is not None else (),
-        hand_over=parts.journeys.hand_over if parts.journeys is not None else None)]
+        # Into the inbox before the batch commits; before the OneID notice, so a resolution it
+        # hurries starts with this batch.
+        sink.handlers.append(parts.journeys.handler())
+    sink.handlers += [refresher.handler(), handlers.quarantine_topic(publish)]
     if parts.batches is not None:
         sink.handlers.append(parts.batches.handler(sink, publish))  # procurement's alerts: not customer contacts
     consumer = BatchConsumer(bootstrap(cfg), options.group_id, event_topics(), sink, batch_rows=options.batch_rows,
                              flush_s=options.flush_s, after_batch=lambda _: status())
 
     def status() -> None:
-        write_status(status_path(cfg), sink, consumer, refresher, pusher, replenishments, parts.journeys)
+        write_status(status_path(cfg), sink, consumer, refresher, pusher, parts.journeys)
 
     @app.service
     class EventTopics(mode.Service):
@@ -173,11 +170,8 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         async def on_stop(self) -> None:  # runs before the producer stops (started later, stopped first)
             await consumer.stop()
             await refresher.close()
-            if replenishments is not None:
-                await sink.run_blocking(replenishments.evaluate)  # after the last resolution
             if parts.journeys is not None:
                 await sink.run_blocking(parts.journeys.after_resolve, True)  # after the last resolution
-            await publish_nudges()
             await publish_entries()
             await publish_journey_sends()
             if pusher is not None:
@@ -191,10 +185,6 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     @app.timer(interval=5.0)
     async def forget_requests() -> None:
         await sink.run_blocking(parts.refresh_forgotten)  # `lastmile forget` may have run meanwhile
-
-    @app.timer(interval=1.0)
-    async def nudges() -> None:
-        await publish_nudges()  # queued by the OneID thread (Replenishments.after_resolve)
 
     if parts.audiences is not None:
         @app.timer(interval=0.2)
@@ -211,11 +201,12 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
             await parts.journeys.delivered(sends)
 
     if parts.journeys is not None:
-        @app.timer(interval=1.0)
+        @app.timer(interval=JOURNEY_SENDS_EVERY_S)
         async def journey_sends() -> None:
-            if parts.journeys.owed:  # a resolution came too soon after the last pass: make it now
+            if parts.journeys.catch_up_due:  # a resolution came too soon after the last pass: make it now
                 await sink.run_blocking(parts.journeys.catch_up)
-            await publish_journey_sends()  # queued by the OneID thread (StreamJourneys.after_resolve)
+            if parts.journeys.queued:
+                await publish_journey_sends()  # queued by the OneID thread (StreamJourneys.after_resolve)
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
@@ -229,7 +220,7 @@ async def publish_batches(producer: Any, topic: str, messages: Sequence[tuple[by
 
     One record batch per partition (aiokafka's ``create_batch``/``send_batch``) instead of a
     ``send`` per message: a send costs a future, a partitioner call, a debug log and a
-    queue slot each, and a backlog's first batches carry thousands of welcomes. Partitions are chosen by the producer's own partitioner
+    queue slot each, and a backlog's first passes carry thousands of journey sends. Partitions are chosen by the producer's own partitioner
     (``producer.key_partition``), exactly as ``send`` would; keyless messages go round-robin
     over the partitions. Order within a partition is the order of ``messages``.
     """
@@ -268,7 +259,7 @@ def crash(exc: BaseException) -> None:
 
 def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     """Connect and migrate the warehouse; the sink (handlers come with the app), the OneID
-    refresher, the feature pusher and the replenishment rule (each optional by ``options``)."""
+    refresher, the feature pusher, the event audiences and the journeys (each optional by ``options``)."""
     warehouse = connect(cfg)
     migrate(warehouse)
     forgotten = forgotten_tokens(warehouse)  # as the Beam path: forgotten people are not resurrected
@@ -287,28 +278,28 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
         refresher.after_resolve.append(pusher.on_resolved)
         pusher.on_waiting = refresher.hurry
     desk = ContactDesk(warehouse, load_rules(), cfg) if options.contact_rules else None
-    journeys = stream_journeys(cfg, sink, desk) if refresher.enabled and options.journeys else None
-    replaced = journeys.replaced if journeys is not None else set()
-    replenishments = None
-    if refresher.enabled and options.replenish_every_s > 0:
-        replenishments = Replenishments(warehouse, every_s=options.replenish_every_s, desk=desk,
-                                        hand_over=journeys.note_actions if journeys and "replenishment_nudge" in replaced else None)
-        refresher.after_resolve.append(replenishments.after_resolve)
     audiences = event_audiences(cfg, warehouse) if refresher.enabled and options.audiences else None
     if audiences is not None:
         refresher.after_resolve.append(audiences.after_resolve)
-    if journeys is not None:  # after the nudges: a nudge a journey took over is applied in the same pass
+    journeys = None
+    if options.journeys and not refresher.enabled:
+        log.warning("journeys are off: they need OneID (--identity-seconds 0 turns it off)")
+    elif options.journeys:
+        journeys = stream_journeys(cfg, sink, desk, options.replenish_every_s)
+    if journeys is not None:
+        journeys.on_waiting = refresher.hurry  # a batch's journey events: resolve their people soon
         refresher.after_resolve.append(journeys.after_resolve)
     batches = BatchQualityWatch(warehouse, load_batch_rules()) if options.batch_alerts else None
     if batches is not None:
         batches.load()  # the recent orders and feedback, so feedback on them is judged against their batches
-    return WorkerParts(sink, refresher, pusher, replenishments, audiences, desk, journeys, batches)
+    return WorkerParts(sink, refresher, pusher, audiences, desk, journeys, batches)
 
 
-def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None) -> Any:
+def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None, replenish_every_s: float = 60.0) -> Any:
     """The journeys of LASTMILE_JOURNEYS_DIR in the worker, or None when there are none. A folder
-    that does not load is logged and the worker runs without journeys (ingestion comes first).
-    Journey sends always pass the contact rules."""
+    that is missing or does not load is logged and the worker runs without journeys (ingestion
+    comes first): then no compensation, welcome or nudge is sent. Journey sends always pass the
+    contact rules."""
     from lastmile.journeys import JourneyError, load_journeys
     from lastmile.journeys.stream import StreamJourneys
 
@@ -318,8 +309,11 @@ def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None) -
         log.error("journeys are off: %s", exc)
         return None
     if not found:
+        log.warning("journeys are off: no journey in %s", cfg.journeys_path)
         return None
-    return StreamJourneys(sink, found, desk or ContactDesk(sink.warehouse, load_rules(), cfg), cfg.business_zone)
+    log.info("journeys: %s", ", ".join(j.name for j in found))
+    return StreamJourneys(sink, found, desk or ContactDesk(sink.warehouse, load_rules(), cfg), cfg.business_zone,
+                          replenish_every_s=replenish_every_s)
 
 
 def event_audiences(cfg: Settings, warehouse: Any) -> EventAudiences | None:

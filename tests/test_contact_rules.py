@@ -294,42 +294,6 @@ def test_a_withdrawal_arriving_on_the_stream_refuses_the_next_send(warehouse: tu
     assert isinstance(decision, Refused) and decision.reason == "no_consent"
 
 
-def test_stream_triggers_go_through_the_rules_with_their_own_purposes(warehouse: tuple[Settings, Warehouse]) -> None:
-    """Compensation is a service message (no consent needed); a welcome is marketing."""
-    from lastmile.streaming.handlers import triggers
-    from lastmile.streaming.topics import ACTIONS_TOPIC
-
-    cfg, store = warehouse
-    consented = consenting(cfg, store)
-    stranger = f"oStranger-{next(_people):05d}"
-    published: list[dict] = []
-
-    async def publish(topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-        assert topic == ACTIONS_TOPIC
-        published.extend(orjson.loads(value) for _, value in messages)
-
-    desk = ContactDesk(store, ContactRules(), cfg)
-    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
-    sink.handlers.append(triggers(sink, publish, known=set(), desk=desk, clock=lambda: NOON))
-    claim = event("return", claimant={"openid": stranger}, order_id=f"ord-{stranger}")
-    welcome_ok = event("order", buyer={"openid": _openid[consented]}, order_id=f"ord-{consented}")
-    records = [Record("lastmile.return", 0, 1, orjson.dumps(claim)), Record("lastmile.order", 0, 1, orjson.dumps(welcome_ok))]
-    try:
-        asyncio.run(sink.handle(records))
-        asyncio.run(sink.handle(records))  # handled again after a crash: the same answers
-    finally:
-        sink.close()
-    actions = sorted((a["action"], a["action_id"]) for a in published)
-    # The compensation twice (same action_id, consumers deduplicate), the consented
-    # neighbour's welcome once (their identifiers are known by the second pass); the
-    # stranger's welcome never.
-    assert [a for a, _ in actions] == ["compensate_cold_chain", "compensate_cold_chain", "welcome_neighbour"]
-    assert actions[0][1] == actions[1][1] == f"compensate:ord-{stranger}"
-    refused = store.rows("SELECT origin, reason FROM contact_refusals FINAL WHERE origin = 'welcome_neighbour'")
-    assert ("welcome_neighbour", "no_consent") in refused  # the stranger's welcome (their claim named them first)
-    assert store.rows("SELECT count() FROM contact_sends WHERE send_id = {s:String}", {"s": f"compensate:ord-{stranger}"}) == [(1,)]
-
-
 def test_exports_can_filter_a_whole_list_by_current_consent(warehouse: tuple[Settings, Warehouse]) -> None:
     from lastmile.audiences.contact_rules import consented_oneids_sql
 
@@ -345,24 +309,6 @@ def test_exports_can_filter_a_whole_list_by_current_consent(warehouse: tuple[Set
 
     assert listed(("marketing",)) == {both, marketing_only}
     assert listed(("marketing", "health")) == {both}
-
-
-def test_replenishment_nudges_need_marketing_and_personalised_recommendation_consent(
-        warehouse: tuple[Settings, Warehouse], monkeypatch: pytest.MonkeyPatch) -> None:
-    from datetime import date
-
-    from lastmile.features.replenishment import Due
-    from lastmile.streaming import triggers
-
-    cfg, store = warehouse
-    both = consenting(cfg, store, purposes=("marketing", "personalised_recommendation"))
-    marketing_only = consenting(cfg, store, purposes=("marketing",))
-    due = [Due(oneid, "SKU-0031", 6, date(2026, 11, 17), 7.0, date(2026, 11, 24)) for oneid in (both, marketing_only)]
-    monkeypatch.setattr(triggers, "due_replenishments", lambda *_: due)
-    rule = triggers.Replenishments(store, desk=ContactDesk(store, ContactRules(), cfg))
-    rule.evaluate(as_of=NOON)
-    assert [a.details["oneid"] for a in rule.drain()] == [both]
-    assert refusals(store, marketing_only) == [(due[1].action_id, "no_consent")]
 
 
 def test_a_set_of_sends_is_decided_in_order_with_the_caps_counting_the_set(warehouse: tuple[Settings, Warehouse]) -> None:
@@ -382,7 +328,7 @@ def test_a_set_of_sends_is_decided_in_order_with_the_caps_counting_the_set(wareh
 
 def test_a_neighbour_signing_up_with_consent_is_welcomed_before_oneid_runs(warehouse: tuple[Settings, Warehouse]) -> None:
     """The welcome's person has no OneID yet: the consent events naming their identifier decide."""
-    from lastmile.streaming.triggers import WELCOME, Action
+    from lastmile.streaming.actions import Action
 
     cfg, store = warehouse
     openid = f"oSignup-{next(_people):05d}"
@@ -391,7 +337,7 @@ def test_a_neighbour_signing_up_with_consent_is_welcomed_before_oneid_runs(wareh
     desk = ContactDesk(store, ContactRules(), cfg)
 
     def welcome(person: str) -> Action:
-        return Action(f"welcome:{person}", WELCOME, "ev", "consent", NOON.isoformat(), person)
+        return Action(f"welcome:{person}", "welcome_neighbour", "ev", "consent", NOON.isoformat(), person)
 
     signed_up, silent = desk.decide_actions([welcome(token), welcome("some-other-token")], NOON)
     assert signed_up.allowed

@@ -47,10 +47,9 @@ def test_the_shipped_journeys_validate_against_the_shipped_audiences() -> None:
     journeys = {j.name: j for j in load_journeys(SHIPPED, audiences)}
     assert {"compensation_before_complaint", "review_reward", "packaging_returns", "packaging_reward",
             "win_back_via_leader", "neighbour_referral", "predictive_reservation", "cold_chain_compensation"} <= set(journeys)
-    # the worker's three built-in triggers, each taken over by one journey
-    assert {j.replaces: n for n, j in journeys.items() if j.replaces} == {
-        "compensate_cold_chain": "cold_chain_compensation", "welcome_neighbour": "welcome_neighbour",
-        "replenishment_nudge": "replenishment_nudge"}
+    # the stream's signals, each with its journey
+    assert {n: j.trigger.event.event for n, j in journeys.items() if j.trigger.event and j.trigger.event.event in
+            ("new_neighbour", "replenishment_due")} == {"welcome_neighbour": "new_neighbour", "replenishment_nudge": "replenishment_due"}
     review = journeys["review_reward"]
     assert review.holdout == 0.1 and review.once_per == "order_id" and review.event_types() == {"pickup", "review"}
 
@@ -260,7 +259,7 @@ def test_compensation_before_the_complaint_apologises_at_once_then_asks_after_pi
     cfg, store, pool = warehouse
     journey = shipped("compensation_before_complaint")
     r = runner(cfg, store, journey)
-    picks_up, never = people(pool, 2)
+    picks_up, never = people(pool, 2, journey)
     unconsented = stranger()
     ensure_tables(store)
     night = NOON + timedelta(hours=9)  # 23:00: quiet hours hold back marketing, not an apology
@@ -285,7 +284,7 @@ def test_packaging_returns_remind_at_nine_unless_the_boxes_came_back(warehouse) 
     cfg, store, pool = warehouse
     journey = shipped("packaging_returns")
     r = runner(cfg, store, journey)
-    keeps, returns = people(pool, 2)
+    keeps, returns = people(pool, 2, journey)
     feed(r, [ev("pickup", p, NOON, order_id=f"ord-pk-{p[:6]}", collector_role="buyer") for p in (keeps, returns)], NOON)
     feed(r, [ev("return", returns, NOON + timedelta(days=1), kind="packaging", box_id="RB-C01-1")], NOON + timedelta(days=1))
     r.tick(NOON + timedelta(days=2, hours=1))  # two days are up at 14:00: now wait for 09:00
@@ -351,7 +350,7 @@ def test_win_back_referral_and_reservation_follow_their_files(warehouse) -> None
     win_back, referral, reservation = shipped("win_back_via_leader"), shipped("neighbour_referral"), shipped("predictive_reservation")
     r = runner(cfg, store, win_back, referral, reservation)
     lapsed, = people(pool, 1, win_back)
-    happy, = people(pool, 1)
+    happy, = people(pool, 1, referral)
     ensure_tables(store)
     store.insert_rows("audience_membership_changes", [("lapsed_health_tea_buyers", "v1", lapsed, "enter",
                                                        NOON.astimezone(timezone.utc).replace(tzinfo=None), "test")],
@@ -558,54 +557,89 @@ def test_the_command_line_validates_lists_and_reports(warehouse, tmp_path: Path)
     assert stats["journey"] == "review_reward" and stats["entered"] >= 1 and stats["refusals"].get("no_consent", 0) >= 1
 
 
-def test_journeys_take_the_built_in_triggers_over_in_the_stream(warehouse) -> None:
-    """With the journeys that replace them, the worker's trigger handler publishes no compensation
-    and no welcome of its own: the claim starts the compensation journey, the welcome and the
-    replenishment nudge arrive as signals, and every send comes from a journey."""
+def test_the_stream_finds_the_signals_and_its_journeys_send_compensation_welcome_and_nudge(
+        warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the worker's sink: a claim starts the compensation journey (a service message), the
+    first event naming a neighbour is the ``new_neighbour`` signal of the welcome (marketing), a
+    staple due at the stream's time is the ``replenishment_due`` signal of the nudge (marketing and
+    personalised recommendations). Each is decided by the contact rules; nothing is sent twice."""
+    from datetime import date
+
+    from lastmile.features.replenishment import Due
     from lastmile.identity.store import resolve_pending
     from lastmile.ingest import Ingestor
+    from lastmile.journeys import signals
     from lastmile.journeys.stream import StreamJourneys
     from lastmile.privacy import Identifiers
-    from lastmile.streaming.handlers import triggers
     from lastmile.streaming.sink import Record, StreamSink
-    from lastmile.streaming.triggers import Replenishments
 
     cfg, store, pool = warehouse
     journeys = [shipped("cold_chain_compensation"), shipped("welcome_neighbour"), shipped("replenishment_nudge")]
     sink = StreamSink(store, Ingestor(Identifiers(cfg)))
-    hook = StreamJourneys(sink, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone, every_s=0,
-                          wall_clock=lambda: NOON + timedelta(hours=1))
-    published: list[dict] = []
-
-    async def publish(topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-        published.extend(orjson.loads(value) for _, value in messages)
-
-    assert hook.replaced == {"compensate_cold_chain", "welcome_neighbour", "replenishment_nudge"}
-    sink.handlers += [hook.handler(), triggers(sink, publish, known=set(), desk=ContactDesk(store, RULES, cfg),
-                                               clock=lambda: NOON, replaced=hook.replaced, hand_over=hook.hand_over)]
-    newcomer = f"oNewcomer-{next(_ids):04d}"
-    claim = event("return", occurred_at=NOON.isoformat(), claimant={"openid": newcomer}, order_id=f"ord-{newcomer}")
+    hurried: list[bool] = []
+    hook = StreamJourneys(sink, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone, every_s=3600,
+                          wall_clock=lambda: NOON + timedelta(hours=1), replenish_every_s=60, seen_tokens=set())
+    hook.on_waiting = lambda: hurried.append(True)
+    sink.handlers.append(hook.handler())
+    newcomer, stranger_openid, marketing_only = (f"o{kind}-{next(_ids):04d}" for kind in ("Newcomer", "Stranger", "MarketingOnly"))
     grant = event("consent", occurred_at=(NOON - timedelta(minutes=1)).isoformat(), subject={"openid": newcomer},
                   channel="all", granted=True)
-    nudged, = people(pool, 1)
+    claim = event("return", occurred_at=NOON.isoformat(), claimant={"openid": newcomer}, order_id=f"ord-{newcomer}")
+    stranger_claim = event("return", occurred_at=NOON.isoformat(), claimant={"openid": stranger_openid}, order_id=f"ord-{stranger_openid}")
+    only_marketing = event("consent", occurred_at=(NOON - timedelta(days=1)).isoformat(), subject={"openid": marketing_only},
+                           purpose="marketing", channel="all", granted=True)
+    order = event("order", occurred_at=NOON.isoformat(), buyer={"openid": marketing_only}, order_id=f"ord-{marketing_only}")
+    records = [Record("lastmile.return", 0, 1, orjson.dumps(claim)), Record("lastmile.consent", 0, 1, orjson.dumps(grant)),
+               Record("lastmile.return", 0, 2, orjson.dumps(stranger_claim)),
+               Record("lastmile.consent", 0, 2, orjson.dumps(only_marketing)), Record("lastmile.order", 0, 1, orjson.dumps(order))]
     try:
-        asyncio.run(sink.handle([Record("lastmile.return", 0, 1, orjson.dumps(claim)), Record("lastmile.consent", 0, 1, orjson.dumps(grant))]))
-        assert published == []  # neither a compensation nor a welcome from the handler itself
+        asyncio.run(sink.handle(records))
+        asyncio.run(sink.handle(records))  # handled again after a crash: the same signals, noted once
+        assert hurried, "a batch with journey events asks OneID to hurry"
+        noted = dict(store.rows("SELECT event_id, event_type FROM journey_inbox FINAL WHERE event_type = 'new_neighbour' "
+                                "AND event_id IN {e:Array(String)}", {"e": [r["event_id"] for r in (grant, claim, stranger_claim, only_marketing, order)]}))
+        assert noted == {grant["event_id"]: "new_neighbour", stranger_claim["event_id"]: "new_neighbour",
+                         only_marketing["event_id"]: "new_neighbour"}, "one signal per neighbour, on their first event"
         identifiers = sink.ingestor.identifiers
         resolve_pending(store, identifiers.rules, frozenset(identifiers.rules.blocked_tokens(identifiers.hasher)))
-        due = Replenishments.action(type("Due", (), {"action_id": f"replenish:{nudged}:SKU-0012:2026-11-24", "oneid": nudged,
-                                                     "sku": "SKU-0012", "due": NOON.date(), "last_purchase": (NOON - timedelta(days=7)).date(),
-                                                     "purchases": 3, "mean_interval_days": 7})(), NOON)
-        hook.note_actions([due])  # as Replenishments(hand_over=hook.note_actions) hands a due staple over
+        owner = dict(store.rows("SELECT event_id, oneid FROM event_oneid WHERE event_id IN {e:Array(String)}",
+                                {"e": [only_marketing["event_id"]]}))[only_marketing["event_id"]]
+        nudged, = people(pool, 1, journeys[2])
+        due = [Due(oneid, "SKU-0031", 6, date(2026, 11, 17), 7.0, date(2026, 11, 24)) for oneid in (nudged, owner)]
+        monkeypatch.setattr(signals, "due_replenishments", lambda *_: due)
+        hook.after_resolve()  # new events were noted: a pass at once, whatever every_s says
+        ours = {claim["event_id"], grant["event_id"], stranger_claim["event_id"], only_marketing["event_id"], order["event_id"],
+                *(d.action_id for d in due)}
+        mine = [a for a in hook.drain() if a.event_id in ours]
+        assert hook.replenishments is not None
+        hook.replenishments.every_s = 0  # evaluate again at once: the staples were found before, no second signal
         hook.after_resolve()
-        sends = [a for a in hook.drain() if a.details["oneid"] in (nudged,) or a.event_id in (claim["event_id"], grant["event_id"])]
+        assert [a for a in hook.drain() if a.event_id in ours] == []
     finally:
         sink.close()
-    assert sorted((a.details["journey"], a.details["template"]) for a in sends) == [
-        ("cold_chain_compensation", "cold_chain_compensation"), ("replenishment_nudge", "replenishment_nudge"),
-        ("welcome_neighbour", "welcome_neighbour")]
-    nudge = next(a for a in sends if a.details["journey"] == "replenishment_nudge")
-    assert nudge.details["trigger"]["sku"] == "SKU-0012" and nudge.details["purposes"] == ["marketing", "personalised_recommendation"]
+    oneid_of = dict(store.rows("SELECT event_id, oneid FROM event_oneid WHERE event_id IN {e:Array(String)}",
+                               {"e": [claim["event_id"], stranger_claim["event_id"]]}))
+    compensation, welcome_journey, nudge_journey = journeys
+    # (journey, trigger id, person, allowed by the contact rules); the holdout group is sent nothing
+    expected = [(compensation, claim["event_id"], oneid_of[claim["event_id"]], True),
+                (compensation, stranger_claim["event_id"], oneid_of[stranger_claim["event_id"]], True),  # service: no consent needed
+                (welcome_journey, grant["event_id"], oneid_of[claim["event_id"]], True),
+                (welcome_journey, stranger_claim["event_id"], oneid_of[stranger_claim["event_id"]], False),  # no consent
+                (welcome_journey, only_marketing["event_id"], owner, True),
+                (nudge_journey, due[0].action_id, nudged, True),
+                (nudge_journey, due[1].action_id, owner, False)]  # marketing alone allows no nudge
+    assert sorted((a.details["journey"], a.event_id) for a in mine) == sorted(
+        (j.name, trigger) for j, trigger, oneid, allowed in expected if allowed and not in_holdout(j, oneid))
+    refused = store.rows("SELECT origin, oneid, reason FROM contact_refusals FINAL WHERE oneid IN {o:Array(String)} ORDER BY origin",
+                         {"o": [owner, oneid_of[stranger_claim["event_id"]]]})
+    assert refused == sorted((f"journey:{j.name}", oneid, "no_consent") for j, _, oneid, allowed in expected
+                             if not allowed and not in_holdout(j, oneid))
+    welcome = next((a for a in mine if a.event_id == grant["event_id"]), None)
+    assert welcome is None or welcome.details["trigger"]["id_type"] == "openid", "the signal's fields reach the send"
+    nudge = next(a for a in mine if a.details["journey"] == "replenishment_nudge")
+    assert nudge.details["oneid"] == nudged and nudge.details["trigger"]["sku"] == "SKU-0031"
+    assert nudge.details["purposes"] == ["marketing", "personalised_recommendation"]
+    assert hook.replenishments.evaluations == 2
 
 
 # --- the real worker ---------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from aiokafka import AIOKafkaConsumer
 from lastmile.config import settings
 from lastmile.identity.identifiers import normalize
 from lastmile.ingest import Ingestor
+from lastmile.journeys import load_journey
+from lastmile.journeys.engine import in_holdout
 from lastmile.privacy import Identifiers
 from lastmile.simulator import SimulationConfig, simulate
 from lastmile.streaming import broker as dev
@@ -291,47 +293,52 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     warehouse = _open(home, monkeypatch)
     staple_oneid = warehouse.scalar("SELECT any(oneid) FROM event_oneid WHERE event_id IN {e:Array(String)}",
                                     {"e": produced.staple["event_ids"]})
-    refused = {origin: dict(warehouse.rows("SELECT send_id, reason FROM contact_refusals FINAL WHERE origin = {o:String}", {"o": origin}))
-               for origin in ("welcome_neighbour", "replenishment_nudge", "compensate_cold_chain")}
+    signup_oneid = warehouse.scalar("SELECT any(oneid) FROM event_oneid WHERE event_id = 'ev-consent-signup'")
+    refused = {journey: dict(warehouse.rows("SELECT send_id, reason FROM contact_refusals FINAL WHERE origin = {o:String}",
+                                            {"o": f"journey:{journey}"}))
+               for journey in ("welcome_neighbour", "replenishment_nudge", "cold_chain_compensation")}
     close_all()
     assert expected and served == expected
     assert status["offline_customers"] >= len(expected) and status["feature_push_errors"] == 0
     assert status["feature_orders_waiting_for_oneid"] <= len(oneid.orders) // 100, "only blocked identifiers wait"
     assert 0 < status["feature_freshness_p50_s"] <= status["feature_freshness_p95_s"]
 
+    # Customer actions are the journeys' sends (journeys/ is loaded by default): the cold-chain
+    # compensation, the welcome and the replenishment nudge among them.
     actions = [a for _, a in asyncio.run(_read_topic(produced.bootstrap, ACTIONS_TOPIC))]
-    compensations = {a["action_id"]: a for a in actions if a["action"] == "compensate_cold_chain"}
-    assert {a["details"]["order_id"] or a["event_id"] for a in compensations.values()} == produced.temperature_claim_orders
-    nudges = [a for a in actions if a["action"] == "replenishment_nudge"]
+    sends = {journey: [a for a in actions if a["action"] == "journey_send" and a["details"]["journey"] == journey]
+             for journey in ("welcome_neighbour", "replenishment_nudge", "cold_chain_compensation")}
+    assert {a["details"]["trigger"]["order_id"] for a in sends["cold_chain_compensation"]} == produced.temperature_claim_orders
+    assert len(sends["cold_chain_compensation"]) == len(produced.temperature_claim_orders), "one compensation per order"
+    nudges = sends["replenishment_nudge"]
     assert len({a["action_id"] for a in nudges}) == len(nudges), "each due staple is nudged once"
-    # Contact rules (on by default): only the staple buyer consented to nudges; any other due
-    # staple is refused for want of consent, and kept with that reason. Compensations are
-    # service messages: none is refused.
+    # Contact rules (always on for journeys): only the staple buyer consented to nudges; any
+    # other due staple is refused for want of consent, and kept with that reason. Compensations
+    # are service messages: none is refused.
     # The staple buyer's consent travels on its own topic: when the worker reads it only after
     # the nudge came due, that nudge is refused for want of consent like the others, and kept.
     nudged = [a["details"]["oneid"] for a in nudges]
     assert nudged in ([staple_oneid], []), nudged
-    assert set(refused["replenishment_nudge"].values()) <= {"no_consent"} and not refused["compensate_cold_chain"]
+    assert set(refused["replenishment_nudge"].values()) <= {"no_consent"} and not refused["cold_chain_compensation"]
     if nudged:
-        staple = [a for a in nudges if a["details"]["sku"] == produced.staple["sku"] and a["details"]["due"] == produced.staple["due"]
-                  and a["details"]["oneid"] == staple_oneid]
-        assert len(staple) == 1 and staple[0]["details"]["purchases"] == 3 and staple[0]["details"]["mean_interval_days"] == 7
+        staple = [a for a in nudges if a["details"]["trigger"]["sku"] == produced.staple["sku"]
+                  and a["details"]["trigger"]["due"] == produced.staple["due"]]
+        assert len(staple) == 1 and staple[0]["details"]["trigger"]["purchases"] == 3
+        assert staple[0]["details"]["trigger"]["mean_interval_days"] == 7
     else:
         assert refused["replenishment_nudge"], "the staple buyer's due nudge is kept as refused"
-    welcomes = [a for a in actions if a["action"] == "welcome_neighbour"]
-    # The neighbour who signed up with a marketing grant is welcomed (before OneID ran: by the
-    # consent naming their identifier); so may be the staple buyer, if their consent came
-    # before their orders. The simulated neighbours gave no consent: their welcomes are refused.
-    assert {a["person"] for a in welcomes} - {produced.staple_token} == {produced.signup_token}
+    welcomes = sends["welcome_neighbour"]
+    # The neighbour who signed up with a marketing grant is welcomed (the consent is the first
+    # event naming them), unless they fall in the journey's holdout; so may be the staple buyer,
+    # if their consent came before their orders. The simulated neighbours gave no consent: their
+    # welcomes are refused.
+    welcome = load_journey(ROOT / "journeys" / "welcome_neighbour.yml")
+    assert {a["details"]["oneid"] for a in welcomes} - {staple_oneid} == ({signup_oneid} - {o for o in [signup_oneid] if in_holdout(welcome, o)})
     assert len(refused["welcome_neighbour"]) > 100, "a new community's first orders must welcome someone (here: be refused)"
     assert set(refused["welcome_neighbour"].values()) == {"no_consent"}
     assert not {a["action_id"] for a in welcomes} & set(refused["welcome_neighbour"]), "one decision per welcome"
-    assert len({a["action_id"] for a in welcomes}) == len(welcomes), "one welcome per neighbour"
-    assert all(a["person"] and not a["person"].startswith("+") for a in welcomes), "tokens, never raw identifiers"
-    assert all(not send_id.removeprefix("welcome:").startswith("+") for send_id in refused["welcome_neighbour"])
-
-
-BATCH_ROWS = 50  # small batches keep the worker busy for a while
+    assert len({a["details"]["oneid"] for a in welcomes}) == len(welcomes), "one welcome per neighbour"
+    assert not any(SIGNUP_OPENID in json.dumps(a) for a in actions), "OneIDs and tokens, never raw identifiers"
 
 
 def test_killed_worker_restarts_without_loss_or_double_counting(produced: Produced, tmp_path: Path,

@@ -1,4 +1,4 @@
-"""The real-time path's pure parts: topic keys, batch merging, triggers, write-before-handlers."""
+"""The real-time path's pure parts: topic keys, batch merging, the new-neighbour signal, write-before-handlers."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import replace
 import orjson
 
 from lastmile.config import settings
+from lastmile.journeys.signals import NEW_NEIGHBOUR, NewNeighbours
 from lastmile.ingest import Batch, Ingestor
 from lastmile.privacy import Identifiers
 from lastmile.streaming.sink import Record, StreamSink, WrittenBatch, ingest_records, merge_into
 from lastmile.streaming.topics import event_topics, message_key, topic_for
-from lastmile.streaming.triggers import COMPENSATE, WELCOME, Welcomes, compensations
 
 ENVELOPE = {"schema_version": 1, "occurred_at": "2026-10-05T08:00:00+08:00", "source": "mini_program"}
 
@@ -58,32 +58,25 @@ def test_batches_are_judged_per_partition_and_merged_whole(tmp_path) -> None:
     assert (total.read, len(total.links), total.reasons["not_json"]) == (6, 2 * len(batch.links), 2)
 
 
-def test_temperature_claims_compensate_once_per_order(tmp_path) -> None:
-    ingestor = _ingestor(tmp_path)
-    batch = ingestor.process("t", [(1, _return("ret-00001", "o-1", "temperature")), (2, _return("ret-00002", "o-1", "temperature")),
-                                    (3, _return("ret-00003", "o-2", "damaged"))])
-    actions = compensations(WrittenBatch(batch, 3))
-    assert [(a.action, a.action_id, a.details["order_id"]) for a in actions] == [(COMPENSATE, "compensate:o-1", "o-1")]
-    assert actions[0].person and "138" not in actions[0].person
-
-
-def test_welcome_only_when_every_identifier_is_new(tmp_path) -> None:
+def test_a_new_neighbour_only_when_every_identifier_is_new(tmp_path) -> None:
     ingestor = _ingestor(tmp_path)
     first = ingestor.process("t", [(1, _identify("idf-00002", "2026-10-05T09:00:00+08:00", phone="13900139000", device_id="d1")),
                                    (2, _identify("idf-00001", "2026-10-05T08:00:00+08:00", phone="13900139000", unionid="u1"))])
-    welcomes = Welcomes(set())
-    actions, new_rows = welcomes.decide(WrittenBatch(first, 2))
-    assert [(a.action, a.event_id) for a in actions] == [(WELCOME, "idf-00001")], "earliest event wins, one welcome"
-    assert len(new_rows) == 3 and actions[0].action_id == f"welcome:{actions[0].person}"
-    again, _ = welcomes.decide(WrittenBatch(first, 2))
-    assert again == [], "replaying a batch welcomes nobody twice"
+    neighbours = NewNeighbours(set())
+    signals, new_rows = neighbours.decide(WrittenBatch(first, 2))
+    assert [(e.event_type, e.event_id) for e in signals] == [(NEW_NEIGHBOUR, "idf-00001")], "earliest event wins, one signal"
+    assert signals[0].fields["id_type"] == "unionid" and signals[0].oneid == "", "the strongest identifier; OneID resolves the event"
+    assert signals[0].at.isoformat() == "2026-10-05T00:00:00+00:00"
+    assert len(new_rows) == 3 and not any("139" in token for token, *_ in new_rows), "keyed hashes, never raw identifiers"
+    again, _ = neighbours.decide(WrittenBatch(first, 2))
+    assert again == [], "replaying a batch signals nobody twice"
     stranger = ingestor.process("t", [(3, _identify("idf-00003", "2026-10-06T08:00:00+08:00", phone="13700137000", unionid="u9"))])
-    assert len(welcomes.decide(WrittenBatch(stranger, 1))[0]) == 1
+    assert len(neighbours.decide(WrittenBatch(stranger, 1))[0]) == 1
     known_phone_new_device = ingestor.process("t", [(4, _identify("idf-00004", "2026-10-07T08:00:00+08:00",
                                                                    phone="13900139000", device_id="d7"))])
-    actions, new_rows = welcomes.decide(WrittenBatch(known_phone_new_device, 1))
-    assert actions == [] and [(id_type, event) for _, id_type, event, _ in new_rows] == [("device_id", "idf-00004")], \
-        "a known person's new device is remembered, not welcomed"
+    signals, new_rows = neighbours.decide(WrittenBatch(known_phone_new_device, 1))
+    assert signals == [] and [(id_type, event) for _, id_type, event, _ in new_rows] == [("device_id", "idf-00004")], \
+        "a known person's new device is remembered, not signalled"
 
 
 def test_worker_keeps_the_log_level_it_was_given() -> None:

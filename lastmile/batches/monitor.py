@@ -108,8 +108,8 @@ class BatchAlert:
     event_type: str
 
     def action(self) -> Any:
-        """The ``lastmile.actions`` message (same shape as the stream triggers' actions)."""
-        from lastmile.streaming.triggers import Action
+        """The ``lastmile.actions`` message (same shape as the journeys' sends)."""
+        from lastmile.streaming.actions import Action
 
         details = {k: v for k, v in self.__dict__.items()
                    if k not in ("alert_id", "event_id", "event_type", "alert_at")}

@@ -232,7 +232,7 @@ JOURNEY_SEND = "journey_send"
 
 def actions(pending: Sequence[dict[str, Any]]) -> list[Any]:
     """The outbox's sends as ``lastmile.actions`` messages; ``action_id`` is the step id."""
-    from lastmile.streaming.triggers import Action
+    from lastmile.streaming.actions import Action
 
     return [Action(action_id=p["step_id"], action=JOURNEY_SEND, event_id=p["trigger_id"], event_type="journey",
                    occurred_at=p["at"].isoformat(), person=None,

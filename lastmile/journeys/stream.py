@@ -1,19 +1,22 @@
-"""Journeys in the stream worker: note each batch's events, advance after OneID runs, publish sends.
+"""Journeys in the stream worker: note each batch's events and signals, advance after OneID runs, publish sends.
 
-* The batch handler writes the batch's events of the types the journeys react to into
-  ``journey_inbox`` before the batch's offsets are committed, so a worker killed after
-  the commit has not lost them: the next pass (here after a restart, or ``lastmile journey
-  tick``) finds them pending.
-* After each OneID resolution (on the OneID thread, holding the warehouse lock), at most
-  every ``every_s`` seconds, :meth:`StreamJourneys.after_resolve` runs one
-  :meth:`~lastmile.journeys.scheduler.JourneyRunner.tick`: events whose person is now
-  known are applied, runs start, waits that ended go on. Its clock is the newest event
-  time the journeys have seen (never past the wall clock), so a replayed backlog keeps its
-  own timing: a "one day later" reminder is not sent before the day's events were read.
-* A journey that ``replaces`` a built-in trigger takes it over: the worker hands the
-  welcomes and replenishment nudges it decided to :meth:`StreamJourneys.note_actions` as
-  the signals ``new_neighbour`` and ``replenishment_due`` instead of publishing them, and
-  no longer sends its own cold-chain compensation (the journey reacts to the claim itself).
+* The batch handler writes the batch's events of the types the journeys react to, and the
+  ``new_neighbour`` signals it finds (:mod:`lastmile.journeys.signals`), into ``journey_inbox``
+  before the batch's offsets are committed, so a worker killed after the commit has not lost
+  them: the next pass (here after a restart, or ``lastmile journey tick``) finds them pending.
+* An event reaches a journey once OneID has resolved its person. While the stream keeps up
+  (its batches are gathered by time, not full), a batch that noted events asks OneID for an
+  early resolution (``on_waiting``: the refresher's ``hurry``), and the resolution that follows
+  makes a pass at once: a claim's compensation is on ``lastmile.actions`` within a second or
+  two of the claim. While a backlog drains, passes follow the regular resolutions.
+* After each OneID resolution (on the OneID thread, holding the warehouse lock),
+  :meth:`StreamJourneys.after_resolve` evaluates the ``replenishment_due`` signal (at most
+  every ``replenish_every_s``) and runs one :meth:`~lastmile.journeys.scheduler.JourneyRunner.tick`
+  when events were noted since the last pass or still wait for their person; otherwise at most
+  every ``every_s`` (waits that ended). A pass applies the events whose person is now known,
+  starts runs and goes on with waits that ended. Its clock is the newest event time the
+  journeys have seen (never past the wall clock), so a replayed backlog keeps its own timing: a
+  "one day later" reminder is not sent before the day's events were read.
 * The allowed sends are queued for the worker, which publishes them to ``lastmile.actions``
   (``action_id`` = step id) and then records them delivered; a crash in between publishes
   them again with the same id.
@@ -29,20 +32,29 @@ from typing import Any
 
 from lastmile.audiences.definition import EVENT_TABLES
 from lastmile.journeys import store
-from lastmile.journeys.definition import SIGNALS, Journey
+from lastmile.journeys.definition import Journey
 from lastmile.journeys.engine import Event
-from lastmile.journeys.intake import _time, events_from_rows
+from lastmile.journeys.intake import events_from_rows
 from lastmile.journeys.scheduler import JourneyRunner, TickReport, actions
+from lastmile.journeys.signals import NEW_NEIGHBOUR, REPLENISHMENT_DUE, DueReplenishments, NewNeighbours
+from lastmile.streaming import seen
 from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
 
 log = logging.getLogger("lastmile.stream.journeys")
 
 
 class StreamJourneys:
-    """The stream's journey hook (see the module docstring)."""
+    """The stream's journey hook (see the module docstring).
+
+    ``every_s``: the longest time between passes while nothing new was noted (waits that
+    ended); ``replenish_every_s``: evaluate ``replenishment_due`` at most this often (0: never);
+    ``seen_tokens``: the identifiers seen so far (default: :func:`lastmile.streaming.seen.load`),
+    read only when a journey triggers on ``new_neighbour``.
+    """
 
     def __init__(self, sink: StreamSink, journeys: Sequence[Journey], desk: Any, zone: Any, every_s: float = 5.0,
-                 clock: Callable[[], float] | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, wall_clock: Callable[[], datetime] | None = None,
+                 replenish_every_s: float = 60.0, seen_tokens: set[str] | None = None) -> None:
         import time
 
         self.sink = sink
@@ -51,81 +63,85 @@ class StreamJourneys:
         self.clock = clock or time.monotonic
         self.wall_clock = wall_clock or (lambda: datetime.now(timezone.utc))
         self.tables = {EVENT_TABLES[t]: t for t in self.runner.event_types if t in EVENT_TABLES}
+        self.neighbours = (NewNeighbours(seen_tokens if seen_tokens is not None else seen.load(sink.warehouse))
+                           if NEW_NEIGHBOUR in self.runner.event_types else None)
+        self.replenishments = (DueReplenishments(sink.warehouse, every_s=replenish_every_s, clock=self.clock)
+                               if REPLENISHMENT_DUE in self.runner.event_types and replenish_every_s > 0 else None)
+        #: Asks OneID for an early resolution (the refresher's ``hurry``); any thread.
+        self.on_waiting: Callable[[], None] | None = None
         self.newest = store.newest_noted(sink.warehouse)
         self.ticks = 0
         self.errors = 0
         self.published = 0  # sends recorded delivered by this process
         self.last: TickReport | None = None
         self._last = float("-inf")
-        #: A resolution came within ``every_s`` of the last pass: the worker makes that pass
-        #: later (:meth:`catch_up`), or the events it resolved would wait for the next resolution.
+        self._noted = False  # events noted since the last pass began
+        #: A resolution came within ``every_s`` of the last pass with nothing new to apply: the
+        #: worker makes that pass later (:meth:`catch_up`), as a quiet stream has no later resolution.
         self.owed = False
         self._pending: dict[str, Any] = {}
         self._handed: set[str] = set()  # handed to the worker, not yet recorded delivered
         self._lock = threading.Lock()
 
     def handler(self) -> BatchHandler:
-        """Note the batch's journey events in the inbox (before the batch is committed)."""
+        """Note the batch's journey events and ``new_neighbour`` signals in the inbox (before the
+        batch is committed), then remember the identifiers it showed for the first time."""
 
         async def handle(written: WrittenBatch) -> None:
             events = [e for table, event_type in self.tables.items() for e in events_from_rows(event_type, written.rows(table))]
+            first_seen: list[Any] = []
+            if self.neighbours is not None:
+                signals, first_seen = self.neighbours.decide(written)
+                events += signals
             if events:
-                newest = max(e.at for e in events)
-                self.newest = newest if self.newest is None else max(self.newest, newest)
-                await self.sink.run_blocking(store.note, self.sink.warehouse, events)
+                await self.sink.run_blocking(self._note, events)
+                if not written.full and self.on_waiting is not None:
+                    self.on_waiting()  # the stream keeps up: resolve these people soon, the pass follows
+            if first_seen:  # after their signals are in the inbox: a crash in between notes them again
+                await self.sink.run_blocking(seen.record, self.sink.warehouse, first_seen)
 
         return handle
 
-    @property
-    def replaced(self) -> set[str]:
-        """The built-in triggers the journeys take over (``replaces:``)."""
-        return {j.replaces for j in self.runner.journeys if j.replaces}
-
-    def note_actions(self, actions: Sequence[Any]) -> None:
-        """Put built-in trigger decisions into the inbox as signals. Hold the warehouse lock.
-
-        A welcome becomes ``new_neighbour`` under the id of the event that named the person
-        (OneID resolves it like the event); a replenishment nudge becomes ``replenishment_due``
-        under its ``action_id`` (one per person, staple and due day), with its OneID.
-        """
-        events = []
-        for action in actions:
-            details = action.details or {}
-            if action.action == "welcome_neighbour":
-                events.append(Event(action.event_id, "new_neighbour", "", _time(action.occurred_at),
-                                    {k: details[k] for k in SIGNALS["new_neighbour"] if details.get(k) is not None}))
-            elif action.action == "replenishment_nudge":
-                events.append(Event(action.action_id, "replenishment_due", details.get("oneid") or "", _time(action.occurred_at),
-                                    {k: details[k] for k in SIGNALS["replenishment_due"] if details.get(k) is not None}))
-        if events:
-            newest = max(e.at for e in events)
-            self.newest = newest if self.newest is None else max(self.newest, newest)
-            store.note(self.sink.warehouse, events)
-
-    async def hand_over(self, actions: Sequence[Any]) -> None:
-        """:meth:`note_actions` from the batch handler (before the batch commits)."""
-        await self.sink.run_blocking(self.note_actions, actions)
+    def _note(self, events: Sequence[Event]) -> None:
+        """Put events in the inbox and move the journeys' clock. Hold the warehouse lock."""
+        newest = max(e.at for e in events)
+        self.newest = newest if self.newest is None else max(self.newest, newest)
+        store.note(self.sink.warehouse, events)
+        self._noted = True
 
     def now(self) -> datetime | None:
         """The journeys' clock: the newest event time noted, never past the wall clock."""
         return None if self.newest is None else min(self.newest, self.wall_clock())
 
     def after_resolve(self, force: bool = False) -> None:
-        """On the OneID thread, holding the warehouse lock: one pass, at most every ``every_s``."""
-        if not force and self.clock() - self._last < self.every_s:
+        """On the OneID thread, holding the warehouse lock: the due replenishments, then a pass when
+        events were noted since the last one or wait for their person, else at most every ``every_s``.
+        ``force`` (a graceful stop): both now."""
+        if self.replenishments is not None and (force or self.replenishments.due()):
+            try:
+                due = self.replenishments.evaluate()
+            except Exception:  # noqa: BLE001 - evaluated again at the next turn
+                self.errors += 1
+                log.exception("journeys: replenishments not evaluated (retried at the next turn)")
+                due = []
+            if due:
+                self._note(due)
+        waiting = self.last is not None and self.last.waiting > 0
+        if not (force or self._noted or waiting) and self.clock() - self._last < self.every_s:
             self.owed = True
             return
         now = self.now()
         if now is None:
             return
         self._last = self.clock()
-        self.owed = False
+        self.owed = self._noted = False
         try:
             self.last = self.runner.tick(now)
             self.ticks += 1
             queued = actions(store.undelivered(self.sink.warehouse))
         except Exception:  # noqa: BLE001 - the inbox keeps the events; the next pass retries
             self.errors += 1
+            self._noted = True
             log.exception("journeys: pass failed (ingestion continues; retried at the next pass)")
             return
         with self._lock:
@@ -133,11 +149,21 @@ class StreamJourneys:
                 if action.action_id not in self._handed:
                     self._pending.setdefault(action.action_id, action)
 
+    @property
+    def catch_up_due(self) -> bool:
+        """A pass is owed and ``every_s`` allows it (read without the warehouse lock)."""
+        return self.owed and self.clock() - self._last >= self.every_s
+
     def catch_up(self) -> None:
         """Holding the warehouse lock: the pass a resolution was owed, once ``every_s`` allows it
         (a quiet stream has no later resolution to make it)."""
         if self.owed:
             self.after_resolve()
+
+    @property
+    def queued(self) -> bool:
+        """Sends wait for :meth:`drain` (read without the lock: a hint for the publisher)."""
+        return bool(self._pending)
 
     def drain(self) -> list[Any]:
         """The queued sends (each handed out once until :meth:`delivered` or a restart)."""

@@ -8,17 +8,10 @@ their handler to the list; nothing else changes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
 
-from lastmile.streaming import seen
-from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
-from lastmile.streaming.topics import ACTIONS_TOPIC, QUARANTINE_TOPIC
-from lastmile.streaming.triggers import COMPENSATE, WELCOME, Action, Welcomes, compensations
-
-if TYPE_CHECKING:
-    from lastmile.audiences.contact_rules import ContactDesk
+from lastmile.streaming.sink import BatchHandler, WrittenBatch
+from lastmile.streaming.topics import QUARANTINE_TOPIC
 
 #: Publishes ``(key, value)`` messages to a topic and returns once the broker acknowledged them.
 Publisher = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
@@ -68,47 +61,5 @@ def quarantine_topic(publish: Publisher) -> BatchHandler:
         if batch.batch.quarantined:
             messages = [(orjson.loads(line)["source"].encode(), topic_copy(line)) for line in batch.batch.quarantined]
             await publish(QUARANTINE_TOPIC, messages)
-
-    return handle
-
-
-def triggers(sink: StreamSink, publish: Publisher, known: set[str] | None = None,
-             desk: "ContactDesk | None" = None, clock: Callable[[], datetime] | None = None,
-             replaced: Collection[str] = (), hand_over: Callable[[list[Action]], Awaitable[None]] | None = None) -> BatchHandler:
-    """Compensation and welcome actions to ``lastmile.actions``; then remember the new identifiers.
-
-    The order matters: actions are published before the new tokens are stored, so a crash
-    in between repeats a welcome (same ``action_id``) instead of losing it.
-
-    With a ``desk`` (:class:`~lastmile.audiences.contact_rules.ContactDesk`), every action
-    is decided by the contact rules at ``clock()`` (default: now) first and only the allowed
-    ones are published; refusals land in ``contact_refusals`` with their reason. Decisions
-    are idempotent by ``action_id``, so a batch handled again publishes the same actions.
-
-    ``replaced``: built-in triggers a journey took over (see :mod:`lastmile.journeys.stream`):
-    their compensations are not made, their welcomes go to ``hand_over`` instead of the topic
-    (still before the new identifiers are stored).
-    """
-    welcomes = Welcomes(known if known is not None else seen.load(sink.warehouse))
-
-    def allowed(actions: list[Action]) -> list[Action]:
-        assert desk is not None
-        at = clock() if clock else datetime.now(timezone.utc)
-        return [a for a, d in zip(actions, desk.decide_actions(actions, at)) if d.allowed]
-
-    async def handle(batch: WrittenBatch) -> None:
-        actions = compensations(batch) if COMPENSATE not in replaced else []
-        welcome_actions, new_rows = welcomes.decide(batch)
-        if WELCOME in replaced:
-            if welcome_actions and hand_over is not None:
-                await hand_over(welcome_actions)
-            welcome_actions = []
-        actions += welcome_actions
-        if actions and desk is not None:
-            actions = await sink.run_blocking(allowed, actions)
-        if actions:
-            await publish(ACTIONS_TOPIC, [(a.key(), a.to_json()) for a in actions])
-        if new_rows:
-            await sink.run_blocking(seen.record, sink.warehouse, new_rows)
 
     return handle

@@ -1,15 +1,15 @@
-"""Which identifiers the platform has seen: the memory behind the "new neighbour" welcome.
+"""Which identifiers the platform has seen: the memory behind the ``new_neighbour`` signal.
 
-A person is new when an event carries their identifiers and none of them was seen before.
-The worker keeps the seen tokens (keyed hashes, never raw values) in memory and in the
-``stream_seen_identifiers`` table; it records a batch's new tokens only after the batch's
-welcomes are published, so a crash in between re-sends a welcome (with the same
-``action_id``) rather than losing it.
+A person is new when an event carries their identifiers and none of them was seen before
+(:class:`lastmile.journeys.signals.NewNeighbours`). The worker keeps the seen tokens (keyed
+hashes, never raw values) in memory and in the ``stream_seen_identifiers`` table; it records
+a batch's new tokens only after the batch's signals are in the journeys' inbox, so a crash in
+between notes the same signals again (same ids) rather than losing them.
 
 When the table is created it is seeded from the identifiers already in the raw tables, so
 neighbours loaded by a Beam backfill before the stream first ran are not welcomed again.
 Identifiers that reach the warehouse only through later backfills are not added: the
-welcome belongs to the real-time path.
+signal belongs to the real-time path.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The worker hands over a batch of Kafka records; this module judges them with the
 same :class:`~lastmile.ingest.Ingestor` the Beam backfill uses, writes rows and quarantine
-records in one insert per table, and then runs the batch handlers (triggers, the
+records in one insert per table, and then runs the batch handlers (journeys, the
 quarantine topic, later OneID and Feast) on what was written. Only when all of that has
 returned may the caller acknowledge the records, so an offset is never committed for an
 event that is not in the warehouse.

@@ -17,7 +17,6 @@ from lastmile.streaming.consumer import BatchConsumer
 from lastmile.streaming.features import FeaturePusher
 from lastmile.streaming.identity import IdentityRefresher
 from lastmile.streaming.sink import StreamSink
-from lastmile.streaming.triggers import Replenishments
 
 
 def status_path(cfg: Settings) -> Path:
@@ -25,19 +24,19 @@ def status_path(cfg: Settings) -> Path:
 
 
 def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refresher: IdentityRefresher,
-                 pusher: FeaturePusher | None = None, replenishments: Replenishments | None = None,
-                 journeys: Any = None) -> None:
+                 pusher: FeaturePusher | None = None, journeys: Any = None) -> None:
     """``journeys``: the worker's :class:`~lastmile.journeys.stream.StreamJourneys`, when it runs them."""
     stats, ids = sink.stats, refresher.stats
     features: dict = {}
-    if replenishments is not None:
-        features |= {"replenish_evaluations": replenishments.evaluations, "replenish_nudges": len(replenishments.sent)}
     if pusher is not None:
         fs = pusher.stats
         features |= {"feature_pushes": fs.pushes, "feature_rows_pushed": fs.rows, "feature_push_errors": fs.errors,
                     "feature_orders_waiting_for_oneid": pusher.counters.unresolved,
                     **{f"feature_freshness_{k}": v for k, v in fs.freshness().items()}}
     if journeys is not None:
+        if journeys.replenishments is not None:
+            features |= {"replenish_evaluations": journeys.replenishments.evaluations,
+                         "replenish_signals": len(journeys.replenishments.found)}
         features |= {"journey_passes": journeys.ticks, "journey_errors": journeys.errors,
                      "journey_sends_published": journeys.published,
                      "journey_last_pass": journeys.last.as_dict() if journeys.last is not None else None}

@@ -1,0 +1,143 @@
+"""Signals: what the stream worker finds out about people, for journeys to react to.
+
+A signal is not a contract event: the worker derives it and notes it in ``journey_inbox``
+like an event, so a journey triggers on it (``trigger: {signal: NAME}``) and the contact
+rules decide its sends like any other. The fields each carries are
+:data:`~lastmile.journeys.definition.SIGNALS`.
+
+* ``new_neighbour`` (:class:`NewNeighbours`): an event naming a person none of whose
+  identifiers was seen before. Decided per batch, in event-time order across tables, so a
+  person's order and their sign-up in one batch give one signal, on whichever came first. Its
+  id is the id of the event that named the person, so OneID resolves it like that event. The
+  seen identifiers (keyed hashes) are :mod:`lastmile.streaming.seen`; a batch's new ones are
+  stored after its signals are in the inbox, so a crash in between notes the same signals
+  again (the inbox collapses on the id) rather than losing them.
+* ``replenishment_due`` (:class:`DueReplenishments`): a staple bought at regular intervals
+  (:func:`~lastmile.features.replenishment.due_replenishments`) is due at the stream's time
+  and no new purchase came. Clock-driven: evaluated after OneID runs, at most every
+  ``every_s``; one per person, SKU and due day (the id ``replenish:<oneid>:<sku>:<due day>``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from lastmile.features.replenishment import Rhythm, due_replenishments
+from lastmile.identity.identifiers import TYPE_NAMES
+from lastmile.journeys.engine import Event
+from lastmile.journeys.intake import _time
+from lastmile.streaming.seen import PersonColumns, person_columns
+from lastmile.streaming.sink import WrittenBatch
+from lastmile.warehouse import Warehouse
+
+NEW_NEIGHBOUR = "new_neighbour"
+REPLENISHMENT_DUE = "replenishment_due"
+
+#: A seen identifier: ``(token, id_type, first event id, first seen at ISO)`` (:func:`lastmile.streaming.seen.record`).
+SeenRow = tuple[str, str, str, str]
+
+
+def _rank(id_type: str) -> int:
+    return TYPE_NAMES.index(id_type) if id_type in TYPE_NAMES else len(TYPE_NAMES)
+
+
+_BY_STRENGTH: dict[PersonColumns, tuple[tuple[str, str], ...]] = {}
+
+
+def person_tokens(row: dict[str, Any], person: PersonColumns) -> list[tuple[str, str]]:
+    """``(id_type, token)`` of a row's person identifiers, strongest first (blocked values skipped)."""
+    columns = _BY_STRENGTH.get(person)
+    if columns is None:
+        columns = _BY_STRENGTH[person] = tuple(sorted(person.columns, key=lambda c: _rank(c[1])))
+    return [(id_type, row[column]) for column, id_type in columns if row.get(column)]
+
+
+class NewNeighbours:
+    """The ``new_neighbour`` signal over a set of seen tokens (grown as batches are decided)."""
+
+    def __init__(self, seen: set[str]) -> None:
+        self.seen = seen
+
+    def decide(self, batch: WrittenBatch) -> tuple[list[Event], list[SeenRow]]:
+        """The batch's ``new_neighbour`` signals, and the identifiers it shows for the first time."""
+        seen = self.seen
+        # Only rows naming an identifier not seen before can signal or add anything (seen only
+        # grows), so the rest - most rows, once a community is known - are not sorted.
+        candidates: list[tuple[str, str, dict[str, Any], list[tuple[str, str]]]] = []
+        for table, person in person_columns().items():
+            columns = [column for column, _ in person.columns]
+            for row in batch.rows(table):
+                # The C-level test first (no tuples, no list per row): it is most of the rule's cost.
+                if not seen.issuperset(filter(None, map(row.get, columns))):
+                    candidates.append((row.get("occurred_at") or "", row.get("event_id", ""), row, person_tokens(row, person)))
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        events: list[Event] = []
+        new_rows: list[SeenRow] = []
+        for occurred_at, event_id, row, tokens in candidates:
+            fresh = [(id_type, token) for id_type, token in tokens if token not in seen]
+            if fresh and len(fresh) == len(tokens):
+                fields = {"id_type": tokens[0][0], "community_id": row.get("community_id"),
+                          "channel": row.get("channel") or row.get("source")}
+                events.append(Event(event_id, NEW_NEIGHBOUR, "", _time(occurred_at),
+                                    {k: v for k, v in fields.items() if v is not None}))
+            for id_type, token in fresh:
+                seen.add(token)
+                new_rows.append((token, id_type, event_id, occurred_at))
+        return events, new_rows
+
+
+def stream_time(warehouse: Warehouse) -> datetime | None:
+    """The stream's event-time watermark: the oldest of the order partitions' newest order times.
+
+    Partitions are consumed independently; the slowest one says how far the stream surely
+    got. Only rows the stream wrote count (``_source`` ``kafka:...``), not backfilled files.
+    """
+    if "raw_order" not in warehouse.tables():
+        return None
+    value = warehouse.scalar("""
+        SELECT min(newest) FROM (SELECT max(occurred_at) AS newest FROM raw_order WHERE startsWith(_source, 'kafka:') GROUP BY _source)
+        """)
+    if value is None or value.year < 2000:  # min() of nothing is the epoch
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+class DueReplenishments:
+    """The ``replenishment_due`` signal: staples due at the stream's time, each found once per process.
+
+    Not evaluated on every change of the stream's day: while a backlog replays, days fly by in
+    seconds, and a staple that was due two replayed days ago is noise. After a restart the
+    day's signals are found again with the same ids; the inbox and the journeys' run ids
+    absorb them.
+    """
+
+    def __init__(self, warehouse: Warehouse, every_s: float = 60.0, rhythm: Rhythm = Rhythm(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.warehouse = warehouse
+        self.every_s = every_s
+        self.rhythm = rhythm
+        self.clock = clock
+        self.found: set[str] = set()
+        self.evaluations = 0
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        """Whether ``every_s`` passed since the last evaluation."""
+        return self.clock() - self._last >= self.every_s
+
+    def evaluate(self, as_of: datetime | None = None) -> list[Event]:
+        """The signals due at ``as_of`` (default: the stream's time) not found before. Hold the warehouse lock."""
+        as_of = as_of or stream_time(self.warehouse)
+        if as_of is None:
+            return []
+        self._last = self.clock()
+        self.evaluations += 1
+        events = [Event(due.action_id, REPLENISHMENT_DUE, due.oneid, as_of,
+                        {"sku": due.sku, "due": due.due.isoformat(), "last_purchase": due.last_purchase.isoformat(),
+                         "purchases": due.purchases, "mean_interval_days": due.mean_interval_days})
+                  for due in due_replenishments(self.warehouse, as_of, self.rhythm) if due.action_id not in self.found]
+        self.found.update(e.event_id for e in events)
+        return events
