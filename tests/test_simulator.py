@@ -22,7 +22,7 @@ from lastmile.simulator.identities import normalise
 
 FIXED_NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 CFG = SimulationConfig(seed=7, orders=8_000, weeks=4)
-ID_FIELDS = ("buyer", "collector", "claimant", "reviewer", "identifiers")
+ID_FIELDS = ("buyer", "collector", "claimant", "reviewer", "identifiers", "subject")
 
 
 @pytest.fixture(scope="module")

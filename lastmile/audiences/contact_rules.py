@@ -18,8 +18,10 @@ refused send is kept with in ``contact_refusals``:
     held back: a compensation or a pickup notice answers something the person is waiting for.
 ``spending_health``
     The spending-health model flags the person at risk, they declared no dietary need (the
-    medical exemption, ``ref_dietary_declarations``), and they already had the day's
-    contacts allowed to at-risk customers. Whether the cap binds is the recommender's own
+    medical exemption, ``ref_dietary_declarations``), they are not in the cap's holdout
+    (``spending_health.holdout``, :func:`~lastmile.models.spending_holdout.in_holdout` of
+    their OneID: the customers the cap's effect is measured against), and they already had
+    the day's contacts allowed to at-risk customers. Whether the cap binds is the recommender's own
     :meth:`~lastmile.models.policy.SpendingPolicy.capped`.
 ``capped``
     The person already had ``per_day`` contacts this business day or ``per_week`` this
@@ -58,6 +60,7 @@ from lastmile.config import Settings
 from lastmile.config import settings as current_settings
 from lastmile.identity.forget import forget_log_digest
 from lastmile.models.policy import SpendingPolicy
+from lastmile.models.spending_holdout import DEFAULT_HOLDOUT_SHARE, in_holdout
 from lastmile.warehouse import Warehouse
 
 #: Purposes a consent event can grant (schemas/consent.json), plus ``service``.
@@ -116,6 +119,8 @@ class ContactRules:
     quiet_start: time = time(21, 0)
     quiet_end: time = time(8, 0)
     spending_health_daily_cap: int = 1
+    #: Share of at-risk customers never capped (by OneID hash), to measure the cap against.
+    spending_health_holdout: float = DEFAULT_HOLDOUT_SHARE
     #: Whether a leader's export may carry OneIDs in the clear (see lastmile.audiences.exports).
     clear_identifiers: bool = False
 
@@ -163,7 +168,7 @@ def load_rules(path: Path | None = None) -> ContactRules:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ContactRulesError(f"{path}: not valid YAML: {exc}") from None
-    known = {"frequency_cap": {"per_day", "per_week"}, "quiet_hours": {"start", "end"}, "spending_health": {"daily_cap"},
+    known = {"frequency_cap": {"per_day", "per_week"}, "quiet_hours": {"start", "end"}, "spending_health": {"daily_cap", "holdout"},
              "exports": {"clear_identifiers"}}
     if not isinstance(data, dict):
         raise ContactRulesError(f"{path}: expected a mapping with {sorted(known)}")
@@ -176,12 +181,16 @@ def load_rules(path: Path | None = None) -> ContactRules:
     clear = (data.get("exports") or {}).get("clear_identifiers", d.clear_identifiers)
     if not isinstance(clear, bool):
         raise ContactRulesError(f"{path}: exports.clear_identifiers must be true or false, got {clear!r}")
+    holdout = (data.get("spending_health") or {}).get("holdout", d.spending_health_holdout)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout <= 1:
+        raise ContactRulesError(f"{path}: spending_health.holdout must be a share from 0 to 1, got {holdout!r}")
     return ContactRules(
         per_day=_count(path, data, "frequency_cap", "per_day", d.per_day),
         per_week=_count(path, data, "frequency_cap", "per_week", d.per_week),
         quiet_start=_clock(path, data, "start", d.quiet_start),
         quiet_end=_clock(path, data, "end", d.quiet_end),
         spending_health_daily_cap=_count(path, data, "spending_health", "daily_cap", d.spending_health_daily_cap),
+        spending_health_holdout=float(holdout),
         clear_identifiers=clear,
     )
 
@@ -323,7 +332,8 @@ class ContactDesk:
         week_start = day_start - timedelta(days=local.weekday())
         today = facts.count(send.oneid, day_start, day_start + timedelta(days=1))
         exempt = send.dietary_need_declared if send.dietary_need_declared is not None else send.oneid in facts.dietary
-        if self.policy.capped({"at_risk": send.at_risk}, exempt) and today >= self.policy.daily_cap:
+        held_out = in_holdout(send.oneid, self.rules.spending_health_holdout)
+        if self.policy.capped({"at_risk": send.at_risk}, exempt) and not held_out and today >= self.policy.daily_cap:
             return Refused(send.send_id, "spending_health",
                            f"at risk of overspending: {today} of {self.policy.daily_cap} contacts today")
         if today >= self.rules.per_day:

@@ -10,7 +10,9 @@ writes, under ``out``:
   lines, as real producers send them;
 * ``truth/`` - ground truth for tests and evaluation, never ingested: persons,
   identifiers (OneID), orders, excursions, door spikes, injected lines, bad batches, the
-  unconstrained hourly demand (``demand_hourly``) and daily stock movements (``stock_daily``);
+  unconstrained hourly demand (``demand_hourly``), daily stock movements (``stock_daily``)
+  each resident's consent at the window's end (``consent``), the spending-health cap's arms
+  and the impulse purchases it suppressed (``spending_health_arms``, ``suppressed_purchases``);
 * ``reference/`` - master data: communities, buildings, leaders, lockers, recycling boxes,
   merchants, SKUs, the calendar (holidays, weather), promotions, front warehouses and the
   distances between communities;
@@ -34,6 +36,7 @@ import orjson
 from .aftersales import build_aftersales, excursion_affected
 from .calendar import build_calendar, calendar_rows, promotion_rows
 from .clock import iso_ms
+from .consent import build_consent
 from .config import EVENT_TYPES, SimulationConfig
 from .identify import build_identify
 from .identities import IdentityBook
@@ -41,6 +44,7 @@ from .incidents import plan_cold_chain
 from .geography import geography_rows
 from .orders import build_orders, draw_demand
 from .sizing import estimated_events, for_total_events
+from .spending_cap import SpendingCap
 from .supply import run_supply, unconstrained
 from .telemetry import render_telemetry, telemetry_count
 from .world import build_world, person_rows, reference_rows
@@ -88,7 +92,8 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
 
     report("orders", 0, cfg.orders)
     cal = build_calendar(cfg, world.skus)
-    demand = draw_demand(world, cfg, cal)
+    cap = SpendingCap(world, cfg)
+    demand = draw_demand(world, cfg, cal, cap)
     supply = run_supply(world, cfg, world.skus, cal, demand) if cfg.supply else unconstrained(world, cfg, demand)
     orders = build_orders(world, cfg, book, cal, demand, supply)
     report("orders", cfg.orders, cfg.orders)
@@ -99,6 +104,10 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
     report("identify", 0, 1)
     identifies = build_identify(world, cfg, orders, book)
     report("identify", 1, 1)
+    first_order: dict[int, int] = {}
+    for t, pi in zip(orders.t_ms, orders.person):
+        first_order.setdefault(pi, t)
+    consents, consent_truth = build_consent(world, cfg, first_order, book) if cfg.consent else ([], [])
 
     # Events. Telemetry streams block by block; the rest is small enough to sort in memory.
     writers: list[EventFileWriter] = []
@@ -109,8 +118,10 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
     tel.close()
     writers.append(tel)
     other = {"order": orders.order_events, "pickup": orders.pickup_events, "return": returns,
-             "review": reviews, "identify": identifies, "inventory": supply.events}
-    for k, event_type in enumerate(EVENT_TYPES[1:]):
+             "review": reviews, "identify": identifies, "inventory": supply.events, "consent": consents}
+    if not cfg.consent:
+        del other["consent"]
+    for k, event_type in enumerate(t for t in EVENT_TYPES[1:] if t in other):
         report("write", k, len(other))
         writers.append(write_events(out_dir / "events" / f"{event_type}.jsonl", event_type, other[event_type], cfg))
     report("write", len(other), len(other))
@@ -133,6 +144,9 @@ def simulate(cfg: SimulationConfig, out_dir: Path, progress: Progress | None = N
         "demand_hourly": supply.demand_hourly,
         "stock_daily": supply.stock_daily,
         "bad_batches": bad_batches,
+        "consent": consent_truth,
+        "spending_health_arms": cap.arm_rows(),
+        "suppressed_purchases": cap.suppressed_rows(),
     }
     for name, rows in truth.items():
         path = out_dir / "truth" / f"{name}.jsonl"

@@ -9,12 +9,14 @@ more residents, more communities and therefore more lockers reporting telemetry.
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
 import numpy as np
 
+from lastmile.models.spending_holdout import DEFAULT_HOLDOUT_SHARE
 from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING
 
 #: Allowed temperature range per product class, °C (``None``: unbounded on that side).
@@ -29,7 +31,29 @@ TEMPERATURE_RANGES: dict[str, tuple[float | None, float | None]] = {
 UTC_OFFSET = "+08:00"
 
 #: Event types, in the order files are written (telemetry first: it is the bulk).
-EVENT_TYPES = ("locker_telemetry", "order", "pickup", "return", "review", "identify", "inventory")
+EVENT_TYPES = ("locker_telemetry", "order", "pickup", "return", "review", "identify", "inventory", "consent")
+
+#: Channels a resident can agree to be contacted on (schemas/consent.json, without ``all``).
+CONSENT_CHANNELS = ("mini_program_push", "sms", "wecom_leader", "locker_screen")
+
+#: Share of each persona granting marketing per channel. The group leader's WeCom is the most
+#: trusted channel (a neighbour they know), SMS the least, except for seniors, who read SMS.
+DEFAULT_CONSENT_MARKETING: dict[str, dict[str, float]] = {
+    "young_night": {"mini_program_push": 0.62, "sms": 0.22, "wecom_leader": 0.50, "locker_screen": 0.55},
+    "senior_health": {"mini_program_push": 0.45, "sms": 0.55, "wecom_leader": 0.78, "locker_screen": 0.50},
+    "family": {"mini_program_push": 0.66, "sms": 0.35, "wecom_leader": 0.68, "locker_screen": 0.60},
+    "impulse": {"mini_program_push": 0.75, "sms": 0.30, "wecom_leader": 0.58, "locker_screen": 0.65},
+}
+#: Share of the channels a resident granted marketing on where they also grant personalised
+#: recommendations (built on their purchase history).
+DEFAULT_CONSENT_PERSONALISED: dict[str, float] = {"young_night": 0.70, "senior_health": 0.50, "family": 0.65, "impulse": 0.80}
+#: Share of each persona consenting to the processing of health-related data (PIPL: sensitive,
+#: a separate consent): diet-conscious seniors most.
+DEFAULT_CONSENT_HEALTH: dict[str, float] = {"young_night": 0.08, "senior_health": 0.30, "family": 0.12, "impulse": 0.06}
+
+#: The residents the spending-health cap is for: the over-consumer persona, which is what the
+#: spending-health model learns to flag (its training label, lastmile.models.spending).
+AT_RISK_PERSONA = "impulse"
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,33 @@ class SimulationConfig:
     #: The every-other-Wednesday 14:00-17:00 blind box (the slot's orders triple) and weekly
     #: price cuts on some SKUs (cut SKUs are picked more often).
     promotions: bool = True
+    #: Consent events (events/consent.jsonl, lastmile.simulator.consent): every resident with an
+    #: order chooses on the privacy page (a new user at sign-up, others at the re-consent of the
+    #: window's first days); shares of grants per persona below. False: no consent file.
+    consent: bool = True
+    #: Per persona and channel, the share granting marketing.
+    consent_marketing: Mapping[str, Mapping[str, float]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_CONSENT_MARKETING.items()}, hash=False)
+    #: Per persona, the share of their marketing channels where personalised recommendations are granted too.
+    consent_personalised: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CONSENT_PERSONALISED), hash=False)
+    #: Per persona, the share consenting to health-related processing (channel ``all``).
+    consent_health: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CONSENT_HEALTH), hash=False)
+    #: Share of marketing and health grants withdrawn later in the window (at least a day after).
+    consent_withdrawal_share: float = 0.04
+    #: The spending-health cap (lastmile.models.policy): from this day of the window on, the
+    #: platform flags the at-risk residents (AT_RISK_PERSONA; the model needs four weeks of
+    #: history) and shows those outside the holdout fewer impulse items. None (or a day past
+    #: the window's end): no cap.
+    spending_cap_from_day: int | None = 28
+    #: Share of the impulse units a capped at-risk resident wanted that they no longer buy
+    #: (each unit independently); the held-out ones buy as before. Recorded in
+    #: truth/suppressed_purchases.jsonl.
+    spending_cap_effect: float = 0.38
+    #: Share of at-risk residents held out of the cap, by the hash of lastmile's holdout
+    #: (lastmile.models.spending_holdout; ``lastmile run`` passes contact_rules.yml's share).
+    #: The simulator has no OneIDs, so it hashes the person id; truth/spending_health_arms.jsonl
+    #: lists each at-risk resident's arm.
+    spending_health_holdout: float = DEFAULT_HOLDOUT_SHARE
 
     def __post_init__(self) -> None:
         if self.orders < 1:
@@ -122,6 +173,27 @@ class SimulationConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 0.5:
                 raise ValueError(f"{name} must be within [0, 0.5], got {value}")
+        self._check_consent()
+        if not 0.0 <= self.spending_cap_effect <= 1.0 or not 0.0 <= self.spending_health_holdout <= 1.0:
+            raise ValueError("spending_cap_effect and spending_health_holdout must be shares within [0, 1]")
+        if self.spending_cap_from_day is not None and self.spending_cap_from_day < 0:
+            raise ValueError("spending_cap_from_day must be a day of the window (>= 0; past its end: no cap) or None")
+
+    def _check_consent(self) -> None:
+        """Every persona needs its shares (a missing one would be a KeyError mid-run), each in [0, 1]."""
+        from .catalog import PERSONAS
+
+        shares: dict[str, Any] = {"consent_withdrawal_share": self.consent_withdrawal_share}
+        for persona in PERSONAS:
+            marketing = self.consent_marketing.get(persona)
+            if not isinstance(marketing, Mapping) or set(marketing) != set(CONSENT_CHANNELS):
+                raise ValueError(f"consent_marketing[{persona!r}] must give a share for each of {CONSENT_CHANNELS}")
+            shares.update({f"consent_marketing[{persona!r}][{c!r}]": marketing[c] for c in CONSENT_CHANNELS})
+            for name in ("consent_personalised", "consent_health"):
+                shares[f"{name}[{persona!r}]"] = getattr(self, name).get(persona)
+        for name, value in shares.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a share within [0, 1], got {value!r}")
 
     # -- derived sizes -------------------------------------------------------------------
 

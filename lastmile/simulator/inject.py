@@ -37,9 +37,10 @@ EXPECTED_REASON = {
 }
 #: Short event-id prefix per event type (ids look like ``ev-ord-000001234``).
 ID_PREFIX = {"locker_telemetry": "tel", "order": "ord", "pickup": "pik", "return": "ret", "review": "rev", "identify": "idn",
-             "inventory": "inv"}
+             "inventory": "inv", "consent": "con"}
 _WRONG_TYPE_FIELD = {"locker_telemetry": "temperature_c", "order": "total_amount", "pickup": "code_verified",
-                     "return": "claimant", "review": "stars", "identify": "identifiers", "inventory": "qty"}
+                     "return": "claimant", "review": "stars", "identify": "identifiers", "inventory": "qty",
+                     "consent": "granted"}
 OVERSIZE_BYTES = 70_000  # comfortably over the 64 KiB payload limit
 
 

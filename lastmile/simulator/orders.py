@@ -40,6 +40,7 @@ from .calendar import Calendar, hourly_intensity
 from .clock import DAY_MS, HOUR_MS, MINUTE_MS, iso_seconds
 from .config import SimulationConfig
 from .identities import IdentityBook
+from .spending_cap import SpendingCap
 from .supply import Demand, Supply
 from .world import Person, World
 
@@ -177,9 +178,13 @@ def _sample_times(world: World, cfg: SimulationConfig, rng: np.random.Generator,
     return t[order], who[order]
 
 
-def draw_demand(world: World, cfg: SimulationConfig, cal: Calendar) -> Demand:
+def draw_demand(world: World, cfg: SimulationConfig, cal: Calendar, cap: SpendingCap | None = None) -> Demand:
     """Every demanded order: when, who, and the basket they want (one product class, SKUs to
-    taste and as the day's assortment and price cuts allow). Nothing here knows about stock."""
+    taste and as the day's assortment and price cuts allow). Nothing here knows about stock.
+
+    ``cap``: the spending-health cap, which talks capped at-risk residents out of some impulse
+    units after the basket is drawn (so the draws are the same with or without it); a basket
+    left empty is still a demanded order, and is never placed."""
     rng = cfg.rng("orders")
     rnd = random.Random(cfg.seed * 1_000_003 + 43)
     times, who = _sample_times(world, cfg, rng, cal)
@@ -204,7 +209,7 @@ def draw_demand(world: World, cfg: SimulationConfig, cal: Calendar) -> Demand:
         demand.person.append(pi)
         demand.community.append(p.community_index)
         demand.basket_class.append(cls)
-        demand.lines.append(list(lines.items()))
+        demand.lines.append(cap.basket(t, p, list(lines.items())) if cap is not None else list(lines.items()))
     return demand
 
 

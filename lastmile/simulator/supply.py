@@ -56,6 +56,8 @@ class Demand:
     community: list[int] = field(default_factory=list)
     basket_class: list[str] = field(default_factory=list)
     lines: list[list[tuple[int, int]]] = field(default_factory=list)
+    #: Impulse units the spending-health cap talked capped at-risk residents out of (truth rows).
+    suppressed: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
