@@ -20,6 +20,8 @@ from .world import count_compartments
 #: returns, identifies of the placed orders), measured on seeded runs; used only to
 #: *estimate* sizes.
 EVENTS_PER_ORDER = 2.5
+#: Consent events per resident (choices of those who order, a few withdrawals), measured likewise.
+CONSENT_EVENTS_PER_PERSON = 3.2
 #: Inventory events per front warehouse, SKU and day (the 22:00 count, receipts, write-offs,
 #: sold-out signals), measured likewise.
 INVENTORY_EVENTS_PER_SKU_DAY = 2.2
@@ -28,7 +30,7 @@ INVENTORY_EVENTS_PER_SKU_DAY = 2.2
 def estimated_events(cfg: SimulationConfig) -> int:
     """Roughly how many lines ``simulate`` writes for ``cfg`` (within a few %)."""
     telemetry = count_compartments(cfg) * cfg.telemetry_steps
-    other = cfg.orders * EVENTS_PER_ORDER
+    other = cfg.orders * EVENTS_PER_ORDER + (cfg.n_persons * CONSENT_EVENTS_PER_PERSON if cfg.consent else 0)
     if cfg.supply:
         days = cfg.weeks * 7
         listed = sum(1 for s in build_catalogue(cfg.start, cfg.extended_catalogue)

@@ -56,8 +56,7 @@ def topic_for(event_type: str) -> str:
 def event_topics() -> list[str]:
     """The topics the worker consumes, one per event type of the contracts.
 
-    The simulated types come first, then any contract the simulator does not write
-    (``consent``: consent comes from privacy pages and forms, not from simulated orders).
+    The simulated types come first, then any contract the simulator does not write.
     """
     from lastmile.contracts import contracts
 
