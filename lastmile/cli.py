@@ -128,6 +128,44 @@ def simulate_cmd(
     console.print("injected: " + ", ".join(f"{k} {v:,}" for k, v in result.injected.items()))
 
 
+@app.command("respond")
+@friendly
+def respond_cmd(
+    speed: float = typer.Option(60.0, help="Residents' time per wall-clock time: 1 answers in real time, 60 an hour per minute."),
+    idle: Optional[float] = typer.Option(None, help="Stop after this many seconds with no send read and no response due "
+                                          "(default: run until interrupted)."),
+) -> None:
+    """The simulator's live mode: the residents of the simulation in $LASTMILE_HOME read the journey
+    sends on lastmile.actions (from `lastmile stream --journeys`) and answer on the event topics,
+    with the probabilities of lastmile/simulator/responses.yml; each decision goes to truth/responses.jsonl."""
+    import asyncio
+
+    from lastmile.simulator.live_responses import respond_live
+    from lastmile.simulator.responses import TRUTH_FILE, ResponseModel, Residents, load_rules
+    from lastmile.streaming.broker import bootstrap
+
+    cfg = settings()
+    residents = Residents.from_simulation(cfg.home)
+    if not len(residents):
+        raise BadInput(f"no simulated residents in {cfg.home} (truth/orders.jsonl, events/order.jsonl); run `lastmile simulate` first")
+    if speed <= 0:
+        raise BadInput(f"--speed must be above 0, got {speed}")
+    address = bootstrap(cfg)
+    orders_of = None
+    if cfg.clickhouse_url:  # a warehouse server: the person behind each OneID (the embedded one is the worker's)
+        from lastmile.journeys.replay import orders_of_people
+        from lastmile.warehouse import connect
+
+        warehouse = connect(cfg)
+        orders_of = lambda oneid: orders_of_people(warehouse, {oneid}).get(oneid, [])  # noqa: E731
+    console.print(f"{len(residents):,} residents answering journey sends on lastmile.actions ({address}), "
+                  f"{speed:g}x real time", highlight=False)
+    report = asyncio.run(respond_live(address, ResponseModel(load_rules(), residents), cfg.home / "truth" / TRUTH_FILE,
+                                      speed=speed, orders_of=orders_of, idle_s=idle))
+    console.print(f"{report.read:,} sends read, {report.responded:,} answered, {report.produced:,} events produced",
+                  highlight=False)
+
+
 def _ingest(events: Path) -> Any:
     from pipelines import beam_ingest
 

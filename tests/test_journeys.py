@@ -81,7 +81,7 @@ steps:
     (GOOD.replace("owner: o\n", ""), 1, "a journey file needs owner"),
     (GOOD + "colour: red\n", 7, "unknown key 'colour' in a journey file"),
     (GOOD.replace("trigger: {event: pickup}", "trigger: {signal: birthday}"), 4, "unknown signal 'birthday'; expected one of new_neighbour"),
-    (GOOD + "replaces: free_lunch\n", 7, "replaces names a built-in trigger of the stream worker"),
+    (GOOD + "replaces: welcome_neighbour\n", 7, "unknown key 'replaces' in a journey file"),
     (GOOD.replace("steps:", "steps: [").replace("purposes: [marketing]}\n", "purposes: [marketing]}\n"), 6, "not valid YAML"),
 ])
 def test_a_bad_journey_file_names_the_line_and_what_was_expected(tmp_path: Path, text: str, line: int, message: str) -> None:

@@ -45,7 +45,7 @@ from lastmile.audiences.definition import EVENT_TABLES, AudienceError, _mapping,
 from lastmile.yaml_documents import compose_document
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TOP_KEYS = {"name", "description", "owner", "trigger", "once_per", "reentry", "holdout", "goal", "steps", "replaces"}
+_TOP_KEYS = {"name", "description", "owner", "trigger", "once_per", "reentry", "holdout", "goal", "steps"}
 #: Signals the stream worker derives (not contract events), and the fields each carries.
 SIGNALS: dict[str, tuple[str, ...]] = {
     # the first event naming a person none of whose identifiers was seen before
@@ -53,8 +53,6 @@ SIGNALS: dict[str, tuple[str, ...]] = {
     # a staple bought at regular intervals is due and no new purchase came
     "replenishment_due": ("sku", "due", "last_purchase", "purchases", "mean_interval_days"),
 }
-#: The stream worker's built-in triggers a journey may replace, and the signal or event that carries each.
-BUILT_IN_TRIGGERS = ("compensate_cold_chain", "welcome_neighbour", "replenishment_nudge")
 _UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
 #: Where a branch may go besides a step name.
 EXIT, NEXT = "exit", "next"
@@ -167,8 +165,6 @@ class Journey:
     once_per: str | None = None
     reentry: bool = True
     holdout: float = 0.0
-    #: A built-in trigger of the stream worker this journey takes over (it is then not sent by the worker itself).
-    replaces: str | None = None
     definition: Any = None  # what decides behaviour, as plain data (for the version)
 
     @property
@@ -224,12 +220,6 @@ def load_journeys(folder: Path, audiences: set[str] | None = None) -> list[Journ
         if journey.name in seen:
             raise JourneyError(f"{journey.path}: journey name {journey.name!r} is also used by {seen[journey.name]}")
         seen[journey.name] = journey.path
-    taken: dict[str, Journey] = {}
-    for journey in journeys:
-        if journey.replaces and journey.replaces in taken:
-            raise JourneyError(f"{journey.path}: {journey.replaces} is already replaced by {taken[journey.replaces].path}; one journey takes a built-in trigger over")
-        if journey.replaces:
-            taken[journey.replaces] = journey
     return sorted(journeys, key=lambda j: j.name)
 
 
@@ -292,14 +282,9 @@ class _Reader:
             holdout = float(holdout)
         goal = self.goal(top["goal"][1], trigger) if "goal" in top else None
         steps = self.steps(top["steps"][1], trigger)
-        replaces = None
-        if "replaces" in top:
-            replaces = self.text(top["replaces"][1], "replaces")
-            if replaces not in BUILT_IN_TRIGGERS:
-                raise self.fail(top["replaces"][1], f"replaces names a built-in trigger of the stream worker: {', '.join(BUILT_IN_TRIGGERS)}; got {replaces!r}")
         definition = {k: _plain(v) for k, (_, v) in top.items() if k not in ("name", "description", "owner")}
         return Journey(name, self.text(top["description"][1], "description"), self.text(top["owner"][1], "owner"), self.path,
-                       trigger, steps, goal, once_per, reentry, holdout, replaces, definition)
+                       trigger, steps, goal, once_per, reentry, holdout, definition)
 
     def field(self, event: str, node: yaml.Node, name: str) -> None:
         from lastmile.contracts import contract
