@@ -102,8 +102,12 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
         from lastmile.journeys.stats import journey_stats
         from lastmile.warehouse import connect
 
+        from lastmile.journeys.stats import expected_lift
+        from lastmile.simulator.responses import TRUTH_FILE, read_truth
+
         (journey,) = _journeys(bad_input, [name])
-        s = journey_stats(connect(), journey)
+        truth_path = settings().home / "truth" / TRUTH_FILE  # a simulation's residents: the expected lift
+        s = expected_lift(journey_stats(connect(), journey), journey, read_truth(truth_path) if truth_path.exists() else None)
         if as_json:
             typer.echo(json.dumps(s, ensure_ascii=False))
             return
@@ -116,8 +120,12 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
             table.add_row(group, f"{g['entered']:,}", f"{g['active']:,}", f"{g['converted']:,}", "" if rate is None else f"{rate:.1%}")
         console.print(table)
         if s["lift"] is not None:
-            console.print(f"lift: {s['lift'] * 100:+.1f} points of conversion over the holdout ({s['holdout_share']:.0%} held out)",
-                          highlight=False)
+            interval = f", 95% CI [{s['lift_ci'][0] * 100:+.1f}, {s['lift_ci'][1] * 100:+.1f}]" if s["lift_ci"] else ""
+            console.print(f"lift: {s['lift'] * 100:+.1f} points of conversion over the holdout ({s['holdout_share']:.0%} held out)"
+                          f"{interval}", highlight=False)
+            if s["expected_lift"] is not None:
+                console.print(f"expected from the simulated residents' response probabilities: {s['expected_lift'] * 100:+.1f} "
+                              f"points ({'inside' if s['expected_inside'] else 'OUTSIDE'} the interval)", highlight=False)
         if s["in_step"]:
             console.print("in each step now: " + ", ".join(f"{k} {v:,}" for k, v in s["in_step"].items()), highlight=False)
         for step, figures in s["sends"].items():

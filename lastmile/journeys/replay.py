@@ -174,15 +174,7 @@ class ResidentsRespond:
         return earliest
 
     def _orders(self, people: set[str]) -> dict[str, list[str]]:
-        """The orders OneID attributes to each of ``people`` (how the simulation knows who they are)."""
-        if "raw_order" not in self.warehouse.tables():
-            return {}
-        out: dict[str, list[str]] = {}
-        for oneid, order_id in self.warehouse.rows(
-                "SELECT e.oneid, r.order_id FROM event_oneid AS e INNER JOIN (SELECT event_id, order_id FROM raw_order) AS r "
-                "ON r.event_id = e.event_id WHERE e.event_type = 'order' AND e.oneid IN {p:Array(String)}", {"p": sorted(people)}):
-            out.setdefault(oneid, []).append(order_id)
-        return out
+        return orders_of_people(self.warehouse, people)
 
     def _load(self, events: list[dict[str, Any]]) -> None:
         """Judge, hash and write the events as an ingest does, then resolve their OneIDs."""
@@ -207,6 +199,18 @@ class ResidentsRespond:
         return {"sends": len(decisions), "responded": sum(d.responded for d in decisions),
                 "events": sum(len(d.events) for d in decisions if d.responded), "loaded": self.loaded,
                 "quarantined": self.quarantined, "truth": str(self.truth_path)}
+
+
+def orders_of_people(warehouse: Warehouse, people: set[str]) -> dict[str, list[str]]:
+    """The orders OneID attributes to each of ``people`` (how a simulation knows who they are)."""
+    if not people or "raw_order" not in warehouse.tables() or "event_oneid" not in warehouse.tables():
+        return {}
+    out: dict[str, list[str]] = {}
+    for oneid, order_id in warehouse.rows(
+            "SELECT e.oneid, r.order_id FROM event_oneid AS e INNER JOIN (SELECT event_id, order_id FROM raw_order) AS r "
+            "ON r.event_id = e.event_id WHERE e.event_type = 'order' AND e.oneid IN {p:Array(String)}", {"p": sorted(people)}):
+        out.setdefault(oneid, []).append(order_id)
+    return out
 
 
 def replay(warehouse: Warehouse, journeys: Sequence[Journey], desk: Any, zone: tzinfo, days: int | None = None,
@@ -311,4 +315,4 @@ def _add(report: ReplayReport, tick: TickReport) -> None:
     report.events += tick.events
 
 
-__all__ = ["MAIN_JOB_DAYS", "ReplayReport", "ResidentsRespond", "main_job", "replay", "simulated_residents", "summarize"]
+__all__ = ["MAIN_JOB_DAYS", "ReplayReport", "ResidentsRespond", "main_job", "orders_of_people", "replay", "simulated_residents", "summarize"]
