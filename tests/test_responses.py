@@ -211,3 +211,27 @@ def test_live_residents_answer_the_journey_sends_on_the_topics(world: Path, tmp_
     assert 10 <= len(answered) == report.responded == report.produced
     assert sorted(e["event_id"] for e in reviews) == sorted(r["events"][0]["event_id"] for r in answered)
     assert all(e["stars"] == 5 for e in reviews)
+
+
+def test_the_expected_lift_counts_the_reminder_a_response_made_unnecessary() -> None:
+    """A run that answered the prompt got no reminder, though it would have: the expected lift is
+    (1 - h) x (p1 + (1 - p1) p2), not what the sends made alone would say."""
+    import random
+
+    from lastmile.journeys import load_journey
+    from lastmile.journeys.stats import expected_lift
+
+    journey = load_journey(Path(__file__).parents[1] / "journeys" / "review_reward.yml")
+    rng, p1, p2, h, n = random.Random(5), 0.35, 0.2, 0.3, 4_000
+    truth = []
+    for run in range(n):
+        first = rng.random() < p1
+        truth.append({"journey": journey.name, "oneid": f"o{run}", "run_id": "r", "step": "prompt", "respond": "review",
+                      "p": p1, "responded": first, "sent_at": "2026-10-01T10:00:00.000+08:00"})
+        if not first:
+            truth.append({"journey": journey.name, "oneid": f"o{run}", "run_id": "r", "step": "reminder", "respond": "review",
+                          "p": p2, "responded": rng.random() < p2, "sent_at": "2026-10-02T10:00:00.000+08:00"})
+    stats = {"treated": {"entered": n}, "holdout_conversion": h, "lift_ci": (0.0, 1.0)}
+    got = expected_lift(stats, journey, truth)["expected_lift"]
+    assert got == pytest.approx((1 - h) * (p1 + (1 - p1) * p2), abs=0.004)
+    assert expected_lift(stats, journey, None)["expected_lift"] is None  # no simulation, no expectation

@@ -91,26 +91,49 @@ def expected_lift(stats: dict[str, Any], journey: Journey, truth: Iterable[Mappi
     """``stats`` with the lift the simulated residents' response probabilities imply.
 
     ``truth``: the simulator's response decisions (``truth/responses.jsonl``). A treated run
-    reaches the goal through a response with ``q = 1 - prod(1 - p)`` over its sends answered
-    with the goal's event by the person themself; it would have converted anyway with the
-    holdout's rate ``h``, so the expected lift is ``(1 - h) x mean q`` over the treated entrants
-    (a run whose sends were refused or never came has ``q = 0``). ``expected_inside``: whether
-    the measured interval covers it.
+    reaches the goal through a response with ``q = 1 - prod(1 - p)`` over the sends it got (or
+    would have got) answered with the goal's event by the person themself; it would have
+    converted anyway with the holdout's rate ``h``, so the expected lift is ``(1 - h) x mean q``
+    over the treated entrants (a run whose sends were refused or never came has ``q = 0``).
+
+    A run whose last send was answered got no later send (the response converted it), but one
+    would have come without the response: its ``q`` takes the mean continuation of the runs that
+    got the same sends and did not answer the last (``1 - prod(1 - p)`` over what followed, 0
+    when nothing did). Counting only the sends made would understate a reminder's share.
+    ``expected_inside``: whether the measured interval covers the expected lift.
     """
     from lastmile.simulator.responses import EVENT_OF_KIND
 
     out = dict(stats, expected_lift=None, expected_inside=None)
     if truth is None or journey.goal is None or stats["holdout_conversion"] is None or not stats["treated"]["entered"]:
         return out
-    miss: dict[str, float] = {}
+    runs: dict[str, list[tuple[str, str, float, bool]]] = {}
     for row in truth:
         if row.get("journey") != journey.name or not row.get("respond"):
             continue
         event_type, own = EVENT_OF_KIND.get(row["respond"], ("", False))
-        if own and event_type == journey.goal.match.event:
-            key = f"{row.get('oneid')}|{row.get('run_id')}"
-            miss[key] = miss.get(key, 1.0) * (1.0 - float(row["p"]))
-    q = sum(1.0 - m for m in miss.values()) / stats["treated"]["entered"]
+        p = float(row["p"]) if own and event_type == journey.goal.match.event else 0.0
+        runs.setdefault(f"{row.get('oneid')}|{row.get('run_id')}", []).append(
+            (str(row.get("sent_at")), str(row.get("step")), p, bool(row.get("responded"))))
+    continuation: dict[tuple[str, ...], list[float]] = {}  # send steps so far -> what followed, last unanswered
+    for sends in runs.values():
+        sends.sort()
+        for k, (_, _, _, responded) in enumerate(sends):
+            if not responded:
+                rest = 1.0
+                for _, _, p, _ in sends[k + 1:]:
+                    rest *= 1.0 - p
+                continuation.setdefault(tuple(step for _, step, _, _ in sends[:k + 1]), []).append(1.0 - rest)
+    total = 0.0
+    for sends in runs.values():
+        miss = 1.0
+        for _, _, p, _ in sends:
+            miss *= 1.0 - p
+        if sends[-1][3]:
+            followed = continuation.get(tuple(step for _, step, _, _ in sends), [])
+            miss *= 1.0 - (sum(followed) / len(followed) if followed else 0.0)
+        total += 1.0 - miss
+    q = total / stats["treated"]["entered"]
     expected = round((1.0 - stats["holdout_conversion"]) * q, 4)
     out["expected_lift"] = expected
     if stats.get("lift_ci") is not None:
