@@ -16,7 +16,9 @@ Timed, in one process:
   series 72 hours ahead in the same run; ``time_ratio_to_seasonal_naive`` = model / naive.
 
 Then the rolling-origin backtest (``--windows`` origins a day apart, 72 h each) scores the
-model, seasonal naive and AutoETS against the true demand: WRMSSE ratios and P90 coverage.
+model, seasonal naive and AutoETS against the true demand: WRMSSE ratios over the
+community / category / SKU hierarchy and at the community × SKU level alone, bias and P90
+coverage.
 With ``--replay`` the stocking replay (when installed) runs the plan from the backtest's
 forecasts against the default policy on the same true demand (fill rate, spoilage ratio);
 without it those fields are null. ``peak_rss_mb`` is the process's peak resident memory.
@@ -170,6 +172,9 @@ def main() -> None:
         "time_ratio_to_seasonal_naive": round(fit_predict_s / naive_s, 2),
         "wrmsse_ratio_to_seasonal_naive": round(result.ratio("SeasonalNaive"), 4),
         "wrmsse_ratio_to_ets": round(result.ratio("AutoETS"), 4),
+        "bottom_wrmsse_ratio_to_seasonal_naive": round(result.ratio_bottom("SeasonalNaive"), 4),
+        "bottom_wrmsse_ratio_to_ets": round(result.ratio_bottom("AutoETS"), 4),
+        "bias": round(result.scores["model"].bias, 4),
         "p90_coverage": round(result.scores["model"].p90_coverage, 4),
         "fill_rate": None if fill_rate is None else round(fill_rate, 4),
         "spoilage_ratio_to_default_policy": None if spoilage is None else round(spoilage, 4),
