@@ -396,3 +396,52 @@ def test_event_rule_refreshes_publish_exact_entries_and_exits(small, tmp_path: P
     for name, oneid, change, _, _ in _changes(small):
         (replayed.add if change == "enter" else replayed.discard)(oneid)
     assert replayed == expected
+
+
+@pytest.mark.parametrize(("definition", "local"), [
+    ("sql: packaging_returns >= 3 AND top_category IN ('tea', 'fruit')\n", True),
+    ("rule: {all: [{trait: credit_tier, op: '=', value: gold}, {community: c1}]}\n", True),
+    ("sql: first_seen_at >= now() - INTERVAL 30 DAY\n", False),
+    ("sql: oneid IN (SELECT oneid FROM audience_members)\n", False),
+    ("sql: packaging_returns > rand() % 3\n", False),
+    ("rule: {event: order, at_least: 3, days: 30}\n", False),
+])
+def test_only_audiences_over_a_persons_own_row_are_evaluated_among_changed_people(tmp_path: Path, definition: str, local: bool) -> None:
+    from lastmile.audiences.trait_changes import row_local
+
+    assert row_local(load_audience(audience(tmp_path, "a", definition))) is local
+
+
+def test_refreshes_among_changed_people_follow_every_build_in_between(small, tmp_path: Path) -> None:
+    """Two audiences refreshed at different builds: each catches every change since the build
+    it was published from (only the people who changed once it is the build before), a rebuild
+    with the same rows writes nothing, and the history replays to the published members."""
+    from lastmile.audiences.trait_changes import SNAPSHOTS
+
+    gold = load_audience(audience(tmp_path, "gold", "rule: {trait: credit_tier, op: '=', value: gold}\n"))
+    returners = load_audience(audience(tmp_path, "returners", "sql: packaging_returns >= 3\n"))
+
+    def build(changes: dict[str, tuple[str, int]]) -> None:
+        _traits(small, [(*p[:4], *changes.get(p[0], p[4:6]), *p[6:]) for p in PEOPLE])
+
+    for i, a in enumerate((gold, returners)):
+        refresh(small, a, now=NOW + timedelta(minutes=i))
+    build({"p1": ("silver", 0), "p4": ("gold", 6)})          # gold: p1 out, p4 in; returners: p4 in
+    assert (refresh(small, gold, now=NOW + timedelta(days=1)).sample_entries, _members(small, "gold")) == (["p4"], {"p3", "p4"})
+    assert small.rows(f"SELECT changed FROM {SNAPSHOTS} ORDER BY created_at DESC LIMIT 1")[0][0] == 2
+    build({"p1": ("silver", 0), "p4": ("gold", 6), "p2": ("gold", 0)})  # p2 joins gold, leaves returners
+    # returners was published two builds ago: compared in full, both builds' changes caught
+    second = refresh(small, returners, now=NOW + timedelta(days=2))
+    assert (second.sample_entries, second.sample_exits, _members(small, "returners")) == (["p4"], ["p2"], {"p3", "p4", "p5"})
+    third = refresh(small, gold, now=NOW + timedelta(days=3))   # among the one changed person
+    assert (third.sample_entries, third.exits, third.size, _members(small, "gold")) == (["p2"], 0, 3, {"p2", "p3", "p4"})
+    written = small.count("audience_membership_changes", final=False)
+    build({"p1": ("silver", 0), "p4": ("gold", 6), "p2": ("gold", 0)})  # rebuilt, same rows
+    assert [refresh(small, a, now=NOW + timedelta(days=4)).entries for a in (gold, returners)] == [0, 0]
+    assert small.count("audience_membership_changes", final=False) == written
+    for a in (gold, returners):
+        replayed: set[str] = set()
+        for name, oneid, change, _, _ in _changes(small):
+            if name == a.name:
+                (replayed.add if change == "enter" else replayed.discard)(oneid)
+        assert replayed == _members(small, a.name) == select_members(small, a)

@@ -28,6 +28,12 @@ skips every earlier refresh's rows. A first refresh, or one under a new version 
 definition, first compares in full (restating who stays under the new version); ``evaluate``
 (a preview) checks the fingerprint first and reads the published members only when it
 differs. A refresh assumes the traits are not rebuilt while it runs.
+
+An audience over traits alone (``trait_changes.row_local``) also records which state of the
+traits (a snapshot, :mod:`lastmile.audiences.trait_changes`) its membership was evaluated
+over: when that is the current state, a refresh has nothing to evaluate; when it is the state
+before, the comparison runs only over the people whose traits changed in between (a dbt
+build changes a few per cent of them), so it no longer grows with the audience's size.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from lastmile.audiences import trait_changes
 from lastmile.audiences.definition import EVENT_TABLES, TRAITS_VIEW, Audience, AudienceError
+from lastmile.audiences.trait_changes import TraitSnapshot
 from lastmile.warehouse import Warehouse
 
 TABLES_SQL = (
@@ -74,8 +82,11 @@ TABLES_SQL = (
     version String COMMENT 'Definition version the membership was published under.',
     size UInt64 COMMENT 'Members published.',
     fingerprint UInt64 COMMENT 'groupBitXor(sipHash64(oneid)) over the published members.',
+    traits_snapshot UInt64 DEFAULT 0 COMMENT 'State of audience_traits the membership was evaluated over (audience_trait_snapshots; 0: unknown).',
     updated_at DateTime64(3, 'UTC') COMMENT 'When the refresh wrote it (UTC); the newest row counts.'
 ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY audience""",
+    "ALTER TABLE audience_fingerprints ADD COLUMN IF NOT EXISTS traits_snapshot UInt64 DEFAULT 0 AFTER fingerprint",
+    *trait_changes.TABLES_SQL,
 )
 
 SAMPLE_SIZE = 10
@@ -106,8 +117,10 @@ _LEAN_SIDES = """SELECT oneid, max(side = 1) AS now, bitAnd(maxIf(newest, side =
 FROM (SELECT oneid, 1 AS side, toUInt64(0) AS newest FROM ({current})
       UNION ALL
       SELECT oneid, 2 AS side, toUInt64(toUInt64(toUnixTimestamp64Milli(updated_at)) * 4 + is_deleted * 2 + (1 - is_deleted)) AS newest
-      FROM audience_members WHERE audience = {audience:String})
+      FROM audience_members WHERE audience = {audience:String}{among})
 GROUP BY oneid"""
+#: Narrows the published side of ``_LEAN_SIDES`` to the people whose traits changed.
+_AMONG_CHANGED = f" AND sipHash64(oneid) IN (SELECT key FROM {trait_changes.CHANGED_PEOPLE})"
 #: Size, fingerprint and a sample of what the audience selects now, next to the published
 #: fingerprint (version, size, fingerprint; empty version when never published).
 _FINGERPRINT = """SELECT count(), groupBitXor(sipHash64(oneid)), groupArraySorted(""" + str(SAMPLE_SIZE) + """)(oneid),
@@ -162,10 +175,11 @@ def ensure_tables(warehouse: Warehouse) -> None:
     _READY.add(warehouse.client)
 
 
-def _record_fingerprint(warehouse: Warehouse, audience: str, version: str, size: int, fingerprint: int, at: datetime) -> None:
-    warehouse.command("INSERT INTO audience_fingerprints (audience, version, size, fingerprint, updated_at) VALUES "
-                      "({a:String}, {v:String}, {n:UInt64}, {f:UInt64}, {at:DateTime64(3, 'UTC')})",
-                      {"a": audience, "v": version, "n": size, "f": fingerprint, "at": at})
+def _record_fingerprint(warehouse: Warehouse, audience: str, version: str, size: int, fingerprint: int, at: datetime,
+                        snapshot: TraitSnapshot | None) -> None:
+    warehouse.command("INSERT INTO audience_fingerprints (audience, version, size, fingerprint, traits_snapshot, updated_at) VALUES "
+                      "({a:String}, {v:String}, {n:UInt64}, {f:UInt64}, {s:UInt64}, {at:DateTime64(3, 'UTC')})",
+                      {"a": audience, "v": version, "n": size, "f": fingerprint, "s": snapshot.snapshot if snapshot else 0, "at": at})
 
 
 def newest_event_time(warehouse: Warehouse) -> datetime | None:
@@ -181,9 +195,10 @@ def newest_event_time(warehouse: Warehouse) -> datetime | None:
     return newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
 
 
-def _query(warehouse: Warehouse, audience: Audience, as_of: datetime | None) -> tuple[str, dict[str, Any]]:
-    """The audience's SELECT of current members and its parameters (``audience``, ``version`` too)."""
-    present = set(warehouse.tables())
+def _query(warehouse: Warehouse, audience: Audience, as_of: datetime | None, present: set[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The audience's SELECT of current members and its parameters (``audience``, ``version`` too);
+    ``present``: the tables known to exist, when the caller knows them."""
+    present = present or set(warehouse.tables())
     if TRAITS_VIEW not in present:
         raise AudienceError(f"the warehouse has no {TRAITS_VIEW} table yet: build the marts first (lastmile transform)")
     compiled = audience.compile()
@@ -275,7 +290,9 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     """
     ensure_tables(warehouse)
     as_of = as_of or newest_event_time(warehouse)
-    direct = _refresh_directly(warehouse, audience, as_of, now)
+    stored, traits_state = warehouse.rows(_STATE, {"a": audience.name})[0]
+    snapshot = trait_changes.snapshot_from(warehouse, traits_state) if trait_changes.row_local(audience) else None
+    direct = _refresh_directly(warehouse, audience, as_of, now, (str(stored[0]), *(int(v) for v in stored[1:])), snapshot)
     if direct is not None:
         return direct
     fp = _fingerprint(warehouse, audience, as_of)
@@ -292,7 +309,7 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     result = _compare(warehouse, audience, fp)
     if result.entries or result.exits or result.restated:
         _publish(warehouse, audience, fp, at, restate=bool(result.restated))
-    _record_fingerprint(warehouse, audience.name, version, fp.size, fp.fingerprint, at)
+    _record_fingerprint(warehouse, audience.name, version, fp.size, fp.fingerprint, at, snapshot)
     return result
 
 
@@ -303,7 +320,14 @@ def stored_fingerprint(warehouse: Warehouse, audience: str) -> tuple[str, int, i
     return str(stored[0]), int(stored[1]), int(stored[2])
 
 
-def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None) -> Evaluation | None:
+#: What a refresh starts from, in one round trip: the version, size, fingerprint and traits
+#: snapshot last published for the audience, and the state of the traits.
+_STATE = ("SELECT (SELECT argMax(tuple(version, size, fingerprint, traits_snapshot), updated_at) FROM audience_fingerprints "
+          "WHERE audience = {a:String}), " + trait_changes.STATE)
+
+
+def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None,
+                      stored: tuple[str, int, int, int], snapshot: TraitSnapshot | None) -> Evaluation | None:
     """Refresh an audience published under its current version, evaluating the predicate once.
 
     A fingerprint pass (one evaluation) followed by the comparison (a second) would double
@@ -312,26 +336,39 @@ def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime 
     size and fingerprint follow from the stored ones and what was written. None when there
     is no stored fingerprint under this version (first refresh, changed definition): the
     full path then restates and records the version.
+
+    With a ``snapshot`` of the traits (an audience over traits alone): published from this
+    snapshot, nothing it reads changed and nothing is evaluated; published from the previous
+    one, only the people whose traits changed are evaluated and compared.
     """
-    version, published_size, published_fingerprint = stored_fingerprint(warehouse, audience.name)
+    version, published_size, published_fingerprint, published_snapshot = stored
     if version != audience.version:
         return None
-    current, parameters = _query(warehouse, audience, as_of)
+    if snapshot is not None and published_snapshot == snapshot.snapshot:
+        return Evaluation(audience, as_of, published_size, published_size, 0, 0, 0,
+                          sample_members=sample_members(warehouse, audience.name))
+    changed_only = snapshot is not None and snapshot.previous != 0 and published_snapshot == snapshot.previous
+    current, parameters = _query(warehouse, audience, as_of, {TRAITS_VIEW} if snapshot is not None else None)
+    if changed_only:  # the predicate reads only the person's row: the changed rows stand for the traits
+        current = current.replace(f"FROM {TRAITS_VIEW} WHERE", f"FROM {trait_changes.CHANGED_TRAITS} AS {TRAITS_VIEW} WHERE", 1)
     fp = _Fingerprint(as_of, current, parameters, published_size, published_fingerprint, [], (version, published_size, published_fingerprint))
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
-    _publish(warehouse, audience, fp, at, restate=False, lean=True)
-    entries, exits, changed, sample_entries, sample_exits = warehouse.rows(f"""
+    _publish(warehouse, audience, fp, at, restate=False, lean=True, changed_only=changed_only)
+    entries, exits, changed, sample_entries, sample_exits, sample = warehouse.rows(f"""
 SELECT countIf(change = 'enter'), countIf(change = 'exit'), groupBitXor(sipHash64(oneid)),
-       groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit')
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit'),
+       ({_SAMPLE})
 FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:DateTime64(3, 'UTC')}} AND version = {{v:String}}""",
-                                                                           {"a": audience.name, "v": version, "at": at})[0]
+                                                                                   {"a": audience.name, "v": version, "at": at,
+                                                                                    "n": _SAMPLE_WINDOW})[0]
     entries, exits = int(entries), int(exits)
     size = published_size + entries - exits
-    if entries or exits:  # XOR removes who left and adds who entered
-        _record_fingerprint(warehouse, audience.name, version, size, published_fingerprint ^ int(changed), at)
+    moved = snapshot is not None and published_snapshot != snapshot.snapshot
+    if entries or exits or moved:  # XOR removes who left and adds who entered
+        _record_fingerprint(warehouse, audience.name, version, size, published_fingerprint ^ int(changed), at, snapshot)
     return Evaluation(audience, as_of, size, published_size, entries, exits, 0,
                       sample_entries=list(sample_entries), sample_exits=list(sample_exits),
-                      sample_members=sample_members(warehouse, audience.name))
+                      sample_members=_sample_from(warehouse, audience.name, sample))
 
 
 #: People read to find a sample of current members without ``FINAL`` (those who left are skipped).
@@ -345,22 +382,34 @@ def sample_members(warehouse: Warehouse, audience: str) -> list[str]:
     and keeps those whose newest row is not a deletion; only when too many of them left does
     it fall back to ``FINAL``.
     """
-    parameters = {"a": audience, "n": _SAMPLE_WINDOW}
-    rows = warehouse.rows(
-        "SELECT oneid, argMax(is_deleted, (updated_at, is_deleted)) = 0, count() FROM audience_members "
-        "WHERE audience = {a:String} AND oneid IN (SELECT oneid FROM audience_members WHERE audience = {a:String} "
-        "ORDER BY oneid LIMIT {n:UInt32}) GROUP BY oneid ORDER BY oneid", parameters)
+    return _sample_from(warehouse, audience, warehouse.scalar(_SAMPLE, {"a": audience, "n": _SAMPLE_WINDOW}))
+
+
+#: The people of the audience's first rows in key order: (oneid, is a member, rows), by OneID.
+_SAMPLE = ("SELECT groupArray(tuple(oneid, member, n)) FROM (SELECT oneid, argMax(is_deleted, (updated_at, is_deleted)) = 0 AS member, "
+           "count() AS n FROM audience_members WHERE audience = {a:String} AND oneid IN (SELECT oneid FROM audience_members "
+           "WHERE audience = {a:String} ORDER BY oneid LIMIT {n:UInt32}) GROUP BY oneid ORDER BY oneid)")
+
+
+def _sample_from(warehouse: Warehouse, audience: str, rows: list[tuple[str, bool, int]]) -> list[str]:
+    """``sample_members`` from the rows of ``_SAMPLE``."""
     found = [oneid for oneid, member, _ in rows if member][:SAMPLE_SIZE]
     if len(found) < SAMPLE_SIZE and sum(n for _, _, n in rows) >= _SAMPLE_WINDOW:  # more people may follow
         found = [r[0] for r in warehouse.rows(
-            f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}", parameters)]
+            f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}", {"a": audience})]
     return found
 
 
-def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool, lean: bool = False) -> None:
+def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool, lean: bool = False,
+             changed_only: bool = False) -> None:
     """Entries and exits into the history, then the current members (and restated ones) updated.
-    ``lean``: every published member is under the current version (see ``_LEAN_SIDES``)."""
-    sides = (_LEAN_SIDES if lean and not restate else _SIDES).replace("{current}", fp.current)
+    ``lean``: every published member is under the current version (see ``_LEAN_SIDES``);
+    ``changed_only``: ``fp.current`` selects among the people whose traits changed, so only
+    their published rows are compared."""
+    if lean and not restate:
+        sides = _LEAN_SIDES.replace("{among}", _AMONG_CHANGED if changed_only else "").replace("{current}", fp.current)
+    else:
+        sides = _SIDES.replace("{current}", fp.current)
     parameters = dict(fp.parameters, at=at)
     at_param = "{at:DateTime64(3, 'UTC')}"
     statements = []
