@@ -46,6 +46,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LASTMILE_STOCKING_GOODWILL_SHARE": ("1.0", "Goodwill lost with each unit of demand a front warehouse cannot serve, as a share of the unit price, on top of the margin: a lost order costs margin + goodwill (stocking plan)."),
     "LASTMILE_STOCKING_HOLDING_SHARE": ("0.01", "Cost of keeping a unit on a front warehouse's shelf one more day, as a share of its unit cost (cold space, capital): what a long-life leftover costs (stocking plan)."),
     "LASTMILE_POOL_KM": ("2.0", "Communities at most this many km apart may cover each other's shortfall from surplus stock (stocking plan `pool_from`); 0 turns pooling off."),
+    "LASTMILE_POOL_UNIT_COST": ("0.5", "Cost in CNY of moving one unit between neighbouring front warehouses (picking, the van's detour): a surplus moves only when this is below the unit's cost, and the stocking replay counts it (stocking plan)."),
 }
 
 
@@ -111,6 +112,7 @@ class Settings:
     stocking_goodwill_share: float = 1.0
     stocking_holding_share: float = 0.01
     pool_km: float = 2.0
+    pool_unit_cost: float = 0.5
 
     @property
     def embedded(self) -> bool:
@@ -257,6 +259,7 @@ def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
         stocking_goodwill_share=_share(env["LASTMILE_STOCKING_GOODWILL_SHARE"], "LASTMILE_STOCKING_GOODWILL_SHARE"),
         stocking_holding_share=_share(env["LASTMILE_STOCKING_HOLDING_SHARE"], "LASTMILE_STOCKING_HOLDING_SHARE", upper=1.0),
         pool_km=_share(env["LASTMILE_POOL_KM"], "LASTMILE_POOL_KM"),
+        pool_unit_cost=_share(env["LASTMILE_POOL_UNIT_COST"], "LASTMILE_POOL_UNIT_COST"),
     )
 
 

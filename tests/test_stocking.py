@@ -198,6 +198,34 @@ def test_replay_without_a_delivery_on_a_typhoon_day_orders_for_two_days() -> Non
                goodwill_share=1.0)
 
 
+def test_replay_moves_a_neighbours_surplus_and_counts_what_moving_it_costs() -> None:
+    """c2 is forecast to sell 5 of a three-day SKU on Oct 1 but sells none; on Oct 2 it expects
+    nothing and c1 expects 3. The plan's van moves c2's spare units to c1 instead of c1 ordering
+    fresh ones, at 0.50 CNY a unit moved; at a handling cost above the unit cost (6.50 CNY)
+    buying fresh is cheaper and nothing moves."""
+    hours = pd.date_range("2026-09-30 22:00", "2026-10-03 05:00", freq="h")
+    c1 = [3.0 if h == pd.Timestamp("2026-10-02 10:00") else 0.0 for h in hours]
+    c2 = [5.0 if h == pd.Timestamp("2026-10-01 10:00") else 0.0 for h in hours]
+    forecast = pd.concat([pd.DataFrame({"community_id": c, "sku": "s1", "hour": hours, "p50": p, "p90": p})
+                          for c, p in (("c1", c1), ("c2", c2))])
+    truth = pd.DataFrame({"community_id": ["c1", "c2"], "sku": "s1", "demanded": [3, 1], "served": [0, 0],
+                          "hour": ["2026-10-02T10:00:00+08:00", "2026-10-02T23:00:00+08:00"]})
+    skus = SKUS.assign(shelf_life_days=3.0)
+    near = pd.DataFrame({"community_id": ["c1"], "neighbour_id": ["c2"], "km": [1.0]})
+
+    def run(handling: float) -> Any:
+        return replay(truth, forecast, skus, date(2026, 10, 1), date(2026, 10, 2), cost_share=0.65, goodwill_share=1.0,
+                      distances=near, pool_km=2.0, pool_unit_cost=handling)
+
+    pooled, dear = run(0.5), run(7.0)
+    assert pooled.plan.pooled_units >= 3 and pooled.plan.served == 4
+    assert pooled.plan.pooled_cny == pytest.approx(0.5 * pooled.plan.pooled_units)
+    assert pooled.as_dict()["plan"]["pooling_handling_cny"] == round(0.5 * pooled.plan.pooled_units, 2)
+    assert (dear.plan.pooled_units, dear.plan.pooled_cny) == (0, 0.0)
+    assert dear.plan.received - pooled.plan.received == pooled.plan.pooled_units  # c1 bought fresh instead
+    assert "moving them, CNY" in pooled.text()
+
+
 # --- the plan in the warehouse, its outlets and the API ----------------------------------------
 
 FORECAST_DDL = """CREATE TABLE IF NOT EXISTS demand_forecast (community_id String, sku String, hour DateTime('Asia/Shanghai'),

@@ -196,14 +196,15 @@ def sku_economics(skus: pd.DataFrame, cfg: Settings, costs: dict[str, float] | N
 def plan_version(model_version: str, cfg: Settings) -> str:
     """Names the method, the forecast model and the cost settings a plan was made with."""
     spec = (f"{METHOD}|{model_version}|{cfg.stocking_cost_share}|{cfg.stocking_goodwill_share}|{cfg.stocking_holding_share}|"
-            f"{cfg.pool_km}")
+            f"{cfg.pool_km}|{cfg.pool_unit_cost}")
     return f"{METHOD}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
 def build_plan(forecast: pd.DataFrame, economics: dict[str, Economics], lots: dict[tuple[str, str], list[Lot]],
                order_at: datetime, delivery_at: datetime, neighbours: dict[str, list[tuple[float, str]]] | None = None,
-               names: dict[str, str] | None = None) -> tuple[list[Decision], list[str]]:
-    """One decision per community × SKU of the forecast for ``delivery_at``, pooled between neighbours.
+               names: dict[str, str] | None = None, handling: float = 0.0) -> tuple[list[Decision], list[str]]:
+    """One decision per community × SKU of the forecast for ``delivery_at``, pooled between neighbours
+    (``handling``: CNY to move a unit between them, see :func:`lastmile.stocking.pooling.pool`).
 
     Returns the decisions and notes on what could not be planned (SKUs without price or shelf
     life, series whose forecast does not reach the end of the selling period): those are
@@ -231,7 +232,7 @@ def build_plan(forecast: pd.DataFrame, economics: dict[str, Economics], lots: di
         notes.append(f"{len(unknown)} SKU(s) in the forecast are not in ref_skus and were not planned: {', '.join(sorted(unknown)[:5])}")
     if short:
         notes.append(f"{len(short)} series were not planned (forecast incomplete): {'; '.join(short[:3])}")
-    pool(decisions, neighbours or {})
+    pool(decisions, neighbours or {}, {sku: e.unit_cost for sku, e in economics.items()}, handling)
     return decisions, notes
 
 
@@ -272,7 +273,8 @@ def make_plan(cfg: Settings, warehouse: Warehouse, now: datetime | None = None) 
     distances = _frame(warehouse, "ref_community_distances")
     neighbours = neighbours_within(distances.to_dict("records"), cfg.pool_km) if not distances.empty else {}
     names = dict(zip(skus["sku"].astype(str), skus["name"].astype(str))) if "name" in skus.columns else {}
-    decisions, notes = build_plan(forecast.frame, economics, lots, order_at, delivery_at, neighbours, names)
+    decisions, notes = build_plan(forecast.frame, economics, lots, order_at, delivery_at, neighbours, names,
+                                  cfg.pool_unit_cost)
     if not lots:
         notes.append("no stock counts in raw_inventory: every shelf is taken as empty")
     version = plan_version(forecast.model_version, cfg)

@@ -10,6 +10,10 @@ on one shelf sells on the other.
 Each short warehouse takes from one neighbour (the nearest that has a surplus; the plan
 names a single source), and the shortest distances are served first so the van's detours stay
 short. A neighbour never gives below its own target.
+
+Moving a unit costs its handling (``LASTMILE_POOL_UNIT_COST``: picking, the van's detour) and
+saves buying a fresh one, so a SKU's surplus moves only when the handling is below its unit
+cost; the stocking replay counts the handling of every unit moved.
 """
 
 from __future__ import annotations
@@ -50,20 +54,25 @@ def neighbours_within(distances: Iterable[Mapping[str, object]], max_km: float) 
     return {c: sorted((km, n) for n, km in found.items()) for c, found in near.items()}
 
 
-def pool(decisions: Sequence[Decision], neighbours: Mapping[str, list[tuple[float, str]]]) -> list[Transfer]:
+def pool(decisions: Sequence[Decision], neighbours: Mapping[str, list[tuple[float, str]]],
+         unit_cost: Mapping[str, float] | None = None, handling: float = 0.0) -> list[Transfer]:
     """Cover shortfalls from neighbours' surplus, changing ``decisions`` in place.
 
     ``decisions``: one per community for the same delivery (any mix of SKUs). A covered
     warehouse's ``order_qty`` drops by what it takes, with ``pool_from`` and ``pooled_qty``
-    set; the giver's decision notes what it gives. Returns the transfers made.
+    set; the giver's decision notes what it gives. ``handling``: CNY to move a unit; SKUs whose
+    ``unit_cost`` (CNY) is not above it are not moved. Returns the transfers made.
     """
     if not neighbours:
         return []
+    costs = unit_cost or {}
     by_sku: dict[str, dict[str, Decision]] = defaultdict(dict)
     for d in decisions:
         by_sku[d.sku][d.community_id] = d
     transfers: list[Transfer] = []
     for sku, here in sorted(by_sku.items()):
+        if handling > 0 and not costs.get(sku, float("inf")) > handling:
+            continue  # buying a fresh unit is cheaper than moving one
         spare = {c: d.surplus for c, d in here.items() if d.surplus > 0}
         if not spare:
             continue

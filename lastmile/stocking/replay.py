@@ -15,7 +15,8 @@ lots past their best-before are written off and the hour's demand is served firs
 first out; what cannot be served is lost. Demand before the first delivery is left out for both.
 
 Figures: fill rate (units served / units demanded), lost units and stock-out hours (community ×
-SKU × hours with demand left unserved), spoilage (units written off and their cost in CNY) and
+SKU × hours with demand left unserved), spoilage (units written off and their cost in CNY),
+units moved between neighbours and what moving them cost (``LASTMILE_POOL_UNIT_COST`` a unit) and
 inventory turnover (units served / average units on hand at the 22:00 counts).
 """
 
@@ -57,6 +58,7 @@ class Outcome:
     written_off: int = 0
     written_off_cny: float = 0.0
     pooled_units: int = 0
+    pooled_cny: float = 0.0
     counted_on_hand: int = 0
     counts: int = 0
 
@@ -78,7 +80,8 @@ class Outcome:
         return {"demanded": self.demanded, "served": self.served, "fill_rate": round(self.fill_rate, 4),
                 "lost_units": self.lost_units, "stockout_hours": self.stockout_hours, "received": self.received,
                 "written_off_units": self.written_off, "written_off_cny": round(self.written_off_cny, 2),
-                "pooled_units": self.pooled_units, "average_on_hand": round(self.average_on_hand, 1),
+                "pooled_units": self.pooled_units, "pooling_handling_cny": round(self.pooled_cny, 2),
+                "average_on_hand": round(self.average_on_hand, 1),
                 "inventory_turnover": round(self.turnover, 2)}
 
 
@@ -121,6 +124,7 @@ class ReplayResult:
                 ("stock-out hours", "stockout_hours", "{:,}"), ("units received", "received", "{:,}"),
                 ("units written off", "written_off_units", "{:,}"), ("written off, CNY", "written_off_cny", "{:,.2f}"),
                 ("units moved between neighbours", "pooled_units", "{:,}"),
+                ("moving them, CNY", "pooling_handling_cny", "{:,.2f}"),
                 ("average units on hand (22:00)", "average_on_hand", "{:,.1f}"),
                 ("inventory turnover", "inventory_turnover", "{:.2f}")]
         plan, default = self.plan.as_dict(), self.default_policy.as_dict()
@@ -152,7 +156,7 @@ def _hours(values: pd.Series, tz: str | None) -> np.ndarray:
 
 def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, start: date, end: date, *,
            cost_share: float, goodwill_share: float, holding_share: float = 0.0, distances: pd.DataFrame | None = None,
-           pool_km: float = 0.0,
+           pool_km: float = 0.0, pool_unit_cost: float = 0.0,
            no_delivery: set[date] | frozenset[date] = frozenset(), margin: float = DEFAULT_MARGIN,
            min_facing: int = DEFAULT_MIN_FACING, tz: str | None = None) -> ReplayResult:
     """Replay deliveries ``start`` .. ``end`` (inclusive) for every community × SKU with demand.
@@ -165,7 +169,8 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     ``cutoff``): each delivery reads the newest forecast made by its order time (22:00 the
     evening before), never one from after it, and that forecast must reach the next delivery. ``skus``: ``sku, unit_price,
     shelf_life_days`` (``unit_cost`` optional: else the configured share of the price).
-    ``distances``: ``community_id, neighbour_id, km`` for pooling within ``pool_km``.
+    ``distances``: ``community_id, neighbour_id, km`` for pooling within ``pool_km``; each unit
+    moved costs ``pool_unit_cost`` CNY (counted in the plan's ``pooled_cny``).
     ``no_delivery``: days whose delivery is cancelled (typhoon): nothing arrives, and the day
     before orders for two days. ``tz``: the clock offset times are read on (the configured
     business time zone when not given).
@@ -225,6 +230,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
         fc["origin_t"] = _hours(forecasts["origin"], tz)
 
     on_sale = _on_sale(skus)
+    unit_costs = {sku: e.unit_cost for sku, e in econ.items()}
     neighbours = neighbours_within(distances.to_dict("records"), pool_km) if distances is not None and pool_km > 0 else {}
     shelves: dict[str, dict[tuple[str, str], ShelfStock]] = {PLAN: defaultdict(ShelfStock), DEFAULT: defaultdict(ShelfStock)}
     out = {PLAN: Outcome(), DEFAULT: Outcome()}
@@ -289,15 +295,16 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
                 usable = max(sellable_on_hand(shelves[DEFAULT][key], delivery - DELIVERY_HOUR + ORDER_HOUR), 0)
                 default_orders[key] = last_week_plus_margin(sales[key], day_index, usable, opening=opening.get(key, 0.0),
                                                             first_day=first, margin=margin, min_facing=min_facing)
-        transfers = pool(decisions, neighbours)
+        transfers = pool(decisions, neighbours, unit_costs, pool_unit_cost)
         for key in series:
             for side in (PLAN, DEFAULT):
                 run_until(side, key, delivery)
                 write_off(side, key, delivery)
 
         for t in transfers:
-            out[PLAN].pooled_units += _move(shelves[PLAN][(t.from_community, t.sku)], shelves[PLAN][(t.to_community, t.sku)],
-                                            t.qty, delivery)
+            moved = _move(shelves[PLAN][(t.from_community, t.sku)], shelves[PLAN][(t.to_community, t.sku)], t.qty, delivery)
+            out[PLAN].pooled_units += moved
+            out[PLAN].pooled_cny += moved * pool_unit_cost
         plan_orders = {(d.community_id, d.sku): d.order_qty for d in decisions}
         for key in series:
             e = econ[key[1]]
@@ -448,5 +455,5 @@ def replay_simulation(cfg: Settings, forecasts: pd.DataFrame, start: date | None
     sim = json.loads(manifest.read_text(encoding="utf-8")).get("config", {}) if manifest.is_file() else {}
     return replay(load_truth(home), forecasts, skus, start, end, cost_share=cfg.stocking_cost_share,
                   goodwill_share=cfg.stocking_goodwill_share, holding_share=cfg.stocking_holding_share, distances=distances if not distances.empty else None,
-                  pool_km=cfg.pool_km, no_delivery=no_delivery, margin=float(sim.get("stock_margin", DEFAULT_MARGIN)),
+                  pool_km=cfg.pool_km, pool_unit_cost=cfg.pool_unit_cost, no_delivery=no_delivery, margin=float(sim.get("stock_margin", DEFAULT_MARGIN)),
                   min_facing=int(sim.get("stock_min_facing", DEFAULT_MIN_FACING)), tz=cfg.business_tz)
