@@ -51,7 +51,7 @@ def test_the_shipped_journeys_validate_against_the_shipped_audiences() -> None:
     assert {n: j.trigger.event.event for n, j in journeys.items() if j.trigger.event and j.trigger.event.event in
             ("new_neighbour", "replenishment_due")} == {"welcome_neighbour": "new_neighbour", "replenishment_nudge": "replenishment_due"}
     review = journeys["review_reward"]
-    assert review.holdout == 0.1 and review.once_per == "order_id" and review.event_types() == {"pickup", "review"}
+    assert review.holdout == 0.2 and review.once_per == "order_id" and review.event_types() == {"pickup", "review"}
 
 
 GOOD = """name: j

@@ -133,6 +133,8 @@ def expected_lift(stats: dict[str, Any], journey: Journey, truth: Iterable[Mappi
             followed = continuation.get(tuple(step for _, step, _, _ in sends), [])
             miss *= 1.0 - (sum(followed) / len(followed) if followed else 0.0)
         total += 1.0 - miss
+    if not runs:  # no send of this journey was decided by the residents: nothing to expect
+        return out
     q = total / stats["treated"]["entered"]
     expected = round((1.0 - stats["holdout_conversion"]) * q, 4)
     out["expected_lift"] = expected
