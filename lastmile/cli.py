@@ -87,7 +87,10 @@ def _simulate(seed: int, orders: int, weeks: int, out: Path) -> Any:
 
     if orders <= 0 or weeks <= 0:
         raise BadInput("--orders and --weeks must be positive")
-    cfg = SimulationConfig(seed=seed, orders=orders, weeks=weeks)
+    from lastmile.audiences.contact_rules import load_rules
+
+    # The simulated platform holds out the share of at-risk customers the contact rules do.
+    cfg = SimulationConfig(seed=seed, orders=orders, weeks=weeks, spending_health_holdout=load_rules().spending_health_holdout)
     # Follow-up events (pickups, claims, reviews) trail the window by up to ~10 days, and
     # ingest rightly quarantines events from the future.
     ends = cfg.start + timedelta(weeks=weeks, days=12)
@@ -312,11 +315,14 @@ def run_cmd(
             out["audiences"] = _refresh_audiences(connect(cfg))
     if wanted("journeys"):  # the last week of loaded events, every send through the contact rules
         from lastmile.journeys.replay import main_job as run_journeys
+        from lastmile.models.spending_effect import main_job as spending_cap_effect
 
         with _stage("journeys", timings):
             journeys_report = run_journeys(cfg, connect(cfg))
+            cap_effect = spending_cap_effect(cfg, connect(cfg))  # impulse spend, capped arm vs holdout
         out["journeys"] = journeys_report.as_dict()
-        out["journeys_report"] = journeys_report.text()
+        out["spending_health_cap"] = cap_effect.as_dict() if cap_effect else None
+        out["journeys_report"] = journeys_report.text() + (f"\n{cap_effect.text()}" if cap_effect else "")
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
 
