@@ -76,6 +76,31 @@ def test_the_stock_level_weighs_a_lost_order_against_a_write_off_over_the_shelf_
     assert Economics.of(10.0, 1.0, 0.65, 1.0, unit_cost=8.0).unit_cost == 8.0
 
 
+def test_a_leftover_is_worth_what_the_forecast_says_sells_before_it_expires() -> None:
+    """A 36-hour SKU: 8 units wanted on the delivery day; a leftover still sells the next
+    morning until 17:00, and the forecast says how much is wanted then. Price 10, cost 6.50:
+    the S-th unit sells today with P(Poisson(8) >= S) (13.50 saved) and is written off when
+    demand over its whole life stays below S (6.50 lost).
+
+    Quiet next morning: its life sees Poisson(8), the one-day case: stock 9.
+    8 more wanted at 09:00 the next day: its life sees Poisson(16). The 13th unit:
+    13.5 x P(P8 >= 13) = 13.5 x 0.0638 = 0.86 < 6.5 x P(P16 <= 12) = 6.5 x 0.1931 = 1.26; the
+    12th: 13.5 x 0.1119 = 1.51 > 6.5 x 0.1270 = 0.83. So 12. (Half a day at the day's average
+    rate, Poisson(12), would give 11 for both mornings.)
+    """
+    life = Economics.of(unit_price=10.0, shelf_life_days=1.5, cost_share=0.65, goodwill_share=1.0)
+    hours = [ORDER_AT + timedelta(hours=i) for i in range(55)]
+
+    def forecast(next_morning: float) -> list[float]:
+        return [8.0 if h == datetime(2026, 10, 1, 10) else next_morning if h == datetime(2026, 10, 2, 9) else 0.0
+                for h in hours]
+
+    quiet = decide("c1", "s1", life, ORDER_AT, DELIVERY, hours, forecast(0.0), forecast(0.0), [])
+    busy = decide("c1", "s1", life, ORDER_AT, DELIVERY, hours, forecast(8.0), forecast(8.0), [])
+    assert (quiet.target, busy.target) == (9, 12)
+    assert busy.order_qty == 12 and busy.selling_until == datetime(2026, 10, 2, 5)
+
+
 def test_expiring_stock_counts_only_as_far_as_it_can_sell_before_its_best_before() -> None:
     # 5 units wanted at 10:00 and 3 at 20:00: Poisson(8), whose 0.675 quantile is 9
     # (P(<=8) = 0.593, P(<=9) = 0.717). On the shelf: 4 expire at 04:00 (before the delivery),

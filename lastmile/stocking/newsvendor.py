@@ -165,7 +165,7 @@ def demand_cdf(units: np.ndarray, mean: float, var: float) -> np.ndarray:
 
 
 def stock_level(econ: Economics, mean: float, var: float, life_periods: float,
-                interval_h: float = DELIVERY_INTERVAL_H) -> tuple[int, float]:
+                interval_h: float = DELIVERY_INTERVAL_H, life: tuple[float, float] | None = None) -> tuple[int, float]:
     """The stock to aim for at the delivery, and the share of periods it serves in full.
 
     The S-th unit is worth stocking while what it saves is more than what it risks: it is
@@ -174,13 +174,15 @@ def stock_level(econ: Economics, mean: float, var: float, life_periods: float,
     leftovers sell first next time) stays below S, or kept another day at the holding cost.
     With a shelf life of one period this is the textbook critical ratio; a longer life makes
     a write-off less likely, so more is stocked, and slow movers are held back by how little
-    of them sells before they expire.
+    of them sells before they expire. ``life``: the mean and variance of demand over the whole
+    shelf life when the forecast gives them (else ``life_periods`` times the period's).
     """
-    life = max(life_periods, 1.0)
+    life_mean, life_var = life if life is not None else (mean * life_periods, var * life_periods)
+    periods = max(life_periods, 1.0)
     ceiling = int(demand_quantile(mean, var, 0.99999)[()]) + 2
     units = np.arange(ceiling + 1)
     in_period = demand_cdf(units, mean, var)
-    over_life = in_period if life <= 1.0 else demand_cdf(units, mean * life, var * life)
+    over_life = in_period if periods <= 1.0 else demand_cdf(units, max(life_mean, mean), max(life_var, var))
     holding = econ.unit_cost * econ.holding_share * interval_h / 24.0
     worth = econ.underage * (1.0 - in_period) > econ.unit_cost * over_life + holding * in_period
     target = int(units[np.argmin(worth)]) if not worth.all() else ceiling
@@ -341,7 +343,16 @@ def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_de
         raise ValueError(f"{community_id}/{sku}: the forecast covers {covered:.0f} of the {selling:.0f} selling "
                          f"hours after the delivery at {delivery_at:%Y-%m-%d %H:%M}")
     m, v = period_moments(mean[in_period], var[in_period])
-    target, level = stock_level(econ, m, v, econ.shelf_life_h / selling, interval)
+    life = None
+    if econ.shelf_life_h > selling:
+        # Demand over the whole shelf life: the forecast's own hours as far as it reaches
+        # (a leftover sells in the next morning's peak, not in an average half day), the
+        # period's rate beyond.
+        in_life = (hours >= t_delivery) & (hours < t_delivery + econ.shelf_life_h)
+        m_l, v_l = period_moments(mean[in_life], var[in_life])
+        rest = max(econ.shelf_life_h - float(in_life.sum()), 0.0) / selling
+        life = (m_l + m * rest, v_l + v * rest)
+    target, level = stock_level(econ, m, v, econ.shelf_life_h / selling, interval, life)
     p50_d, p90_d = (int(x) for x in demand_quantile([m, m], [v, v], [0.5, 0.9]))
     expiring, stale, usable = usable_on_hand(lots, t_order, t_delivery, period_end, hours, mean)  # type: ignore[arg-type]
     qty = max(int(math.ceil(target - usable - 1e-9)), 0)

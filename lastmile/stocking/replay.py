@@ -270,7 +270,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
         order_at = delivery - DELIVERY_HOUR - (24 - ORDER_HOUR)
         following = delivery_days[n + 1] if n + 1 < len(delivery_days) else end + timedelta(days=1)
         t_next = _at(following, DELIVERY_HOUR)
-        plan_fc = _forecast_at(fc, order_at, t_next)
+        plan_fc = _forecast_at(fc, order_at)
         if n:
             out[PLAN].counts += 1
             out[DEFAULT].counts += 1
@@ -379,10 +379,11 @@ def _on_sale(skus: pd.DataFrame) -> Any:
     return on_sale
 
 
-def _forecast_at(fc: pd.DataFrame, order_at: float, delivery: float) -> dict[tuple[str, str], tuple[np.ndarray, ...]]:
-    """Per series, the hourly forecast a buyer had at ``order_at`` for the hours before ``delivery``
-    (the following delivery: the end of the selling period)."""
-    window = fc[(fc["t"] >= order_at) & (fc["t"] < delivery)]
+def _forecast_at(fc: pd.DataFrame, order_at: float) -> dict[tuple[str, str], tuple[np.ndarray, ...]]:
+    """Per series, the hourly forecast a buyer had at ``order_at``, every hour it reaches from
+    then on (the selling period, and the rest of a longer shelf life as far as it goes), as the
+    plan reads the stored forecast."""
+    window = fc[fc["t"] >= order_at]
     if "origin_t" in window.columns:
         window = window[window["origin_t"] <= order_at]
         if not window.empty:
