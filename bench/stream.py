@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--profiles-seconds", type=float, default=30.0, help="worker's profiles rebuild interval (0: off)")
     parser.add_argument("--batch-rows", type=int, default=20_000, help="worker's and ceiling consumer's batch size")
     parser.add_argument("--flush-seconds", type=float, default=0.5, help="worker's and ceiling consumer's batch wait")
+    parser.add_argument("--no-journeys", action="store_true", help="run the worker without journeys (what they cost)")
     parser.add_argument("--ceiling-events", type=int, default=0, help=argparse.SUPPRESS)  # the child process of the ceiling
     parser.add_argument("--ceiling-bootstrap", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,7 +230,8 @@ def main() -> None:
                                    "--batch-rows", str(args.batch_rows), "--flush-seconds", str(args.flush_seconds),
                                    "--log-level", args.log_level, "--identity-seconds", str(args.identity_seconds),
                                    "--identity-waiting-seconds", str(args.identity_waiting_seconds),
-                                   "--profiles-seconds", str(args.profiles_seconds)],
+                                   "--profiles-seconds", str(args.profiles_seconds),
+                                   *(["--no-journeys"] if args.no_journeys else [])],
                                   cwd=ROOT, env=env, stdout=open(home / "worker.log", "wb"), stderr=subprocess.STDOUT)
         try:
             samples = _wait(home, worker, first.published, 600)

@@ -203,10 +203,13 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
     if parts.journeys is not None:
         @app.timer(interval=JOURNEY_SENDS_EVERY_S)
         async def journey_sends() -> None:
-            if parts.journeys.catch_up_due:  # a resolution came too soon after the last pass: make it now
-                await sink.run_blocking(parts.journeys.catch_up)
             if parts.journeys.queued:
                 await publish_journey_sends()  # queued by the OneID thread (StreamJourneys.after_resolve)
+
+        @app.timer(interval=0.25)
+        async def journey_passes() -> None:
+            if parts.journeys.catch_up_due:  # owed by a resolution (too soon, a backlog, a catch-up's pause): now
+                await sink.run_blocking(parts.journeys.catch_up)
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:

@@ -536,6 +536,56 @@ def test_the_stream_hook_notes_events_before_commit_and_sends_after_oneid(wareho
         sink.close()
 
 
+def test_the_stream_makes_no_pass_while_a_backlog_drains_and_catches_up_in_short_passes(warehouse) -> None:
+    """Full batches (a backlog) are noted but not passed; once a batch comes by time, the
+    journeys catch up in passes of at most ``pass_events`` events, each pass followed by a pause."""
+    import time
+
+    from lastmile.identity.store import resolve_pending
+    from lastmile.ingest import Ingestor
+    from lastmile.journeys.stream import StreamJourneys
+    from lastmile.privacy import Identifiers
+    from lastmile.streaming.sink import Record, StreamSink
+
+    cfg, store, _ = warehouse
+    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
+    hook = StreamJourneys(sink, [shipped("cold_chain_compensation")], ContactDesk(store, RULES, cfg), cfg.business_zone,
+                          every_s=3600, wall_clock=lambda: NOON + timedelta(hours=1), pass_events=2)
+    sink.handlers.append(hook.handler())
+    claims = [event("return", occurred_at=(NOON + timedelta(seconds=n)).isoformat(), claimant={"openid": f"oBacklog-{next(_ids):04d}"},
+                    order_id=f"ord-backlog-{next(_ids):04d}") for n in range(6)]
+    identifiers = sink.ingestor.identifiers
+    blocked = frozenset(identifiers.rules.blocked_tokens(identifiers.hasher))
+
+    async def write(batch: list[dict], full: bool) -> None:
+        records = [Record("lastmile.return", 0, n, orjson.dumps(c)) for n, c in enumerate(batch)]
+        await sink.store(records, await sink.judge(records), full=full)
+
+    sent: list = []
+    try:
+        asyncio.run(write(claims[:5], full=True))
+        resolve_pending(store, identifiers.rules, blocked)
+        hook.after_resolve()
+        assert hook.ticks == 0 and hook.owed and not hook.catch_up_due, "no pass while the backlog drains"
+        asyncio.run(write(claims[5:], full=False))  # the stream keeps up again
+        resolve_pending(store, identifiers.rules, blocked)
+        hook.after_resolve()
+        assert hook.ticks == 1 and hook.last is not None and hook.last.more and hook.last.events <= 2
+        assert not hook.catch_up_due, "a pause as long as the pass before the next one"
+        for _ in range(50):
+            sent += hook.drain()
+            if not hook.owed:
+                break
+            while not hook.catch_up_due:
+                time.sleep(0.01)
+            hook.catch_up()
+        sent += hook.drain()
+    finally:
+        sink.close()
+    assert hook.ticks >= 3, "six events, two a pass"
+    assert {a.details["trigger"]["order_id"] for a in sent} >= {c["order_id"] for c in claims}
+
+
 def test_the_command_line_validates_lists_and_reports(warehouse, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

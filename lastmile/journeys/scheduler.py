@@ -54,6 +54,7 @@ class TickReport:
     held_out: int = 0
     converted: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    more: bool = False  # the pass applied as many inbox events as it was allowed: more wait for the next one
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -79,14 +80,21 @@ class JourneyRunner:
 
     # --- one pass ------------------------------------------------------------------------------
 
-    def tick(self, now: datetime) -> TickReport:
-        """Apply what is pending and due by ``now`` (an aware time). Hold the warehouse if it is shared."""
+    def tick(self, now: datetime, limit: int | None = None) -> TickReport:
+        """Apply what is pending and due by ``now`` (an aware time). Hold the warehouse if it is shared.
+
+        ``limit``: apply at most that many inbox events (the oldest), so a pass over a large
+        backlog is cut into shorter ones; waits then end only up to the newest event applied
+        (an event left for the next pass may still cancel them)."""
         report = TickReport()
         if not self._retired:
             self._retire_old_versions(now, report)
         if self.audiences:
             self._note_audience_entries(now)
-        self._apply_inbox(now, report)
+        through = self._apply_inbox(now, report, limit)
+        if through is not None:
+            report.more = True
+            now = min(now, through)
         due: list[Transition] = []
         runs = store.due_runs(self.warehouse, now)
         if runs:
@@ -129,8 +137,11 @@ class JourneyRunner:
         store.note(self.warehouse, [Event(eid, AUDIENCE_ENTRY, oneid, store.aware(at), {"audience": audience})
                                     for eid, audience, oneid, at in rows])
 
-    def _apply_inbox(self, now: datetime, report: TickReport) -> None:
-        pending = store.pending(self.warehouse)
+    def _apply_inbox(self, now: datetime, report: TickReport, limit: int | None = None) -> datetime | None:
+        """Apply the inbox's events whose person is known; returns the time up to which it was read
+        when ``limit`` left events for a later pass (else None)."""
+        pending = store.pending(self.warehouse, limit) if limit else store.pending(self.warehouse)
+        through = max(e.at for e, _ in pending) if limit and len(pending) >= limit else None
         ready = [e for e, _ in pending if e.oneid]
         wall = self.wall_clock()
         given_up = [e for e, noted in pending if not e.oneid and noted is not None and wall - noted > PATIENCE]
@@ -138,7 +149,7 @@ class JourneyRunner:
         report.waiting += len(pending) - len(ready) - len(given_up)
         if not ready:
             store.mark(self.warehouse, [(e, "no_person") for e in given_up])
-            return
+            return through
         self._prepare({e.oneid for e in ready}, min(e.at for e in ready), max(now, max(e.at for e in ready)))
         runs: dict[tuple[str, str], list[Run]] = {}
         for run in store.runs_of(self.warehouse, sorted({e.oneid for e in ready})):
@@ -168,6 +179,7 @@ class JourneyRunner:
         self._commit(transitions, report)
         report.events += len(ready)
         store.mark(self.warehouse, [(e, "applied") for e in ready] + [(e, "no_person") for e in given_up])
+        return through
 
     def _prepare(self, people: set[str], start: datetime, end: datetime) -> None:
         """Tell the facts whom the next conditions are about (one query per condition, not per person)."""

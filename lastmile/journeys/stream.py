@@ -8,7 +8,11 @@
   (its batches are gathered by time, not full), a batch that noted events asks OneID for an
   early resolution (``on_waiting``: the refresher's ``hurry``), and the resolution that follows
   makes a pass at once: a claim's compensation is on ``lastmile.actions`` within a second or
-  two of the claim. While a backlog drains, passes follow the regular resolutions.
+  two of the claim.
+* While a backlog drains (full batches), no pass is made: the events wait in the inbox, and
+  ingestion keeps its pace. Once the stream keeps up, the journeys catch up in passes of at
+  most ``pass_events`` inbox events, each followed by a pause as long as it took, so batches
+  are written in between.
 * After each OneID resolution (on the OneID thread, holding the warehouse lock),
   :meth:`StreamJourneys.after_resolve` evaluates the ``replenishment_due`` signal (at most
   every ``replenish_every_s``) and runs one :meth:`~lastmile.journeys.scheduler.JourneyRunner.tick`
@@ -42,24 +46,30 @@ from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
 
 log = logging.getLogger("lastmile.stream.journeys")
 
+#: The most inbox events one pass of the worker applies: a pass holds the warehouse (batches
+#: wait), and catching up on a backlog takes about a millisecond of the pass per event here.
+PASS_EVENTS = 2_000
+
 
 class StreamJourneys:
     """The stream's journey hook (see the module docstring).
 
     ``every_s``: the longest time between passes while nothing new was noted (waits that
-    ended); ``replenish_every_s``: evaluate ``replenishment_due`` at most this often (0: never);
+    ended); ``pass_events``: the most inbox events one pass applies; ``replenish_every_s``: evaluate ``replenishment_due`` at most this often (0: never);
     ``seen_tokens``: the identifiers seen so far (default: :func:`lastmile.streaming.seen.load`),
     read only when a journey triggers on ``new_neighbour``.
     """
 
     def __init__(self, sink: StreamSink, journeys: Sequence[Journey], desk: Any, zone: Any, every_s: float = 5.0,
                  clock: Callable[[], float] | None = None, wall_clock: Callable[[], datetime] | None = None,
-                 replenish_every_s: float = 60.0, seen_tokens: set[str] | None = None) -> None:
+                 replenish_every_s: float = 60.0, seen_tokens: set[str] | None = None,
+                 pass_events: int = PASS_EVENTS) -> None:
         import time
 
         self.sink = sink
         self.runner = JourneyRunner(sink.warehouse, journeys, desk, zone, wall_clock=wall_clock)
         self.every_s = every_s
+        self.pass_events = pass_events
         self.clock = clock or time.monotonic
         self.wall_clock = wall_clock or (lambda: datetime.now(timezone.utc))
         self.tables = {EVENT_TABLES[t]: t for t in self.runner.event_types if t in EVENT_TABLES}
@@ -76,6 +86,8 @@ class StreamJourneys:
         self.last: TickReport | None = None
         self._last = float("-inf")
         self._noted = False  # events noted since the last pass began
+        self._keeping_up = True  # the last batch was gathered by time, not full (no backlog)
+        self._resume_at = float("-inf")  # a catch-up pass left events: the next one not before this
         #: A resolution came within ``every_s`` of the last pass with nothing new to apply: the
         #: worker makes that pass later (:meth:`catch_up`), as a quiet stream has no later resolution.
         self.owed = False
@@ -88,6 +100,7 @@ class StreamJourneys:
         batch is committed), then remember the identifiers it showed for the first time."""
 
         async def handle(written: WrittenBatch) -> None:
+            self._keeping_up = not written.full
             events = [e for table, event_type in self.tables.items() for e in events_from_rows(event_type, written.rows(table))]
             first_seen: list[Any] = []
             if self.neighbours is not None:
@@ -95,7 +108,7 @@ class StreamJourneys:
                 events += signals
             if events:
                 await self.sink.run_blocking(self._note, events)
-                if not written.full and self.on_waiting is not None:
+                if self._keeping_up and self.on_waiting is not None:
                     self.on_waiting()  # the stream keeps up: resolve these people soon, the pass follows
             if first_seen:  # after their signals are in the inbox: a crash in between notes them again
                 await self.sink.run_blocking(seen.record, self.sink.warehouse, first_seen)
@@ -115,8 +128,9 @@ class StreamJourneys:
 
     def after_resolve(self, force: bool = False) -> None:
         """On the OneID thread, holding the warehouse lock: the due replenishments, then a pass when
-        events were noted since the last one or wait for their person, else at most every ``every_s``.
-        ``force`` (a graceful stop): both now."""
+        events were noted since the last one or wait (for their person, or for the next pass of a
+        catch-up), else at most every ``every_s``; none while a backlog drains. ``force`` (a
+        graceful stop): both now, the pass over the whole inbox."""
         if self.replenishments is not None and (force or self.replenishments.due()):
             try:
                 due = self.replenishments.evaluate()
@@ -126,18 +140,22 @@ class StreamJourneys:
                 due = []
             if due:
                 self._note(due)
-        waiting = self.last is not None and self.last.waiting > 0
-        if not (force or self._noted or waiting) and self.clock() - self._last < self.every_s:
-            self.owed = True
+        waiting = self.last is not None and (self.last.waiting > 0 or self.last.more)
+        if not force and (not self._keeping_up or self.clock() < self._resume_at
+                          or (not (self._noted or waiting) and self.clock() - self._last < self.every_s)):
+            self.owed = True  # a backlog drains, a catch-up pauses, or nothing new came: made later
             return
         now = self.now()
         if now is None:
             return
-        self._last = self.clock()
+        began = self._last = self.clock()
         self.owed = self._noted = False
         try:
-            self.last = self.runner.tick(now)
+            self.last = self.runner.tick(now, None if force else self.pass_events)
             self.ticks += 1
+            if self.last.more:  # a backlog to catch up on: the next pass after a pause as long as this one
+                self.owed = True
+                self._resume_at = self.clock() + (self.clock() - began)
             queued = actions(store.undelivered(self.sink.warehouse))
         except Exception:  # noqa: BLE001 - the inbox keeps the events; the next pass retries
             self.errors += 1
@@ -151,11 +169,16 @@ class StreamJourneys:
 
     @property
     def catch_up_due(self) -> bool:
-        """A pass is owed and ``every_s`` allows it (read without the warehouse lock)."""
-        return self.owed and self.clock() - self._last >= self.every_s
+        """A pass is owed and may be made now: the stream keeps up, and either a catch-up's pause
+        is over or ``every_s`` passed (read without the warehouse lock)."""
+        if not (self.owed and self._keeping_up):
+            return False
+        if self.last is not None and self.last.more:
+            return self.clock() >= self._resume_at
+        return self.clock() - self._last >= self.every_s
 
     def catch_up(self) -> None:
-        """Holding the warehouse lock: the pass a resolution was owed, once ``every_s`` allows it
+        """Holding the warehouse lock: the pass a resolution was owed, once :attr:`catch_up_due`
         (a quiet stream has no later resolution to make it)."""
         if self.owed:
             self.after_resolve()
