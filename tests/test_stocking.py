@@ -204,6 +204,10 @@ def test_replay_arithmetic_on_a_tiny_case() -> None:
     assert (plan["average_on_hand"], plan["inventory_turnover"]) == (1.0, 8.0)
     assert result.spoilage_ratio is None and not result.meets_target  # the default wrote nothing off
     assert "fill rate (served / demanded)" in result.text()
+    # The one SKU is a one-day SKU: its class carries everything, and the forecast expected the 5 + 3.
+    classes = result.as_dict()["by_shelf_life"]
+    assert list(classes) == ["1 day"] and classes["1 day"]["plan"] == plan
+    assert (classes["1 day"]["forecast_units"], classes["1 day"]["forecast_to_demand"]) == (8.0, 1.0)
 
 
 def test_replay_without_a_delivery_on_a_typhoon_day_orders_for_two_days() -> None:

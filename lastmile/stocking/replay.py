@@ -34,7 +34,7 @@ import pandas as pd
 
 from lastmile.config import Settings, settings
 from lastmile.stocking.ledger import ShelfStock
-from lastmile.stocking.newsvendor import Decision, Economics, hour_number, order_for
+from lastmile.stocking.newsvendor import Decision, Economics, hour_number, hourly_moments, order_for
 from lastmile.stocking.policies import DEFAULT_MARGIN, DEFAULT_MIN_FACING, last_week_plus_margin, sellable_on_hand
 from lastmile.stocking.pooling import neighbours_within, pool
 
@@ -44,6 +44,14 @@ ORDER_HOUR = 22
 
 #: Names of the two sides.
 PLAN, DEFAULT = "plan", "default_policy"
+#: Shelf-life classes the replay reports separately (upper bound in days, label): one-day
+#: SKUs cannot carry a leftover, so they are where write-offs and lost orders concentrate.
+SHELF_LIFE_CLASSES = ((1.0, "1 day"), (2.0, "1.5-2 days"), (7.0, "3-7 days"), (30.0, "8-30 days"), (float("inf"), "longer"))
+
+
+def shelf_life_class(days: float) -> str:
+    """The label of :data:`SHELF_LIFE_CLASSES` a shelf life in days falls in."""
+    return next(label for upper, label in SHELF_LIFE_CLASSES if days <= upper)
 
 
 @dataclass
@@ -76,6 +84,12 @@ class Outcome:
         """Units served per unit held on average: how often the shelf turned over in the window."""
         return self.served / self.average_on_hand if self.average_on_hand else 0.0
 
+    def add(self, other: "Outcome") -> None:
+        """Add another shelf's counts to these (evening counts are shared, not added)."""
+        for name in ("demanded", "served", "lost_units", "stockout_hours", "received", "written_off", "written_off_cny",
+                     "pooled_units", "pooled_cny", "counted_on_hand"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def as_dict(self) -> dict[str, Any]:
         return {"demanded": self.demanded, "served": self.served, "fill_rate": round(self.fill_rate, 4),
                 "lost_units": self.lost_units, "stockout_hours": self.stockout_hours, "received": self.received,
@@ -96,6 +110,9 @@ class ReplayResult:
     default_policy: Outcome
     days: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Per shelf-life class (:data:`SHELF_LIFE_CLASSES`): both sides' outcomes and the units
+    #: the forecasts the plan read expected over the same selling periods.
+    by_shelf_life: dict[str, tuple[Outcome, Outcome, float]] = field(default_factory=dict)
 
     @property
     def spoilage_ratio(self) -> float | None:
@@ -116,7 +133,10 @@ class ReplayResult:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "days": self.days, "series": self.series,
                 PLAN: self.plan.as_dict(), DEFAULT: self.default_policy.as_dict(),
                 "spoilage_ratio_to_default_policy": None if ratio is None else round(ratio, 4),
-                "meets_target": self.meets_target, "notes": list(self.notes)}
+                "meets_target": self.meets_target, "notes": list(self.notes),
+                "by_shelf_life": {label: {PLAN: p.as_dict(), DEFAULT: d.as_dict(), "forecast_units": round(f, 1),
+                                          "forecast_to_demand": round(f / p.demanded, 3) if p.demanded else None}
+                                  for label, (p, d, f) in self.by_shelf_life.items()}}
 
     def text(self) -> str:
         rows = [("fill rate (served / demanded)", "fill_rate", "{:.3f}"), ("units demanded", "demanded", "{:,}"),
@@ -136,6 +156,13 @@ class ReplayResult:
         lines.append(f"  spoilage (CNY) of the plan / default policy: {'n/a' if ratio is None else f'{ratio:.2f}'}")
         verdict = "meets" if self.meets_target else "misses"
         lines.append(f"  target (fill rate >= 0.95 and >= default, spoilage <= 0.5 x default): {verdict}")
+        if self.by_shelf_life:
+            lines.append(f"  by shelf life: {'demanded':>9} {'forecast/true':>13} {'fill plan':>10} {'default':>8} "
+                         f"{'written off CNY plan':>21} {'default':>10}")
+            for label, (p, d, f) in self.by_shelf_life.items():
+                ratio = f"{f / p.demanded:.2f}" if p.demanded else "n/a"
+                lines.append(f"  {label:14} {p.demanded:>9,} {ratio:>13} {p.fill_rate:>10.3f} {d.fill_rate:>8.3f} "
+                             f"{p.written_off_cny:>21,.0f} {d.written_off_cny:>10,.0f}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -233,12 +260,14 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     unit_costs = {sku: e.unit_cost for sku, e in econ.items()}
     neighbours = neighbours_within(distances.to_dict("records"), pool_km) if distances is not None and pool_km > 0 else {}
     shelves: dict[str, dict[tuple[str, str], ShelfStock]] = {PLAN: defaultdict(ShelfStock), DEFAULT: defaultdict(ShelfStock)}
-    out = {PLAN: Outcome(), DEFAULT: Outcome()}
+    per: dict[str, dict[tuple[str, str], Outcome]] = {PLAN: defaultdict(Outcome), DEFAULT: defaultdict(Outcome)}
+    counts = 0
+    forecast_units: dict[tuple[str, str], float] = defaultdict(float)
     cursor: dict[str, dict[tuple[str, str], int]] = {PLAN: defaultdict(int), DEFAULT: defaultdict(int)}
     missing_forecast: set[tuple[str, str]] = set()
 
     def write_off(side: str, key: tuple[str, str], now: float) -> None:
-        o = out[side]
+        o = per[side][key]
         for lot in shelves[side][key].expire(now):
             o.written_off += lot.qty
             o.written_off_cny += lot.qty * lot.unit_cost
@@ -248,7 +277,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
         times, qty = by_series.get(key, (np.empty(0), np.empty(0, dtype=int)))
         i = cursor[side][key]
         stock = shelves[side][key]
-        o = out[side]
+        o = per[side][key]
         while i < len(times) and times[i] < until:
             write_off(side, key, times[i])
             n = int(qty[i])
@@ -271,9 +300,7 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
         following = delivery_days[n + 1] if n + 1 < len(delivery_days) else end + timedelta(days=1)
         t_next = _at(following, DELIVERY_HOUR)
         plan_fc = _forecast_at(fc, order_at)
-        if n:
-            out[PLAN].counts += 1
-            out[DEFAULT].counts += 1
+        counts += 1 if n else 0
         decisions: list[Decision] = []
         default_orders: dict[tuple[str, str], int] = {}
         day_index = int(delivery // 24) - base_day
@@ -282,8 +309,10 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
                 run_until(side, key, order_at)
                 write_off(side, key, order_at)
                 if n:  # the evening count (before the first delivery both shelves are empty)
-                    out[side].counted_on_hand += shelves[side][key].on_hand
+                    per[side][key].counted_on_hand += shelves[side][key].on_hand
             hours, p50, p90, point = plan_fc.get(key, (np.empty(0), np.empty(0), np.empty(0), np.empty(0)))
+            period = (hours >= delivery) & (hours < t_next)
+            forecast_units[key] += float(hourly_moments(p50[period], p90[period], point[period])[0].sum())
             try:
                 decisions.append(order_for(key[0], key[1], econ[key[1]], order_at, delivery, t_next, hours, p50, p90,
                                            shelves[PLAN][key].lots, point=point))
@@ -303,14 +332,14 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
 
         for t in transfers:
             moved = _move(shelves[PLAN][(t.from_community, t.sku)], shelves[PLAN][(t.to_community, t.sku)], t.qty, delivery)
-            out[PLAN].pooled_units += moved
-            out[PLAN].pooled_cny += moved * pool_unit_cost
+            per[PLAN][(t.to_community, t.sku)].pooled_units += moved
+            per[PLAN][(t.to_community, t.sku)].pooled_cny += moved * pool_unit_cost
         plan_orders = {(d.community_id, d.sku): d.order_qty for d in decisions}
         for key in series:
             e = econ[key[1]]
             for side, qty in ((PLAN, plan_orders.get(key, 0)), (DEFAULT, default_orders.get(key, 0))):
                 shelves[side][key].receive(qty, delivery + e.shelf_life_h, f"{side}-{day}", e.unit_cost)
-                out[side].received += qty
+                per[side][key].received += qty
     for key in series:
         for side in (PLAN, DEFAULT):
             run_until(side, key, last_end)
@@ -324,7 +353,19 @@ def replay(truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, sta
     cancelled = [d for d in window_days if d in no_delivery]
     if cancelled:
         notes.append("deliveries cancelled on " + ", ".join(str(d) for d in cancelled))
-    return ReplayResult(start=start, end=end, series=len(series), plan=out[PLAN], default_policy=out[DEFAULT],
+    out = {PLAN: Outcome(counts=counts), DEFAULT: Outcome(counts=counts)}
+    classes: dict[str, tuple[Outcome, Outcome, float]] = {}
+    life_days = {sku: e.shelf_life_h / 24.0 for sku, e in econ.items()}
+    for label in (label for _, label in SHELF_LIFE_CLASSES):
+        keys = [key for key in series if shelf_life_class(life_days[key[1]]) == label]
+        if not keys:
+            continue
+        classes[label] = (Outcome(counts=counts), Outcome(counts=counts), sum(forecast_units[k] for k in keys))
+        for key in keys:
+            for side, total, part in ((PLAN, out[PLAN], classes[label][0]), (DEFAULT, out[DEFAULT], classes[label][1])):
+                total.add(per[side][key])
+                part.add(per[side][key])
+    return ReplayResult(start=start, end=end, series=len(series), plan=out[PLAN], default_policy=out[DEFAULT], by_shelf_life=classes,
                         days=len(window_days), notes=notes)
 
 
