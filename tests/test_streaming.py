@@ -167,6 +167,18 @@ def _wait_idle(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: f
     raise AssertionError(f"worker never went quiet: {status}")
 
 
+def _wait_journeys(home: Path, worker: subprocess.Popen, timeout_s: float) -> dict:
+    """Wait until the journeys caught up with what the worker read (the status file says so)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _status(home)
+        if status.get("journey_caught_up"):
+            return status
+        assert worker.poll() is None, f"worker exited with {worker.returncode}"
+        time.sleep(0.5)
+    raise AssertionError(f"journeys did not catch up in {timeout_s:.0f} s: {_status(home)}")
+
+
 def _stop(worker: subprocess.Popen) -> None:
     worker.send_signal(signal.SIGTERM)
     try:
@@ -266,6 +278,7 @@ def test_events_reach_the_warehouse_with_actions_and_quarantine(produced: Produc
     worker = _start_worker(home, produced.bootstrap, "test-e2e")
     try:
         _wait_read(home, worker, produced.published, WORKER_START_S + 60)
+        _wait_journeys(home, worker, 120)
     finally:
         _stop(worker)
     assert worker.returncode == 0

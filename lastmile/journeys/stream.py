@@ -47,7 +47,8 @@ from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
 log = logging.getLogger("lastmile.stream.journeys")
 
 #: The most inbox events one pass of the worker applies: a pass holds the warehouse (batches
-#: wait), and catching up on a backlog takes about a millisecond of the pass per event here.
+#: wait), and a backlog's events cost the pass about a millisecond each (entries, waits, sends
+#: decided by the contact rules), so a pass stays within a few seconds.
 PASS_EVENTS = 2_000
 
 
@@ -55,8 +56,8 @@ class StreamJourneys:
     """The stream's journey hook (see the module docstring).
 
     ``every_s``: the longest time between passes while nothing new was noted (waits that
-    ended); ``pass_events``: the most inbox events one pass applies; ``replenish_every_s``: evaluate ``replenishment_due`` at most this often (0: never);
-    ``seen_tokens``: the identifiers seen so far (default: :func:`lastmile.streaming.seen.load`),
+    ended); ``pass_events``: the most inbox events one pass applies; ``replenish_every_s``:
+    evaluate ``replenishment_due`` at most this often (0: never); ``seen_tokens``: the identifiers seen so far (default: :func:`lastmile.streaming.seen.load`),
     read only when a journey triggers on ``new_neighbour``.
     """
 
@@ -130,7 +131,7 @@ class StreamJourneys:
         """On the OneID thread, holding the warehouse lock: the due replenishments, then a pass when
         events were noted since the last one or wait (for their person, or for the next pass of a
         catch-up), else at most every ``every_s``; none while a backlog drains. ``force`` (a
-        graceful stop): both now, the pass over the whole inbox."""
+        graceful stop): both now; what one pass leaves stays in the inbox for the next start."""
         if self.replenishments is not None and (force or self.replenishments.due()):
             try:
                 due = self.replenishments.evaluate()
@@ -151,7 +152,7 @@ class StreamJourneys:
         began = self._last = self.clock()
         self.owed = self._noted = False
         try:
-            self.last = self.runner.tick(now, None if force else self.pass_events)
+            self.last = self.runner.tick(now, self.pass_events)
             self.ticks += 1
             if self.last.more:  # a backlog to catch up on: the next pass after a pause as long as this one
                 self.owed = True
@@ -182,6 +183,12 @@ class StreamJourneys:
         (a quiet stream has no later resolution to make it)."""
         if self.owed:
             self.after_resolve()
+
+    @property
+    def caught_up(self) -> bool:
+        """Every event noted had its pass: no pass is owed and the last one left nothing for the
+        next (events still waiting for their person aside). Read without the lock: for the status file."""
+        return not (self.owed or self._noted or (self.last is not None and self.last.more))
 
     @property
     def queued(self) -> bool:

@@ -38,7 +38,7 @@ def write_status(path: Path, sink: StreamSink, consumer: BatchConsumer, refreshe
             features |= {"replenish_evaluations": journeys.replenishments.evaluations,
                          "replenish_signals": len(journeys.replenishments.found)}
         features |= {"journey_passes": journeys.ticks, "journey_errors": journeys.errors,
-                     "journey_sends_published": journeys.published,
+                     "journey_sends_published": journeys.published, "journey_caught_up": journeys.caught_up,
                      "journey_last_pass": journeys.last.as_dict() if journeys.last is not None else None}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
