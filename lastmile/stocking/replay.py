@@ -393,8 +393,10 @@ def _forecast_frame(forecasts: pd.DataFrame) -> pd.DataFrame:
     """
     frame = forecasts
     if not {"community_id", "sku"} <= set(frame.columns) and "unique_id" in frame.columns:
-        parts = frame["unique_id"].astype(str).str.split("/", n=1, expand=True)
-        frame = frame.assign(community_id=parts[0], sku=parts[1])
+        ids = frame["unique_id"].astype(str)
+        split = {uid: uid.split("/", 1) + [""] for uid in ids.unique()}  # each series once, not each hour
+        frame = frame.assign(community_id=ids.map({k: v[0] for k, v in split.items()}),
+                             sku=ids.map({k: v[1] for k, v in split.items()}))
     if "hour" not in frame.columns and "ds" in frame.columns:
         frame = frame.assign(hour=frame["ds"])
     if "origin" not in frame.columns and "cutoff" in frame.columns:
