@@ -100,6 +100,9 @@ PROFILE_PRIOR_UNITS = 20.0
 DAY_PRIOR = 0.1
 #: Rounds of re-estimating a series' typical day over all its days (it settles within a few).
 TYPICAL_DAY_ROUNDS = 4
+#: Share of the hour a SKU sells out in that is left after the stock-out, on average (the
+#: moment is uniform over the hour as far as hourly data can tell).
+RUN_OUT_HOUR_LEFT = 0.5
 
 
 def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -114,7 +117,9 @@ def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     where the share comes from the series' hourly profile on days without a stock-out (workdays
     and weekends apart, shrunk towards all series' profile). Each censored hour then gets a
     Poisson draw around level × its share of the day (a draw, not the mean, so the quantile
-    models see demand's spread), never less than what it sold.
+    models see demand's spread), never less than what it sold; the hour it sold out in keeps
+    what it sold plus a draw for the part of the hour left after the stock-out (at least a
+    whole hour's draw).
 
     The frame keeps ``y_sold`` (what sold); ``y`` is the demand the model learns from and its
     lags read.
@@ -157,8 +162,15 @@ def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         level = (DAY_PRIOR * typical_row + sold_open) / (DAY_PRIOR + open_share)
         day_level = level.where(pd.Series(censored_day, index=out.index), day_total)
         typical = day_level[first_hour].groupby([out["unique_id"][first_hour], weekend[first_hour.to_numpy()]]).mean()
-    expected = (level * share).to_numpy()
+    expected = np.clip((level * share).to_numpy(), 0, None)
+    # The hour the SKU sold out in sold what it had and then turned the rest of the hour away:
+    # its demand is what sold plus the demand of the part of the hour left (half, on average).
+    censored = out["censored"].to_numpy()
+    sold_out_in = censored & ~out.groupby("unique_id")["censored"].shift(1, fill_value=False).to_numpy(dtype=bool)
     rng = np.random.default_rng(seed)
-    drawn = rng.poisson(np.clip(expected, 0, None)).astype(float)
-    out["y"] = np.where(out["censored"], np.maximum(out["y"].to_numpy(), drawn), out["y"].to_numpy())
+    drawn = rng.poisson(expected).astype(float)
+    after = rng.poisson(RUN_OUT_HOUR_LEFT * expected).astype(float)
+    sold = out["y"].to_numpy()
+    wanted = np.maximum(sold, drawn)
+    out["y"] = np.where(sold_out_in, np.maximum(sold + after, drawn), np.where(censored, wanted, sold))
     return out
