@@ -125,12 +125,12 @@ def _record(warehouse: Warehouse, token: str, previous: int) -> TraitSnapshot:
         # changed: not exactly one row on each side with the same hash
         warehouse.command(f"""INSERT INTO {CHANGED_PEOPLE} SELECT key FROM {HASHES} WHERE snapshot IN ({previous}, {snapshot})
 GROUP BY key HAVING NOT (countIf(snapshot = {previous}) = 1 AND countIf(snapshot = {snapshot}) = 1 AND min(row_hash) = max(row_hash))""")
-        warehouse.command(f"DROP TABLE IF EXISTS {CHANGED_TRAITS} SYNC")
-        warehouse.command(f"CREATE TABLE {CHANGED_TRAITS} ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM {TRAITS_VIEW} "
+        warehouse.command(f"CREATE OR REPLACE TABLE {CHANGED_TRAITS} ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM {TRAITS_VIEW} "
                           f"WHERE sipHash64(oneid) IN (SELECT key FROM {CHANGED_PEOPLE})")
         changed = int(warehouse.scalar(f"SELECT count() FROM {CHANGED_PEOPLE}"))
-    warehouse.insert_rows(SNAPSHOTS, [(token, snapshot, previous, changed, datetime.now(timezone.utc).replace(tzinfo=None))],
-                          ["token", "snapshot", "previous", "changed", "created_at"])
+    warehouse.command(f"INSERT INTO {SNAPSHOTS} (token, snapshot, previous, changed, created_at) VALUES "
+                      "({t:String}, {s:UInt64}, {p:UInt64}, {c:UInt64}, {at:DateTime64(3, 'UTC')})",
+                      {"t": token, "s": snapshot, "p": previous, "c": changed, "at": datetime.now(timezone.utc).replace(tzinfo=None)})
     _drop_partitions(warehouse, keep={snapshot})
     return TraitSnapshot(snapshot, previous)
 
