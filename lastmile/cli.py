@@ -139,7 +139,7 @@ def respond_cmd(
                                           "(default: run until interrupted)."),
 ) -> None:
     """The simulator's live mode: the residents of the simulation in $LASTMILE_HOME read the journey
-    sends on lastmile.actions (from `lastmile stream --journeys`) and answer on the event topics,
+    sends on lastmile.actions (from `lastmile stream`) and answer on the event topics,
     with the probabilities of lastmile/simulator/responses.yml; each decision goes to truth/responses.jsonl."""
     import asyncio
 

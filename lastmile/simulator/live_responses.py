@@ -1,6 +1,6 @@
 """The simulator's live mode: residents answering the journeys' sends on ``lastmile.actions``.
 
-A running ``lastmile stream --journeys`` publishes each allowed journey send as a
+A running ``lastmile stream`` publishes each allowed journey send as a
 ``journey_send`` action. :func:`respond_live` reads them, lets :class:`~lastmile.simulator.responses.ResponseModel`
 decide each once (a send read twice, after a restart, is decided the same and its events keep
 their ids, so the warehouse counts them once), and produces the response events to the event
