@@ -177,7 +177,7 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
     @friendly
     def publish_cmd() -> None:
         """Publish the allowed sends not yet delivered to lastmile.actions (keyed by action_id, the step id)
-        and record them delivered. The stream worker does this itself while it runs with --journeys."""
+        and record them delivered. The stream worker does this itself while it runs (unless --no-journeys)."""
         import asyncio
 
         from lastmile.journeys.scheduler import publish
