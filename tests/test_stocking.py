@@ -99,6 +99,7 @@ def test_a_leftover_is_worth_what_the_forecast_says_sells_before_it_expires() ->
     busy = decide("c1", "s1", life, ORDER_AT, DELIVERY, hours, forecast(8.0), forecast(8.0), [])
     assert (quiet.target, busy.target) == (9, 12)
     assert busy.order_qty == 12 and busy.selling_until == datetime(2026, 10, 2, 5)
+    assert busy.reason.endswith("order 12 to stock 12 (94% service level, a leftover keeps 1.5 days)")
 
 
 def test_expiring_stock_counts_only_as_far_as_it_can_sell_before_its_best_before() -> None:

@@ -259,6 +259,9 @@ class Decision:
     pool_from: str | None = None
     pooled_qty: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Days a lot keeps when that outlasts its selling period (a leftover sells next time,
+    #: which is why such SKUs are stocked deeper); 0 when it does not.
+    keeps_days: float = 0.0
 
     @property
     def shortfall(self) -> int:
@@ -286,7 +289,8 @@ def reason(d: Decision) -> str:
     parts.append(stock + (": " + ", ".join(expiring) if expiring else ""))
     if d.pool_from and d.pooled_qty:
         parts.append(f"{d.pooled_qty} from neighbour {d.pool_from}")
-    parts.append(f"order {d.order_qty} to stock {d.target} ({d.service_level:.0%} service level)")
+    keeps = f", a leftover keeps {d.keeps_days:g} days" if d.keeps_days else ""
+    parts.append(f"order {d.order_qty} to stock {d.target} ({d.service_level:.0%} service level{keeps})")
     return "; ".join(parts + d.notes)
 
 
@@ -360,4 +364,5 @@ def order_for(community_id: str, sku: str, econ: Economics, t_order: float, t_de
                     on_hand=sum(lot.qty for lot in lots), expiring_before_delivery=expiring,  # type: ignore[attr-defined]
                     expiring_unsold=stale, usable_on_hand=usable, p50_demand=float(p50_d), p90_demand=float(p90_d),
                     target=target, service_level=level, peak=peak_label(hours[in_period], hi[in_period]),
-                    selling_until=from_hour_number(period_end), sku_name=sku_name)
+                    selling_until=from_hour_number(period_end), sku_name=sku_name,
+                    keeps_days=round(econ.shelf_life_h / 24.0, 1) if econ.shelf_life_h > selling else 0.0)
