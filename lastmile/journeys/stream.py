@@ -9,10 +9,11 @@
   early resolution (``on_waiting``: the refresher's ``hurry``), and the resolution that follows
   makes a pass at once: a claim's compensation is on ``lastmile.actions`` within a second or
   two of the claim.
-* While a backlog drains (full batches), no pass is made: the events wait in the inbox, and
-  ingestion keeps its pace. Once the stream keeps up, the journeys catch up in passes of at
-  most ``pass_events`` inbox events, each followed by a pause as long as it took, so batches
-  are written in between.
+* While a backlog drains (full batches, or events produced more than ``BEHIND_S`` ago by the
+  producers' clocks), no pass is made: the events wait in the inbox, and ingestion keeps its
+  pace. Once the stream keeps up (or no batch came for ``QUIET_S``), the journeys catch up in
+  passes of at most ``pass_events`` inbox events, each followed by a pause as long as it took,
+  so batches are written in between.
 * After each OneID resolution (on the OneID thread, holding the warehouse lock),
   :meth:`StreamJourneys.after_resolve` evaluates the ``replenishment_due`` signal (at most
   every ``replenish_every_s``) and runs one :meth:`~lastmile.journeys.scheduler.JourneyRunner.tick`
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -50,6 +52,11 @@ log = logging.getLogger("lastmile.stream.journeys")
 #: wait), and a backlog's events cost the pass about a millisecond each (entries, waits, sends
 #: decided by the contact rules), so a pass stays within a few seconds.
 PASS_EVENTS = 2_000
+#: A batch whose oldest event was produced longer ago than this is part of a backlog (as is a
+#: full batch): no pass then, ingestion first.
+BEHIND_S = 5.0
+#: No batch for this long: the stream caught up (or went quiet), the journeys may catch up.
+QUIET_S = 2.0
 
 
 class StreamJourneys:
@@ -65,8 +72,6 @@ class StreamJourneys:
                  clock: Callable[[], float] | None = None, wall_clock: Callable[[], datetime] | None = None,
                  replenish_every_s: float = 60.0, seen_tokens: set[str] | None = None,
                  pass_events: int = PASS_EVENTS) -> None:
-        import time
-
         self.sink = sink
         self.runner = JourneyRunner(sink.warehouse, journeys, desk, zone, wall_clock=wall_clock)
         self.every_s = every_s
@@ -87,7 +92,8 @@ class StreamJourneys:
         self.last: TickReport | None = None
         self._last = float("-inf")
         self._noted = False  # events noted since the last pass began
-        self._keeping_up = True  # the last batch was gathered by time, not full (no backlog)
+        self._behind = False  # the last batch was full or its events were produced long ago (a backlog)
+        self._batch_at = float("-inf")  # when the last batch was handled (clock)
         self._resume_at = float("-inf")  # a catch-up pass left events: the next one not before this
         #: A resolution came within ``every_s`` of the last pass with nothing new to apply: the
         #: worker makes that pass later (:meth:`catch_up`), as a quiet stream has no later resolution.
@@ -101,7 +107,9 @@ class StreamJourneys:
         batch is committed), then remember the identifiers it showed for the first time."""
 
         async def handle(written: WrittenBatch) -> None:
-            self._keeping_up = not written.full
+            self._batch_at = self.clock()
+            self._behind = written.full or (written.oldest_timestamp_ms is not None
+                                            and time.time() * 1000 - written.oldest_timestamp_ms > BEHIND_S * 1000)
             events = [e for table, event_type in self.tables.items() for e in events_from_rows(event_type, written.rows(table))]
             first_seen: list[Any] = []
             if self.neighbours is not None:
@@ -109,7 +117,7 @@ class StreamJourneys:
                 events += signals
             if events:
                 await self.sink.run_blocking(self._note, events)
-                if self._keeping_up and self.on_waiting is not None:
+                if not self._behind and self.on_waiting is not None:
                     self.on_waiting()  # the stream keeps up: resolve these people soon, the pass follows
             if first_seen:  # after their signals are in the inbox: a crash in between notes them again
                 await self.sink.run_blocking(seen.record, self.sink.warehouse, first_seen)
@@ -142,7 +150,7 @@ class StreamJourneys:
             if due:
                 self._note(due)
         waiting = self.last is not None and (self.last.waiting > 0 or self.last.more)
-        if not force and (not self._keeping_up or self.clock() < self._resume_at
+        if not force and (not self.keeping_up or self.clock() < self._resume_at
                           or (not (self._noted or waiting) and self.clock() - self._last < self.every_s)):
             self.owed = True  # a backlog drains, a catch-up pauses, or nothing new came: made later
             return
@@ -169,10 +177,16 @@ class StreamJourneys:
                     self._pending.setdefault(action.action_id, action)
 
     @property
+    def keeping_up(self) -> bool:
+        """The stream keeps up: its last batch was gathered by time and its events are recent, or
+        no batch came for ``QUIET_S`` (a drained backlog, a quiet stream)."""
+        return not self._behind or self.clock() - self._batch_at > QUIET_S
+
+    @property
     def catch_up_due(self) -> bool:
         """A pass is owed and may be made now: the stream keeps up, and either a catch-up's pause
         is over or ``every_s`` passed (read without the warehouse lock)."""
-        if not (self.owed and self._keeping_up):
+        if not (self.owed and self.keeping_up):
             return False
         if self.last is not None and self.last.more:
             return self.clock() >= self._resume_at
