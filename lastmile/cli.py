@@ -410,7 +410,9 @@ def _refresh_audiences(warehouse: Any) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for audience in load_audiences(settings().audiences_path):
         try:
-            s = refresh(warehouse, audience, moment).summary()
+            # The job's events were loaded in one batch: a person qualified as of the data's
+            # newest event, not when the job ran (journeys replay the data's own time).
+            s = refresh(warehouse, audience, moment, moment).summary()
         except AudienceError as exc:
             results.append({"audience": audience.name, "version": audience.version, "error": _one_line(exc)})
             continue

@@ -848,15 +848,17 @@ steps:
         ingest(cfg, [*grants, *pickups, review])
 
         first = replay(store, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone)
-        assert first.passes == 2 and first.events == 4 and first.steps > 0
+        # two days of events, then the runs followed until their waits and goal windows ended
+        assert first.passes == 5 and first.events == 4 and first.steps > 0
+        assert first.end == start + timedelta(days=1, hours=3) and first.followed is not None and first.followed > first.end
         (figures,) = first.journeys
         assert {k: figures[k] for k in ("entered", "sent", "refused", "refusals", "converted")} == {
-            "entered": 3, "sent": 3, "refused": 1, "refusals": {"no_consent": 1}, "converted": 1}
+            "entered": 3, "sent": 3, "refused": 2, "refusals": {"no_consent": 2}, "converted": 1}
         sent = store.rows("SELECT step_name, at FROM journey_steps FINAL WHERE outcome = 'sent' ORDER BY at, step_name")
         day = timedelta(days=1)
         assert [(name, at.replace(tzinfo=timezone.utc)) for name, at in sent] == [
             ("prompt", start), ("prompt", start + day), ("reminder", start + day)]  # the reviewer is not reminded
-        assert "stars: 3 entered, 3 sent, 1 refused (no_consent 1), 0 held out, 1 converted (33.3%)" in first.text()
+        assert "stars: 3 entered, 3 sent, 2 refused (no_consent 2), 0 held out, 1 converted (33.3%)" in first.text()
 
         again = replay(store, journeys, ContactDesk(store, RULES, cfg), cfg.business_zone)
         assert again.journeys == first.journeys and again.steps == 0 and again.events == 0

@@ -24,12 +24,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
 from lastmile.audiences.definition import EVENT_TABLES
 from lastmile.journeys.definition import Journey
 from lastmile.journeys.intake import backfill
+from lastmile.journeys.replay_signals import ReplaySignals
 from lastmile.journeys.scheduler import JourneyRunner, TickReport
 from lastmile.journeys.stats import expected_lift, journey_stats
 from lastmile.journeys.store import aware, warehouse_time
@@ -45,6 +47,10 @@ RESPONSES_SOURCE = "simulator:responses"
 #: second on the default simulation (20,000 orders over eight weeks), so the whole window would
 #: take over a minute; a week shows every journey's entries, sends, refusals and conversions.
 MAIN_JOB_DAYS = 7
+#: How long after the window's last event its runs are followed (a pass at each day a wait ends
+#: or a response comes): the longest shipped journey, a leader's message, a follow-up a week
+#: later and a week's goal window, ends within about sixteen days.
+FOLLOW_UP = timedelta(days=21)
 
 
 @dataclass
@@ -52,7 +58,8 @@ class ReplayReport:
     """What the journeys did over a window of loaded events."""
 
     start: datetime | None = None
-    end: datetime | None = None
+    end: datetime | None = None  # the window's last event
+    followed: datetime | None = None  # the last pass after it (runs followed until they ended)
     passes: int = 0
     noted: int = 0
     events: int = 0  # events applied (their person known)
@@ -68,6 +75,7 @@ class ReplayReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"start": self.start.isoformat() if self.start else None, "end": self.end.isoformat() if self.end else None,
+                "followed": self.followed.isoformat() if self.followed else None,
                 "passes": self.passes, "noted": self.noted, "events": self.events, "steps": self.steps,
                 "seconds": round(self.seconds, 2), "steps_per_s": self.steps_per_s, "journeys": self.journeys,
                 "responses": self.responses}
@@ -75,6 +83,8 @@ class ReplayReport:
     def text(self) -> str:
         """One line per journey: entrants, sends, refusals by reason, conversions, lift."""
         span = f"{self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}" if self.start and self.end else "no events"
+        if self.followed:
+            span += f" (runs followed to {self.followed:%Y-%m-%d})"
         lines = [f"journeys over {span}: {self.events:,} events in {self.passes} daily passes, {self.steps:,} steps "
                  f"({self.steps_per_s:,.0f} steps/s), every send through the contact rules"]
         for j in self.journeys:
@@ -214,11 +224,18 @@ def orders_of_people(warehouse: Warehouse, people: set[str]) -> dict[str, list[s
 
 
 def replay(warehouse: Warehouse, journeys: Sequence[Journey], desk: Any, zone: tzinfo, days: int | None = None,
-           respond: ResidentsRespond | None = None) -> ReplayReport:
+           respond: ResidentsRespond | None = None, signals_at: dt_time | None = None) -> ReplayReport:
     """Advance ``journeys`` over the loaded events, a pass per day; ``days``: only the last
     that many days of the window (the runs' figures cover what was replayed). ``desk``: the
     contact rules (:class:`~lastmile.audiences.contact_rules.ContactDesk`). ``respond``: the
-    simulated residents answer each pass's sends, and the next pass sees their events."""
+    simulated residents answer each pass's sends, and the next pass sees their events.
+    ``signals_at``: the local time of day ``replenishment_due`` is evaluated
+    (:class:`~lastmile.journeys.replay_signals.ReplaySignals`).
+
+    After the window's last event the runs are followed until they end (at most
+    :data:`FOLLOW_UP` later): a pass at each day a wait ends or a response comes, so runs
+    entered on the last days (audience entries as of the data's end among them) reach their
+    sends and goals, treated and holdout alike."""
     report = ReplayReport()
     runner = JourneyRunner(warehouse, journeys, desk, zone)
     span = _event_span(warehouse, runner.event_types) if runner.event_types else None
@@ -228,11 +245,22 @@ def replay(warehouse: Warehouse, journeys: Sequence[Journey], desk: Any, zone: t
         first, last = span
         start = max(first, last - timedelta(days=days)) if days else first
         report.start, report.end = start, last
+        signals = ReplaySignals(warehouse, runner.event_types, start, zone, signals_at or dt_time(8, 0))
         cursor = start - timedelta(milliseconds=1)  # backfill notes events strictly after its start
         pending: datetime | None = None  # the earliest response loaded but not noted yet
-        while cursor < last:
-            until = min(last, _day_end(cursor, zone))
+        entries = _newest_entry(warehouse, runner.audiences)
+        horizon = last + FOLLOW_UP
+        while True:
+            if cursor < last:
+                until = min(last, _day_end(cursor, zone))
+            else:  # following the runs: a pass on the next day a wait ends, a response comes or an audience entry
+                latest = respond.latest if respond is not None else None
+                wanted = [t for t in (_next_due(warehouse, runner), latest, entries) if t is not None and t > cursor]
+                if not wanted or min(wanted) > horizon:
+                    break
+                until = _day_end(min(wanted), zone)
             since = cursor if pending is None else min(cursor, pending - timedelta(milliseconds=1))
+            report.noted += signals.note(since, until, due=until <= last)
             report.noted += backfill(warehouse, runner.event_types, since, until)
             _add(report, runner.tick(until))
             if respond is not None:
@@ -240,19 +268,7 @@ def replay(warehouse: Warehouse, journeys: Sequence[Journey], desk: Any, zone: t
                 earliest = respond.answer(start)
                 pending = earliest if earliest is not None and earliest <= until else None
             cursor = until
-        latest = respond.latest if respond is not None else None
-        if pending is not None or (latest is not None and latest > last):
-            # The responses to the last days' sends reach their runs: one pass at the last response.
-            until = max(last, latest or last)
-            report.noted += backfill(warehouse, runner.event_types, (pending or last) - timedelta(milliseconds=1), until)
-            _add(report, runner.tick(until))
-            report.end = until
-    entries = _newest_entry(warehouse, runner.audiences)
-    if entries is not None and (report.end is None or entries > report.end):
-        # Audiences are refreshed at the newest event of any kind (telemetry, stock): their
-        # entries may come after the last journey event; one more pass takes them.
-        _add(report, runner.tick(entries))
-        report.end = entries
+        report.followed = cursor if cursor > last else None
     report.seconds = time.perf_counter() - started
     report.steps = _steps(warehouse) - before
     truth = None
@@ -275,8 +291,10 @@ def main_job(cfg: Any, warehouse: Warehouse, days: int | None = MAIN_JOB_DAYS) -
     except AudienceError:
         audiences = None
     journeys = load_journeys(cfg.journeys_path, audiences)
-    return replay(warehouse, journeys, ContactDesk(warehouse, load_rules(), cfg), cfg.business_zone, days,
-                  simulated_residents(cfg, warehouse))
+    rules = load_rules()
+    # A due staple is looked for when the quiet hours end: the first moment its nudge may go out.
+    return replay(warehouse, journeys, ContactDesk(warehouse, rules, cfg), cfg.business_zone, days,
+                  simulated_residents(cfg, warehouse), rules.quiet_end)
 
 
 def simulated_residents(cfg: Any, warehouse: Warehouse) -> ResidentsRespond | None:
@@ -295,6 +313,14 @@ def _newest_entry(warehouse: Warehouse, audiences: set[str]) -> datetime | None:
         return None
     value = warehouse.scalar("SELECT maxOrNull(at) FROM audience_membership_changes WHERE change = 'enter' "
                              "AND audience IN {a:Array(String)}", {"a": sorted(audiences)})
+    return aware(value) if value is not None else None
+
+
+def _next_due(warehouse: Warehouse, runner: JourneyRunner) -> datetime | None:
+    """When the next active run of ``runner``'s journeys ends its wait or goal window (None: none waits for the clock)."""
+    value = warehouse.scalar("SELECT minOrNull(due_at) FROM journey_runs FINAL WHERE status = 'active' AND due_at IS NOT NULL "
+                             "AND (journey, version) IN {j:Array(Tuple(String, String))}",
+                             {"j": [(j.name, j.version) for j in runner.journeys]})
     return aware(value) if value is not None else None
 
 
