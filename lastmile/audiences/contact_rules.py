@@ -48,7 +48,7 @@ format); a missing key or file keeps the defaults of :class:`ContactRules`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -201,8 +201,10 @@ class Send:
 
     ``purposes``: what the message is for; every one needs a current grant on ``channel``
     (a health-tea offer is ``("marketing", "health")``), except ``service``. ``at_risk``: the
-    spending-health model's flag for the person (the caller scores it, as the recommender
-    does); ``dietary_need_declared`` None reads the declaration table.
+    spending-health model's flag for the person when the caller scored it (as the recommender
+    does); None: the desk reads it (:class:`~lastmile.models.spending_risk.SpendingRisk`, the
+    recommender's model over the same features). ``dietary_need_declared`` None reads the
+    declaration table.
     """
 
     send_id: str
@@ -211,7 +213,7 @@ class Send:
     purposes: tuple[str, ...]
     at: datetime
     origin: str = ""
-    at_risk: bool = False
+    at_risk: bool | None = None
     dietary_need_declared: bool | None = None
 
     def __post_init__(self) -> None:
@@ -257,11 +259,16 @@ class ContactDesk:
     toward the caps of a later one to the same person.
     """
 
-    def __init__(self, warehouse: Warehouse, rules: ContactRules | None = None, cfg: Settings | None = None) -> None:
+    def __init__(self, warehouse: Warehouse, rules: ContactRules | None = None, cfg: Settings | None = None,
+                 risk: Callable[[Sequence[str]], set[str]] | None = None) -> None:
+        from lastmile.models.spending_risk import SpendingRisk
+
         self.warehouse = warehouse
         self.rules = rules or load_rules()
         self.cfg = cfg or current_settings()
         self.policy = SpendingPolicy(daily_cap=self.rules.spending_health_daily_cap)
+        #: Who is at risk among OneIDs, for sends whose caller did not say (default: the recommender's model).
+        self.risk = risk or SpendingRisk(self.cfg).at_risk
         self._lock = threading.Lock()
         for ddl in DDL:
             warehouse.command(ddl)
@@ -333,7 +340,8 @@ class ContactDesk:
         today = facts.count(send.oneid, day_start, day_start + timedelta(days=1))
         exempt = send.dietary_need_declared if send.dietary_need_declared is not None else send.oneid in facts.dietary
         held_out = in_holdout(send.oneid, self.rules.spending_health_holdout)
-        if self.policy.capped({"at_risk": send.at_risk}, exempt) and not held_out and today >= self.policy.daily_cap:
+        at_risk = send.at_risk if send.at_risk is not None else send.oneid in facts.at_risk
+        if self.policy.capped({"at_risk": at_risk}, exempt) and not held_out and today >= self.policy.daily_cap:
             return Refused(send.send_id, "spending_health",
                            f"at risk of overspending: {today} of {self.policy.daily_cap} contacts today")
         if today >= self.rules.per_day:
@@ -477,6 +485,8 @@ class _Facts:
     dietary: set[str]
     #: per person, when their counted sends went out (those of this set added as they are allowed)
     sent: dict[str, list[datetime]]
+    #: the people of sends without a caller's flag whom the spending-health model flags at risk
+    at_risk: set[str] = field(default_factory=set)
 
     @classmethod
     def read(cls, desk: ContactDesk, sends: Sequence[Send]) -> "_Facts":
@@ -488,6 +498,7 @@ class _Facts:
         consent = desk._consent(sorted({(s.oneid, s.channel) for s in marketing}))
         counted = sorted({s.oneid for s in marketing})
         dietary = desk._dietary_needs([o for o in counted if not o.startswith("token:")])
+        at_risk = desk.risk(sorted({s.oneid for s in marketing if s.at_risk is None}))
         sent: dict[str, list[datetime]] = {}
         if counted:
             zone = desk.cfg.business_zone
@@ -495,7 +506,7 @@ class _Facts:
             start = datetime.combine(min(days) - timedelta(days=7), time(0), tzinfo=zone)
             end = datetime.combine(max(days) + timedelta(days=8), time(0), tzinfo=zone)
             sent = desk._sends_of(counted, start, end)
-        return cls(forgotten, consent, dietary, sent)
+        return cls(forgotten, consent, dietary, sent, at_risk)
 
     def count(self, oneid: str, start: datetime, end: datetime) -> int:
         return sum(1 for at in self.sent.get(oneid, ()) if start <= at < end)
