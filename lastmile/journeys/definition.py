@@ -52,6 +52,8 @@ SIGNALS: dict[str, tuple[str, ...]] = {
     "new_neighbour": ("id_type", "community_id", "channel"),
     # a staple bought at regular intervals is due and no new purchase came
     "replenishment_due": ("sku", "due", "last_purchase", "purchases", "mean_interval_days"),
+    # a neighbour's first order delivered to the person's home building (a goal: what a referral asks for)
+    "neighbour_joined": ("building_id", "community_id", "order_id"),
 }
 _UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
 #: Where a branch may go besides a step name.
@@ -301,10 +303,14 @@ class _Reader:
     def event_match(self, node: yaml.Node, what: str, trigger: Trigger | None, extra: Collection[str] = frozenset()) -> tuple[EventMatch, dict[str, tuple[yaml.Node, yaml.Node]]]:
         body = self.map(node, what, {"event", "where", "same", *extra}, {"event"})
         event = self.scalar(body["event"][1], "event")
-        if event not in EVENT_TABLES:
-            raise self.fail(body["event"][1], f"unknown event {event!r}; expected one of {', '.join(EVENT_TABLES)}")
+        if event not in EVENT_TABLES and event not in SIGNALS:
+            raise self.fail(body["event"][1], f"unknown event {event!r}; expected one of {', '.join([*EVENT_TABLES, *SIGNALS])}")
         where: dict[str, Any] = {}
-        if "where" in body:
+        if "where" in body and event in SIGNALS:  # a signal's fields are plain values
+            for key_node, _ in self.map(body["where"][1], "where", set(SIGNALS[event])).values():
+                self.field(event, key_node, key_node.value)
+            where = _plain(body["where"][1])
+        elif "where" in body:
             try:
                 self.rules._where(event, body["where"][1])  # field names against the contract, values typed
             except AudienceError as exc:

@@ -11,6 +11,8 @@ asks the same definitions over the loaded rows, day by day:
 * ``replenishment_due``: :class:`~lastmile.journeys.signals.DueReplenishments` evaluated once a
   day at ``evaluate_at`` local time (the main job passes the end of the contact rules' quiet
   hours: the first moment a nudge may go out), over the purchases up to that moment.
+* ``neighbour_joined``: :func:`~lastmile.journeys.signals.neighbours_joined` over the first
+  orders of each replayed stretch (the residents' responses among them).
 
 The seen identifiers stay in this process: the stream's own memory
 (:mod:`lastmile.streaming.seen`) belongs to the real-time path and is not written.
@@ -23,7 +25,8 @@ from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any, cast
 
 from lastmile.journeys.engine import Event
-from lastmile.journeys.signals import NEW_NEIGHBOUR, REPLENISHMENT_DUE, DueReplenishments, NewNeighbours
+from lastmile.journeys.signals import (NEIGHBOUR_JOINED, NEW_NEIGHBOUR, REPLENISHMENT_DUE, DueReplenishments, NewNeighbours,
+                                      neighbours_joined)
 from lastmile.journeys.store import note, warehouse_time
 from lastmile.streaming.seen import person_columns
 from lastmile.warehouse import Warehouse, quote_ident
@@ -56,6 +59,7 @@ class ReplaySignals:
         self.columns = {t: self._columns(t, [c for c, _ in p.columns]) for t, p in self.tables.items()}
         self.neighbours = NewNeighbours(self._seen_before(start)) if self.tables else None
         self.replenishments = DueReplenishments(warehouse) if REPLENISHMENT_DUE in wanted else None
+        self.joined = NEIGHBOUR_JOINED in wanted
 
     def _columns(self, table: str, identifiers: list[str]) -> list[str]:
         names = set(self.warehouse.query(f"SELECT * FROM {quote_ident(table)} LIMIT 0").column_names)
@@ -103,6 +107,8 @@ class ReplaySignals:
         """Note the signals of ``(since, until]`` in the journeys' inbox; ``due``: evaluate
         ``replenishment_due`` too (not past the loaded data: no purchases to be due after)."""
         events = self.new_neighbours(since, until) + (self.due(since, until) if due else [])
+        if self.joined:
+            events += neighbours_joined(self.warehouse, since, until)
         return note(self.warehouse, events)
 
 

@@ -16,6 +16,9 @@ rules decide its sends like any other. The fields each carries are
   (:func:`~lastmile.features.replenishment.due_replenishments`) is due at the stream's time
   and no new purchase came. Clock-driven: evaluated after OneID runs, at most every
   ``every_s``; one per person, SKU and due day (the id ``replenish:<oneid>:<sku>:<due day>``).
+* ``neighbour_joined`` (:func:`neighbours_joined`): a person's first order, noted for every
+  other person whose home building (``audience_traits.home_building_id``) it was delivered to:
+  what a referral asks for, seen from the neighbour who was asked to invite.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from lastmile.warehouse import Warehouse
 
 NEW_NEIGHBOUR = "new_neighbour"
 REPLENISHMENT_DUE = "replenishment_due"
+NEIGHBOUR_JOINED = "neighbour_joined"
 
 #: A seen identifier: ``(token, id_type, first event id, first seen at ISO)`` (:func:`lastmile.streaming.seen.record`).
 SeenRow = tuple[str, str, str, str]
@@ -141,3 +145,35 @@ class DueReplenishments:
                   for due in due_replenishments(self.warehouse, as_of, self.rhythm) if due.action_id not in self.found]
         self.found.update(e.event_id for e in events)
         return events
+
+
+def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime) -> list[Event]:
+    """``neighbour_joined`` for the first orders (of their OneID) placed after ``since`` up to
+    ``until``: one per person living in the order's building, the buyer aside. The id
+    ``joined:<oneid>:<order event id>`` makes a second evaluation note nothing new."""
+    from lastmile.audiences.definition import TRAITS_VIEW
+    from lastmile.journeys.store import aware, warehouse_time
+
+    if not {"raw_order", "event_oneid", TRAITS_VIEW} <= set(warehouse.tables()):
+        return []
+    rows = warehouse.rows(f"""
+        WITH orders AS (
+            SELECT e.oneid AS buyer, r.event_id AS event_id, r.occurred_at AS at, r.building_id AS building_id,
+                   r.community_id AS community_id, r.order_id AS order_id
+            FROM raw_order AS r INNER JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_type = 'order') AS e
+              ON e.event_id = r.event_id
+            WHERE r.occurred_at > {{since:DateTime64(3, 'UTC')}} AND r.occurred_at <= {{until:DateTime64(3, 'UTC')}}),
+        firsts AS (
+            SELECT e.oneid AS buyer, min(r.occurred_at) AS first
+            FROM raw_order AS r INNER JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_type = 'order'
+                                            AND oneid IN (SELECT buyer FROM orders)) AS e ON e.event_id = r.event_id
+            GROUP BY e.oneid)
+        SELECT t.oneid, o.event_id, o.at, o.building_id, o.community_id, o.order_id
+        FROM orders AS o INNER JOIN firsts AS f ON f.buyer = o.buyer AND f.first = o.at
+        INNER JOIN (SELECT oneid, home_building_id FROM {TRAITS_VIEW} WHERE home_building_id != '') AS t
+          ON t.home_building_id = o.building_id
+        WHERE t.oneid != o.buyer
+        ORDER BY o.at, o.event_id, t.oneid""", {"since": warehouse_time(since), "until": warehouse_time(until)})
+    return [Event(f"joined:{oneid}:{event_id}", NEIGHBOUR_JOINED, oneid, aware(at),
+                  {"building_id": building, "community_id": community, "order_id": order_id})
+            for oneid, event_id, at, building, community, order_id in rows]

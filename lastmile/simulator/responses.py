@@ -37,10 +37,10 @@ DEFAULT_RULES = Path(__file__).with_name("responses.yml")
 #: The truth file of every decision, under the simulation's ``truth/``.
 TRUTH_FILE = "responses.jsonl"
 KINDS = ("review", "packaging_return", "order", "referral")
-#: The event type each kind of response is, and whether it is the messaged person's own
-#: (a referral is a new neighbour's order: it converts nobody's run).
+#: The event type a run of the messaged person sees of each kind of response, and whether it is
+#: theirs (a referral is a new neighbour's first order in their building: their ``neighbour_joined``).
 EVENT_OF_KIND = {"review": ("review", True), "packaging_return": ("return", True), "order": ("order", True),
-                 "referral": ("order", False)}
+                 "referral": ("neighbour_joined", True)}
 _ZONE = timezone(timedelta(hours=int(UTC_OFFSET[:3]), minutes=int(UTC_OFFSET[4:])))
 
 
