@@ -5,7 +5,8 @@ below use) and raw orders resolved to people (``raw_order`` + ``event_oneid``, ~
 person over 60 days) directly in the embedded warehouse with ``numbers()``, then defines 20
 audiences mixing ``sql:`` predicates and rules (trait comparisons, places, two event rules).
 
-Timed, in this order, each one call of ``refresh`` per audience:
+Timed, in this order, each one call of ``refresh_all`` over the 20 audiences (as
+``lastmile audience refresh`` does):
 
 * first refresh: every member is an entry (history, current members, versions written);
 * unchanged refresh: the same data again (nothing to write);
@@ -183,7 +184,7 @@ def main() -> None:
     os.environ["LASTMILE_HOME"] = str(home)
     os.environ.pop("LASTMILE_CLICKHOUSE_URL", None)
 
-    from lastmile.audiences import load_audiences, refresh
+    from lastmile.audiences import load_audiences, refresh_all
     from lastmile.audiences.definition import TRAITS_VIEW
     from lastmile.config import settings
     from lastmile.warehouse import connect, migrate
@@ -221,7 +222,7 @@ def main() -> None:
     def refresh_all(label: str, day: int) -> tuple[float, int, int]:
         at = datetime(2026, 6, 1 + day, tzinfo=timezone.utc)
         begin = time.perf_counter()
-        results = [refresh(warehouse, a, as_of, now=at) for a in audiences]
+        results = refresh_all(warehouse, audiences, as_of, now=at)
         seconds = time.perf_counter() - begin
         entries, exits = sum(r.entries for r in results), sum(r.exits for r in results)
         print(f"{label:<28} {seconds:7.3f} s  entries {entries:>9,}  exits {exits:>7,}  ratio to plain counts {plain_s / seconds:.2f}")

@@ -1336,14 +1336,14 @@ def audience_refresh_cmd(
 ) -> None:
     """Evaluate and publish: entries and exits into audience_membership_changes, members into audience_members,
     then to the configured destinations (Kafka topic, webhooks)."""
-    from lastmile.audiences import newest_event_time, refresh
+    from lastmile.audiences import newest_event_time, refresh_all
     from lastmile.warehouse import connect
 
     audiences = _audiences(name)
     destinations = _audience_destinations(None) if publish else []  # a bad destinations file fails before any refresh
     warehouse = connect()
     moment = _as_of(as_of) or newest_event_time(warehouse)
-    summaries = [refresh(warehouse, audience, moment).summary() for audience in audiences]
+    summaries = [r.summary() for r in refresh_all(warehouse, audiences, moment)]
     deliveries = _deliver_audience_changes(warehouse, destinations, "pending") if destinations else []
     if as_json:
         print(json.dumps(summaries, ensure_ascii=False))

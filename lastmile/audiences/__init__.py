@@ -6,7 +6,7 @@ and publishes membership with its history.
 """
 
 from lastmile.audiences.definition import Audience, AudienceError, Compiled, load_audience, load_audiences, trait_columns
-from lastmile.audiences.membership import Evaluation, evaluate, newest_event_time, refresh, select_members
+from lastmile.audiences.membership import Evaluation, evaluate, newest_event_time, refresh, refresh_all, select_members
 
 __all__ = ["Audience", "AudienceError", "Compiled", "Evaluation", "evaluate", "load_audience", "load_audiences",
-           "newest_event_time", "refresh", "select_members", "trait_columns"]
+           "newest_event_time", "refresh", "refresh_all", "select_members", "trait_columns"]

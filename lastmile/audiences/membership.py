@@ -39,6 +39,7 @@ build changes a few per cent of them), so it no longer grows with the audience's
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -313,6 +314,81 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     return result
 
 
+def refresh_all(warehouse: Warehouse, audiences: list[Audience], as_of: datetime | None = None,
+                now: datetime | None = None) -> list[Evaluation]:
+    """``refresh`` of each audience, those over traits alone published from the traits build
+    before the current one together: their entries and exits among the changed people are
+    written by one statement per table for all of them, instead of five statements each.
+    Returns the evaluations in the order of ``audiences``."""
+    ensure_tables(warehouse)
+    as_of = as_of or newest_event_time(warehouse)
+    names = [a.name for a in audiences]
+    local = [a for a in audiences if trait_changes.row_local(a)]
+    snapshot = trait_changes.current_snapshot(warehouse) if local and len(set(names)) == len(names) else None
+    together: list[tuple[Audience, tuple[str, int, int, int]]] = []
+    if snapshot is not None and snapshot.previous:
+        rows = warehouse.rows("SELECT audience, argMax(tuple(version, size, fingerprint, traits_snapshot), updated_at) "
+                              "FROM audience_fingerprints WHERE audience IN {names:Array(String)} GROUP BY audience",
+                              {"names": [a.name for a in local]})
+        stored = {str(name): (str(t[0]), int(t[1]), int(t[2]), int(t[3])) for name, t in rows}
+        together = [(a, stored[a.name]) for a in local if a.name in stored and stored[a.name][0] == a.version
+                    and stored[a.name][3] in (snapshot.previous, snapshot.snapshot)]
+    results = _refresh_together(warehouse, together, snapshot, as_of, now) if together else {}
+    return [results[a.name] if a.name in results else refresh(warehouse, a, as_of, now) for a in audiences]
+
+
+def _refresh_together(warehouse: Warehouse, together: list[tuple[Audience, tuple[str, int, int, int]]],
+                      snapshot: TraitSnapshot, as_of: datetime | None, now: datetime | None) -> dict[str, Evaluation]:
+    """``_refresh_directly`` of audiences over traits alone, published from ``snapshot`` or the one before."""
+    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
+    behind = [(a, stored) for a, stored in together if stored[3] == snapshot.previous]
+    keys = [f"{a.name}/{a.version}" for a, _ in behind]
+    parameters: dict[str, Any] = {"at": at, "keys": keys}
+    branches = []
+    for i, (audience, _) in enumerate(behind):
+        current, own = _query(warehouse, audience, as_of, {TRAITS_VIEW})
+        current = current.replace(f"FROM {TRAITS_VIEW} WHERE", f"FROM {trait_changes.CHANGED_TRAITS} AS {TRAITS_VIEW} WHERE", 1)
+        sides = _LEAN_SIDES.replace("{among}", _AMONG_CHANGED).replace("{current}", current)
+        # each audience's parameters under its own prefix; ``at`` is shared
+        branches.append(re.sub(r"\{(?!at:)(\w+):", rf"{{q{i}_\1:", _CHANGES.replace("{sides}", sides)))
+        parameters.update({f"q{i}_{k}": v for k, v in own.items()})
+    of_refresh = "concat(audience, '/', version) IN {keys:Array(String)} AND at = {at:DateTime64(3, 'UTC')}"
+    written: dict[str, tuple] = {}
+    if behind:
+        try:
+            warehouse.command(_INSERT_CHANGES + "\nUNION ALL".join(branches), parameters)
+        except Exception as exc:
+            if not (type(exc).__module__.startswith("clickhouse_connect") or "DB::Exception" in str(exc)):
+                raise
+            if warehouse.scalar(f"SELECT count() FROM audience_membership_changes WHERE {of_refresh}", parameters):
+                raise AudienceError(f"the warehouse stopped a refresh of {', '.join(a.name for a, _ in behind)} midway: "
+                                    f"{' '.join(str(exc).split())[:300]}") from None
+            return {}  # nothing written: each audience is refreshed on its own, and the one at fault named
+        warehouse.command("INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted) "
+                          f"SELECT audience, oneid, version, at, at, change = 'exit' FROM audience_membership_changes WHERE {of_refresh}", parameters)
+        written = {str(row[0]): row[1:] for row in warehouse.rows(f"""
+SELECT audience, countIf(change = 'enter'), countIf(change = 'exit'), groupBitXor(sipHash64(oneid)),
+       groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit')
+FROM audience_membership_changes WHERE {of_refresh} GROUP BY audience""", parameters)}
+    samples = {str(name): rows for name, rows in warehouse.rows(_SAMPLES, {"names": [a.name for a, _ in together], "n": _SAMPLE_WINDOW})}
+    results: dict[str, Evaluation] = {}
+    fingerprints = []
+    for audience, (version, size, fingerprint, published_snapshot) in together:
+        entries, exits, changed, sample_entries, sample_exits = written.get(audience.name, (0, 0, 0, [], []))
+        entries, exits = int(entries), int(exits)
+        if published_snapshot != snapshot.snapshot:  # XOR removes who left and adds who entered
+            fingerprints.append((audience.name, version, size + entries - exits, fingerprint ^ int(changed)))
+        results[audience.name] = Evaluation(audience, as_of, size + entries - exits, size, entries, exits, 0,
+                                            sample_entries=list(sample_entries), sample_exits=list(sample_exits),
+                                            sample_members=_sample_from(warehouse, audience.name, samples.get(audience.name, [])))
+    if fingerprints:
+        warehouse.command("INSERT INTO audience_fingerprints (audience, version, size, fingerprint, traits_snapshot, updated_at) "
+                          "SELECT f.1, f.2, f.3, f.4, {s:UInt64}, {at:DateTime64(3, 'UTC')} "
+                          "FROM (SELECT arrayJoin({f:Array(Tuple(String, String, UInt64, UInt64))}) AS f)",
+                          {"f": fingerprints, "s": snapshot.snapshot, "at": at})
+    return results
+
+
 def stored_fingerprint(warehouse: Warehouse, audience: str) -> tuple[str, int, int]:
     """Version, size and fingerprint last published for ``audience`` (``('', 0, 0)``: none)."""
     stored = warehouse.rows("SELECT argMax(tuple(version, size, fingerprint), updated_at) FROM audience_fingerprints WHERE audience = {a:String}",
@@ -385,6 +461,12 @@ def sample_members(warehouse: Warehouse, audience: str) -> list[str]:
     return _sample_from(warehouse, audience, warehouse.scalar(_SAMPLE, {"a": audience, "n": _SAMPLE_WINDOW}))
 
 
+#: ``_SAMPLE`` of several audiences: (audience, rows).
+_SAMPLES = ("SELECT audience, arraySort(groupArray(tuple(oneid, member, n))) FROM (SELECT audience, oneid, "
+            "argMax(is_deleted, (updated_at, is_deleted)) = 0 AS member, count() AS n FROM audience_members "
+            "WHERE audience IN {names:Array(String)} AND (audience, oneid) IN (SELECT audience, oneid FROM audience_members "
+            "WHERE audience IN {names:Array(String)} ORDER BY audience, oneid LIMIT {n:UInt32} BY audience) "
+            "GROUP BY audience, oneid) GROUP BY audience")
 #: The people of the audience's first rows in key order: (oneid, is a member, rows), by OneID.
 _SAMPLE = ("SELECT groupArray(tuple(oneid, member, n)) FROM (SELECT oneid, argMax(is_deleted, (updated_at, is_deleted)) = 0 AS member, "
            "count() AS n FROM audience_members WHERE audience = {a:String} AND oneid IN (SELECT oneid FROM audience_members "
@@ -398,6 +480,16 @@ def _sample_from(warehouse: Warehouse, audience: str, rows: list[tuple[str, bool
         found = [r[0] for r in warehouse.rows(
             f"SELECT oneid FROM audience_members FINAL WHERE audience = {{a:String}} ORDER BY oneid LIMIT {SAMPLE_SIZE}", {"a": audience})]
     return found
+
+
+#: The entries and exits of one audience (``{sides}`` replaced), as rows of the history.
+_INSERT_CHANGES = "INSERT INTO audience_membership_changes (audience, version, oneid, change, at, reason)"
+_CHANGES = """
+SELECT {audience:String}, {version:String}, oneid, if(now, 'enter', 'exit'), {at:DateTime64(3, 'UTC')},
+       if(now, concat('matches ', {audience:String}, ' version ', {version:String}),
+          concat('no longer matches ', {audience:String}, ' version ', {version:String},
+                 if(published_version != {version:String}, concat(' (entered under ', published_version, ')'), '')))
+FROM ({sides}) WHERE now != before"""
 
 
 def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool, lean: bool = False,
@@ -419,13 +511,7 @@ INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, 
 SELECT {{audience:String}}, oneid, {{version:String}}, published_entered_at, {at_param}, 0 FROM ({sides})
 WHERE now AND before AND published_version != {{version:String}}""")
     # one statement: entries and exits are read against the same published membership
-    statements.append(f"""
-INSERT INTO audience_membership_changes (audience, version, oneid, change, at, reason)
-SELECT {{audience:String}}, {{version:String}}, oneid, if(now, 'enter', 'exit'), {at_param},
-       if(now, concat('matches ', {{audience:String}}, ' version ', {{version:String}}),
-          concat('no longer matches ', {{audience:String}}, ' version ', {{version:String}},
-                 if(published_version != {{version:String}}, concat(' (entered under ', published_version, ')'), '')))
-FROM ({sides}) WHERE now != before""")
+    statements.append(_INSERT_CHANGES + _CHANGES.replace("{sides}", sides))
     statements.append(f"""
 INSERT INTO audience_members (audience, oneid, version, entered_at, updated_at, is_deleted)
 SELECT audience, oneid, version, at, at, change = 'exit' FROM audience_membership_changes
