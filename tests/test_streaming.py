@@ -24,7 +24,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from lastmile.config import settings
-from lastmile.identity.identifiers import normalize
 from lastmile.ingest import Ingestor
 from lastmile.journeys import load_journey
 from lastmile.journeys.engine import in_holdout
@@ -52,8 +51,6 @@ class Produced:
     temperature_claim_orders: set[str]
     malformed_injected: int
     staple: dict  # a neighbour's weekly staple purchases before the simulated week (order events)
-    signup_token: str  # the openid token of a neighbour whose only event is a marketing consent (a sign-up)
-    staple_token: str  # the unionid token of the staple buyer, who consented to personalised nudges
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +64,6 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
     staple = _staple_history(events / "order.jsonl")
     _consents(events / "consent.jsonl")
     ingestor = Ingestor(Identifiers(replace(settings(), home=out, hash_key=HASH_KEY)))
-    hasher = ingestor.identifiers.hasher
     distinct: dict[str, set[str]] = {}
     reasons: Counter = Counter()
     claims: set[str] = set()
@@ -83,8 +79,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
     with dev.dev_broker(log_path=out / "broker.log") as broker:
         report = produce_files(broker.bootstrap, events)
         yield Produced(broker.bootstrap, report.published, {t: len(ids) for t, ids in distinct.items()}, reasons, claims,
-                       result.injected["malformed"], staple, hasher.token("openid", normalize("openid", SIGNUP_OPENID)),
-                       hasher.token("unionid", normalize("unionid", "uStapleEggs01")))
+                       result.injected["malformed"], staple)
 
 
 def _staple_history(orders: Path) -> dict:
