@@ -219,7 +219,7 @@ def main() -> None:
     print(f"plain counts of the 20 predicates ({kinds['sql']} sql, {kinds['rule']} rule): {plain_s:.3f} s; "
           f"sizes {min(counts.values()):,} .. {max(counts.values()):,}, {sum(counts.values()):,} memberships")
 
-    def refresh_all(label: str, day: int) -> tuple[float, int, int]:
+    def timed_refresh(label: str, day: int) -> tuple[float, int, int]:
         at = datetime(2026, 6, 1 + day, tzinfo=timezone.utc)
         begin = time.perf_counter()
         results = refresh_all(warehouse, audiences, as_of, now=at)
@@ -228,11 +228,11 @@ def main() -> None:
         print(f"{label:<28} {seconds:7.3f} s  entries {entries:>9,}  exits {exits:>7,}  ratio to plain counts {plain_s / seconds:.2f}")
         return seconds, entries, exits
 
-    first_s, _, _ = refresh_all("first refresh", 0)
-    unchanged_s, unchanged_entries, unchanged_exits = refresh_all("unchanged refresh", 1)
+    first_s, _, _ = timed_refresh("first refresh", 0)
+    unchanged_s, unchanged_entries, unchanged_exits = timed_refresh("unchanged refresh", 1)
     warehouse.command("TRUNCATE TABLE audience_traits")
     warehouse.command(_traits_sql(args.people, args.seed, args.seed + 1000))
-    changed_s, entries, exits = refresh_all("refresh after ~1 % changed", 2)
+    changed_s, entries, exits = timed_refresh("refresh after ~1 % changed", 2)
 
     _, counts_after = plain_counts()
     published = dict(warehouse.rows("SELECT audience, count() FROM audience_members FINAL GROUP BY audience"))
