@@ -899,10 +899,6 @@ def stream_cmd(
     audiences: bool = typer.Option(True, "--audiences/--no-audiences",
                                    help="Evaluate the freshness: event audiences for the people each batch touched "
                                         "(after OneID runs) and send entries to lastmile.audience_changes."),
-    contact_rules: bool = typer.Option(True, "--contact-rules/--no-contact-rules",
-                                       help="Load the contact rules (consent, caps, quiet hours; LASTMILE_CONTACT_RULES) "
-                                            "at start; journey sends are always decided by them, refusals go to "
-                                            "contact_refusals with their reason."),
     journeys: bool = typer.Option(True, "--journeys/--no-journeys",
                                   help="Advance the journeys of LASTMILE_JOURNEYS_DIR (the cold-chain compensation, the "
                                        "welcome, the replenishment nudge, ...): note their events, make a pass after OneID "
@@ -933,7 +929,7 @@ def stream_cmd(
                                   identity_every_s=identity_seconds,
                                   identity_waiting_every_s=identity_waiting_seconds, profiles_every_s=profiles_seconds,
                                   features=features, replenish_every_s=replenish_seconds, audiences=audiences,
-                                  contact_rules=contact_rules, journeys=journeys, batch_alerts=batch_alerts),
+                                  journeys=journeys, batch_alerts=batch_alerts),
         loglevel=log_level.upper())
 
 

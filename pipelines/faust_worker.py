@@ -86,7 +86,6 @@ class StreamOptions:
     replenish_every_s: float = 60.0  # evaluate the replenishment_due signal at most this often (0: never; needs journeys)
     audiences: bool = True  # evaluate the event audiences after OneID runs (needs OneID; nothing when none exists)
     journeys: bool = True  # advance the journeys of journeys/ after OneID runs and publish their sends (needs OneID)
-    contact_rules: bool = True  # decide every action by the contact rules (consent, caps, quiet hours) before publishing
     batch_alerts: bool = True  # batch-quality alerts for procurement (batch_quality.yml, lastmile.batches)
 
 
@@ -98,7 +97,6 @@ class WorkerParts:
     refresher: IdentityRefresher
     pusher: FeaturePusher | None = None
     audiences: EventAudiences | None = None
-    desk: ContactDesk | None = None  # the contact rules every action passes (StreamOptions.contact_rules)
     journeys: Any = None  # lastmile.journeys.stream.StreamJourneys (StreamOptions.journeys)
     batches: BatchQualityWatch | None = None  # batch-quality alerts (StreamOptions.batch_alerts)
 
@@ -280,7 +278,6 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     if pusher is not None:
         refresher.after_resolve.append(pusher.on_resolved)
         pusher.on_waiting = refresher.hurry
-    desk = ContactDesk(warehouse, load_rules(), cfg) if options.contact_rules else None
     audiences = event_audiences(cfg, warehouse) if refresher.enabled and options.audiences else None
     if audiences is not None:
         refresher.after_resolve.append(audiences.after_resolve)
@@ -288,21 +285,21 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
     if options.journeys and not refresher.enabled:
         log.warning("journeys are off: they need OneID (--identity-seconds 0 turns it off)")
     elif options.journeys:
-        journeys = stream_journeys(cfg, sink, desk, options.replenish_every_s)
+        journeys = stream_journeys(cfg, sink, options.replenish_every_s)
     if journeys is not None:
         journeys.on_waiting = refresher.hurry  # a batch's journey events: resolve their people soon
         refresher.after_resolve.append(journeys.after_resolve)
     batches = BatchQualityWatch(warehouse, load_batch_rules()) if options.batch_alerts else None
     if batches is not None:
         batches.load()  # the recent orders and feedback, so feedback on them is judged against their batches
-    return WorkerParts(sink, refresher, pusher, audiences, desk, journeys, batches)
+    return WorkerParts(sink, refresher, pusher, audiences, journeys, batches)
 
 
-def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None, replenish_every_s: float = 60.0) -> Any:
+def stream_journeys(cfg: Settings, sink: StreamSink, replenish_every_s: float = 60.0) -> Any:
     """The journeys of LASTMILE_JOURNEYS_DIR in the worker, or None when there are none. A folder
     that is missing or does not load is logged and the worker runs without journeys (ingestion
     comes first): then no compensation, welcome or nudge is sent. Journey sends always pass the
-    contact rules."""
+    contact rules (LASTMILE_CONTACT_RULES): there is no switch to send around consent."""
     from lastmile.journeys import JourneyError, load_journeys
     from lastmile.journeys.stream import StreamJourneys
 
@@ -315,7 +312,7 @@ def stream_journeys(cfg: Settings, sink: StreamSink, desk: ContactDesk | None, r
         log.warning("journeys are off: no journey in %s", cfg.journeys_path)
         return None
     log.info("journeys: %s", ", ".join(j.name for j in found))
-    return StreamJourneys(sink, found, desk or ContactDesk(sink.warehouse, load_rules(), cfg), cfg.business_zone,
+    return StreamJourneys(sink, found, ContactDesk(sink.warehouse, load_rules(), cfg), cfg.business_zone,
                           replenish_every_s=replenish_every_s)
 
 

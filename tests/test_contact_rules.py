@@ -344,12 +344,16 @@ def test_a_neighbour_signing_up_with_consent_is_welcomed_before_oneid_runs(wareh
     assert isinstance(silent, Refused) and silent.reason == "no_consent"
 
 
-def test_the_stream_worker_applies_the_contact_rules_unless_told_not_to() -> None:
+def test_the_stream_worker_has_no_switch_around_the_contact_rules() -> None:
+    """Every send of the worker is a journey send and passes the contact rules: the only way to
+    send nothing is to run without journeys, never to send without consent."""
+    from dataclasses import fields
+
     from typer.main import get_command
 
     from lastmile.cli import app
     from pipelines.faust_worker import StreamOptions
 
-    assert StreamOptions().contact_rules is True
-    options = {p.name: p for p in get_command(app).commands["stream"].params}  # type: ignore[attr-defined]
-    assert options["contact_rules"].default is True and "--no-contact-rules" in options["contact_rules"].secondary_opts
+    assert "contact_rules" not in {f.name for f in fields(StreamOptions)}
+    flags = {flag for p in get_command(app).commands["stream"].params for flag in [*p.opts, *p.secondary_opts]}  # type: ignore[attr-defined]
+    assert "--no-journeys" in flags and not any("contact" in flag for flag in flags)
