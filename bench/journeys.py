@@ -2,9 +2,8 @@
 batch-quality alerts, on one simulated community.
 
 The community is the default simulation (``--orders 20000 --weeks 8``), ingested with the
-batch ingest (Apache Beam, OneID). The simulator emits no consent events, so the bench adds
-one: about 70 % of the buyers (chosen by a hash of their identifier) grant marketing and
-personalised recommendations on every channel before the window starts; the rest never do.
+batch ingest (Apache Beam, OneID), with the simulated residents' consent (per persona and
+channel, health apart, a few withdrawals: docs/simulator.md).
 
 * Journey pass: the shipped journeys (``journeys/*.yml``) replayed over the whole window as
   the main job does it (:func:`lastmile.journeys.replay.replay`: each day's events noted, one
@@ -34,7 +33,6 @@ The last line is the JSON summary.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -42,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,39 +49,6 @@ from bench._stream_latency import ROOT, percentile, stream_latencies  # noqa: E4
 
 WORKER_START_S = 90.0  # the worker joins its group and runs its first OneID resolution
 SEND_TIMEOUT_S = 30.0
-CONSENT_SHARE = 0.7
-
-
-def _consents(events: Path, share: float) -> int:
-    """Write ``consent.jsonl``: a share of the buyers grant marketing and personalised
-    recommendations on every channel a day before their first order."""
-    first: dict[str, tuple[str, dict]] = {}
-    with open(events / "order.jsonl", "rb") as f:
-        for line in f:
-            try:  # the simulation injects malformed events; the ingest quarantines them
-                order = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(order, dict) or not isinstance(order.get("buyer"), dict) or not isinstance(order.get("occurred_at"), str):
-                continue
-            key = json.dumps(order["buyer"], sort_keys=True)
-            if key not in first or order["occurred_at"] < first[key][0]:
-                first[key] = (order["occurred_at"], order["buyer"])
-    lines: list[str] = []
-    for key, (at, buyer) in sorted(first.items()):
-        if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF >= share:
-            continue
-        try:
-            when = (datetime.fromisoformat(at) - timedelta(days=1)).isoformat()
-        except ValueError:
-            continue
-        for purpose in ("marketing", "personalised_recommendation"):
-            event_id = "ev-bench-consent-" + hashlib.sha256(f"{key}|{purpose}".encode()).hexdigest()[:16]
-            lines.append(json.dumps({"event_id": event_id, "event_type": "consent", "schema_version": 1, "occurred_at": when,
-                                     "source": "mini_program", "subject": buyer, "purpose": purpose, "channel": "all",
-                                     "granted": True}, ensure_ascii=False))
-    (events / "consent.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return len(lines) // 2
 
 
 def _plain_reference(warehouse, event_types: set[str]) -> tuple[float, int]:
@@ -166,10 +131,9 @@ def main() -> None:
     try:
         begin = time.perf_counter()
         simulate(SimulationConfig(seed=args.seed, orders=args.orders, weeks=args.weeks), cfg.home)
-        granted = _consents(cfg.events_dir, CONSENT_SHARE)
         ingest = beam_ingest.run(cfg.events_dir)
         print(f"simulated and ingested {ingest.valid:,} events ({args.orders:,} orders over {args.weeks} weeks; "
-              f"{granted:,} buyers consenting) in {time.perf_counter() - begin:.1f} s")
+              f"with consent) in {time.perf_counter() - begin:.1f} s")
         warehouse = connect(cfg)
 
         _, detection = alert_and_score(warehouse, load_batch_rules(), cfg.home / "truth" / "bad_batches.jsonl")
