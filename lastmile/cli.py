@@ -212,7 +212,7 @@ def _print_ingest(report: Any, as_json: bool) -> None:
                   f"written {report.written:,} in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
-RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "forecast", "features", "audiences", "journeys", "train")
+RUN_STAGES = ("ingest", "cold-chain", "identity", "transform", "quality", "forecast", "features", "audiences", "train", "journeys")
 
 
 @app.command("run")
@@ -221,10 +221,10 @@ def run_cmd(
     seed: int = typer.Option(42, help="Simulation seed."),
     orders: int = typer.Option(20_000, help="Orders to simulate."),
     weeks: int = typer.Option(8, help="Weeks of activity."),
-    through: str = typer.Option("train", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
+    through: str = typer.Option("journeys", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → demand forecast and stocking plan → features → audiences → journeys → models.
+    """The main job: simulate → ingest (Beam, OneID) → cold chain (PyFlink) → OneID evaluation → dbt → quality gate → demand forecast and stocking plan → features → audiences → models → journeys (the spending-health cap needs the trained model).
 
     Re-running gives the same counts. A failed great-expectations checkpoint stops the run
     before any feature is published, and says which expectations failed.
@@ -313,16 +313,6 @@ def run_cmd(
     if wanted("audiences"):
         with _stage("audiences", timings):
             out["audiences"] = _refresh_audiences(connect(cfg))
-    if wanted("journeys"):  # the last week of loaded events, every send through the contact rules
-        from lastmile.journeys.replay import main_job as run_journeys
-        from lastmile.models.spending_effect import main_job as spending_cap_effect
-
-        with _stage("journeys", timings):
-            journeys_report = run_journeys(cfg, connect(cfg))
-            cap_effect = spending_cap_effect(cfg, connect(cfg))  # impulse spend, capped arm vs holdout
-        out["journeys"] = journeys_report.as_dict()
-        out["spending_health_cap"] = cap_effect.as_dict() if cap_effect else None
-        out["journeys_report"] = journeys_report.text() + (f"\n{cap_effect.text()}" if cap_effect else "")
     if wanted("train"):
         from lastmile.models import recommend_command, train_models
 
@@ -336,6 +326,16 @@ def run_cmd(
             out["models_report"] = trained.text()
             top = [o for (o,) in connect(cfg).rows("SELECT oneid FROM dim_customer ORDER BY orders DESC, oneid LIMIT 2")]
             out["examples"] = {oneid: json.loads(recommend_command(oneid, limit=5, cfg=cfg)) for oneid in top}
+    if wanted("journeys"):  # the last week of loaded events, every send through the contact rules
+        from lastmile.journeys.replay import main_job as run_journeys
+        from lastmile.models.spending_effect import main_job as spending_cap_effect
+
+        with _stage("journeys", timings):
+            journeys_report = run_journeys(cfg, connect(cfg))
+            cap_effect = spending_cap_effect(cfg, connect(cfg))  # impulse spend, capped arm vs holdout
+        out["journeys"] = journeys_report.as_dict()
+        out["spending_health_cap"] = cap_effect.as_dict() if cap_effect else None
+        out["journeys_report"] = journeys_report.text() + (f"\n{cap_effect.text()}" if cap_effect else "")
     with _stage("summary", timings):
         summary = summarize(connect(cfg))
     out["warehouse"] = summary.as_dict()
