@@ -172,3 +172,46 @@ steps:
     assert outcomes[(regular, "second")] == ("refused", "spending_health")
     assert outcomes[(other, "first")] == ("sent", "") and outcomes[(other, "second")] == ("sent", "")
     assert any(regular in a for a in asked)
+
+
+def test_the_stream_notes_neighbour_joined_after_the_first_order_is_resolved(loaded) -> None:
+    """A newcomer's first order in oLoop-old's building becomes oLoop-old's ``neighbour_joined``
+    (the referral's goal) at the pass after OneID resolved it, once, however often it is read;
+    the order's event time lies days before the journeys' clock (it arrived late)."""
+    import asyncio
+
+    from lastmile.identity.store import resolve_pending
+    from lastmile.ingest import Ingestor
+    from lastmile.journeys.stream import StreamJourneys
+    from lastmile.privacy import Identifiers
+    from lastmile.streaming.sink import Record, StreamSink
+    from tests.test_journeys import shipped
+
+    cfg, store, events = loaded
+    old = oneid_of(store, events[6]["event_id"])
+    store.command("CREATE TABLE audience_traits (oneid String, home_building_id String) ENGINE = MergeTree ORDER BY oneid")
+    sink = StreamSink(store, Ingestor(Identifiers(cfg)))
+    try:
+        store.insert_rows("audience_traits", [(old, "C01-B03")], ["oneid", "home_building_id"])
+        hook = StreamJourneys(sink, [shipped("neighbour_referral"), shipped("predictive_reservation")],
+                              ContactDesk(store, RULES, cfg), cfg.business_zone, every_s=0)
+        assert hook.joins
+        sink.handlers.append(hook.handler())
+        first = order("oLoop-new3", DAY0 + timedelta(days=15), 0)
+        asyncio.run(sink.handle([Record("lastmile.order", 0, 1, orjson.dumps(first))]))
+        joined = f"joined:{old}:{first['event_id']}"
+        inbox = "SELECT count() FROM journey_inbox FINAL WHERE event_id = {e:String}"
+        hook.after_resolve()  # the order's buyer is not resolved yet: nobody joined
+        assert store.scalar(inbox, {"e": joined}) == 0
+        identifiers = sink.ingestor.identifiers
+        resolve_pending(store, identifiers.rules, frozenset(identifiers.rules.blocked_tokens(identifiers.hasher)))
+        hook.after_resolve()
+        hook.after_resolve()  # read again within the lookback: still one signal
+        assert store.rows("SELECT event_type, oneid FROM journey_inbox FINAL WHERE event_id = {e:String}", {"e": joined}) == [
+            ("neighbour_joined", old)]
+        buyer = oneid_of(store, first["event_id"])
+        assert store.scalar("SELECT count() FROM journey_inbox FINAL WHERE event_type = 'neighbour_joined' AND oneid = {o:String}",
+                            {"o": buyer}) == 0  # the buyer is not their own neighbour
+    finally:
+        sink.close()
+        store.command("DROP TABLE IF EXISTS audience_traits")

@@ -147,10 +147,15 @@ class DueReplenishments:
         return events
 
 
-def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime) -> list[Event]:
+def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime, by: str = "occurred_at") -> list[Event]:
     """``neighbour_joined`` for the first orders (of their OneID) placed after ``since`` up to
     ``until``: one per person living in the order's building, the buyer aside. The id
-    ``joined:<oneid>:<order event id>`` makes a second evaluation note nothing new."""
+    ``joined:<oneid>:<order event id>`` makes a second evaluation note nothing new.
+
+    ``by``: the orders' clock the window is on: ``occurred_at`` (a replay of loaded events) or
+    ``_ingested_at`` (the stream: an order that arrives late still joins when it arrives)."""
+    if by not in ("occurred_at", "_ingested_at"):
+        raise ValueError(f"neighbours_joined: by must be occurred_at or _ingested_at, not {by!r}")
     from lastmile.audiences.definition import TRAITS_VIEW
     from lastmile.journeys.store import aware, warehouse_time
 
@@ -162,7 +167,7 @@ def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime) ->
                    r.community_id AS community_id, r.order_id AS order_id
             FROM raw_order AS r INNER JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_type = 'order') AS e
               ON e.event_id = r.event_id
-            WHERE r.occurred_at > {{since:DateTime64(3, 'UTC')}} AND r.occurred_at <= {{until:DateTime64(3, 'UTC')}}),
+            WHERE r.{by} > {{since:DateTime64(3, 'UTC')}} AND r.{by} <= {{until:DateTime64(3, 'UTC')}}),
         firsts AS (
             SELECT e.oneid AS buyer, min(r.occurred_at) AS first
             FROM raw_order AS r INNER JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_type = 'order'

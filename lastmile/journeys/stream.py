@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from lastmile.audiences.definition import EVENT_TABLES
@@ -42,7 +42,8 @@ from lastmile.journeys.definition import Journey
 from lastmile.journeys.engine import Event
 from lastmile.journeys.intake import events_from_rows
 from lastmile.journeys.scheduler import JourneyRunner, TickReport, actions
-from lastmile.journeys.signals import NEW_NEIGHBOUR, REPLENISHMENT_DUE, DueReplenishments, NewNeighbours
+from lastmile.journeys.signals import (NEIGHBOUR_JOINED, NEW_NEIGHBOUR, REPLENISHMENT_DUE, DueReplenishments, NewNeighbours,
+                                      neighbours_joined)
 from lastmile.streaming import seen
 from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
 
@@ -55,6 +56,9 @@ PASS_EVENTS = 2_000
 #: A batch whose oldest event was produced longer ago than this is part of a backlog (as is a
 #: full batch): no pass then, ingestion first.
 BEHIND_S = 5.0
+#: How far before the last read of ``neighbour_joined`` the next read starts: a first order
+#: OneID resolved later than its neighbours' batches is still found.
+JOINED_LOOKBACK = timedelta(hours=1)
 #: No batch for this long: the stream caught up (or went quiet), the journeys may catch up.
 QUIET_S = 2.0
 
@@ -83,6 +87,12 @@ class StreamJourneys:
                            if NEW_NEIGHBOUR in self.runner.event_types else None)
         self.replenishments = (DueReplenishments(sink.warehouse, every_s=replenish_every_s, clock=self.clock)
                                if REPLENISHMENT_DUE in self.runner.event_types and replenish_every_s > 0 else None)
+        #: ``neighbour_joined`` is read before each pass from the first orders ingested since
+        #: ``JOINED_LOOKBACK`` before the last read (from a start: the last hour), so an order
+        #: OneID resolved later, or ingested before a restart, is still found; the signal's id
+        #: makes a second find a no-op.
+        self.joins = NEIGHBOUR_JOINED in self.runner.event_types
+        self._joined_to: datetime | None = None
         #: Asks OneID for an early resolution (the refresher's ``hurry``); any thread.
         self.on_waiting: Callable[[], None] | None = None
         self.newest = store.newest_noted(sink.warehouse)
@@ -158,7 +168,10 @@ class StreamJourneys:
         if now is None:
             return
         began = self._last = self.clock()
-        self.owed = self._noted = False
+        self.owed = False
+        if self.joins:
+            self._note_joined()
+        self._noted = False
         try:
             self.last = self.runner.tick(now, self.pass_events)
             self.ticks += 1
@@ -175,6 +188,20 @@ class StreamJourneys:
             for action in queued:
                 if action.action_id not in self._handed:
                     self._pending.setdefault(action.action_id, action)
+
+    def _note_joined(self) -> None:
+        """Note the ``neighbour_joined`` of the first orders ingested (and resolved) up to now."""
+        now = self.wall_clock()
+        since = (self._joined_to or now) - JOINED_LOOKBACK
+        try:
+            joined = neighbours_joined(self.sink.warehouse, since, now, by="_ingested_at")
+        except Exception:  # noqa: BLE001 - read again (with the lookback) before the next pass
+            self.errors += 1
+            log.exception("journeys: neighbour_joined not read (retried before the next pass)")
+            return
+        if joined:
+            self._note(joined)
+        self._joined_to = now
 
     @property
     def keeping_up(self) -> bool:
