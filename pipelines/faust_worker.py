@@ -312,7 +312,9 @@ def stream_journeys(cfg: Settings, sink: StreamSink, replenish_every_s: float = 
         log.warning("journeys are off: no journey in %s", cfg.journeys_path)
         return None
     log.info("journeys: %s", ", ".join(j.name for j in found))
-    return StreamJourneys(sink, found, ContactDesk(sink.warehouse, load_rules(), cfg), cfg.business_zone,
+    desk = ContactDesk(sink.warehouse, load_rules(), cfg)
+    desk.risk([])  # load the spending-health model and its feature reader now, not at a first send while the warehouse is held
+    return StreamJourneys(sink, found, desk, cfg.business_zone,
                           replenish_every_s=replenish_every_s)
 
 
