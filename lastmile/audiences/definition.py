@@ -76,6 +76,9 @@ class Compiled:
     parameters: dict[str, Any] = field(default_factory=dict)
     #: True when the predicate counts events: it then needs the ``as_of`` parameter.
     uses_events: bool = False
+    #: Each event condition's raw table and window in seconds: which events can change the
+    #: person's membership when new ones arrive or "now" moves (an incremental refresh).
+    windows: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,18 @@ class Audience:
     def kind(self) -> str:
         return "sql" if self.sql is not None else "rule"
 
-    def compile(self) -> Compiled:
-        """The predicate over ``audience_traits`` (rules compiled again: they were checked on load)."""
+    def compile(self, among: str | None = None) -> Compiled:
+        """The predicate over ``audience_traits`` (rules compiled again: they were checked on load).
+
+        ``among``: a subquery of ``sipHash64(oneid)`` keys; event conditions then read only
+        the events of those people, so evaluating a rule for a few people does not count every
+        person's events (the caller narrows ``audience_traits`` to the same people).
+        """
         if self.sql is not None:
             return Compiled(f"({self.sql})")
-        compiler = _RuleCompiler(self.path)
+        compiler = _RuleCompiler(self.path, among)
         predicate = compiler.compile(_plain_to_node(self.rule))
-        return Compiled(predicate, compiler.parameters, compiler.uses_events)
+        return Compiled(predicate, compiler.parameters, compiler.uses_events, tuple(compiler.windows))
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -270,10 +278,12 @@ _RULE_FORMS = "one of all, any, not, trait, event, community, building, leader"
 class _RuleCompiler:
     """Compiles a rule (YAML nodes, for line numbers) to a predicate with named parameters."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, among: str | None = None) -> None:
         self.path = path
+        self.among = among
         self.parameters: dict[str, Any] = {}
         self.uses_events = False
+        self.windows: list[tuple[str, int]] = []
 
     def _param(self, value: Any, ch_type: str) -> str:
         name = f"p{len(self.parameters)}"
@@ -389,6 +399,14 @@ class _RuleCompiler:
         filters = self._where(event, rule["where"][1]) if "where" in rule else ""
         self.uses_events = True
         table = EVENT_TABLES[event]
+        self.windows.append((table, window * (86400 if unit == "days" else 3600)))
+        window_param = self._param(window, "UInt32")  # parameters numbered in the order of the SQL
+        event_param = self._param(event, "String")
+        people = events = ""
+        if self.among is not None:  # only these people's events (their OneID links first, by event id)
+            people = f" AND sipHash64(e.oneid) IN ({self.among})"
+            events = (f" AND event_id IN (SELECT event_id FROM event_oneid WHERE event_type = {event_param}"
+                      f" AND sipHash64(oneid) IN ({self.among}))")
         # Raw events of the window (FINAL, and events counted by id: a replayed event counts
         # once), each resolved to the person behind it by event_oneid; "now" is the as_of
         # parameter, the same for every audience of one evaluation.
@@ -396,9 +414,9 @@ class _RuleCompiler:
             f"(oneid IN (SELECT e.oneid FROM event_oneid AS e"
             f" INNER JOIN (SELECT event_id FROM {table} FINAL"
             f" WHERE occurred_at <= {{as_of:DateTime64(3, 'UTC')}}"
-            f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - {interval}({self._param(window, 'UInt32')}){filters}) AS r"
+            f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - {interval}({window_param}){filters}{events}) AS r"
             f" ON r.event_id = e.event_id"
-            f" WHERE e.event_type = {self._param(event, 'String')}"
+            f" WHERE e.event_type = {event_param}{people}"
             f" GROUP BY e.oneid HAVING uniqExact(e.event_id) >= {self._param(at_least, 'UInt32')}))"
         )
 

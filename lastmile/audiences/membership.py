@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from lastmile.audiences import trait_changes
+from lastmile.audiences import event_changes, trait_changes
 from lastmile.audiences.definition import EVENT_TABLES, TRAITS_VIEW, Audience, AudienceError
+from lastmile.audiences.event_changes import EventState
 from lastmile.audiences.trait_changes import TraitSnapshot
 from lastmile.warehouse import Warehouse
 
@@ -87,7 +88,14 @@ TABLES_SQL = (
     updated_at DateTime64(3, 'UTC') COMMENT 'When the refresh wrote it (UTC); the newest row counts.'
 ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY audience""",
     "ALTER TABLE audience_fingerprints ADD COLUMN IF NOT EXISTS traits_snapshot UInt64 DEFAULT 0 AFTER fingerprint",
+    "ALTER TABLE audience_fingerprints ADD COLUMN IF NOT EXISTS events_as_of DateTime64(3, 'UTC') DEFAULT 0 "
+    "COMMENT 'Event rules: the as_of (\"now\") of the windows the membership was evaluated at (UTC).' AFTER traits_snapshot",
+    "ALTER TABLE audience_fingerprints ADD COLUMN IF NOT EXISTS events_ingested DateTime64(3, 'UTC') DEFAULT 0 "
+    "COMMENT 'Event rules: newest _ingested_at of the rule''s event tables when it was evaluated (UTC).' AFTER events_as_of",
+    "ALTER TABLE audience_fingerprints ADD COLUMN IF NOT EXISTS events_links String DEFAULT '' "
+    "COMMENT 'Event rules: state of event_oneid when it was evaluated (empty: unknown).' AFTER events_ingested",
     *trait_changes.TABLES_SQL,
+    *event_changes.TABLES_SQL,
 )
 
 SAMPLE_SIZE = 10
@@ -177,10 +185,13 @@ def ensure_tables(warehouse: Warehouse) -> None:
 
 
 def _record_fingerprint(warehouse: Warehouse, audience: str, version: str, size: int, fingerprint: int, at: datetime,
-                        snapshot: TraitSnapshot | None) -> None:
-    warehouse.command("INSERT INTO audience_fingerprints (audience, version, size, fingerprint, traits_snapshot, updated_at) VALUES "
-                      "({a:String}, {v:String}, {n:UInt64}, {f:UInt64}, {s:UInt64}, {at:DateTime64(3, 'UTC')})",
-                      {"a": audience, "v": version, "n": size, "f": fingerprint, "s": snapshot.snapshot if snapshot else 0, "at": at})
+                        snapshot: TraitSnapshot | None, events: EventState | None = None) -> None:
+    state = events or EventState.stored(None, None, "")
+    warehouse.command("INSERT INTO audience_fingerprints (audience, version, size, fingerprint, traits_snapshot, events_as_of, "
+                      "events_ingested, events_links, updated_at) VALUES ({a:String}, {v:String}, {n:UInt64}, {f:UInt64}, {s:UInt64}, "
+                      "{ea:DateTime64(3, 'UTC')}, {ei:DateTime64(3, 'UTC')}, {el:String}, {at:DateTime64(3, 'UTC')})",
+                      {"a": audience, "v": version, "n": size, "f": fingerprint, "s": snapshot.snapshot if snapshot else 0,
+                       "ea": state.as_of, "ei": state.ingested, "el": state.links, "at": at})
 
 
 def newest_event_time(warehouse: Warehouse) -> datetime | None:
@@ -292,8 +303,11 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     ensure_tables(warehouse)
     as_of = as_of or newest_event_time(warehouse)
     stored, traits_state = warehouse.rows(_STATE, {"a": audience.name})[0]
-    snapshot = trait_changes.snapshot_from(warehouse, traits_state) if trait_changes.row_local(audience) else None
-    direct = _refresh_directly(warehouse, audience, as_of, now, (str(stored[0]), *(int(v) for v in stored[1:])), snapshot)
+    by_events = event_changes.incremental(audience) and as_of is not None and event_changes.readable(warehouse, audience.compile())
+    snapshot = trait_changes.snapshot_from(warehouse, traits_state) if by_events or trait_changes.row_local(audience) else None
+    events = event_changes.current_state(warehouse, audience.compile(), as_of) if by_events else None
+    direct = _refresh_directly(warehouse, audience, as_of, now, (str(stored[0]), *(int(v) for v in stored[1:4])), snapshot,
+                               events and (EventState.stored(*stored[4:]), events))
     if direct is not None:
         return direct
     fp = _fingerprint(warehouse, audience, as_of)
@@ -310,7 +324,7 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     result = _compare(warehouse, audience, fp)
     if result.entries or result.exits or result.restated:
         _publish(warehouse, audience, fp, at, restate=bool(result.restated))
-    _record_fingerprint(warehouse, audience.name, version, fp.size, fp.fingerprint, at, snapshot)
+    _record_fingerprint(warehouse, audience.name, version, fp.size, fp.fingerprint, at, snapshot, events)
     return result
 
 
@@ -398,12 +412,14 @@ def stored_fingerprint(warehouse: Warehouse, audience: str) -> tuple[str, int, i
 
 #: What a refresh starts from, in one round trip: the version, size, fingerprint and traits
 #: snapshot last published for the audience, and the state of the traits.
-_STATE = ("SELECT (SELECT argMax(tuple(version, size, fingerprint, traits_snapshot), updated_at) FROM audience_fingerprints "
+_STATE = ("SELECT (SELECT argMax(tuple(version, size, fingerprint, traits_snapshot, events_as_of, events_ingested, events_links), "
+          "updated_at) FROM audience_fingerprints "
           "WHERE audience = {a:String}), " + trait_changes.STATE)
 
 
 def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None,
-                      stored: tuple[str, int, int, int], snapshot: TraitSnapshot | None) -> Evaluation | None:
+                      stored: tuple[str, int, int, int], snapshot: TraitSnapshot | None,
+                      events: tuple[EventState, EventState] | None = None) -> Evaluation | None:
     """Refresh an audience published under its current version, evaluating the predicate once.
 
     A fingerprint pass (one evaluation) followed by the comparison (a second) would double
@@ -416,10 +432,16 @@ def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime 
     With a ``snapshot`` of the traits (an audience over traits alone): published from this
     snapshot, nothing it reads changed and nothing is evaluated; published from the previous
     one, only the people whose traits changed are evaluated and compared.
+
+    With ``events`` (an event rule: the event state it was published at, and the current
+    one): only the people :mod:`lastmile.audiences.event_changes` finds are evaluated and
+    compared, unless the change since cannot be bounded (then everyone is).
     """
     version, published_size, published_fingerprint, published_snapshot = stored
     if version != audience.version:
         return None
+    if events is not None:
+        return _refresh_events(warehouse, audience, as_of, now, stored, snapshot, *events)
     if snapshot is not None and published_snapshot == snapshot.snapshot:
         return Evaluation(audience, as_of, published_size, published_size, 0, 0, 0,
                           sample_members=sample_members(warehouse, audience.name))
@@ -429,7 +451,44 @@ def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime 
         current = current.replace(f"FROM {TRAITS_VIEW} WHERE", f"FROM {trait_changes.CHANGED_TRAITS} AS {TRAITS_VIEW} WHERE", 1)
     fp = _Fingerprint(as_of, current, parameters, published_size, published_fingerprint, [], (version, published_size, published_fingerprint))
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
-    _publish(warehouse, audience, fp, at, restate=False, lean=True, changed_only=changed_only)
+    _publish(warehouse, audience, fp, at, restate=False, lean=True, among=_AMONG_CHANGED if changed_only else "")
+    moved = snapshot is not None and published_snapshot != snapshot.snapshot
+    return _written(warehouse, audience, as_of, at, stored, snapshot, moved, None)
+
+
+def _refresh_events(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None,
+                    stored: tuple[str, int, int, int], snapshot: TraitSnapshot | None, before: EventState,
+                    state: EventState) -> Evaluation:
+    """``_refresh_directly`` of an event rule: among the candidates since ``before`` when they
+    can be bounded (traits: published from this build or the one before), else everyone."""
+    version, published_size, published_fingerprint, published_snapshot = stored
+    traits_bounded = snapshot is not None and (published_snapshot == snapshot.snapshot
+                                               or (snapshot.previous != 0 and published_snapshot == snapshot.previous))
+    narrowed = traits_bounded and snapshot is not None and event_changes.stage_candidates(
+        warehouse, audience, audience.compile(), before, state, traits_changed=published_snapshot != snapshot.snapshot)
+    current, parameters = _query(warehouse, audience, as_of)
+    if narrowed:
+        compiled = audience.compile(among=event_changes.AMONG)
+        current = (f"SELECT oneid FROM {TRAITS_VIEW} WHERE sipHash64(oneid) IN ({event_changes.AMONG}) "
+                   f"AND {compiled.predicate}")
+        parameters = dict(compiled.parameters, audience=audience.name, version=audience.version, as_of=parameters["as_of"])
+    fp = _Fingerprint(as_of, current, parameters, published_size, published_fingerprint, [], (version, published_size, published_fingerprint))
+    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        _publish(warehouse, audience, fp, at, restate=False, lean=True,
+                 among=f" AND sipHash64(oneid) IN ({event_changes.AMONG})" if narrowed else "")
+    finally:
+        if narrowed:
+            event_changes.drop(warehouse, audience)
+    moved = state != before or snapshot is None or published_snapshot != snapshot.snapshot
+    return _written(warehouse, audience, as_of, at, stored, snapshot, moved, state)
+
+
+def _written(warehouse: Warehouse, audience: Audience, as_of: datetime | None, at: datetime, stored: tuple[str, int, int, int],
+             snapshot: TraitSnapshot | None, moved: bool, events: EventState | None) -> Evaluation:
+    """The evaluation a direct refresh published at ``at``, its fingerprint recorded when the
+    membership or the state it was evaluated over (``moved``) changed."""
+    version, published_size, published_fingerprint, _ = stored
     entries, exits, changed, sample_entries, sample_exits, sample = warehouse.rows(f"""
 SELECT countIf(change = 'enter'), countIf(change = 'exit'), groupBitXor(sipHash64(oneid)),
        groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'enter'), groupArraySortedIf({SAMPLE_SIZE})(oneid, change = 'exit'),
@@ -439,9 +498,8 @@ FROM audience_membership_changes WHERE audience = {{a:String}} AND at = {{at:Dat
                                                                                     "n": _SAMPLE_WINDOW})[0]
     entries, exits = int(entries), int(exits)
     size = published_size + entries - exits
-    moved = snapshot is not None and published_snapshot != snapshot.snapshot
     if entries or exits or moved:  # XOR removes who left and adds who entered
-        _record_fingerprint(warehouse, audience.name, version, size, published_fingerprint ^ int(changed), at, snapshot)
+        _record_fingerprint(warehouse, audience.name, version, size, published_fingerprint ^ int(changed), at, snapshot, events)
     return Evaluation(audience, as_of, size, published_size, entries, exits, 0,
                       sample_entries=list(sample_entries), sample_exits=list(sample_exits),
                       sample_members=_sample_from(warehouse, audience.name, sample))
@@ -493,13 +551,14 @@ FROM ({sides}) WHERE now != before"""
 
 
 def _publish(warehouse: Warehouse, audience: Audience, fp: _Fingerprint, at: datetime, restate: bool, lean: bool = False,
-             changed_only: bool = False) -> None:
+             among: str = "") -> None:
     """Entries and exits into the history, then the current members (and restated ones) updated.
     ``lean``: every published member is under the current version (see ``_LEAN_SIDES``);
-    ``changed_only``: ``fp.current`` selects among the people whose traits changed, so only
-    their published rows are compared."""
+    ``among``: a condition on ``oneid`` when ``fp.current`` selects among some people only
+    (those whose traits changed, an event rule's candidates), so only their published rows
+    are compared."""
     if lean and not restate:
-        sides = _LEAN_SIDES.replace("{among}", _AMONG_CHANGED if changed_only else "").replace("{current}", fp.current)
+        sides = _LEAN_SIDES.replace("{among}", among).replace("{current}", fp.current)
     else:
         sides = _SIDES.replace("{current}", fp.current)
     parameters = dict(fp.parameters, at=at)
