@@ -235,3 +235,24 @@ def test_the_expected_lift_counts_the_reminder_a_response_made_unnecessary() -> 
     got = expected_lift(stats, journey, truth)["expected_lift"]
     assert got == pytest.approx((1 - h) * (p1 + (1 - p1) * p2), abs=0.004)
     assert expected_lift(stats, journey, None)["expected_lift"] is None  # no simulation, no expectation
+
+
+def test_runs_of_one_person_widen_the_lift_interval_and_a_report_of_many_journeys_covers_them_together() -> None:
+    """People are held out, runs are counted: a person's runs that all convert or all fail are one
+    observation, not five. Eight journeys checked at once each get a 1 - 0.05/8 interval."""
+    from lastmile.journeys.stats import LIFT_CONFIDENCE, design_effect, lift_interval, simultaneous_confidence
+
+    assert design_effect([(1, 1), (1, 0)] * 50) == pytest.approx(1.0, abs=0.02)  # one run a person: binomial
+    clustered = design_effect([(5, 5), (5, 0)] * 20)  # 40 people x 5 runs, each person all or nothing
+    assert clustered == pytest.approx(5.0, rel=0.05)
+    assert design_effect([(3, 3)] * 10) == 1.0 and design_effect([(2, 1)]) == 1.0  # no variance / one person
+    narrow, wide = lift_interval(100, 200, 30, 100), lift_interval(100, 200, 30, 100, (clustered, clustered))
+    assert wide[0] < narrow[0] < 0.2 < narrow[1] < wide[1]
+
+    from tests.test_journeys import shipped
+
+    journeys = [shipped(name) for name in ("review_reward", "packaging_returns", "cold_chain_compensation")]
+    held = sum(1 for j in journeys if j.holdout > 0 and j.goal is not None)
+    assert held == 2  # the compensation is owed: nobody held out
+    assert simultaneous_confidence(journeys) == pytest.approx(1 - (1 - LIFT_CONFIDENCE) / 2)
+    assert lift_interval(100, 200, 30, 100, confidence=simultaneous_confidence(journeys))[0] < narrow[0]

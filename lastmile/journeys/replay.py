@@ -33,7 +33,7 @@ from lastmile.journeys.definition import Journey
 from lastmile.journeys.intake import backfill
 from lastmile.journeys.replay_signals import ReplaySignals
 from lastmile.journeys.scheduler import JourneyRunner, TickReport
-from lastmile.journeys.stats import expected_lift, journey_stats
+from lastmile.journeys.stats import expected_lift, journey_stats, simultaneous_confidence
 from lastmile.journeys.store import aware, warehouse_time
 from lastmile.warehouse import Warehouse, quote_ident
 
@@ -87,6 +87,10 @@ class ReplayReport:
             span += f" (runs followed to {self.followed:%Y-%m-%d})"
         lines = [f"journeys over {span}: {self.events:,} events in {self.passes} daily passes, {self.steps:,} steps "
                  f"({self.steps_per_s:,.0f} steps/s), every send through the contact rules"]
+        measured = [j for j in self.journeys if j.get("lift_ci") is not None]
+        if measured and (confidence := measured[0].get("lift_confidence")) is not None and confidence > 0.95:
+            lines.append(f"  lift intervals at {confidence:.1%} each: together they cover all {len(measured)} lifts with 95 % "
+                         "confidence (Bonferroni)")
         for j in self.journeys:
             refusals = ", ".join(f"{reason} {n:,}" for reason, n in sorted(j["refusals"].items(), key=lambda kv: (-kv[1], kv[0])))
             line = (f"  {j['journey']}: {j['entered']:,} entered, {j['sent']:,} sent, {j['refused']:,} refused"
@@ -97,7 +101,7 @@ class ReplayReport:
                 line += f"; lift {j['lift'] * 100:+.1f} points over the holdout ({j['holdout_conversion']:.1%})"
                 if j.get("lift_ci") is not None:
                     low, high = j["lift_ci"]
-                    line += f", 95% CI [{low * 100:+.1f}, {high * 100:+.1f}]"
+                    line += f", {j['lift_confidence']:.1%} CI [{low * 100:+.1f}, {high * 100:+.1f}]"
                 if j.get("expected_lift") is not None:
                     inside = "inside" if j["expected_inside"] else "OUTSIDE"
                     line += f"; expected {j['expected_lift'] * 100:+.1f} ({inside} the interval)"
@@ -128,7 +132,7 @@ def summarize(stats: dict[str, Any]) -> dict[str, Any]:
             "sent": sum(s["sent"] for s in sends), "refused": sum(s["refused"] for s in sends),
             "held_out": sum(s["held_out"] for s in sends), "refusals": dict(stats["refusals"]),
             "converted": stats["converted"], "conversion": stats["conversion"],
-            "holdout_conversion": stats["holdout_conversion"], "lift": stats["lift"], "lift_ci": stats.get("lift_ci"),
+            "holdout_conversion": stats["holdout_conversion"], "lift": stats["lift"], "lift_ci": stats.get("lift_ci"), "lift_confidence": stats.get("lift_confidence"),
             "expected_lift": stats.get("expected_lift"), "expected_inside": stats.get("expected_inside")}
 
 
@@ -275,7 +279,8 @@ def replay(warehouse: Warehouse, journeys: Sequence[Journey], desk: Any, zone: t
     if respond is not None:
         report.responses = respond.write_truth()
         truth = [d.truth_row() for d in respond.decisions.values()]
-    report.journeys = [summarize(expected_lift(journey_stats(warehouse, j), j, truth)) for j in journeys]
+    confidence = simultaneous_confidence(journeys)  # the report checks every journey's lift at once
+    report.journeys = [summarize(expected_lift(journey_stats(warehouse, j, confidence), j, truth)) for j in journeys]
     return report
 
 

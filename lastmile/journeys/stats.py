@@ -5,15 +5,22 @@ hash of their OneID who follow the journey but receive nothing), the lift is the
 group's conversion minus the holdout's: what the messages added, not how many were sent.
 Its 95 % confidence interval is Newcombe's hybrid score interval for a difference of two
 independent proportions (built on Wilson's intervals: sound at small counts and near 0 or 1,
-where the plain normal interval is not).
+where the plain normal interval is not). People, not runs, are assigned to the holdout, and a
+person's runs are alike (some neighbours always bring the crates back), so the runs are not
+independent: each group's counts are divided by its design effect first (Rao and Scott's
+adjustment for clustered proportions; the effect is the cluster-robust variance of the
+group's conversion over the binomial one, at least 1). With one run a person it changes
+nothing.
 
 Over a simulation the response probabilities are known, so :func:`expected_lift` says what the
-lift should be, and whether the measured interval covers it.
+lift should be, and whether the measured interval covers it. A report that checks several
+journeys at once (the main job's) uses simultaneous intervals (:func:`simultaneous_confidence`):
+with eight 95 % intervals, one in three such reports would otherwise show a miss by chance alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from statsmodels.stats.proportion import confint_proportions_2indep
@@ -30,17 +37,54 @@ def _rate(converted: int, entered: int) -> float | None:
 LIFT_CONFIDENCE = 0.95
 
 
-def lift_interval(converted: int, entered: int, held_converted: int, held_entered: int) -> tuple[float, float] | None:
-    """Newcombe's interval for treated minus holdout conversion (None: a group is empty)."""
+def design_effect(people: Sequence[tuple[int, int]]) -> float:
+    """The design effect of a conversion rate over runs clustered by person: ``people`` holds
+    (runs, converted runs) per person. The cluster-robust (ratio-estimator) variance of the
+    rate over its binomial variance, at least 1; 1 when it cannot be estimated."""
+    n = len(people)
+    runs = sum(m for m, _ in people)
+    if n < 2 or not runs:
+        return 1.0
+    rate = sum(y for _, y in people) / runs
+    if rate <= 0.0 or rate >= 1.0:
+        return 1.0
+    mean_runs = runs / n
+    clustered = sum((y - rate * m) ** 2 for m, y in people) / (n * (n - 1) * mean_runs ** 2)
+    return max(1.0, clustered / (rate * (1.0 - rate) / runs))
+
+
+def simultaneous_confidence(journeys: Iterable[Journey]) -> float:
+    """The confidence of each interval so that all the lifts of ``journeys`` (those with a goal and
+    a holdout) are covered together with ``LIFT_CONFIDENCE`` (Bonferroni)."""
+    k = sum(1 for j in journeys if j.goal is not None and j.holdout > 0)
+    return 1 - (1 - LIFT_CONFIDENCE) / max(k, 1)
+
+
+def lift_interval(converted: int, entered: int, held_converted: int, held_entered: int,
+                  deff: tuple[float, float] = (1.0, 1.0), confidence: float = LIFT_CONFIDENCE) -> tuple[float, float] | None:
+    """Newcombe's interval for treated minus holdout conversion (None: a group is empty);
+    ``deff``: the treated and holdout groups' design effects (their counts are divided by them)."""
     if not entered or not held_entered:
         return None
-    low, high = confint_proportions_2indep(converted, entered, held_converted, held_entered, method="newcomb",
-                                           compare="diff", alpha=1 - LIFT_CONFIDENCE)
+    low, high = confint_proportions_2indep(converted / deff[0], entered / deff[0], held_converted / deff[1],
+                                           held_entered / deff[1], method="newcomb", compare="diff",
+                                           alpha=1 - confidence)
     return round(float(low), 4), round(float(high), 4)
 
 
-def journey_stats(warehouse: Warehouse, journey: Journey) -> dict[str, Any]:
-    """The journey's figures over every run of every version (read from the warehouse)."""
+def _people(warehouse: Warehouse, journey: Journey) -> dict[bool, list[tuple[int, int]]]:
+    """Runs and converted runs per person, by holdout group."""
+    out: dict[bool, list[tuple[int, int]]] = {False: [], True: []}
+    for holdout, runs, converted in warehouse.rows(
+            "SELECT holdout, count(), countIf(status = 'converted') FROM journey_runs FINAL WHERE journey = {j:String} "
+            "GROUP BY holdout, oneid", {"j": journey.name}):
+        out[bool(holdout)].append((int(runs), int(converted)))
+    return out
+
+
+def journey_stats(warehouse: Warehouse, journey: Journey, confidence: float = LIFT_CONFIDENCE) -> dict[str, Any]:
+    """The journey's figures over every run of every version (read from the warehouse);
+    ``confidence``: of the lift's interval."""
     tables = set(warehouse.tables())
     groups = {"treated": {"entered": 0, "active": 0, "converted": 0, "exited": 0, "completed": 0},
               "holdout": {"entered": 0, "active": 0, "converted": 0, "exited": 0, "completed": 0}}
@@ -73,6 +117,8 @@ def journey_stats(warehouse: Warehouse, journey: Journey) -> dict[str, Any]:
                 why = "already in a run" if detail.startswith("already in run") else detail
                 skipped[why] = skipped.get(why, 0) + count
     treated, held = groups["treated"], groups["holdout"]
+    people = _people(warehouse, journey) if journey.goal is not None and "journey_runs" in tables else {False: [], True: []}
+    deff = (round(design_effect(people[False]), 3), round(design_effect(people[True]), 3))
     rate, holdout_rate = _rate(treated["converted"], treated["entered"]), _rate(held["converted"], held["entered"])
     return {
         "journey": journey.name, "version": journey.version, "holdout_share": journey.holdout,
@@ -82,8 +128,10 @@ def journey_stats(warehouse: Warehouse, journey: Journey) -> dict[str, Any]:
         "exited": treated["exited"] + held["exited"], "completed": treated["completed"] + held["completed"],
         "conversion": rate, "holdout_conversion": holdout_rate,
         "lift": round(rate - holdout_rate, 4) if rate is not None and holdout_rate is not None else None,
-        "lift_ci": lift_interval(treated["converted"], treated["entered"], held["converted"], held["entered"])
+        "design_effect": {"treated": deff[0], "holdout": deff[1]},
+        "lift_ci": lift_interval(treated["converted"], treated["entered"], held["converted"], held["entered"], deff, confidence)
         if journey.goal is not None else None,
+        "lift_confidence": confidence,
     }
 
 
