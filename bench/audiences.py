@@ -10,16 +10,20 @@ Timed, in this order, each one call of ``refresh_all`` over the 20 audiences (as
 
 * first refresh: every member is an entry (history, current members, versions written);
 * unchanged refresh: the same data again (nothing to write);
-* refresh after ~1 % of the people have new traits (a rebuild of ``audience_traits``); the
-  hashing of every rebuilt traits row that finds who changed is part of this refresh.
+* refresh after changes, what an hourly ingest and dbt build bring: ~1 % of the people have
+  new traits (a rebuild of ``audience_traits``), ~1 % placed an order in the last hour
+  (appended to ``raw_order`` with their OneID links), and "now" (``as_of``) moved on an hour,
+  so orders also leave the 14- and 30-day windows; the hashing of every rebuilt traits row
+  that finds who changed is part of this refresh.
 
 Reference, measured in the same run: a plain ClickHouse ``SELECT count()`` of each of the 20
-predicates (the median of 3 passes; each refresh is timed once). The ratio is plain counts
+predicates (the median of 3 passes, before the changes; each refresh is timed once). The ratio is plain counts
 time / refresh time: at 0.5 a refresh costs twice the counts, the price of membership
 history and publishing.
 ``refresh_s`` and ``ratio_to_plain_counts`` are for the refresh after changes (the refresh a
 dbt build brings); the first and unchanged refreshes are printed and in the JSON too.
-After the last refresh every published audience is checked against its plain count.
+After the last refresh every published audience is checked against its plain count at the
+new ``as_of``.
 
 Entry latency through the stream, measured in the same run: a development broker and a
 ``lastmile stream`` worker (as a subprocess, as in production, on a warehouse of its own)
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -139,6 +143,21 @@ SELECT 'order', concat('e', toString(number)),
 FROM numbers({orders})""")
 
 
+def _new_orders(warehouse, people: int, seed: int, first: int, until: datetime) -> int:
+    """Orders of ~1 % of the people in the hour up to ``until``, with their OneID links, as an
+    ingest appends them; event ids from ``first`` on. Returns how many."""
+    chosen = f"FROM numbers({people}) WHERE cityHash64(number, {seed}, 3) % 100 = 0"
+    start = f"toDateTime64('{until:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
+    warehouse.command(f"""
+INSERT INTO raw_order (event_id, event_type, order_id, occurred_at)
+SELECT concat('e', toString({first} + number)), 'order', concat('o', toString({first} + number)),
+       {start} - toIntervalSecond(cityHash64(number, {seed}, 4) % 3600) {chosen}""")
+    warehouse.command(f"""
+INSERT INTO event_oneid (event_type, event_id, oneid)
+SELECT 'order', concat('e', toString({first} + number)), concat('oid_', lower(hex(sipHash64(number, {seed})))) {chosen}""")
+    return int(warehouse.scalar(f"SELECT count() {chosen}"))
+
+
 #: The first order also waits for the worker to start and join its consumer group.
 WORKER_START_S = 120.0
 #: Longest wait for one entry once the worker runs.
@@ -203,7 +222,7 @@ def main() -> None:
     kinds = {k: sum(a.kind == k for a in audiences) for k in ("sql", "rule")}
     as_of = NOW
 
-    def plain_counts() -> tuple[float, dict[str, int]]:
+    def plain_counts(as_of: datetime) -> tuple[float, dict[str, int]]:
         counts: dict[str, int] = {}
         begin = time.perf_counter()
         for a in audiences:
@@ -214,12 +233,12 @@ def main() -> None:
             counts[a.name] = int(warehouse.scalar(f"SELECT count() FROM {TRAITS_VIEW} WHERE {compiled.predicate}", parameters))
         return time.perf_counter() - begin, counts
 
-    plain_counts()  # warm-up: caches and marks loaded, as the refreshes will find them
-    plain_s, counts = sorted(plain_counts() for _ in range(3))[1]
+    plain_counts(as_of)  # warm-up: caches and marks loaded, as the refreshes will find them
+    plain_s, counts = sorted(plain_counts(as_of) for _ in range(3))[1]
     print(f"plain counts of the 20 predicates ({kinds['sql']} sql, {kinds['rule']} rule): {plain_s:.3f} s; "
           f"sizes {min(counts.values()):,} .. {max(counts.values()):,}, {sum(counts.values()):,} memberships")
 
-    def timed_refresh(label: str, day: int) -> tuple[float, int, int]:
+    def timed_refresh(label: str, day: int, as_of: datetime) -> tuple[float, int, int]:
         at = datetime(2026, 6, 1 + day, tzinfo=timezone.utc)
         begin = time.perf_counter()
         results = refresh_all(warehouse, audiences, as_of, now=at)
@@ -228,13 +247,16 @@ def main() -> None:
         print(f"{label:<28} {seconds:7.3f} s  entries {entries:>9,}  exits {exits:>7,}  ratio to plain counts {plain_s / seconds:.2f}")
         return seconds, entries, exits
 
-    first_s, _, _ = timed_refresh("first refresh", 0)
-    unchanged_s, unchanged_entries, unchanged_exits = timed_refresh("unchanged refresh", 1)
+    first_s, _, _ = timed_refresh("first refresh", 0, as_of)
+    unchanged_s, unchanged_entries, unchanged_exits = timed_refresh("unchanged refresh", 1, as_of)
     warehouse.command("TRUNCATE TABLE audience_traits")
     warehouse.command(_traits_sql(args.people, args.seed, args.seed + 1000))
-    changed_s, entries, exits = timed_refresh("refresh after ~1 % changed", 2)
+    later = as_of + timedelta(hours=1)
+    ordered = _new_orders(warehouse, args.people, args.seed, int(args.people * 2.5), later)
+    print(f"changes: ~1 % of the people with new traits, {ordered:,} new orders in the hour up to {later:%Y-%m-%d %H:%M} (the new as_of)")
+    changed_s, entries, exits = timed_refresh("refresh after changes", 2, later)
 
-    _, counts_after = plain_counts()
+    _, counts_after = plain_counts(later)
     published = dict(warehouse.rows("SELECT audience, count() FROM audience_members FINAL GROUP BY audience"))
     exact = all(published.get(name, 0) == n for name, n in counts_after.items())
     print(f"published memberships equal the plain counts: {exact}; unchanged refresh wrote {unchanged_entries + unchanged_exits} changes")
@@ -264,6 +286,7 @@ def main() -> None:
         "entries": entries,
         "exits": exits,
         "exact": exact,
+        "new_orders": ordered,
     }))
 
 

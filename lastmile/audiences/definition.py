@@ -111,9 +111,10 @@ class Audience:
     def compile(self, among: str | None = None) -> Compiled:
         """The predicate over ``audience_traits`` (rules compiled again: they were checked on load).
 
-        ``among``: a subquery of ``sipHash64(oneid)`` keys; event conditions then read only
-        the events of those people, so evaluating a rule for a few people does not count every
-        person's events (the caller narrows ``audience_traits`` to the same people).
+        ``among``: a subquery of the OneID links (``event_type``, ``event_id``, ``oneid``) of
+        some people; event conditions then count only their events, so evaluating a rule for
+        a few people does not join every person's links (the caller narrows
+        ``audience_traits`` to the same people).
         """
         if self.sql is not None:
             return Compiled(f"({self.sql})")
@@ -402,22 +403,26 @@ class _RuleCompiler:
         self.windows.append((table, window * (86400 if unit == "days" else 3600)))
         window_param = self._param(window, "UInt32")  # parameters numbered in the order of the SQL
         event_param = self._param(event, "String")
-        people = events = ""
-        if self.among is not None:  # only these people's events (their OneID links first, by event id)
-            people = f" AND sipHash64(e.oneid) IN ({self.among})"
-            events = (f" AND event_id IN (SELECT event_id FROM event_oneid WHERE event_type = {event_param}"
-                      f" AND sipHash64(oneid) IN ({self.among}))")
+        window_rows = (f"SELECT event_id FROM {table} FINAL"
+                       f" WHERE occurred_at <= {{as_of:DateTime64(3, 'UTC')}}"
+                       f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - {interval}({window_param}){filters}")
+        at_least_param = self._param(at_least, "UInt32")
+        if self.among is not None:
+            # only these people's links: a small table to join the window's events against,
+            # instead of every person's links
+            return (f"(oneid IN (SELECT e.oneid FROM ({window_rows}) AS r"
+                    f" INNER JOIN (SELECT event_id, oneid FROM ({self.among}) WHERE event_type = {event_param}) AS e"
+                    f" ON r.event_id = e.event_id"
+                    f" GROUP BY e.oneid HAVING uniqExact(e.event_id) >= {at_least_param}))")
         # Raw events of the window (FINAL, and events counted by id: a replayed event counts
         # once), each resolved to the person behind it by event_oneid; "now" is the as_of
         # parameter, the same for every audience of one evaluation.
         return (
             f"(oneid IN (SELECT e.oneid FROM event_oneid AS e"
-            f" INNER JOIN (SELECT event_id FROM {table} FINAL"
-            f" WHERE occurred_at <= {{as_of:DateTime64(3, 'UTC')}}"
-            f" AND occurred_at > {{as_of:DateTime64(3, 'UTC')}} - {interval}({window_param}){filters}{events}) AS r"
+            f" INNER JOIN ({window_rows}) AS r"
             f" ON r.event_id = e.event_id"
-            f" WHERE e.event_type = {event_param}{people}"
-            f" GROUP BY e.oneid HAVING uniqExact(e.event_id) >= {self._param(at_least, 'UInt32')}))"
+            f" WHERE e.event_type = {event_param}"
+            f" GROUP BY e.oneid HAVING uniqExact(e.event_id) >= {at_least_param}))"
         )
 
     def _where(self, event: str, node: yaml.Node) -> str:

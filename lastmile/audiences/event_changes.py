@@ -26,13 +26,17 @@ The people behind events come from ``event_oneid``. Its state is recorded as a *
   or a recreated table cannot be bounded: the audience is compared in full;
 * anything else: compared in full every time.
 
-The candidates of one refresh are written to ``audience_event_candidates`` (one partition an
-audience, dropped once the refresh is written), so the rule, the published members and the
-comparison read the same small set.
+The candidates of one refresh are written to ``audience_event_candidates`` and their OneID
+links to ``audience_event_candidate_links`` (one partition a refresh, dropped once it is
+written), so the rule joins the window's events against those few links instead of everyone's,
+and the published members and the comparison read the same small set. Event audiences
+published from the same state share one set (candidates over all their windows: a superset
+for each, which is still exact).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -42,17 +46,24 @@ from lastmile.audiences.trait_changes import CHANGED_PEOPLE
 from lastmile.warehouse import Warehouse
 
 CANDIDATES = "audience_event_candidates"
+CANDIDATE_LINKS = "audience_event_candidate_links"
 
 TABLES_SQL = (
     f"""CREATE TABLE IF NOT EXISTS {CANDIDATES} (
-    audience LowCardinality(String) COMMENT 'Audience being refreshed.',
+    audience LowCardinality(String) COMMENT 'The refresh (an audience, or audiences sharing a set).',
     key UInt64 COMMENT 'sipHash64(oneid) of a person whose membership may have changed since the last evaluation.'
 ) ENGINE = MergeTree PARTITION BY audience ORDER BY key""",
+    f"""CREATE TABLE IF NOT EXISTS {CANDIDATE_LINKS} (
+    audience LowCardinality(String) COMMENT 'The refresh (as in audience_event_candidates).',
+    event_type LowCardinality(String),
+    event_id String,
+    oneid String COMMENT 'A candidate: their events, as event_oneid resolves them.'
+) ENGINE = MergeTree PARTITION BY audience ORDER BY event_id""",
 )
 
-#: The people of the candidates of the audience being refreshed (``{audience:String}`` is a
-#: parameter of every refresh statement).
-AMONG = f"SELECT key FROM {CANDIDATES} WHERE audience = {{audience:String}}"
+#: The candidates of the refresh named by the ``{candidates:String}`` parameter, and their links.
+AMONG = f"SELECT key FROM {CANDIDATES} WHERE audience = {{candidates:String}}"
+AMONG_LINKS = f"SELECT event_type, event_id, oneid FROM {CANDIDATE_LINKS} WHERE audience = {{candidates:String}}"
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -106,14 +117,16 @@ SELECT (SELECT max(t) FROM ({newest})),
     return EventState(_naive(as_of), _naive(ingested), links)
 
 
-def stage_candidates(warehouse: Warehouse, audience: Audience, compiled: Compiled, before: EventState, now: EventState,
+def stage_candidates(warehouse: Warehouse, label: str, compiled: Compiled, before: EventState, now: EventState,
                      traits_changed: bool) -> bool:
-    """Write the audience's candidates (see the module) to ``CANDIDATES``; False when the
-    change since ``before`` cannot be bounded (nothing written: compare in full)."""
+    """Write the candidates (see the module) of the event conditions of ``compiled`` to
+    ``CANDIDATES`` and their links to ``CANDIDATE_LINKS`` under ``label`` (lower case, digits
+    and ``_``); False when the change since ``before`` cannot be bounded (nothing written:
+    compare in full)."""
     links = _link_candidates(warehouse, before.links, now.links)
     if links is None:
         return False
-    parameters: dict[str, Any] = {"audience": audience.name, "ingested": before.ingested,
+    parameters: dict[str, Any] = {"candidates": label, "ingested": before.ingested,
                                   "low": min(before.as_of, now.as_of), "high": max(before.as_of, now.as_of)}
     events = []
     for table in sorted({t for t, _ in compiled.windows}):
@@ -129,15 +142,21 @@ def stage_candidates(warehouse: Warehouse, audience: Audience, compiled: Compile
              + " UNION ALL ".join(events) + ")", *links]
     if traits_changed:
         parts.append(f"SELECT key FROM {CHANGED_PEOPLE}")
-    drop(warehouse, audience)
-    warehouse.command(f"INSERT INTO {CANDIDATES} (audience, key) SELECT {{audience:String}}, key FROM ("
+    drop(warehouse, label)
+    warehouse.command(f"INSERT INTO {CANDIDATES} (audience, key) SELECT {{candidates:String}}, key FROM ("
                       + " UNION ALL ".join(parts) + ")", parameters)
+    warehouse.command(f"INSERT INTO {CANDIDATE_LINKS} (audience, event_type, event_id, oneid) "
+                      f"SELECT {{candidates:String}}, event_type, event_id, oneid FROM event_oneid "
+                      f"WHERE event_type IN {types!r} AND sipHash64(oneid) IN ({AMONG})", {"candidates": label})
     return True
 
 
-def drop(warehouse: Warehouse, audience: Audience) -> None:
-    """Forget the audience's candidates (names are checked: lower case, digits and ``_``)."""
-    warehouse.command(f"ALTER TABLE {CANDIDATES} DROP PARTITION '{audience.name}'")
+def drop(warehouse: Warehouse, label: str) -> None:
+    """Forget the candidates written under ``label``."""
+    if not re.fullmatch(r"[a-z0-9_]+", label):
+        raise ValueError(f"candidate set label {label!r}: lower case, digits and _ only")
+    for table in (CANDIDATES, CANDIDATE_LINKS):
+        warehouse.command(f"ALTER TABLE {table} DROP PARTITION '{label}'")
 
 
 def _link_candidates(warehouse: Warehouse, before: str, now: str) -> list[str] | None:

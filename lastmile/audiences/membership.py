@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from lastmile.audiences import event_changes, trait_changes
-from lastmile.audiences.definition import EVENT_TABLES, TRAITS_VIEW, Audience, AudienceError
+from lastmile.audiences.definition import EVENT_TABLES, TRAITS_VIEW, Audience, AudienceError, Compiled
 from lastmile.audiences.event_changes import EventState
 from lastmile.audiences.trait_changes import TraitSnapshot
 from lastmile.warehouse import Warehouse
@@ -301,13 +301,31 @@ def refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None = N
     what was written.
     """
     ensure_tables(warehouse)
-    as_of = as_of or newest_event_time(warehouse)
+    return _refresh(warehouse, audience, as_of or newest_event_time(warehouse), now)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Candidates staged once for event audiences published from the same state."""
+
+    label: str
+    before: EventState
+    state: EventState
+    published_snapshot: int
+    snapshot: TraitSnapshot
+
+
+def _refresh(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None,
+             shared: _Shared | None = None) -> Evaluation:
     stored, traits_state = warehouse.rows(_STATE, {"a": audience.name})[0]
     by_events = event_changes.incremental(audience) and as_of is not None and event_changes.readable(warehouse, audience.compile())
     snapshot = trait_changes.snapshot_from(warehouse, traits_state) if by_events or trait_changes.row_local(audience) else None
-    events = event_changes.current_state(warehouse, audience.compile(), as_of) if by_events else None
+    events = None
+    if by_events:
+        events = (shared.state if shared is not None and shared.snapshot == snapshot
+                  else event_changes.current_state(warehouse, audience.compile(), as_of))
     direct = _refresh_directly(warehouse, audience, as_of, now, (str(stored[0]), *(int(v) for v in stored[1:4])), snapshot,
-                               events and (EventState.stored(*stored[4:]), events))
+                               events and (EventState.stored(*stored[4:]), events), shared)
     if direct is not None:
         return direct
     fp = _fingerprint(warehouse, audience, as_of)
@@ -348,7 +366,44 @@ def refresh_all(warehouse: Warehouse, audiences: list[Audience], as_of: datetime
         together = [(a, stored[a.name]) for a in local if a.name in stored and stored[a.name][0] == a.version
                     and stored[a.name][3] in (snapshot.previous, snapshot.snapshot)]
     results = _refresh_together(warehouse, together, snapshot, as_of, now) if together else {}
-    return [results[a.name] if a.name in results else refresh(warehouse, a, as_of, now) for a in audiences]
+    shared = _stage_shared(warehouse, [a for a in audiences if a.name not in results], as_of) if len(set(names)) == len(names) else {}
+    try:
+        return [results[a.name] if a.name in results else _refresh(warehouse, a, as_of, now, shared.get(a.name)) for a in audiences]
+    finally:
+        for label in {s.label for s in shared.values()}:
+            event_changes.drop(warehouse, label)
+
+
+def _stage_shared(warehouse: Warehouse, audiences: list[Audience], as_of: datetime | None) -> dict[str, _Shared]:
+    """Candidates staged once for the event audiences published under their current version
+    from the same event state and traits build (two or more): by audience name."""
+    events = [a for a in audiences if event_changes.incremental(a)]
+    if len(events) < 2 or as_of is None or not all(event_changes.readable(warehouse, a.compile()) for a in events):
+        return {}
+    rows = warehouse.rows("SELECT audience, argMax(tuple(version, traits_snapshot, events_as_of, events_ingested, events_links), updated_at) "
+                          "FROM audience_fingerprints WHERE audience IN {names:Array(String)} GROUP BY audience",
+                          {"names": [a.name for a in events]})
+    stored = {str(name): t for name, t in rows}
+    groups: dict[tuple, list[Audience]] = {}
+    for a in events:
+        t = stored.get(a.name)
+        if t is not None and t[0] == a.version and t[4]:
+            groups.setdefault((int(t[1]), EventState.stored(*t[2:])), []).append(a)
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+    if not groups:
+        return {}
+    snapshot = trait_changes.current_snapshot(warehouse)
+    shared: dict[str, _Shared] = {}
+    for n, ((published_snapshot, before), members) in enumerate(groups.items()):
+        if snapshot is None or published_snapshot not in (snapshot.snapshot, snapshot.previous or -1):
+            continue
+        windows = tuple(w for a in members for w in a.compile().windows)
+        union = Compiled("", {}, True, windows)
+        state = event_changes.current_state(warehouse, union, as_of)
+        label = f"shared_{n}"
+        if event_changes.stage_candidates(warehouse, label, union, before, state, traits_changed=published_snapshot != snapshot.snapshot):
+            shared.update({a.name: _Shared(label, before, state, published_snapshot, snapshot) for a in members})
+    return shared
 
 
 def _refresh_together(warehouse: Warehouse, together: list[tuple[Audience, tuple[str, int, int, int]]],
@@ -419,7 +474,7 @@ _STATE = ("SELECT (SELECT argMax(tuple(version, size, fingerprint, traits_snapsh
 
 def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None,
                       stored: tuple[str, int, int, int], snapshot: TraitSnapshot | None,
-                      events: tuple[EventState, EventState] | None = None) -> Evaluation | None:
+                      events: tuple[EventState, EventState] | None = None, shared: _Shared | None = None) -> Evaluation | None:
     """Refresh an audience published under its current version, evaluating the predicate once.
 
     A fingerprint pass (one evaluation) followed by the comparison (a second) would double
@@ -441,7 +496,7 @@ def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime 
     if version != audience.version:
         return None
     if events is not None:
-        return _refresh_events(warehouse, audience, as_of, now, stored, snapshot, *events)
+        return _refresh_events(warehouse, audience, as_of, now, stored, snapshot, *events, shared)
     if snapshot is not None and published_snapshot == snapshot.snapshot:
         return Evaluation(audience, as_of, published_size, published_size, 0, 0, 0,
                           sample_members=sample_members(warehouse, audience.name))
@@ -458,28 +513,35 @@ def _refresh_directly(warehouse: Warehouse, audience: Audience, as_of: datetime 
 
 def _refresh_events(warehouse: Warehouse, audience: Audience, as_of: datetime | None, now: datetime | None,
                     stored: tuple[str, int, int, int], snapshot: TraitSnapshot | None, before: EventState,
-                    state: EventState) -> Evaluation:
+                    state: EventState, shared: _Shared | None = None) -> Evaluation:
     """``_refresh_directly`` of an event rule: among the candidates since ``before`` when they
-    can be bounded (traits: published from this build or the one before), else everyone."""
+    can be bounded (traits: published from this build or the one before), else everyone.
+    ``shared``: candidates staged already, used when staged from this audience's state."""
     version, published_size, published_fingerprint, published_snapshot = stored
-    traits_bounded = snapshot is not None and (published_snapshot == snapshot.snapshot
-                                               or (snapshot.previous != 0 and published_snapshot == snapshot.previous))
-    narrowed = traits_bounded and snapshot is not None and event_changes.stage_candidates(
-        warehouse, audience, audience.compile(), before, state, traits_changed=published_snapshot != snapshot.snapshot)
+    label = audience.name
+    if shared is not None and (shared.before, shared.state, shared.published_snapshot, shared.snapshot) == (
+            before, state, published_snapshot, snapshot):
+        narrowed, own, label = True, False, shared.label
+    else:
+        traits_bounded = snapshot is not None and (published_snapshot == snapshot.snapshot
+                                                   or (snapshot.previous != 0 and published_snapshot == snapshot.previous))
+        narrowed = own = traits_bounded and snapshot is not None and event_changes.stage_candidates(
+            warehouse, label, audience.compile(), before, state, traits_changed=published_snapshot != snapshot.snapshot)
     current, parameters = _query(warehouse, audience, as_of)
     if narrowed:
-        compiled = audience.compile(among=event_changes.AMONG)
+        compiled = audience.compile(among=event_changes.AMONG_LINKS)
         current = (f"SELECT oneid FROM {TRAITS_VIEW} WHERE sipHash64(oneid) IN ({event_changes.AMONG}) "
                    f"AND {compiled.predicate}")
-        parameters = dict(compiled.parameters, audience=audience.name, version=audience.version, as_of=parameters["as_of"])
+        parameters = dict(compiled.parameters, audience=audience.name, version=audience.version, as_of=parameters["as_of"],
+                          candidates=label)
     fp = _Fingerprint(as_of, current, parameters, published_size, published_fingerprint, [], (version, published_size, published_fingerprint))
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
     try:
         _publish(warehouse, audience, fp, at, restate=False, lean=True,
                  among=f" AND sipHash64(oneid) IN ({event_changes.AMONG})" if narrowed else "")
     finally:
-        if narrowed:
-            event_changes.drop(warehouse, audience)
+        if own:
+            event_changes.drop(warehouse, label)
     moved = state != before or snapshot is None or published_snapshot != snapshot.snapshot
     return _written(warehouse, audience, as_of, at, stored, snapshot, moved, state)
 
