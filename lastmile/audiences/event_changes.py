@@ -120,8 +120,8 @@ SELECT (SELECT max(t) FROM ({newest})),
 def stage_candidates(warehouse: Warehouse, label: str, compiled: Compiled, before: EventState, now: EventState,
                      traits_changed: bool) -> bool:
     """Write the candidates (see the module) of the event conditions of ``compiled`` to
-    ``CANDIDATES`` and their links to ``CANDIDATE_LINKS`` under ``label`` (lower case, digits
-    and ``_``); False when the change since ``before`` cannot be bounded (nothing written:
+    ``CANDIDATES`` and their links to ``CANDIDATE_LINKS`` under ``label`` (lower case, digits,
+    ``_`` and ``-``); False when the change since ``before`` cannot be bounded (nothing written:
     compare in full)."""
     links = _link_candidates(warehouse, before.links, now.links)
     if links is None:
@@ -153,8 +153,8 @@ def stage_candidates(warehouse: Warehouse, label: str, compiled: Compiled, befor
 
 def drop(warehouse: Warehouse, label: str) -> None:
     """Forget the candidates written under ``label``."""
-    if not re.fullmatch(r"[a-z0-9_]+", label):
-        raise ValueError(f"candidate set label {label!r}: lower case, digits and _ only")
+    if not re.fullmatch(r"[a-z0-9_-]+", label):
+        raise ValueError(f"candidate set label {label!r}: lower case, digits, _ and - only")
     for table in (CANDIDATES, CANDIDATE_LINKS):
         warehouse.command(f"ALTER TABLE {table} DROP PARTITION '{label}'")
 

@@ -34,6 +34,11 @@ traits (a snapshot, :mod:`lastmile.audiences.trait_changes`) its membership was 
 over: when that is the current state, a refresh has nothing to evaluate; when it is the state
 before, the comparison runs only over the people whose traits changed in between (a dbt
 build changes a few per cent of them), so it no longer grows with the audience's size.
+
+A rule with event conditions records the "now", ingestion watermark and OneID state it was
+evaluated at; the next refresh evaluates and compares only the people whose events, links,
+windows or traits can have changed since (:mod:`lastmile.audiences.event_changes`), or
+everyone when that cannot be bounded.
 """
 
 from __future__ import annotations
@@ -400,7 +405,7 @@ def _stage_shared(warehouse: Warehouse, audiences: list[Audience], as_of: dateti
         windows = tuple(w for a in members for w in a.compile().windows)
         union = Compiled("", {}, True, windows)
         state = event_changes.current_state(warehouse, union, as_of)
-        label = f"shared_{n}"
+        label = f"shared-{n}"  # not an audience name (no "-" in those)
         if event_changes.stage_candidates(warehouse, label, union, before, state, traits_changed=published_snapshot != snapshot.snapshot):
             shared.update({a.name: _Shared(label, before, state, published_snapshot, snapshot) for a in members})
     return shared
