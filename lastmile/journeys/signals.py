@@ -23,6 +23,7 @@ rules decide its sends like any other. The fields each carries are
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -147,10 +148,16 @@ class DueReplenishments:
         return events
 
 
+def joined_id(oneid: str, order_event_id: str) -> str:
+    """The id of ``oneid``'s ``neighbour_joined`` for an order: deterministic (a second find is the
+    same inbox row) and without the OneID in clear, so forgetting the person leaves no trace."""
+    return "joined-" + hashlib.sha256(f"{oneid}|{order_event_id}".encode()).hexdigest()[:24]
+
+
 def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime, by: str = "occurred_at") -> list[Event]:
     """``neighbour_joined`` for the first orders (of their OneID) placed after ``since`` up to
     ``until``: one per person living in the order's building, the buyer aside. The id
-    ``joined:<oneid>:<order event id>`` makes a second evaluation note nothing new.
+    (:func:`joined_id`) makes a second evaluation note nothing new.
 
     ``by``: the orders' clock the window is on: ``occurred_at`` (a replay of loaded events) or
     ``_ingested_at`` (the stream: an order that arrives late still joins when it arrives)."""
@@ -179,6 +186,6 @@ def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime, by
           ON t.home_building_id = o.building_id
         WHERE t.oneid != o.buyer
         ORDER BY o.at, o.event_id, t.oneid""", {"since": warehouse_time(since), "until": warehouse_time(until)})
-    return [Event(f"joined:{oneid}:{event_id}", NEIGHBOUR_JOINED, oneid, aware(at),
+    return [Event(joined_id(oneid, event_id), NEIGHBOUR_JOINED, oneid, aware(at),
                   {"building_id": building, "community_id": community, "order_id": order_id})
             for oneid, event_id, at, building, community, order_id in rows]
