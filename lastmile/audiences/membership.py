@@ -33,7 +33,7 @@ An audience over traits alone (``trait_changes.row_local``) also records which s
 traits (a snapshot, :mod:`lastmile.audiences.trait_changes`) its membership was evaluated
 over: when that is the current state, a refresh has nothing to evaluate; when it is the state
 before, the comparison runs only over the people whose traits changed in between (a dbt
-build changes a few per cent of them), so it no longer grows with the audience's size.
+build changes a few per cent of them), so its cost follows the changes, not the audience's size.
 
 A rule with event conditions records the "now", ingestion watermark and OneID state it was
 evaluated at; the next refresh evaluates and compares only the people whose events, links,
