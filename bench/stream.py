@@ -14,7 +14,8 @@ On the development broker (tansu, loopback) and fresh embedded warehouses:
    backlog (start-up excluded: paid once per deploy; OneID resolution, the shipped journeys
    with all contact rules, the event audiences and the batch-quality alerts run meanwhile, as
    in production).
-3. **Freshness.** With the worker idle and caught up, the rest of the events are published
+3. **Freshness.** With the worker idle and caught up (its journeys too: the time they take to
+   catch up on the backlog's journey events is printed), the rest of the events are published
    at a steady rate (half the measured throughput, so the worker is not saturated) and
    each event's freshness is ``_ingested_at`` (set by ClickHouse when the row is inserted)
    minus the wall-clock time the producer handed it to the client. p50 and p95 are over
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._stream_latency import percentile  # noqa: E402 - needs the path above
+from lastmile.journeys.stream import PASS_EVENTS  # noqa: E402 - needs the path above
 
 
 def _status(home: Path) -> dict:
@@ -99,6 +101,18 @@ def _wait(home: Path, worker: subprocess.Popen, at_least: int, timeout_s: float)
             raise SystemExit(f"worker exited with {worker.returncode}; see {home / 'worker.log'}")
         time.sleep(0.1)
     raise SystemExit(f"worker read {_status(home).get('read', 0)} of {at_least} within {timeout_s:.0f} s")
+
+
+def _wait_caught_up(home: Path, worker: subprocess.Popen, timeout_s: float) -> float:
+    """Seconds until the worker's journeys caught up on the inbox (``journey_caught_up``)."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        if _status(home).get("journey_caught_up"):
+            return time.monotonic() - began
+        if worker.poll() is not None:
+            raise SystemExit(f"worker exited with {worker.returncode}; see {home / 'worker.log'}")
+        time.sleep(0.2)
+    raise SystemExit(f"the worker's journeys did not catch up within {timeout_s:.0f} s")
 
 
 def _ceiling_consumer(bootstrap: str, events: int, batch_rows: int, flush_s: float) -> dict:
@@ -249,6 +263,10 @@ def main() -> None:
                       f"{1 / (main + judges):,.0f} events/s per fully available core; "
                       f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
+            caught_up_s = _wait_caught_up(home, worker, 600)
+            print(f"journeys: caught up on the backlog's journey events {caught_up_s:.1f} s after it drained "
+                  f"(passes of at most {PASS_EVENTS:,} inbox events, each followed by a pause as long as it took)")
+
             rate = max(200.0, min(events_per_s / 2, 10_000.0))
             second = asyncio.run(publish(broker.bootstrap, stream, rate=rate, record_sent=True))
             print(f"produce:  {second.published:,} events at {rate:,.0f}/s for freshness ({second.seconds:.1f} s)")
@@ -299,7 +317,7 @@ def main() -> None:
     print(json.dumps({"events_per_s": round(events_per_s), "ratio_to_ceiling": figure(events_per_s / ceiling_events_per_s),
                       "ceiling_events_per_s": round(ceiling_events_per_s), "warehouse_freshness_p95_s": figure(p95),
                       "feature_freshness_p95_s": figure(fp95), "feature_freshness_p50_s": figure(fp50),
-                      "warehouse_freshness_p50_s": figure(p50)}))
+                      "warehouse_freshness_p50_s": figure(p50), "journeys_catch_up_s": figure(caught_up_s)}))
 
 
 if __name__ == "__main__":
