@@ -96,18 +96,23 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
     @journey_app.command("stats")
     @friendly
     def stats_cmd(name: str = typer.Argument(..., help="The journey's name."),
+                  together: bool = typer.Option(False, "--together",
+                                                help="The lift's interval simultaneous with those of every journey of the "
+                                                     "folder (Bonferroni), as `lastmile run` prints it, for checking them all."),
                   as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
         """Entered, where people are now, converted (goal reached), exited, sends and refusals by
-        reason, and conversion against the holdout group."""
+        reason, and conversion against the holdout group (95 % interval of the lift)."""
         from lastmile.journeys.stats import journey_stats
         from lastmile.warehouse import connect
 
-        from lastmile.journeys.stats import expected_lift
+        from lastmile.journeys.stats import LIFT_CONFIDENCE, expected_lift, simultaneous_confidence
         from lastmile.simulator.responses import TRUTH_FILE, read_truth
 
         (journey,) = _journeys(bad_input, [name])
+        confidence = simultaneous_confidence(_journeys(bad_input)) if together else LIFT_CONFIDENCE
         truth_path = settings().home / "truth" / TRUTH_FILE  # a simulation's residents: the expected lift
-        s = expected_lift(journey_stats(connect(), journey), journey, read_truth(truth_path) if truth_path.exists() else None)
+        s = expected_lift(journey_stats(connect(), journey, confidence), journey,
+                          read_truth(truth_path) if truth_path.exists() else None)
         if as_json:
             typer.echo(json.dumps(s, ensure_ascii=False))
             return
@@ -120,7 +125,8 @@ def register(app: typer.Typer, friendly: Callable[..., Any], bad_input: type[Exc
             table.add_row(group, f"{g['entered']:,}", f"{g['active']:,}", f"{g['converted']:,}", "" if rate is None else f"{rate:.1%}")
         console.print(table)
         if s["lift"] is not None:
-            interval = f", 95% CI [{s['lift_ci'][0] * 100:+.1f}, {s['lift_ci'][1] * 100:+.1f}]" if s["lift_ci"] else ""
+            interval = (f", {s['lift_confidence']:.1%} CI [{s['lift_ci'][0] * 100:+.1f}, {s['lift_ci'][1] * 100:+.1f}]"
+                        if s["lift_ci"] else "")
             console.print(f"lift: {s['lift'] * 100:+.1f} points of conversion over the holdout ({s['holdout_share']:.0%} held out)"
                           f"{interval}", highlight=False)
             if s["expected_lift"] is not None:

@@ -605,6 +605,10 @@ def test_the_command_line_validates_lists_and_reports(warehouse, tmp_path: Path)
     assert out.exit_code == 0, out.output
     stats = orjson.loads(out.output)
     assert stats["journey"] == "review_reward" and stats["entered"] >= 1 and stats["refusals"].get("no_consent", 0) >= 1
+    assert stats["lift_confidence"] == 0.95
+    together = orjson.loads(cli.invoke(app, ["journey", "stats", "review_reward", "--together", "--json"]).output)
+    measured = [j for j in load_journeys(SHIPPED) if j.goal is not None and j.holdout > 0]
+    assert together["lift_confidence"] == pytest.approx(1 - 0.05 / len(measured)) and len(measured) >= 2
 
 
 def test_the_stream_finds_the_signals_and_its_journeys_send_compensation_welcome_and_nudge(
