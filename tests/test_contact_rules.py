@@ -326,6 +326,43 @@ def test_a_set_of_sends_is_decided_in_order_with_the_caps_counting_the_set(wareh
     assert store.scalar("SELECT count() FROM contact_refusals WHERE oneid IN {o:Array(String)}", {"o": [oneid, stranger]}) == 2
 
 
+def test_a_pass_decided_at_once_gets_the_answers_of_its_sends_decided_one_at_a_time(
+        warehouse: tuple[Settings, Warehouse]) -> None:
+    """A journey pass decides its sends together (one read per rule for all of them): each must
+    get the answer it gets alone, in order. The mix: consent withdrawn, the day's cap reached by
+    the pass's own earlier sends, quiet hours, the spending-health cap of an at-risk person
+    (read by the desk's model, as for journey sends), service messages, a stranger. The
+    one-at-a-time sends are two weeks later (same weekday and hours), so neither run's sends
+    count toward the other's caps."""
+    cfg, store = warehouse
+    granted, thrice, at_risk, withdrawn = (consenting(cfg, store) for _ in range(4))
+    ingest(cfg, [consent(_openid[withdrawn], NOON - timedelta(days=1), False)])
+    stranger = f"token:never-seen-{next(_people)}"
+    rules = ContactRules(per_day=2, per_week=6, spending_health_daily_cap=1, spending_health_holdout=0.0)
+
+    def desk() -> ContactDesk:
+        return ContactDesk(store, rules, cfg, risk=lambda people: {at_risk} & set(people))
+
+    def mix(later: timedelta) -> list[Send]:
+        def at(minutes: int) -> datetime:
+            return NOON + later + timedelta(minutes=minutes)
+
+        return [send(granted, at(0)), send(withdrawn, at(1)), send(thrice, at(2)), send(thrice, at(3)), send(thrice, at(4)),
+                send(granted, datetime(2026, 11, 24, 23, 30, tzinfo=SHANGHAI) + later), send(at_risk, at(5)),
+                send(at_risk, at(6)), send(withdrawn, at(7), purposes=("service",)), send(thrice, at(8), purposes=("service",)),
+                send(granted, at(9), purposes=("marketing", "health")), send(stranger, at(10))]
+
+    def answers(decisions: list) -> list[tuple[bool, str, str]]:
+        return [(d.allowed, getattr(d, "reason", ""), getattr(d, "detail", "")) for d in decisions]
+
+    together = answers(desk().decide_many(mix(timedelta(0))))
+    one_desk = desk()
+    alone = answers([one_desk.decide(s) for s in mix(timedelta(days=14))])
+    assert together == alone
+    assert [reason for _, reason, _ in together] == ["", "no_consent", "", "", "capped", "quiet_hours", "", "spending_health",
+                                                     "", "", "no_consent", "no_consent"]
+
+
 def test_a_neighbour_signing_up_with_consent_is_welcomed_before_oneid_runs(warehouse: tuple[Settings, Warehouse]) -> None:
     """The welcome's person has no OneID yet: the consent events naming their identifier decide."""
     from lastmile.streaming.actions import Action

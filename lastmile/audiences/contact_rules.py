@@ -61,6 +61,7 @@ from lastmile.config import settings as current_settings
 from lastmile.identity.forget import forget_log_digest
 from lastmile.models.policy import SpendingPolicy
 from lastmile.models.spending_holdout import DEFAULT_HOLDOUT_SHARE, in_holdout
+from lastmile.streaming.present import present
 from lastmile.warehouse import Warehouse
 
 #: Purposes a consent event can grant (schemas/consent.json), plus ``service``.
@@ -363,9 +364,8 @@ class ContactDesk:
         return self._consent([(oneid, channel)]).get((oneid, channel), {})
 
     def _consent(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, bool]]:
-        tables = set(self.warehouse.tables())
         found: dict[tuple[str, str], dict[str, bool]] = {}
-        if "raw_consent" not in tables:
+        if not present(self.warehouse, "raw_consent"):
             return found
         by_channel: dict[str, set[str]] = {}
         for oneid, channel in wanted:
@@ -375,7 +375,7 @@ class ContactDesk:
             oneids = sorted(p for p in people if not p.startswith("token:"))
             tokens = sorted(p[len("token:"):] for p in people if p.startswith("token:"))
             rows: list[tuple] = []
-            if oneids and "event_oneid" in tables:
+            if oneids and present(self.warehouse, "event_oneid"):
                 rows += self.warehouse.rows(
                     """
                     SELECT e.oneid, c.purpose, argMax(c.granted, (c.occurred_at, NOT c.granted))
@@ -431,32 +431,31 @@ class ContactDesk:
 
     def oneids_of_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
         """The OneID of each token that has one now."""
-        if not tokens or "identity_nodes" not in self.warehouse.tables():
+        if not tokens or not present(self.warehouse, "identity_nodes"):
             return {}
         return {str(t): str(o) for t, o in self.warehouse.rows(
             "SELECT token, oneid FROM identity_nodes FINAL WHERE token IN {t:Array(String)}", {"t": list(tokens)})}
 
     def _forgotten(self, people: Sequence[str]) -> set[str]:
         """The people of ``people`` with a forget request (``forget_log``) or a suppressed identifier."""
-        tables = set(self.warehouse.tables())
         tokens = {p[len("token:"):]: p for p in people if p.startswith("token:")}
         oneids = [p for p in people if not p.startswith("token:")]
         found: set[str] = set()
-        if tokens and "identity_forgotten" in tables:
+        if tokens and present(self.warehouse, "identity_forgotten"):
             found |= {tokens[t] for (t,) in self.warehouse.rows(
                 "SELECT DISTINCT token FROM identity_forgotten WHERE token IN {t:Array(String)}", {"t": list(tokens)})}
-        if oneids and "forget_log" in tables:
+        if oneids and present(self.warehouse, "forget_log"):
             digests = {forget_log_digest(o): o for o in oneids}
             found |= {digests[d] for (d,) in self.warehouse.rows(
                 "SELECT DISTINCT oneid FROM forget_log WHERE oneid IN {d:Array(String)}", {"d": list(digests)})}
-        if oneids and {"identity_forgotten", "identity_nodes"} <= tables:
+        if oneids and present(self.warehouse, "identity_forgotten", "identity_nodes"):
             found |= {str(o) for (o,) in self.warehouse.rows(
                 "SELECT DISTINCT oneid FROM identity_nodes FINAL WHERE oneid IN {o:Array(String)} "
                 "AND token IN (SELECT token FROM identity_forgotten)", {"o": oneids})}
         return found
 
     def _dietary_needs(self, oneids: Sequence[str]) -> set[str]:
-        if not oneids or "ref_dietary_declarations" not in self.warehouse.tables():
+        if not oneids or not present(self.warehouse, "ref_dietary_declarations"):
             return set()
         return {str(o) for o, need in self.warehouse.rows(
             "SELECT oneid, dietary_need FROM ref_dietary_declarations FINAL WHERE oneid IN {o:Array(String)}",

@@ -35,6 +35,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import time as clock_time
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,10 @@ class Journey:
     holdout: float = 0.0
     definition: Any = None  # what decides behaviour, as plain data (for the version)
 
-    @property
+    @cached_property
     def version(self) -> str:
-        """A hash of the trigger, steps, goal and entry rules: rewording the description keeps it."""
+        """A hash of the trigger, steps, goal and entry rules: rewording the description keeps it.
+        Computed once per loaded journey: a pass asks it for every step it records."""
         body = json.dumps(self.definition, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:12]
 

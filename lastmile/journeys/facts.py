@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lastmile.audiences.definition import EVENT_TABLES, TRAITS_VIEW, _plain_to_node, _RuleCompiler
+from lastmile.streaming.present import present
 from lastmile.warehouse import Warehouse
 
 _TRAIT_KEYS = {"trait", "community", "building", "leader"}
@@ -86,7 +87,7 @@ class WarehouseFacts:
         predicate = compiler.compile(_plain_to_node(rule))
         parameters = dict(compiler.parameters, oneid=oneid, as_of=_utc(as_of))
         if _reads_traits(rule):
-            if TRAITS_VIEW not in self.warehouse.tables():
+            if not present(self.warehouse, TRAITS_VIEW):
                 return False
             source = f"{TRAITS_VIEW} WHERE oneid = {{oneid:String}} AND"
         else:
@@ -96,7 +97,7 @@ class WarehouseFacts:
 
     def _selected(self, rule: Any) -> set[str]:
         """The prepared people a trait or place condition selects (one query)."""
-        if TRAITS_VIEW not in self.warehouse.tables():
+        if not present(self.warehouse, TRAITS_VIEW):
             return set()
         compiler = _RuleCompiler(_WHERE)
         predicate = compiler.compile(_plain_to_node(rule))
@@ -109,7 +110,7 @@ class WarehouseFacts:
         """The prepared people's events matching an event condition over the span, by person (one query)."""
         assert self._span is not None
         table = EVENT_TABLES[rule["event"]]
-        if table not in self.warehouse.tables() or "event_oneid" not in self.warehouse.tables():
+        if not present(self.warehouse, table, "event_oneid"):
             return {}
         compiler = _RuleCompiler(_WHERE)
         filters = compiler._where(rule["event"], _plain_to_node(rule["where"])) if rule.get("where") else ""

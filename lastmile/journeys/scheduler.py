@@ -28,6 +28,7 @@ from lastmile.journeys.definition import Journey
 from lastmile.journeys.engine import (AUDIENCE_ENTRY, Event, Facts, Run, StepRecord, Transition, enter, on_clock, on_event, retire,
                                       triggered_by)
 from lastmile.journeys.facts import WarehouseFacts
+from lastmile.streaming.present import present
 from lastmile.warehouse import Warehouse
 
 log = logging.getLogger("lastmile.journeys")
@@ -55,9 +56,11 @@ class TickReport:
     converted: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
     more: bool = False  # the pass applied as many inbox events as it was allowed: more wait for the next one
+    #: The step ids of the sends the pass allowed (now in the outbox), in decision order.
+    allowed: list[str] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "allowed"}
 
 
 class JourneyRunner:
@@ -124,7 +127,7 @@ class JourneyRunner:
         self._retired = True
 
     def _note_audience_entries(self, now: datetime) -> None:
-        if "audience_membership_changes" not in self.warehouse.tables():
+        if not present(self.warehouse, "audience_membership_changes"):
             return
         rows = self.warehouse.rows(
             """SELECT lower(hex(SHA256(concat(audience, '|', version, '|', oneid, '|', toString(change), '|', toString(at))))) AS id,
@@ -204,6 +207,7 @@ class JourneyRunner:
                 outcome, reason = decisions[step.step_id]
                 if outcome == "sent":
                     report.sent += 1
+                    report.allowed.append(step.step_id)
                 else:
                     report.refused += 1
                     report.refusals[reason] = report.refusals.get(reason, 0) + 1

@@ -33,6 +33,7 @@ from lastmile.features.replenishment import Rhythm, due_replenishments
 from lastmile.identity.identifiers import TYPE_NAMES
 from lastmile.journeys.engine import Event
 from lastmile.journeys.intake import _time
+from lastmile.streaming.present import present
 from lastmile.streaming.seen import PersonColumns, person_columns
 from lastmile.streaming.sink import WrittenBatch
 from lastmile.warehouse import Warehouse
@@ -100,7 +101,7 @@ def stream_time(warehouse: Warehouse) -> datetime | None:
     Partitions are consumed independently; the slowest one says how far the stream surely
     got. Only rows the stream wrote count (``_source`` ``kafka:...``), not backfilled files.
     """
-    if "raw_order" not in warehouse.tables():
+    if not present(warehouse, "raw_order"):
         return None
     value = warehouse.scalar("""
         SELECT min(newest) FROM (SELECT max(occurred_at) AS newest FROM raw_order WHERE startsWith(_source, 'kafka:') GROUP BY _source)
@@ -166,7 +167,7 @@ def neighbours_joined(warehouse: Warehouse, since: datetime, until: datetime, by
     from lastmile.audiences.definition import TRAITS_VIEW
     from lastmile.journeys.store import aware, warehouse_time
 
-    if not {"raw_order", "event_oneid", TRAITS_VIEW} <= set(warehouse.tables()):
+    if not present(warehouse, "raw_order", "event_oneid", TRAITS_VIEW):
         return []
     rows = warehouse.rows(f"""
         WITH orders AS (

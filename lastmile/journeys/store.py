@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from lastmile.journeys.engine import Event, Run, StepRecord
+from lastmile.streaming.present import present
 from lastmile.warehouse import Warehouse
 
 DDL = (
@@ -158,10 +159,14 @@ def save_steps(warehouse: Warehouse, steps: Iterable[tuple[StepRecord, str, str]
     rows = []
     for s, outcome, reason in steps:
         send = s.send
+        if send is None:  # most steps: nothing to quote
+            rows.append((s.step_id, s.journey, s.version, s.oneid, s.run_id, s.trigger_id, s.index, s.name, s.kind,
+                         warehouse_time(s.at), outcome, reason, s.detail, "", "", [], "{}", "{}", int(s.holdout)))
+            continue
         rows.append((s.step_id, s.journey, s.version, s.oneid, s.run_id, s.trigger_id, s.index, s.name, s.kind, warehouse_time(s.at),
-                     outcome, reason, s.detail, send.template if send else "", send.channel if send else "",
-                     list(send.purposes) if send else [], json.dumps(send.params if send else {}, ensure_ascii=False, default=str),
-                     json.dumps(s.context if send else {}, ensure_ascii=False, default=str), int(s.holdout)))
+                     outcome, reason, s.detail, send.template, send.channel, list(send.purposes),
+                     json.dumps(send.params, ensure_ascii=False, default=str),
+                     json.dumps(s.context, ensure_ascii=False, default=str), int(s.holdout)))
     return warehouse.insert_rows("journey_steps", rows, _STEP_COLUMNS) if rows else 0
 
 
@@ -176,16 +181,24 @@ def note(warehouse: Warehouse, events: Iterable[Event]) -> int:
 
 
 def pending(warehouse: Warehouse, limit: int = 50_000) -> list[tuple[Event, datetime]]:
-    """Events not applied yet, with their person when known (inbox or ``event_oneid``), in event order;
-    also when each was noted."""
-    resolve = "event_oneid" in warehouse.tables()
-    person = ("if(i.oneid != '', i.oneid, ifNull(e.oneid, ''))" if resolve else "i.oneid")
-    join = ("LEFT JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_id IN (SELECT event_id FROM journey_inbox FINAL WHERE done = 0)) AS e "
-            "ON e.event_id = i.event_id" if resolve else "")
-    rows = warehouse.rows(
-        f"""SELECT i.event_id, toString(i.event_type), {person}, i.occurred_at, i.fields, i.noted_at
-        FROM (SELECT * FROM journey_inbox FINAL WHERE done = 0) AS i {join}
-        ORDER BY i.occurred_at, i.event_id LIMIT {int(limit)}""")
+    """The ``limit`` oldest events not applied yet, with their person when known (inbox or
+    ``event_oneid``), in event order; also when each was noted.
+
+    The oldest pending events are picked first and only they are looked up in ``event_oneid``
+    (a view OneID computes per event): a pass over a backlog then costs what its own events
+    cost, not what the whole backlog does."""
+    oldest = f"SELECT * FROM journey_inbox FINAL WHERE done = 0 ORDER BY occurred_at, event_id LIMIT {int(limit)}"
+    if present(warehouse, "event_oneid"):
+        rows = warehouse.rows(
+            f"""WITH i AS ({oldest})
+            SELECT i.event_id, toString(i.event_type), if(i.oneid != '', i.oneid, ifNull(e.oneid, '')), i.occurred_at, i.fields,
+                   i.noted_at
+            FROM i LEFT JOIN (SELECT event_id, oneid FROM event_oneid WHERE event_id IN (SELECT event_id FROM i)) AS e
+              ON e.event_id = i.event_id
+            ORDER BY i.occurred_at, i.event_id""")
+    else:
+        rows = warehouse.rows(f"SELECT event_id, toString(event_type), oneid, occurred_at, fields, noted_at FROM ({oldest}) "
+                              "ORDER BY occurred_at, event_id")
     return [(Event(eid, etype, oneid or "", aware(at), json.loads(fields or "{}")), aware(noted)) for eid, etype, oneid, at, fields, noted in rows]
 
 
@@ -203,14 +216,18 @@ def newest_noted(warehouse: Warehouse) -> datetime | None:
 
 # --- the outbox ------------------------------------------------------------------------------
 
-def undelivered(warehouse: Warehouse, limit: int = 10_000) -> list[dict[str, Any]]:
-    """Allowed sends not yet published, oldest first."""
+def undelivered(warehouse: Warehouse, limit: int = 10_000, among: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Allowed sends not yet published, oldest first; ``among``: only these step ids (the sends one
+    pass allowed: a read by the table's key instead of a scan of every step)."""
+    if among is not None and not among:
+        return []
+    ids = "step_id IN {among:Array(String)}" if among is not None else "1"
     rows = warehouse.rows(
         f"""SELECT step_id, journey, version, oneid, run_id, trigger_id, step_name, at, template, channel, purposes, params,
                trigger_fields
         FROM journey_steps FINAL
-        WHERE kind = 'send' AND outcome = 'sent' AND step_id NOT IN (SELECT step_id FROM journey_deliveries)
-        ORDER BY at, step_id LIMIT {int(limit)}""")
+        WHERE {ids} AND kind = 'send' AND outcome = 'sent' AND step_id NOT IN (SELECT step_id FROM journey_deliveries WHERE {ids})
+        ORDER BY at, step_id LIMIT {int(limit)}""", {"among": list(among)} if among is not None else None)
     keys = ["step_id", "journey", "version", "oneid", "run_id", "trigger_id", "step_name", "at", "template", "channel", "purposes", "params",
             "trigger_fields"]
     out = []

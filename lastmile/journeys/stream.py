@@ -45,6 +45,7 @@ from lastmile.journeys.scheduler import JourneyRunner, TickReport, actions
 from lastmile.journeys.signals import (NEIGHBOUR_JOINED, NEW_NEIGHBOUR, REPLENISHMENT_DUE, DueReplenishments, NewNeighbours,
                                       neighbours_joined)
 from lastmile.streaming import seen
+from lastmile.streaming.present import forget as present_forget
 from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
 
 log = logging.getLogger("lastmile.stream.journeys")
@@ -59,6 +60,9 @@ BEHIND_S = 5.0
 #: How far before the last read of ``neighbour_joined`` the next read starts: a first order
 #: OneID resolved later than its neighbours' batches is still found.
 JOINED_LOOKBACK = timedelta(hours=1)
+#: How many passes after new orders read ``neighbour_joined``: the first, and one more for an
+#: order whose OneID came only with a later resolution (the lookback finds it then).
+JOINED_READS = 2
 #: No batch for this long: the stream caught up (or went quiet), the journeys may catch up.
 QUIET_S = 2.0
 
@@ -87,12 +91,13 @@ class StreamJourneys:
                            if NEW_NEIGHBOUR in self.runner.event_types else None)
         self.replenishments = (DueReplenishments(sink.warehouse, every_s=replenish_every_s, clock=self.clock)
                                if REPLENISHMENT_DUE in self.runner.event_types and replenish_every_s > 0 else None)
-        #: ``neighbour_joined`` is read before each pass from the first orders ingested since
+        #: ``neighbour_joined`` is read before the passes that follow new orders (and at the
+        #: first pass: orders ingested before a restart), from the first orders ingested since
         #: ``JOINED_LOOKBACK`` before the last read (from a start: the last hour), so an order
-        #: OneID resolved later, or ingested before a restart, is still found; the signal's id
-        #: makes a second find a no-op.
+        #: OneID resolved later is still found; the signal's id makes a second find a no-op.
         self.joins = NEIGHBOUR_JOINED in self.runner.event_types
         self._joined_to: datetime | None = None
+        self._joins_owed = JOINED_READS if self.joins else 0  # reads owed to orders noted (a start counts as such)
         #: Asks OneID for an early resolution (the refresher's ``hurry``); any thread.
         self.on_waiting: Callable[[], None] | None = None
         self.newest = store.newest_noted(sink.warehouse)
@@ -110,6 +115,9 @@ class StreamJourneys:
         self.owed = False
         self._pending: dict[str, Any] = {}
         self._handed: set[str] = set()  # handed to the worker, not yet recorded delivered
+        #: The whole outbox is read at the first pass (sends a stopped worker allowed and did not
+        #: publish) and after a failed one; otherwise a pass looks up only the sends it allowed.
+        self._outbox_read = False
         self._lock = threading.Lock()
 
     def handler(self) -> BatchHandler:
@@ -121,6 +129,8 @@ class StreamJourneys:
             self._behind = written.full or (written.oldest_timestamp_ms is not None
                                             and time.time() * 1000 - written.oldest_timestamp_ms > BEHIND_S * 1000)
             events = [e for table, event_type in self.tables.items() for e in events_from_rows(event_type, written.rows(table))]
+            if self.joins and written.batch.rows.get("raw_order"):
+                self._joins_owed = JOINED_READS  # new orders: first orders among them make neighbour_joined
             first_seen: list[Any] = []
             if self.neighbours is not None:
                 signals, first_seen = self.neighbours.decide(written)
@@ -169,7 +179,7 @@ class StreamJourneys:
             return
         began = self._last = self.clock()
         self.owed = False
-        if self.joins:
+        if self._joins_owed > 0:
             self._note_joined()
         self._noted = False
         try:
@@ -178,10 +188,13 @@ class StreamJourneys:
             if self.last.more:  # a backlog to catch up on: the next pass after a pause as long as this one
                 self.owed = True
                 self._resume_at = self.clock() + (self.clock() - began)
-            queued = actions(store.undelivered(self.sink.warehouse))
+            queued = actions(store.undelivered(self.sink.warehouse, among=self.last.allowed if self._outbox_read else None))
+            self._outbox_read = True
         except Exception:  # noqa: BLE001 - the inbox keeps the events; the next pass retries
             self.errors += 1
             self._noted = True
+            self._outbox_read = False  # what the failed pass allowed is found by reading the whole outbox
+            present_forget(self.sink.warehouse)  # a table it read may be gone: look again
             log.exception("journeys: pass failed (ingestion continues; retried at the next pass)")
             return
         with self._lock:
@@ -202,6 +215,7 @@ class StreamJourneys:
         if joined:
             self._note(joined)
         self._joined_to = now
+        self._joins_owed -= 1
 
     @property
     def keeping_up(self) -> bool:
