@@ -58,6 +58,7 @@ import yaml
 
 from lastmile.config import Settings
 from lastmile.config import settings as current_settings
+from lastmile.contracts import contracts
 from lastmile.identity.forget import forget_log_digest
 from lastmile.models.policy import SpendingPolicy
 from lastmile.models.spending_holdout import DEFAULT_HOLDOUT_SHARE, in_holdout
@@ -364,38 +365,49 @@ class ContactDesk:
         return self._consent([(oneid, channel)]).get((oneid, channel), {})
 
     def _consent(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, bool]]:
+        """:meth:`current_consent` of every ``(person, channel)`` of ``wanted``: one statement for
+        the OneIDs and one for the identifier tokens, whatever the channels. Each gives, per
+        person, channel and purpose, the latest event's key ``(occurred_at, withdrawal)`` and
+        whether it grants; a channel's consent is then the later of its own and that of ``all``
+        (equal keys have the same answer)."""
         found: dict[tuple[str, str], dict[str, bool]] = {}
-        if not present(self.warehouse, "raw_consent"):
+        if not wanted or not present(self.warehouse, "raw_consent"):
             return found
-        by_channel: dict[str, set[str]] = {}
-        for oneid, channel in wanted:
-            by_channel.setdefault(channel, set()).add(oneid)
-        columns = ", ".join(f"`{c}`" for c in _consent_subject_columns())
-        for channel, people in by_channel.items():
-            oneids = sorted(p for p in people if not p.startswith("token:"))
-            tokens = sorted(p[len("token:"):] for p in people if p.startswith("token:"))
-            rows: list[tuple] = []
-            if oneids and present(self.warehouse, "event_oneid"):
-                rows += self.warehouse.rows(
-                    """
-                    SELECT e.oneid, c.purpose, argMax(c.granted, (c.occurred_at, NOT c.granted))
-                    FROM (SELECT event_id, purpose, granted, occurred_at FROM raw_consent FINAL
-                          WHERE channel IN ({channel:String}, 'all')) AS c
-                    INNER JOIN (SELECT event_id, oneid FROM event_oneid
-                                WHERE event_type = 'consent' AND oneid IN {oneids:Array(String)}) AS e
-                        ON e.event_id = c.event_id
-                    GROUP BY e.oneid, c.purpose
-                    """, {"channel": channel, "oneids": oneids})
-            if tokens:
-                rows += [("token:" + t, p, g) for t, p, g in self.warehouse.rows(
-                    f"""
-                    SELECT token, purpose, argMax(granted, (occurred_at, NOT granted)) FROM raw_consent FINAL
-                    ARRAY JOIN [{columns}] AS token
-                    WHERE channel IN ({{channel:String}}, 'all') AND token IN {{tokens:Array(String)}}
-                    GROUP BY token, purpose
-                    """, {"channel": channel, "tokens": tokens})]
-            for person, purpose, granted in rows:
-                found.setdefault((str(person), channel), {})[str(purpose)] = bool(granted)
+        channels = sorted({channel for _, channel in wanted} | {"all"})
+        oneids = sorted({p for p, _ in wanted if not p.startswith("token:")})
+        tokens = sorted({p[len("token:"):] for p, _ in wanted if p.startswith("token:")})
+        rows: list[tuple] = []
+        if oneids and present(self.warehouse, "event_oneid"):
+            rows += self.warehouse.rows(
+                """
+                SELECT e.oneid, c.channel, c.purpose, max((c.occurred_at, NOT c.granted)), argMax(c.granted, (c.occurred_at, NOT c.granted))
+                FROM (SELECT event_id, channel, purpose, granted, occurred_at FROM raw_consent FINAL
+                      WHERE channel IN {channels:Array(String)}) AS c
+                INNER JOIN (SELECT event_id, oneid FROM event_oneid
+                            WHERE event_type = 'consent' AND oneid IN {oneids:Array(String)}
+                              AND event_id IN (""" + events_of_people_sql("consent", "oneids") + """)) AS e
+                    ON e.event_id = c.event_id
+                GROUP BY e.oneid, c.channel, c.purpose
+                """, {"channels": channels, "oneids": oneids})
+        if tokens:
+            columns = ", ".join(f"`{c}`" for c in _consent_subject_columns())
+            rows += [("token:" + t, *rest) for t, *rest in self.warehouse.rows(
+                f"""
+                SELECT token, channel, purpose, max((occurred_at, NOT granted)), argMax(granted, (occurred_at, NOT granted))
+                FROM raw_consent FINAL
+                ARRAY JOIN [{columns}] AS token
+                WHERE channel IN {{channels:Array(String)}} AND token IN {{tokens:Array(String)}}
+                GROUP BY token, channel, purpose
+                """, {"channels": channels, "tokens": tokens})]
+        latest: dict[str, list[tuple[str, str, tuple, bool]]] = {}
+        for person, channel, purpose, key, granted in rows:
+            latest.setdefault(str(person), []).append((str(channel), str(purpose), tuple(key), bool(granted)))
+        for person, channel in wanted:
+            keys: dict[str, tuple] = {}
+            for on, purpose, key, granted in latest.get(person, ()):
+                if on in (channel, "all") and (purpose not in keys or key > keys[purpose]):
+                    keys[purpose] = key
+                    found.setdefault((person, channel), {})[purpose] = granted
         return found
 
     def decide_action(self, action: Any, at: datetime | None = None) -> Decision:
@@ -509,6 +521,23 @@ class _Facts:
 
     def count(self, oneid: str, start: datetime, end: datetime) -> int:
         return sum(1 for at in self.sent.get(oneid, ()) if start <= at < end)
+
+
+def events_of_people_sql(event_type: str, people: str) -> str:
+    """SQL selecting the ids of the events of ``event_type`` that name an identifier of one of the
+    OneIDs in the query parameter ``people`` (an ``Array(String)``).
+
+    ``event_oneid`` (a view) gives an event the OneID of one of the identifiers it names, so an
+    event whose OneID is among ``people`` is among these; filtering the view with them first
+    makes it resolve those events only, not every event of the type (a journey pass asks for a
+    few thousand people, the warehouse holds the history of all)."""
+    if event_type not in contracts():
+        raise ValueError(f"unknown event type {event_type!r}")
+    return f"""
+        SELECT event_id FROM identity_links
+        WHERE event_type = '{event_type}' AND reason = ''
+          AND (a_token IN (SELECT token FROM identity_nodes FINAL WHERE oneid IN {{{people}:Array(String)}})
+               OR b_token IN (SELECT token FROM identity_nodes FINAL WHERE oneid IN {{{people}:Array(String)}}))"""
 
 
 def _consent_subject_columns() -> list[str]:

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from lastmile.audiences.contact_rules import events_of_people_sql
 from lastmile.audiences.definition import EVENT_TABLES, TRAITS_VIEW, _plain_to_node, _RuleCompiler
 from lastmile.streaming.present import present
 from lastmile.warehouse import Warehouse
@@ -117,7 +118,9 @@ class WarehouseFacts:
         window = timedelta(days=rule["days"]) if "days" in rule else timedelta(hours=rule["hours"])
         self.queries += 1
         rows = self.warehouse.rows(
-            f"""SELECT e.oneid, r.occurred_at, r.event_id FROM event_oneid AS e
+            f"""SELECT e.oneid, r.occurred_at, r.event_id
+            FROM (SELECT event_type, event_id, oneid FROM event_oneid
+                  WHERE event_id IN ({events_of_people_sql(rule["event"], "people")})) AS e
             INNER JOIN (SELECT event_id, occurred_at FROM {table} FINAL
                         WHERE occurred_at > {{lo:DateTime64(3, 'UTC')}} AND occurred_at <= {{hi:DateTime64(3, 'UTC')}}{filters}) AS r
                 ON r.event_id = e.event_id
