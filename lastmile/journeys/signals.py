@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,12 +54,18 @@ def _rank(id_type: str) -> int:
 _BY_STRENGTH: dict[PersonColumns, tuple[tuple[str, str], ...]] = {}
 
 
-def person_tokens(row: dict[str, Any], person: PersonColumns) -> list[tuple[str, str]]:
-    """``(id_type, token)`` of a row's person identifiers, strongest first (blocked values skipped)."""
+def _by_strength(person: PersonColumns) -> tuple[tuple[str, str], ...]:
+    """A table's ``(column, id_type)`` person identifiers, strongest first."""
     columns = _BY_STRENGTH.get(person)
     if columns is None:
         columns = _BY_STRENGTH[person] = tuple(sorted(person.columns, key=lambda c: _rank(c[1])))
-    return [(id_type, row[column]) for column, id_type in columns if row.get(column)]
+    return columns
+
+
+def person_tokens(row: dict[str, Any], ordered: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """``(id_type, token)`` of a row's person identifiers (``ordered``: its table's :func:`_by_strength`),
+    strongest first (blocked values skipped)."""
+    return [(id_type, row[column]) for column, id_type in ordered if row.get(column)]
 
 
 class NewNeighbours:
@@ -72,17 +79,19 @@ class NewNeighbours:
         seen = self.seen
         # Only rows naming an identifier not seen before can signal or add anything (seen only
         # grows), so the rest - most rows, once a community is known - are not sorted.
-        candidates: list[tuple[str, str, dict[str, Any], list[tuple[str, str]]]] = []
+        candidates: list[tuple[str, str, dict[str, Any], tuple[tuple[str, str], ...]]] = []
         for table, person in person_columns().items():
             columns = [column for column, _ in person.columns]
+            ordered = _by_strength(person)
             for row in batch.rows(table):
                 # The C-level test first (no tuples, no list per row): it is most of the rule's cost.
                 if not seen.issuperset(filter(None, map(row.get, columns))):
-                    candidates.append((row.get("occurred_at") or "", row.get("event_id", ""), row, person_tokens(row, person)))
-        candidates.sort(key=lambda c: (c[0], c[1]))
+                    candidates.append((row.get("occurred_at") or "", row.get("event_id", ""), row, ordered))
+        candidates.sort(key=itemgetter(0, 1))
         events: list[Event] = []
         new_rows: list[SeenRow] = []
-        for occurred_at, event_id, row, tokens in candidates:
+        for occurred_at, event_id, row, ordered in candidates:
+            tokens = person_tokens(row, ordered)
             fresh = [(id_type, token) for id_type, token in tokens if token not in seen]
             if fresh and len(fresh) == len(tokens):
                 fields = {"id_type": tokens[0][0], "community_id": row.get("community_id"),
