@@ -364,19 +364,17 @@ def test_a_pass_decided_at_once_gets_the_answers_of_its_sends_decided_one_at_a_t
 
 
 def test_a_neighbour_signing_up_with_consent_is_welcomed_before_oneid_runs(warehouse: tuple[Settings, Warehouse]) -> None:
-    """The welcome's person has no OneID yet: the consent events naming their identifier decide."""
-    from lastmile.streaming.actions import Action
-
+    """The welcome's person has no OneID yet (``token:<token>``): the consent events naming their identifier decide."""
     cfg, store = warehouse
     openid = f"oSignup-{next(_people):05d}"
     ingest(cfg, [consent(openid, NOON - timedelta(minutes=1), True)])
     token = Identifiers(cfg).hasher.token("openid", normalize("openid", openid))
     desk = ContactDesk(store, ContactRules(), cfg)
 
-    def welcome(person: str) -> Action:
-        return Action(f"welcome:{person}", "welcome_neighbour", "ev", "consent", NOON.isoformat(), person)
+    def welcome(person: str) -> Send:
+        return send(f"token:{person}", origin="welcome_neighbour", send_id=f"welcome:{person}")
 
-    signed_up, silent = desk.decide_actions([welcome(token), welcome("some-other-token")], NOON)
+    signed_up, silent = desk.decide_many([welcome(token), welcome("some-other-token")])
     assert signed_up.allowed
     assert isinstance(silent, Refused) and silent.reason == "no_consent"
 

@@ -25,20 +25,19 @@ refused send is kept with in ``contact_refusals``:
     :meth:`~lastmile.models.policy.SpendingPolicy.capped`.
 ``capped``
     The person already had ``per_day`` contacts this business day or ``per_week`` this
-    business week, counted in ``contact_sends`` across all audiences and triggers.
+    business week, counted in ``contact_sends`` across all audiences and journeys.
 
 Service messages (purpose ``service``) are refused only for ``forgotten``: they need no
 consent, and neither quiet hours, the spending-health cap nor the frequency caps apply (they
 are kept in ``contact_sends`` but not counted by the caps).
 
-The stream's triggers go through the same desk (:meth:`ContactDesk.decide_action`), with the
-purposes of :data:`TRIGGER_PURPOSES`: the cold-chain compensation is a service message (the
-person claimed; it needs no consent), the welcome is marketing, the replenishment nudge is
-marketing built on purchase history (marketing and personalised_recommendation).
+Journey sends go through the same desk: a journey pass decides all of its sends at once
+(:meth:`ContactDesk.decide_many`), each with the channel and purposes its journey file declares
+(the cold-chain compensation is a service message: the person claimed, it needs no consent).
 
 Allowed sends are kept in ``contact_sends`` (that table is what the caps count). Deciding
 is idempotent by ``send_id``: a send id decided before gets its first answer back and
-writes nothing, so a retried export or a replayed trigger neither double-counts nor flips.
+writes nothing, so a retried export or a replayed journey pass neither double-counts nor flips.
 One process decides at a time per warehouse (a lock serialises this desk's decisions).
 
 The rules live in one file, ``contact_rules.yml`` at the repository root (see there for the
@@ -71,15 +70,6 @@ SERVICE = "service"
 CHANNELS = ("mini_program_push", "sms", "wecom_leader", "locker_screen")
 #: Why a send was refused, in the order the rules are checked.
 REASONS = ("forgotten", "no_consent", "quiet_hours", "spending_health", "capped")
-
-#: Which purposes each stream trigger's message serves (so which consent it needs).
-TRIGGER_PURPOSES: dict[str, tuple[str, ...]] = {
-    "compensate_cold_chain": (SERVICE,),
-    "welcome_neighbour": ("marketing",),
-    "replenishment_nudge": ("marketing", "personalised_recommendation"),
-}
-#: Channel the triggers' messages go out on (marketing automation pushes to the mini-program).
-TRIGGER_CHANNEL = "mini_program_push"
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent.parent / "contact_rules.yml"
 
@@ -409,44 +399,6 @@ class ContactDesk:
                     keys[purpose] = key
                     found.setdefault((person, channel), {})[purpose] = granted
         return found
-
-    def decide_action(self, action: Any, at: datetime | None = None) -> Decision:
-        """Decide one stream trigger's action (see :meth:`decide_actions`)."""
-        return self.decide_actions([action], at)[0]
-
-    def decide_actions(self, actions: Sequence[Any], at: datetime | None = None) -> list[Decision]:
-        """Decide stream triggers' actions (:class:`~lastmile.streaming.triggers.Action`) at ``at``.
-
-        The send id is the action's ``action_id`` (deterministic), so a batch handled again
-        after a crash gets the same answers. The person is the action's OneID (replenishment)
-        or its identifier token's; a person lastmile has no OneID for yet (a welcome, before
-        the resolver ran) is decided under ``token:<token>``, with the consent of the events
-        naming that identifier.
-        """
-        at = at or datetime.now(timezone.utc)
-        for action in actions:
-            if action.action not in TRIGGER_PURPOSES:
-                raise ValueError(f"no purposes declared for trigger {action.action!r}; add it to TRIGGER_PURPOSES")
-        tokens = sorted({a.person for a in actions if not (a.details or {}).get("oneid") and a.person})
-        owners = self.oneids_of_tokens(tokens)
-        sends = []
-        for action in actions:
-            oneid = (action.details or {}).get("oneid") or ""
-            if not oneid and action.person:
-                oneid = owners.get(action.person) or f"token:{action.person}"
-            sends.append(Send(action.action_id, oneid or "unknown", TRIGGER_CHANNEL, TRIGGER_PURPOSES[action.action], at, action.action))
-        return self.decide_many(sends)
-
-    def oneid_of_token(self, token: str) -> str:
-        """The OneID an identifier token belongs to now ("" when unknown or blocked)."""
-        return self.oneids_of_tokens([token]).get(token, "")
-
-    def oneids_of_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
-        """The OneID of each token that has one now."""
-        if not tokens or not present(self.warehouse, "identity_nodes"):
-            return {}
-        return {str(t): str(o) for t, o in self.warehouse.rows(
-            "SELECT token, oneid FROM identity_nodes FINAL WHERE token IN {t:Array(String)}", {"t": list(tokens)})}
 
     def _forgotten(self, people: Sequence[str]) -> set[str]:
         """The people of ``people`` with a forget request (``forget_log``) or a suppressed identifier."""

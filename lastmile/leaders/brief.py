@@ -35,8 +35,8 @@ their order was for. The brief has these sections:
 (``wecom_leader``) appear by name, decided by
 :func:`lastmile.audiences.contact_rules.consented_oneids_sql`: ``marketing`` to be named at
 all, and also ``personalised_recommendation`` in the sections built on their purchase
-history (due to reorder, regulars gone quiet), as the replenishment nudge needs
-(:data:`~lastmile.audiences.contact_rules.TRIGGER_PURPOSES`). The others are only counted
+history (due to reorder, regulars gone quiet), as the replenishment nudge journey's send
+(``journeys/replenishment_nudge.yml``) needs (:data:`HISTORY_BASED`). The others are only counted
 (``not_consented``). Sales are aggregates and name no one.
 
 **The morning.** A brief is for a business day (``LASTMILE_BUSINESS_TZ``) at the end of the
@@ -53,7 +53,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from lastmile.audiences.contact_rules import TRIGGER_PURPOSES, consented_oneids_sql, load_rules
+from lastmile.audiences.contact_rules import consented_oneids_sql, load_rules
 from lastmile.config import Settings
 from lastmile.config import settings as current_settings
 from lastmile.features.replenishment import Rhythm, due_replenishments
@@ -63,7 +63,8 @@ from lastmile.warehouse import Warehouse
 LEADER_CHANNEL = "wecom_leader"
 #: Purposes a neighbour must have granted on :data:`LEADER_CHANNEL` to be named in a section.
 NAMED = ("marketing",)
-HISTORY_BASED = TRIGGER_PURPOSES["replenishment_nudge"]
+#: Purposes a neighbour must also have granted to be named in a section built on their purchase history.
+HISTORY_BASED = ("marketing", "personalised_recommendation")
 #: Claim decisions that settle a claim (the cold-chain job's; ``needs_review`` does not).
 SETTLED = ("auto_approved", "matched_customer_claim")
 #: The marts the brief reads (built by ``lastmile transform``).
