@@ -54,7 +54,7 @@ from lastmile.streaming.features import FeaturePusher
 from lastmile.streaming.identity import IdentityRefresher
 from lastmile.streaming.judges import ProcessJudges
 from lastmile.streaming.produce import ensure_topics
-from lastmile.streaming.sink import StreamSink
+from lastmile.streaming.sink import StatementLocked, StreamSink
 from lastmile.streaming.status import status_path, write_status
 from lastmile.streaming.topics import ACTIONS_TOPIC, DEFAULT_PARTITIONS, event_topics
 from lastmile.warehouse import connect, migrate
@@ -169,7 +169,7 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
             await consumer.stop()
             await refresher.close()
             if parts.journeys is not None:
-                await sink.run_blocking(parts.journeys.after_resolve, True)  # after the last resolution
+                await parts.journeys.in_background(parts.journeys.after_resolve, True)  # after the last resolution
             await publish_entries()
             await publish_journey_sends()
             if pusher is not None:
@@ -207,7 +207,7 @@ def build_app(cfg: Settings, options: StreamOptions, parts: WorkerParts) -> faus
         @app.timer(interval=0.25)
         async def journey_passes() -> None:
             if parts.journeys.catch_up_due:  # owed by a resolution (too soon, a backlog, a catch-up's pause): now
-                await sink.run_blocking(parts.journeys.catch_up)
+                await parts.journeys.in_background(parts.journeys.catch_up)  # its statements take the lock
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
@@ -288,7 +288,7 @@ def open_sink(cfg: Settings, options: StreamOptions) -> WorkerParts:
         journeys = stream_journeys(cfg, sink, options.replenish_every_s)
     if journeys is not None:
         journeys.on_waiting = refresher.hurry  # a batch's journey events: resolve their people soon
-        refresher.after_resolve.append(journeys.after_resolve)
+        refresher.after_release.append(journeys.after_resolve)  # not holding the lock: batches are written meanwhile
     batches = BatchQualityWatch(warehouse, load_batch_rules()) if options.batch_alerts else None
     if batches is not None:
         batches.load()  # the recent orders and feedback, so feedback on them is judged against their batches
@@ -312,7 +312,7 @@ def stream_journeys(cfg: Settings, sink: StreamSink, replenish_every_s: float = 
         log.warning("journeys are off: no journey in %s", cfg.journeys_path)
         return None
     log.info("journeys: %s", ", ".join(j.name for j in found))
-    desk = ContactDesk(sink.warehouse, load_rules(), cfg)
+    desk = ContactDesk(StatementLocked(sink.warehouse, sink.lock), load_rules(), cfg)  # as the passes it decides for
     desk.risk([])  # load the spending-health model and its feature reader now, not at a first send while the warehouse is held
     return StreamJourneys(sink, found, desk, cfg.business_zone,
                           replenish_every_s=replenish_every_s)

@@ -79,6 +79,10 @@ class JourneyRunner:
         self.event_types = set().union(*(j.event_types() for j in self.journeys)) if self.journeys else set()
         self.audiences = {j.trigger.audience for j in self.journeys if j.trigger.audience}
         self._retired = False
+        #: Events the last limited pass found still waiting for their person: they are the oldest
+        #: of the inbox, so the next limited pass reads as many more (up to ``limit``) to apply
+        #: about ``limit`` events rather than re-reading the same waiting ones.
+        self._waiting = 0
         store.ensure_tables(warehouse)
 
     # --- one pass ------------------------------------------------------------------------------
@@ -86,9 +90,10 @@ class JourneyRunner:
     def tick(self, now: datetime, limit: int | None = None) -> TickReport:
         """Apply what is pending and due by ``now`` (an aware time). Hold the warehouse if it is shared.
 
-        ``limit``: apply at most that many inbox events (the oldest), so a pass over a large
-        backlog is cut into shorter ones; waits then end only up to the newest event applied
-        (an event left for the next pass may still cancel them)."""
+        ``limit``: apply at most that many inbox events (the oldest; plus as many as the last pass
+        found still waiting for their person, up to ``limit``, since they come first), so a pass
+        over a large backlog is cut into shorter ones; waits then end only up to the newest event
+        read (an event left for the next pass may still cancel them)."""
         report = TickReport()
         if not self._retired:
             self._retire_old_versions(now, report)
@@ -143,6 +148,8 @@ class JourneyRunner:
     def _apply_inbox(self, now: datetime, report: TickReport, limit: int | None = None) -> datetime | None:
         """Apply the inbox's events whose person is known; returns the time up to which it was read
         when ``limit`` left events for a later pass (else None)."""
+        if limit:
+            limit += min(self._waiting, limit)
         pending = store.pending(self.warehouse, limit) if limit else store.pending(self.warehouse)
         through = max(e.at for e, _ in pending) if limit and len(pending) >= limit else None
         ready = [e for e, _ in pending if e.oneid]
@@ -150,6 +157,7 @@ class JourneyRunner:
         given_up = [e for e, noted in pending if not e.oneid and noted is not None and wall - noted > PATIENCE]
         report.unresolved += len(given_up)
         report.waiting += len(pending) - len(ready) - len(given_up)
+        self._waiting = len(pending) - len(ready) - len(given_up)
         if not ready:
             store.mark(self.warehouse, [(e, "no_person") for e in given_up])
             return through

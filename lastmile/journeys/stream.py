@@ -14,7 +14,8 @@
   pace. Once the stream keeps up (or no batch came for ``QUIET_S``), the journeys catch up in
   passes of at most ``pass_events`` inbox events, each followed by a pause as long as it took,
   so batches are written in between.
-* After each OneID resolution (on the OneID thread, holding the warehouse lock),
+* After each OneID resolution (on the OneID thread, once the resolution let go of the warehouse
+  lock: each statement of a pass takes the lock, so batches are written while the pass computes),
   :meth:`StreamJourneys.after_resolve` evaluates the ``replenishment_due`` signal (at most
   every ``replenish_every_s``) and runs one :meth:`~lastmile.journeys.scheduler.JourneyRunner.tick`
   when events were noted since the last pass or still wait for their person; otherwise at most
@@ -29,10 +30,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -46,13 +49,15 @@ from lastmile.journeys.signals import (NEIGHBOUR_JOINED, NEW_NEIGHBOUR, REPLENIS
                                       neighbours_joined)
 from lastmile.streaming import seen
 from lastmile.streaming.present import forget as present_forget
-from lastmile.streaming.sink import BatchHandler, StreamSink, WrittenBatch
+from lastmile.streaming.sink import BatchHandler, StatementLocked, StreamSink, WrittenBatch
 
 log = logging.getLogger("lastmile.stream.journeys")
 
-#: The most inbox events one pass of the worker applies: a pass holds the warehouse (batches
-#: wait), and a backlog's events cost the pass about a millisecond each (entries, waits, sends
-#: decided by the contact rules), so a pass stays within a few seconds.
+#: The most inbox events one pass of the worker applies (besides those still waiting for their
+#: person, see :meth:`~lastmile.journeys.scheduler.JourneyRunner.tick`): a pass's statements hold
+#: the warehouse (a batch waits for each) and its Python shares the worker's interpreter with
+#: ingestion; a backlog's events cost the pass about half a millisecond each (entries, waits,
+#: sends decided by the contact rules), so a pass stays within a second or two.
 PASS_EVENTS = 2_000
 #: A batch whose oldest event was produced longer ago than this is part of a backlog (as is a
 #: full batch): no pass then, ingestion first.
@@ -63,8 +68,12 @@ JOINED_LOOKBACK = timedelta(hours=1)
 #: How many passes after new orders read ``neighbour_joined``: the first, and one more for an
 #: order whose OneID came only with a later resolution (the lookback finds it then).
 JOINED_READS = 2
-#: No batch for this long: the stream caught up (or went quiet), the journeys may catch up.
+#: No batch for this long (beyond the time between the backlog's last two batches: a full batch
+#: of a busy worker can take longer than this to gather, judge and write): the stream caught up
+#: (or went quiet), the journeys may catch up.
 QUIET_S = 2.0
+#: The most that time between a backlog's batches adds to ``QUIET_S``.
+BACKLOG_GAP_MAX_S = 30.0
 
 
 class StreamJourneys:
@@ -81,7 +90,9 @@ class StreamJourneys:
                  replenish_every_s: float = 60.0, seen_tokens: set[str] | None = None,
                  pass_events: int = PASS_EVENTS) -> None:
         self.sink = sink
-        self.runner = JourneyRunner(sink.warehouse, journeys, desk, zone, wall_clock=wall_clock)
+        #: The warehouse as passes use it: each statement takes the worker's warehouse lock.
+        self.locked = StatementLocked(sink.warehouse, sink.lock)
+        self.runner = JourneyRunner(self.locked, journeys, desk, zone, wall_clock=wall_clock)
         self.every_s = every_s
         self.pass_events = pass_events
         self.clock = clock or time.monotonic
@@ -89,7 +100,7 @@ class StreamJourneys:
         self.tables = {EVENT_TABLES[t]: t for t in self.runner.event_types if t in EVENT_TABLES}
         self.neighbours = (NewNeighbours(seen_tokens if seen_tokens is not None else seen.load(sink.warehouse))
                            if NEW_NEIGHBOUR in self.runner.event_types else None)
-        self.replenishments = (DueReplenishments(sink.warehouse, every_s=replenish_every_s, clock=self.clock)
+        self.replenishments = (DueReplenishments(self.locked, every_s=replenish_every_s, clock=self.clock)
                                if REPLENISHMENT_DUE in self.runner.event_types and replenish_every_s > 0 else None)
         #: ``neighbour_joined`` is read before the passes that follow new orders (and at the
         #: first pass: orders ingested before a restart), from the first orders ingested since
@@ -109,6 +120,7 @@ class StreamJourneys:
         self._noted = False  # events noted since the last pass began
         self._behind = False  # the last batch was full or its events were produced long ago (a backlog)
         self._batch_at = float("-inf")  # when the last batch was handled (clock)
+        self._backlog_gap = 0.0  # time between the last two batches of a backlog (0: the last batch was not behind)
         self._resume_at = float("-inf")  # a catch-up pass left events: the next one not before this
         #: A resolution came within ``every_s`` of the last pass with nothing new to apply: the
         #: worker makes that pass later (:meth:`catch_up`), as a quiet stream has no later resolution.
@@ -119,15 +131,19 @@ class StreamJourneys:
         #: publish) and after a failed one; otherwise a pass looks up only the sends it allowed.
         self._outbox_read = False
         self._lock = threading.Lock()
+        self._passing = threading.Lock()  # one pass at a time (the OneID thread's, the worker's catch-up)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastmile-journeys")
 
     def handler(self) -> BatchHandler:
         """Note the batch's journey events and ``new_neighbour`` signals in the inbox (before the
         batch is committed), then remember the identifiers it showed for the first time."""
 
         async def handle(written: WrittenBatch) -> None:
-            self._batch_at = self.clock()
+            at, was_behind = self.clock(), self._behind
             self._behind = written.full or (written.oldest_timestamp_ms is not None
                                             and time.time() * 1000 - written.oldest_timestamp_ms > BEHIND_S * 1000)
+            self._backlog_gap = min(at - self._batch_at, BACKLOG_GAP_MAX_S) if self._behind and was_behind else 0.0
+            self._batch_at = at
             events = [e for table, event_type in self.tables.items() for e in events_from_rows(event_type, written.rows(table))]
             if self.joins and written.batch.rows.get("raw_order"):
                 self._joins_owed = JOINED_READS  # new orders: first orders among them make neighbour_joined
@@ -144,11 +160,12 @@ class StreamJourneys:
 
         return handle
 
-    def _note(self, events: Sequence[Event]) -> None:
-        """Put events in the inbox and move the journeys' clock. Hold the warehouse lock."""
+    def _note(self, events: Sequence[Event], warehouse: Any = None) -> None:
+        """Put events in the inbox and move the journeys' clock. Hold the warehouse lock, or give
+        ``warehouse`` (:attr:`locked`)."""
         newest = max(e.at for e in events)
         self.newest = newest if self.newest is None else max(self.newest, newest)
-        store.note(self.sink.warehouse, events)
+        store.note(warehouse or self.sink.warehouse, events)
         self._noted = True
 
     def now(self) -> datetime | None:
@@ -156,10 +173,15 @@ class StreamJourneys:
         return None if self.newest is None else min(self.newest, self.wall_clock())
 
     def after_resolve(self, force: bool = False) -> None:
-        """On the OneID thread, holding the warehouse lock: the due replenishments, then a pass when
-        events were noted since the last one or wait (for their person, or for the next pass of a
-        catch-up), else at most every ``every_s``; none while a backlog drains. ``force`` (a
-        graceful stop): both now; what one pass leaves stays in the inbox for the next start."""
+        """On the OneID thread, NOT holding the warehouse lock (each statement takes it): the due
+        replenishments, then a pass when events were noted since the last one or wait (for their
+        person, or for the next pass of a catch-up), else at most every ``every_s``; none while a
+        backlog drains. ``force`` (a graceful stop): both now; what one pass leaves stays in the
+        inbox for the next start."""
+        with self._passing:
+            self._after_resolve(force)
+
+    def _after_resolve(self, force: bool) -> None:
         if self.replenishments is not None and (force or self.replenishments.due()):
             try:
                 due = self.replenishments.evaluate()
@@ -168,7 +190,7 @@ class StreamJourneys:
                 log.exception("journeys: replenishments not evaluated (retried at the next turn)")
                 due = []
             if due:
-                self._note(due)
+                self._note(due, self.locked)
         waiting = self.last is not None and (self.last.waiting > 0 or self.last.more)
         if not force and (not self.keeping_up or self.clock() < self._resume_at
                           or (not (self._noted or waiting) and self.clock() - self._last < self.every_s)):
@@ -188,7 +210,7 @@ class StreamJourneys:
             if self.last.more:  # a backlog to catch up on: the next pass after a pause as long as this one
                 self.owed = True
                 self._resume_at = self.clock() + (self.clock() - began)
-            queued = actions(store.undelivered(self.sink.warehouse, among=self.last.allowed if self._outbox_read else None))
+            queued = actions(store.undelivered(self.locked, among=self.last.allowed if self._outbox_read else None))
             self._outbox_read = True
         except Exception:  # noqa: BLE001 - the inbox keeps the events; the next pass retries
             self.errors += 1
@@ -207,21 +229,22 @@ class StreamJourneys:
         now = self.wall_clock()
         since = (self._joined_to or now) - JOINED_LOOKBACK
         try:
-            joined = neighbours_joined(self.sink.warehouse, since, now, by="_ingested_at")
+            joined = neighbours_joined(self.locked, since, now, by="_ingested_at")
         except Exception:  # noqa: BLE001 - read again (with the lookback) before the next pass
             self.errors += 1
             log.exception("journeys: neighbour_joined not read (retried before the next pass)")
             return
         if joined:
-            self._note(joined)
+            self._note(joined, self.locked)
         self._joined_to = now
         self._joins_owed -= 1
 
     @property
     def keeping_up(self) -> bool:
         """The stream keeps up: its last batch was gathered by time and its events are recent, or
-        no batch came for ``QUIET_S`` (a drained backlog, a quiet stream)."""
-        return not self._behind or self.clock() - self._batch_at > QUIET_S
+        no batch came for ``QUIET_S`` more than the backlog's batches took (a drained backlog, a
+        quiet stream)."""
+        return not self._behind or self.clock() - self._batch_at > QUIET_S + self._backlog_gap
 
     @property
     def catch_up_due(self) -> bool:
@@ -234,10 +257,15 @@ class StreamJourneys:
         return self.clock() - self._last >= self.every_s
 
     def catch_up(self) -> None:
-        """Holding the warehouse lock: the pass a resolution was owed, once :attr:`catch_up_due`
+        """Not holding the warehouse lock: the pass a resolution was owed, once :attr:`catch_up_due`
         (a quiet stream has no later resolution to make it)."""
         if self.owed:
             self.after_resolve()
+
+    async def in_background(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a pass (:meth:`catch_up`, :meth:`after_resolve`) off the event loop, not holding the
+        warehouse lock (its statements take it)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
 
     @property
     def caught_up(self) -> bool:
@@ -277,8 +305,6 @@ class StreamJourneys:
 async def publish_to_kafka(bootstrap: str, sends: Sequence[Any], timeout_s: float = 30.0) -> None:
     """Publish journey sends to ``lastmile.actions`` as the worker does (keyed by ``action_id``),
     returning once the broker acknowledged every one. For ``lastmile journey publish``."""
-    import asyncio
-
     from aiokafka import AIOKafkaProducer
 
     from lastmile.streaming.topics import ACTIONS_TOPIC

@@ -105,6 +105,9 @@ class IdentityRefresher:
         #: Called after each resolution, on the identity thread, still holding the warehouse
         #: lock (e.g. the feature pusher re-reading the token -> OneID map).
         self.after_resolve: list[Callable[[], None]] = []
+        #: Called after each resolution on the identity thread once the warehouse lock is let go
+        #: (the journeys' pass: mostly Python, each of its statements takes the lock itself).
+        self.after_release: list[Callable[[], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -173,6 +176,8 @@ class IdentityRefresher:
                 with self.lock:
                     for callback in self.after_resolve:
                         callback()
+                for callback in self.after_release:
+                    callback()
                 outcome.steps["callbacks"] = round(time.perf_counter() - handed, 4)
                 self.stats.resolves += 1
                 self.stats.last_run = outcome.run

@@ -120,6 +120,51 @@ class StreamStats:
         self.quarantined += batch.quarantine_count
 
 
+class StatementLocked:
+    """A warehouse whose every statement takes the worker's warehouse lock, for work that is
+    mostly Python between statements (a journey pass: the engine, the contact rules' decisions).
+
+    Holding the lock for a whole pass made batches wait for all of it; with this, a batch's
+    write waits for one statement at most. Such work must not already hold the lock (it is not
+    reentrant). Anything other than a statement (``client``, ``database``) is the warehouse's own.
+    """
+
+    def __init__(self, warehouse: Warehouse, lock: threading.Lock) -> None:
+        self.warehouse = warehouse
+        self.lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.warehouse, name)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return self.warehouse.command(*args, **kwargs)
+
+    def rows(self, *args: Any, **kwargs: Any) -> list[tuple]:
+        with self.lock:
+            return self.warehouse.rows(*args, **kwargs)
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return self.warehouse.scalar(*args, **kwargs)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return self.warehouse.query(*args, **kwargs)
+
+    def insert_rows(self, *args: Any, **kwargs: Any) -> int:
+        with self.lock:
+            return self.warehouse.insert_rows(*args, **kwargs)
+
+    def tables(self) -> list[str]:
+        with self.lock:
+            return self.warehouse.tables()
+
+    def count(self, *args: Any, **kwargs: Any) -> int:
+        with self.lock:
+            return self.warehouse.count(*args, **kwargs)
+
+
 class StreamSink:
     """Judge → write → handlers, one batch at a time, in two stages that can overlap.
 
