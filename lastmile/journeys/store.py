@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 from lastmile.journeys.engine import Event, Run, StepRecord
 from lastmile.streaming.present import present
 from lastmile.warehouse import Warehouse
@@ -90,6 +92,12 @@ _STEP_COLUMNS = ["step_id", "journey", "version", "oneid", "run_id", "trigger_id
                  "outcome", "reason", "detail", "template", "channel", "purposes", "params", "trigger_fields", "holdout"]
 
 
+def _json(value: Any) -> str:
+    """JSON text of a state or of fields (what ``json.dumps(value, ensure_ascii=False, default=str)``
+    gives, read back the same; orjson: a pass writes thousands of them while the worker waits)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+
+
 def ensure_tables(warehouse: Warehouse) -> None:
     for ddl in DDL:
         warehouse.command(ddl)
@@ -114,7 +122,7 @@ def maybe_aware(moment: datetime | None) -> datetime | None:
 def save_runs(warehouse: Warehouse, runs: Iterable[Run]) -> int:
     rows = [(r.journey, r.version, r.oneid, r.run_id, r.trigger_id, int(r.holdout), r.status, r.step, warehouse_time(r.entered_at),
              warehouse_time(r.due_at), warehouse_time(r.ended_at), r.end_reason,
-             json.dumps({"context": r.context, "events": [list(e) for e in r.events]}, ensure_ascii=False, default=str),
+             _json({"context": r.context, "events": [list(e) for e in r.events]}),
              r.seq) for r in runs]
     return warehouse.insert_rows("journey_runs", rows, _RUN_COLUMNS) if rows else 0
 
@@ -165,8 +173,8 @@ def save_steps(warehouse: Warehouse, steps: Iterable[tuple[StepRecord, str, str]
             continue
         rows.append((s.step_id, s.journey, s.version, s.oneid, s.run_id, s.trigger_id, s.index, s.name, s.kind, warehouse_time(s.at),
                      outcome, reason, s.detail, send.template, send.channel, list(send.purposes),
-                     json.dumps(send.params, ensure_ascii=False, default=str),
-                     json.dumps(s.context, ensure_ascii=False, default=str), int(s.holdout)))
+                     _json(send.params),
+                     _json(s.context), int(s.holdout)))
     return warehouse.insert_rows("journey_steps", rows, _STEP_COLUMNS) if rows else 0
 
 
@@ -175,7 +183,7 @@ def save_steps(warehouse: Warehouse, steps: Iterable[tuple[StepRecord, str, str]
 def note(warehouse: Warehouse, events: Iterable[Event]) -> int:
     """Put events in the inbox (a replayed event is one row: the table collapses on its id and
     an applied event stays applied)."""
-    rows = [(e.event_id, e.event_type, e.oneid, warehouse_time(e.at), json.dumps(e.fields, ensure_ascii=False, default=str), "", 0)
+    rows = [(e.event_id, e.event_type, e.oneid, warehouse_time(e.at), _json(e.fields), "", 0)
             for e in events]
     return warehouse.insert_rows("journey_inbox", rows, ["event_id", "event_type", "oneid", "occurred_at", "fields", "outcome", "done"]) if rows else 0
 
@@ -204,7 +212,7 @@ def pending(warehouse: Warehouse, limit: int = 50_000) -> list[tuple[Event, date
 
 def mark(warehouse: Warehouse, events: Iterable[tuple[Event, str]]) -> int:
     """Mark inbox events done with an outcome (``applied`` or ``no_person``)."""
-    rows = [(e.event_id, e.event_type, e.oneid, warehouse_time(e.at), json.dumps(e.fields, ensure_ascii=False, default=str), outcome, 1)
+    rows = [(e.event_id, e.event_type, e.oneid, warehouse_time(e.at), _json(e.fields), outcome, 1)
             for e, outcome in events]
     return warehouse.insert_rows("journey_inbox", rows, ["event_id", "event_type", "oneid", "occurred_at", "fields", "outcome", "done"]) if rows else 0
 

@@ -12,8 +12,8 @@
 * While a backlog drains (full batches, or events produced more than ``BEHIND_S`` ago by the
   producers' clocks), no pass is made: the events wait in the inbox, and ingestion keeps its
   pace. Once the stream keeps up (or no batch came for ``QUIET_S``), the journeys catch up in
-  passes of at most ``pass_events`` inbox events, each followed by a pause as long as it took,
-  so batches are written in between.
+  passes of at most ``pass_events`` inbox events, each followed, while batches come (one within
+  ``QUIET_S``), by a pause as long as it took, so ingestion keeps its share of the worker.
 * After each OneID resolution (on the OneID thread, once the resolution let go of the warehouse
   lock: each statement of a pass takes the lock, so batches are written while the pass computes),
   :meth:`StreamJourneys.after_resolve` evaluates the ``replenishment_due`` signal (at most
@@ -208,8 +208,8 @@ class StreamJourneys:
             self.last = self.runner.tick(now, self.pass_events)
             self.ticks += 1
             if self.last.more:  # a backlog to catch up on: the next pass after a pause as long as this one
-                self.owed = True
-                self._resume_at = self.clock() + (self.clock() - began)
+                self.owed = True  # while batches come (ingestion's share); at once when the stream is quiet
+                self._resume_at = self.clock() + (self.clock() - began if self.clock() - self._batch_at <= QUIET_S else 0.0)
             queued = actions(store.undelivered(self.locked, among=self.last.allowed if self._outbox_read else None))
             self._outbox_read = True
         except Exception:  # noqa: BLE001 - the inbox keeps the events; the next pass retries
