@@ -40,7 +40,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lastmile.forecast import backtest, baselines, features, frame as frames, model  # noqa: E402
+from lastmile.forecast import backtest, baselines, features, model, service  # noqa: E402
 from lastmile.config import settings  # noqa: E402
 from lastmile.forecast.features import Reference  # noqa: E402
 
@@ -127,7 +127,7 @@ def main() -> None:
           f"{raw['censored'].mean():.1%} of hours censored by sell-outs")
 
     start = time.perf_counter()
-    frame = features.add_features(frames.impute_censored(raw), ref, TZ)
+    frame = service.demand_history(raw, ref, TZ)
     origin = frame["ds"].max() + pd.Timedelta(hours=1)
     future = features.add_features(features.future_hours(frame, origin, model.HORIZON_HOURS), ref, TZ)
     _, ahead = model.fit_predict(frame, future)

@@ -23,8 +23,9 @@ import pandas as pd
 WEATHER_CODES = {"clear": 0, "rain": 1, "rainstorm": 2, "typhoon": 3}
 
 #: Static (per-series) features; the rest of the exogenous columns change by the hour.
-STATIC_FEATURES = ("community_code", "category_code", "class_code", "shelf_life_days", "list_price")
-DYNAMIC_FEATURES = ("is_holiday", "is_workday", "weather", "blind_box", "discount", "price", "available")
+STATIC_FEATURES = ("community_code", "category_code", "class_code", "shelf_life_days", "list_price", "is_impulse")
+DYNAMIC_FEATURES = ("is_holiday", "is_workday", "weather", "blind_box", "discount", "price", "available", "rhythm_day",
+                    "rhythm_hour")
 
 
 @dataclass
@@ -75,6 +76,8 @@ def static_features(series: pd.DataFrame, ref: Reference) -> pd.DataFrame:
     out["shelf_life_days"] = out["sku"].map(shelf).astype(float).fillna(-1.0)
     price = skus["unit_price"] if "unit_price" in skus else pd.Series(dtype=float)
     out["list_price"] = out["sku"].map(price).astype(float).fillna(0.0)
+    impulse = skus["is_impulse"] if "is_impulse" in skus else pd.Series(dtype=float)
+    out["is_impulse"] = out["sku"].map(impulse).astype(float).fillna(0.0)
     return out
 
 
@@ -93,6 +96,23 @@ def calendar_features(hours: pd.Series, calendar: pd.DataFrame) -> pd.DataFrame:
     out["is_workday"] = dates.map(cal["is_workday"].astype(int)).fillna(weekday.astype(int)).astype(int)
     out["weather"] = dates.map(cal["weather"].map(WEATHER_CODES)).fillna(0).astype(int)
     return out
+
+
+def rhythm_day(hours: pd.Series, calendar: pd.DataFrame) -> np.ndarray:
+    """The weekday (0 = Monday) whose shopping rhythm each hour's date follows.
+
+    A day off shops like a Saturday (a holiday on a Friday has no Friday-afternoon peak), and a
+    调休 workday on a weekend like a Monday; other days follow their own weekday. The model and
+    the censoring imputation read rhythms by this day, not by the bare weekday.
+    """
+    days = calendar_features(hours, calendar)
+    return _rhythm(hours.dt.dayofweek.to_numpy(), days["is_holiday"].to_numpy(), days["is_workday"].to_numpy())
+
+
+def _rhythm(weekday: np.ndarray, is_holiday: np.ndarray, is_workday: np.ndarray) -> np.ndarray:
+    off = (is_holiday == 1) | ((is_workday == 0) & (weekday < 5))
+    makeup = (is_workday == 1) & (weekday >= 5)
+    return np.where(off, 5, np.where(makeup, 0, weekday)).astype(int)
 
 
 def _naive_local(values: pd.Series, tz: str) -> pd.Series:
@@ -152,6 +172,8 @@ def add_features(frame: pd.DataFrame, ref: Reference, tz: str) -> pd.DataFrame:
     """The frame with every exogenous column (static and hourly) the model reads."""
     out = frame.reset_index(drop=True)
     out = out.join(calendar_features(out["ds"], ref.calendar))
+    out["rhythm_day"] = _rhythm(out["ds"].dt.dayofweek.to_numpy(), out["is_holiday"].to_numpy(), out["is_workday"].to_numpy())
+    out["rhythm_hour"] = out["rhythm_day"] * 24 + out["ds"].dt.hour
     out = out.join(promotion_features(out, ref.promotions, tz))
     statics = static_features(out, ref).drop(columns=["community_id", "sku"])
     out = out.merge(statics, on="unique_id", how="left")

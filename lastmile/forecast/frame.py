@@ -93,84 +93,113 @@ def complete_hours(sales: pd.DataFrame, end: pd.Timestamp | None = None, start: 
     return frame.sort_values(["unique_id", "ds"], ignore_index=True)
 
 
-#: Pseudo-units of the pooled hourly profile mixed into each series' own (shrinks a thin
-#: series' profile towards everyone's), and the prior weight, in days, of a series' typical day
-#: against what a censored day sold before it sold out.
-PROFILE_PRIOR_UNITS = 20.0
-DAY_PRIOR = 0.1
-#: Rounds of re-estimating a series' typical day over all its days (it settles within a few).
-TYPICAL_DAY_ROUNDS = 4
+#: Weight, in days of one series' level, of the pooled hourly profile (all series, same day
+#: type) mixed into each series' own profile: a thin series' profile leans on everyone's.
+PROFILE_PRIOR_DAYS = 2.0
+#: Prior weight, in days, of a series' typical day against what a censored day sold before
+#: it sold out: small, because the days that sell out are the busy ones (a strong prior pulls
+#: them towards an ordinary day and under-states the demand a stock-out turned away).
+DAY_PRIOR = 0.03
+#: Half-life, in days, of a day's weight in the profiles and the typical day: the hours a
+#: SKU's buyers shop in drift (a growing group of late-evening impulse buyers), so recent
+#: weeks tell the shape of a sold-out evening better than the first ones.
+HALF_LIFE_DAYS = 4.0
+#: Rounds of the profile / day-level estimation (it settles within a few).
+ROUNDS = 8
 #: Share of the hour a SKU sells out in that is left after the stock-out, on average (the
 #: moment is uniform over the hour as far as hourly data can tell).
 RUN_OUT_HOUR_LEFT = 0.5
+#: Day types a profile is kept for: the weekday whose rhythm the day follows (0 = Monday).
+DAY_TYPES = 7
 
 
-def impute_censored(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def impute_censored(frame: pd.DataFrame, day_type: np.ndarray | None = None, seed: int = 0) -> pd.DataFrame:
     """Replace what a sold-out hour recorded by an estimate of what was wanted in it.
 
     A censored hour's sale is a lower bound on demand. Read as demand it would teach the model
     that a SKU sells least exactly when it sells best; dropped, it would leave the model only
-    the days that did not sell out, the quiet ones. So the demand of the day is estimated from
-    its own uncensored hours: a day that sold 10 units by 14:00, when a usual day has sold half
-    its units by 14:00, wanted about 20. The day level is the Poisson-gamma posterior mean
-    ``(DAY_PRIOR × typical day + sold before) / (DAY_PRIOR + share of the day uncensored)``,
-    where the share comes from the series' hourly profile on days without a stock-out (workdays
-    and weekends apart, shrunk towards all series' profile). Each censored hour then gets a
-    Poisson draw around level × its share of the day (a draw, not the mean, so the quantile
-    models see demand's spread), never less than what it sold; the hour it sold out in keeps
-    what it sold plus a draw for the part of the hour left after the stock-out (at least a
-    whole hour's draw).
+    the days that did not sell out, the quiet ones. So a censored hour's demand is its day's
+    level times its hour's share of the day:
+
+    * **The hourly profile** of each series and day type (``day_type``: the weekday whose rhythm
+      the date follows, see :func:`lastmile.forecast.features.rhythm_day`; the weekday when not
+      given) is estimated from every hour that did not sell out, on every day, relative to that
+      day's level: a busy day's morning and a quiet day's evening both count, so the evening
+      share is not read from the quiet days alone. Days weigh by recency
+      (:data:`HALF_LIFE_DAYS`), and each series' profile is shrunk towards all series' profile
+      of the same day type (:data:`PROFILE_PRIOR_DAYS`).
+    * **The day's level** is the Poisson-gamma posterior mean ``(DAY_PRIOR × typical day + sold
+      while open) / (DAY_PRIOR + the open hours' share)``: a day that sold 10 units by 14:00,
+      when that weekday has sold half its units by 14:00, wanted about 20. The typical day is the
+      recency-weighted mean level of the series' days of that type.
+
+    Profiles and levels are estimated in turn (EM over the missing hours, :data:`ROUNDS`). Each
+    censored hour then gets a Poisson draw around its expected demand (a draw, not the mean, so
+    the quantile models see demand's spread), never less than what it sold; the hour it sold
+    out in keeps what it sold plus a draw for the part of the hour left after the stock-out (at
+    least a whole hour's draw).
 
     The frame keeps ``y_sold`` (what sold); ``y`` is the demand the model learns from and its
-    lags read.
+    lags read. Rows must be sorted by series and hour (as :func:`complete_hours` returns them).
     """
     out = frame.copy()
     out["y_sold"] = out["y"]
     if not out["censored"].any():
         return out
     hour = out["ds"].dt.hour.to_numpy()
-    weekend = (out["ds"].dt.dayofweek >= 5).to_numpy()
+    kind = out["ds"].dt.dayofweek.to_numpy() if day_type is None else np.asarray(day_type, dtype=int)
     day = out["ds"].dt.floor("D")
-    censored_day = out["censored"].groupby([out["unique_id"], day]).transform("any").to_numpy()
-    clean = out[~censored_day]
-    # Hourly profile: each series' share of its day per hour, shrunk towards the pooled one.
-    keys = pd.DataFrame({"unique_id": out["unique_id"], "hour": hour, "weekend": weekend})
-    clean_keys = keys[~censored_day]
-    pooled = clean["y"].groupby([clean_keys["weekend"], clean_keys["hour"]]).sum()
-    pooled = pooled / pooled.groupby(level=0).transform("sum")
-    own = clean["y"].groupby([clean_keys["unique_id"], clean_keys["weekend"], clean_keys["hour"]]).sum()
-    own_total = own.groupby(level=[0, 1]).transform("sum")
-    prior = pooled.reindex(pd.MultiIndex.from_arrays([own.index.get_level_values(1), own.index.get_level_values(2)])).to_numpy()
-    share_own = (own + PROFILE_PRIOR_UNITS * prior) / (own_total + PROFILE_PRIOR_UNITS)
-    share = pd.Series(share_own.reindex(pd.MultiIndex.from_frame(keys)).to_numpy(), index=out.index)
-    share = share.fillna(pd.Series(pooled.reindex(pd.MultiIndex.from_arrays([weekend, hour])).to_numpy(), index=out.index))
-    share = share.fillna(1 / 24)
-    # Each censored day's level from what it sold in its uncensored hours, shrunk towards the
-    # series' typical day. The days that sell out are the busy ones, so a typical day read from
-    # the days without a stock-out alone is too low: it starts there and is then re-estimated
-    # over all days, the censored ones at their current level, until it settles.
-    open_share = share.where(~out["censored"], 0.0).groupby([out["unique_id"], day]).transform("sum")
-    sold_open = out["y"].where(~out["censored"], 0.0).groupby([out["unique_id"], day]).transform("sum")
-    day_total = out["y"].groupby([out["unique_id"], day]).transform("sum")
-    first_hour = ~pd.Series(out["unique_id"].to_numpy() + day.astype(str).to_numpy(), index=out.index).duplicated()
-    day_keys = pd.MultiIndex.from_arrays([out["unique_id"], weekend])
-    daily = clean.groupby([clean_keys["unique_id"], clean_keys["weekend"], day[~censored_day]])["y"].sum()
-    typical = daily.groupby(level=[0, 1]).mean()
-    fallback = out.groupby("unique_id")["y"].transform("mean") * 24
-    for _ in range(TYPICAL_DAY_ROUNDS):
-        typical_row = pd.Series(typical.reindex(day_keys).to_numpy(), index=out.index).fillna(fallback)
-        level = (DAY_PRIOR * typical_row + sold_open) / (DAY_PRIOR + open_share)
-        day_level = level.where(pd.Series(censored_day, index=out.index), day_total)
-        typical = day_level[first_hour].groupby([out["unique_id"][first_hour], weekend[first_hour.to_numpy()]]).mean()
-    expected = np.clip((level * share).to_numpy(), 0, None)
+    censored = out["censored"].to_numpy(dtype=bool)
+    is_open = ~censored
+    sold = out["y"].to_numpy(dtype=float)
+    age_days = (day.max() - day).dt.days.to_numpy()
+    weight = 0.5 ** (age_days / HALF_LIFE_DAYS)
+    series = pd.factorize(out["unique_id"])[0]
+    series_day = pd.factorize(pd.MultiIndex.from_arrays([series, day]))[0]
+    n_series, n_days = series.max() + 1, series_day.max() + 1
+    profile_key = (series * DAY_TYPES + kind) * 24 + hour
+    pooled_key = kind * 24 + hour
+    # Per series-day: its series, day type, weight, what sold while open, and what sold in all.
+    of_day = np.zeros(n_days, dtype=int)
+    of_day[series_day] = series * DAY_TYPES + kind
+    day_weight = np.zeros(n_days)
+    day_weight[series_day] = weight
+    sold_open = np.bincount(series_day, weights=np.where(is_open, sold, 0.0), minlength=n_days)
+    day_sold = np.bincount(series_day, weights=sold, minlength=n_days)
+    day_censored = np.bincount(series_day, weights=censored, minlength=n_days) > 0
+
+    def normalised(rate: np.ndarray) -> np.ndarray:
+        rate = rate.reshape(-1, 24)
+        return (rate / np.maximum(rate.sum(axis=1, keepdims=True), 1e-12)).ravel()
+
+    # Start from the pooled profile of the days that did not sell out: a sold-out day's hours
+    # never seen open would otherwise leave its level free to settle too low.
+    clean = ~day_censored[series_day]
+    start = normalised(np.bincount(pooled_key, weights=np.where(clean, weight * sold, 0.0), minlength=DAY_TYPES * 24)
+                       + 1e-9)[pooled_key]
+    start_open = np.bincount(series_day, weights=np.where(is_open, start, 0.0), minlength=n_days)
+    level = np.where(day_censored, sold_open / np.maximum(start_open, 0.05), day_sold)
+    for _ in range(ROUNDS):
+        at_level = level[series_day]
+        open_weight = np.where(is_open, weight, 0.0)
+        pooled = normalised(np.bincount(pooled_key, weights=open_weight * sold, minlength=DAY_TYPES * 24)
+                            / np.maximum(np.bincount(pooled_key, weights=open_weight * at_level, minlength=DAY_TYPES * 24), 1e-12))
+        own_sold = np.bincount(profile_key, weights=open_weight * sold, minlength=n_series * DAY_TYPES * 24)
+        own_level = np.bincount(profile_key, weights=open_weight * at_level, minlength=n_series * DAY_TYPES * 24)
+        prior = np.tile(pooled, n_series)
+        share = normalised((own_sold + PROFILE_PRIOR_DAYS * prior) / (own_level + PROFILE_PRIOR_DAYS))[profile_key]
+        open_share = np.bincount(series_day, weights=np.where(is_open, share, 0.0), minlength=n_days)
+        typical = (np.bincount(of_day, weights=day_weight * level, minlength=n_series * DAY_TYPES)
+                   / np.maximum(np.bincount(of_day, weights=day_weight, minlength=n_series * DAY_TYPES), 1e-12))
+        estimate = (DAY_PRIOR * typical[of_day] + sold_open) / (DAY_PRIOR + open_share)
+        level = np.where(day_censored, estimate, day_sold)
+    expected = np.clip(level[series_day] * share, 0, None)
     # The hour the SKU sold out in sold what it had and then turned the rest of the hour away:
     # its demand is what sold plus the demand of the part of the hour left (half, on average).
-    censored = out["censored"].to_numpy()
-    sold_out_in = censored & ~out.groupby("unique_id")["censored"].shift(1, fill_value=False).to_numpy(dtype=bool)
+    same_series = np.r_[False, series[1:] == series[:-1]]
+    sold_out_in = censored & ~(np.r_[False, censored[:-1]] & same_series)
     rng = np.random.default_rng(seed)
     drawn = rng.poisson(expected).astype(float)
     after = rng.poisson(RUN_OUT_HOUR_LEFT * expected).astype(float)
-    sold = out["y"].to_numpy()
-    wanted = np.maximum(sold, drawn)
-    out["y"] = np.where(sold_out_in, np.maximum(sold + after, drawn), np.where(censored, wanted, sold))
+    out["y"] = np.where(sold_out_in, np.maximum(sold + after, drawn), np.where(censored, np.maximum(sold, drawn), sold))
     return out

@@ -43,11 +43,18 @@ class Prepared:
         return self.frame["ds"].max() + pd.Timedelta(hours=1)
 
 
+def demand_history(hours: pd.DataFrame, ref: features.Reference, tz: str) -> pd.DataFrame:
+    """The hourly sales (:func:`~lastmile.forecast.frame.complete_hours`) as the demand the
+    model learns from: sold-out hours imputed by the day's rhythm, every feature added."""
+    imputed = frames.impute_censored(hours, day_type=features.rhythm_day(hours["ds"], ref.calendar))
+    return features.add_features(imputed, ref, tz)
+
+
 def prepare(cfg: Settings, warehouse: Any) -> Prepared:
     tz = cfg.business_tz
     sales, source = frames.load_hourly_sales(warehouse, tz)
     ref = features.load_reference(warehouse)
-    frame = features.add_features(frames.impute_censored(frames.complete_hours(sales)), ref, tz)
+    frame = demand_history(frames.complete_hours(sales), ref, tz)
     truth = backtesting.load_truth(cfg.home.joinpath(*TRUTH_FILE), tz)
     return Prepared(frame=frame, reference=ref, source=source, truth=truth, tz=tz)
 
