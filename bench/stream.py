@@ -265,7 +265,7 @@ def main() -> None:
 
             caught_up_s = _wait_caught_up(home, worker, 600)
             print(f"journeys: caught up on the backlog's journey events {caught_up_s:.1f} s after it drained "
-                  f"(passes of at most {PASS_EVENTS:,} inbox events, each followed by a pause as long as it took)")
+                  f"(passes of at most {PASS_EVENTS:,} inbox events, each followed, while batches come, by a pause as long as it took)")
 
             rate = max(200.0, min(events_per_s / 2, 10_000.0))
             second = asyncio.run(publish(broker.bootstrap, stream, rate=rate, record_sent=True))
