@@ -189,8 +189,12 @@ def impute_censored(frame: pd.DataFrame, day_type: np.ndarray | None = None, see
         prior = np.tile(pooled, n_series)
         share = normalised((own_sold + PROFILE_PRIOR_DAYS * prior) / (own_level + PROFILE_PRIOR_DAYS))[profile_key]
         open_share = np.bincount(series_day, weights=np.where(is_open, share, 0.0), minlength=n_days)
-        typical = (np.bincount(of_day, weights=day_weight * level, minlength=n_series * DAY_TYPES)
-                   / np.maximum(np.bincount(of_day, weights=day_weight, minlength=n_series * DAY_TYPES), 1e-12))
+        # The typical day pools what sold while open over the share of the day that was open
+        # (a ratio of sums): averaging each censored day's own estimate instead would let the
+        # days that sold out within an hour of opening, whose estimates are the noisiest, pull
+        # it up.
+        typical = (np.bincount(of_day, weights=day_weight * sold_open, minlength=n_series * DAY_TYPES)
+                   / np.maximum(np.bincount(of_day, weights=day_weight * open_share, minlength=n_series * DAY_TYPES), 1e-12))
         estimate = (DAY_PRIOR * typical[of_day] + sold_open) / (DAY_PRIOR + open_share)
         level = np.where(day_censored, estimate, day_sold)
     expected = np.clip(level[series_day] * share, 0, None)
