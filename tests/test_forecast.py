@@ -110,6 +110,28 @@ def test_impute_censored_keeps_what_sold_and_lifts_sold_out_hours() -> None:
     assert (clean["y"] == clean["y_sold"]).all()
 
 
+def test_sold_out_evenings_of_busy_days_are_imputed_at_their_demand() -> None:
+    """The days that sell out are the busy ones, and they sell out in the evening: their evening
+    demand is read from every open hour relative to its day (busy mornings, quiet evenings), not
+    from the quiet days alone, which would also get the evening's share wrong when the SKU's
+    buyers shift to later hours."""
+    rng = np.random.default_rng(5)
+    hours = pd.date_range(START, periods=WEEKS * 168, freq="h")
+    day = (hours - START).days.to_numpy()
+    busy = rng.random(day.max() + 1) < 0.5
+    evening_share = np.linspace(1.0, 2.0, len(hours))  # later buyers grow week by week
+    shape = DAY_SHAPE[hours.hour] * np.where(hours.hour >= 18, evening_share, 1.0)
+    rate = 3.0 * shape * np.where(busy[day], 2.0, 1.0)
+    wanted = rng.poisson(rate).astype(float)
+    censored = busy[day] & (hours.hour >= 18)
+    sales = pd.DataFrame({"community_id": "C01", "sku": "SK1", "ds": hours, "y": np.where(censored, 0.0, wanted),
+                          "censored": censored})
+    imputed = frames.impute_censored(frames.complete_hours(sales[(sales["y"] > 0) | sales["censored"]]))
+    sold_out = imputed[imputed["censored"]]
+    truth = pd.Series(rate, index=hours)[sold_out["ds"]].sum()
+    assert 0.85 * truth <= sold_out["y"].sum() <= 1.15 * truth, (sold_out["y"].sum(), truth)
+
+
 def test_a_sku_with_no_history_gets_its_category_and_neighbours_forecast() -> None:
     hours = pd.date_range("2026-10-12", periods=3, freq="h")
     known = pd.DataFrame({"unique_id": np.repeat(["C01/SK1", "C01/SK2", "C02/SK4", "C02/SK3"], 3), "ds": np.tile(hours, 4),
@@ -140,6 +162,10 @@ def test_holiday_weather_and_promotion_features_mark_the_right_hours() -> None:
     assert at("C01/SK2", "2026-10-01 10:00")["is_holiday"] == 1 and at("C01/SK2", "2026-10-01 10:00")["is_workday"] == 0
     assert at("C01/SK2", "2026-10-03 10:00")["is_holiday"] == 0
     assert at("C01/SK2", "2026-10-10 10:00")["is_workday"] == 1  # a Saturday made a workday (调休)
+    # The rhythm a day shops to: the National Day Friday like a Saturday, the 调休 Saturday like a Monday.
+    assert at("C01/SK2", "2026-10-02 16:00")["rhythm_day"] == 5 and at("C01/SK2", "2026-10-02 16:00")["rhythm_hour"] == 5 * 24 + 16
+    assert at("C01/SK2", "2026-10-10 10:00")["rhythm_day"] == 0
+    assert at("C01/SK2", "2026-10-09 16:00")["rhythm_day"] == 4  # an ordinary Friday
     assert at("C02/SK2", "2026-10-14 09:00")["weather"] == features.WEATHER_CODES["typhoon"]
     # The blind box runs 14:00-17:00 on Wednesday 14 October at every community.
     for uid in ("C01/SK2", "C02/SK2"):

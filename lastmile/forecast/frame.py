@@ -93,9 +93,10 @@ def complete_hours(sales: pd.DataFrame, end: pd.Timestamp | None = None, start: 
     return frame.sort_values(["unique_id", "ds"], ignore_index=True)
 
 
-#: Weight, in days of one series' level, of the pooled hourly profile (all series, same day
-#: type) mixed into each series' own profile: a thin series' profile leans on everyone's.
-PROFILE_PRIOR_DAYS = 2.0
+#: Weight, in days of the level it is mixed into, of a coarser hourly profile: each series'
+#: profile of a day type leans on all series' profile of that day type, which leans on all
+#: series' profile of any day (a thin series' profile leans on everyone's).
+PROFILE_PRIOR_DAYS = 0.1
 #: Prior weight, in days, of a series' typical day against what a censored day sold before
 #: it sold out: small, because the days that sell out are the busy ones (a strong prior pulls
 #: them towards an ordinary day and under-states the demand a stock-out turned away).
@@ -162,6 +163,7 @@ def impute_censored(frame: pd.DataFrame, day_type: np.ndarray | None = None, see
     # Per series-day: its series, day type, weight, what sold while open, and what sold in all.
     of_day = np.zeros(n_days, dtype=int)
     of_day[series_day] = series * DAY_TYPES + kind
+    day_series = of_day // DAY_TYPES
     day_weight = np.zeros(n_days)
     day_weight[series_day] = weight
     sold_open = np.bincount(series_day, weights=np.where(is_open, sold, 0.0), minlength=n_days)
@@ -182,12 +184,22 @@ def impute_censored(frame: pd.DataFrame, day_type: np.ndarray | None = None, see
     for _ in range(ROUNDS):
         at_level = level[series_day]
         open_weight = np.where(is_open, weight, 0.0)
-        pooled = normalised(np.bincount(pooled_key, weights=open_weight * sold, minlength=DAY_TYPES * 24)
-                            / np.maximum(np.bincount(pooled_key, weights=open_weight * at_level, minlength=DAY_TYPES * 24), 1e-12))
-        own_sold = np.bincount(profile_key, weights=open_weight * sold, minlength=n_series * DAY_TYPES * 24)
-        own_level = np.bincount(profile_key, weights=open_weight * at_level, minlength=n_series * DAY_TYPES * 24)
-        prior = np.tile(pooled, n_series)
-        share = normalised((own_sold + PROFILE_PRIOR_DAYS * prior) / (own_level + PROFILE_PRIOR_DAYS))[profile_key]
+        weighted_sold, weighted_level = open_weight * sold, open_weight * at_level
+        # Three tiers, each shrunk towards the next by PROFILE_PRIOR_DAYS of its own level: the
+        # series' profile of the day type, all series' profile of that day type, all series'
+        # profile of any day (a day type whose evenings always sold out still gets an evening).
+        mean_level = float(np.sum(day_weight * level) / max(np.sum(day_weight), 1e-12))
+        any_day = normalised(np.bincount(hour, weights=weighted_sold, minlength=24)
+                             / np.maximum(np.bincount(hour, weights=weighted_level, minlength=24), 1e-12))
+        prior_weight = PROFILE_PRIOR_DAYS * mean_level
+        pooled = normalised((np.bincount(pooled_key, weights=weighted_sold, minlength=DAY_TYPES * 24) + prior_weight * np.tile(any_day, DAY_TYPES))
+                            / (np.bincount(pooled_key, weights=weighted_level, minlength=DAY_TYPES * 24) + prior_weight))
+        series_level = (np.bincount(day_series, weights=day_weight * level, minlength=n_series)
+                        / np.maximum(np.bincount(day_series, weights=day_weight, minlength=n_series), 1e-12))
+        own_prior = PROFILE_PRIOR_DAYS * np.repeat(series_level, DAY_TYPES * 24)
+        own_sold = np.bincount(profile_key, weights=weighted_sold, minlength=n_series * DAY_TYPES * 24)
+        own_level = np.bincount(profile_key, weights=weighted_level, minlength=n_series * DAY_TYPES * 24)
+        share = normalised((own_sold + own_prior * np.tile(pooled, n_series)) / (own_level + own_prior))[profile_key]
         open_share = np.bincount(series_day, weights=np.where(is_open, share, 0.0), minlength=n_days)
         # The typical day pools what sold while open over the share of the day that was open
         # (a ratio of sums): averaging each censored day's own estimate instead would let the
