@@ -99,8 +99,9 @@ def complete_hours(sales: pd.DataFrame, end: pd.Timestamp | None = None, start: 
 PROFILE_PRIOR_DAYS = 0.1
 #: Prior weight, in days, of a series' typical day against what a censored day sold before
 #: it sold out: small, because the days that sell out are the busy ones (a strong prior pulls
-#: them towards an ordinary day and under-states the demand a stock-out turned away).
-DAY_PRIOR = 0.03
+#: them towards an ordinary day and under-states the demand a stock-out turned away), but not
+#: nil, because a day that sold out within its first open hours says little by itself.
+DAY_PRIOR = 0.1
 #: Half-life, in days, of a day's weight in the profiles and the typical day: the hours a
 #: SKU's buyers shop in drift (a growing group of late-evening impulse buyers), so recent
 #: weeks tell the shape of a sold-out evening better than the first ones.
