@@ -153,7 +153,7 @@ def main() -> None:
 
         if replay_available():
             from lastmile.config import settings
-            from lastmile.stocking.replay import delivery_window, replay
+            from lastmile.stocking.replay import configured_replay, delivery_window
 
             cfg = settings()
             days = delivery_window(result.forecasts, TZ)
@@ -162,8 +162,7 @@ def main() -> None:
             parts = t["unique_id"].str.split("/", n=1, expand=True)
             demand = pd.DataFrame({"community_id": parts[0], "sku": parts[1], "hour": t["ds"], "demanded": t["demanded"],
                                    "served": t["y"]})
-            outcome = replay(demand, result.forecasts, ref.skus, *days, cost_share=cfg.stocking_cost_share,
-                             goodwill_share=cfg.stocking_goodwill_share, tz=TZ)
+            outcome = configured_replay(cfg, demand, result.forecasts, ref.skus, *days)
             print(outcome.text())
             fill_rate, spoilage = outcome.plan.fill_rate, outcome.spoilage_ratio
     print(json.dumps({

@@ -497,7 +497,18 @@ def replay_simulation(cfg: Settings, forecasts: pd.DataFrame, start: date | None
     no_delivery = {date.fromisoformat(r["date"]) for r in load_reference_rows(home, "calendar") if r.get("weather") == "typhoon"}
     manifest = home / "manifest.json"
     sim = json.loads(manifest.read_text(encoding="utf-8")).get("config", {}) if manifest.is_file() else {}
-    return replay(load_truth(home), forecasts, skus, start, end, cost_share=cfg.stocking_cost_share,
-                  goodwill_share=cfg.stocking_goodwill_share, holding_share=cfg.stocking_holding_share, distances=distances if not distances.empty else None,
-                  pool_km=cfg.pool_km, pool_unit_cost=cfg.pool_unit_cost, no_delivery=no_delivery, margin=float(sim.get("stock_margin", DEFAULT_MARGIN)),
-                  min_facing=int(sim.get("stock_min_facing", DEFAULT_MIN_FACING)), tz=cfg.business_tz)
+    return configured_replay(cfg, load_truth(home), forecasts, skus, start, end, distances=distances if not distances.empty else None,
+                             no_delivery=no_delivery, margin=float(sim.get("stock_margin", DEFAULT_MARGIN)),
+                             min_facing=int(sim.get("stock_min_facing", DEFAULT_MIN_FACING)))
+
+
+def configured_replay(cfg: Settings, truth: pd.DataFrame, forecasts: pd.DataFrame, skus: pd.DataFrame, start: date, end: date, *,
+                      distances: pd.DataFrame | None = None, no_delivery: set[date] | frozenset[date] = frozenset(),
+                      margin: float = DEFAULT_MARGIN, min_facing: int = DEFAULT_MIN_FACING) -> ReplayResult:
+    """:func:`replay` with the configured costs, holding share and pooling (``cfg``) in the
+    business time zone: every caller (``lastmile forecast --replay``, ``lastmile run``, the
+    forecast benchmark) replays the same plan the live stocking plan would make."""
+    return replay(truth, forecasts, skus, start, end, cost_share=cfg.stocking_cost_share,
+                  goodwill_share=cfg.stocking_goodwill_share, holding_share=cfg.stocking_holding_share, distances=distances,
+                  pool_km=cfg.pool_km, pool_unit_cost=cfg.pool_unit_cost, no_delivery=no_delivery, margin=margin,
+                  min_facing=min_facing, tz=cfg.business_tz)
