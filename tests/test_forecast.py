@@ -132,6 +132,17 @@ def test_sold_out_evenings_of_busy_days_are_imputed_at_their_demand() -> None:
     assert 0.85 * truth <= sold_out["y"].sum() <= 1.15 * truth, (sold_out["y"].sum(), truth)
 
 
+def test_a_series_sold_out_before_it_ever_sold_is_imputed_without_error() -> None:
+    """A SKU whose stock never arrived has censored hours and no sale at all: no level to read a
+    profile from, so it falls back on everyone's, and nothing divides by zero."""
+    sales, _ = _panel(stockouts=False)
+    never = pd.DataFrame({"community_id": "C02", "sku": "SK4", "ds": pd.date_range(START, periods=48, freq="h"), "y": 0.0,
+                          "censored": True})
+    with np.errstate(all="raise"):
+        imputed = frames.impute_censored(frames.complete_hours(pd.concat([sales, never], ignore_index=True)))
+    assert np.isfinite(imputed["y"]).all() and (imputed.loc[imputed["unique_id"] == "C02/SK4", "y"] == 0).all()
+
+
 def test_a_sku_with_no_history_gets_its_category_and_neighbours_forecast() -> None:
     hours = pd.date_range("2026-10-12", periods=3, freq="h")
     known = pd.DataFrame({"unique_id": np.repeat(["C01/SK1", "C01/SK2", "C02/SK4", "C02/SK3"], 3), "ds": np.tile(hours, 4),

@@ -106,6 +106,8 @@ DAY_PRIOR = 0.1
 #: SKU's buyers shop in drift (a growing group of late-evening impulse buyers), so recent
 #: weeks tell the shape of a sold-out evening better than the first ones.
 HALF_LIFE_DAYS = 4.0
+#: Smallest level (units a day) a profile's prior weight is taken from.
+PRIOR_FLOOR = 1e-6
 #: Rounds of the profile / day-level estimation (it settles within a few).
 ROUNDS = 8
 #: Share of the hour a SKU sells out in that is left after the stock-out, on average (the
@@ -192,12 +194,14 @@ def impute_censored(frame: pd.DataFrame, day_type: np.ndarray | None = None, see
         mean_level = float(np.sum(day_weight * level) / max(np.sum(day_weight), 1e-12))
         any_day = normalised(np.bincount(hour, weights=weighted_sold, minlength=24)
                              / np.maximum(np.bincount(hour, weights=weighted_level, minlength=24), 1e-12))
-        prior_weight = PROFILE_PRIOR_DAYS * mean_level
+        # (A floor on the prior's weight: a series or a window with no sales at all still gets
+        # the coarser profile rather than a 0/0.)
+        prior_weight = PROFILE_PRIOR_DAYS * max(mean_level, PRIOR_FLOOR)
         pooled = normalised((np.bincount(pooled_key, weights=weighted_sold, minlength=DAY_TYPES * 24) + prior_weight * np.tile(any_day, DAY_TYPES))
                             / (np.bincount(pooled_key, weights=weighted_level, minlength=DAY_TYPES * 24) + prior_weight))
         series_level = (np.bincount(day_series, weights=day_weight * level, minlength=n_series)
                         / np.maximum(np.bincount(day_series, weights=day_weight, minlength=n_series), 1e-12))
-        own_prior = PROFILE_PRIOR_DAYS * np.repeat(series_level, DAY_TYPES * 24)
+        own_prior = PROFILE_PRIOR_DAYS * np.repeat(np.maximum(series_level, PRIOR_FLOOR), DAY_TYPES * 24)
         own_sold = np.bincount(profile_key, weights=weighted_sold, minlength=n_series * DAY_TYPES * 24)
         own_level = np.bincount(profile_key, weights=weighted_level, minlength=n_series * DAY_TYPES * 24)
         share = normalised((own_sold + own_prior * np.tile(pooled, n_series)) / (own_level + own_prior))[profile_key]
