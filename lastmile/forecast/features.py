@@ -98,18 +98,13 @@ def calendar_features(hours: pd.Series, calendar: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def rhythm_day(hours: pd.Series, calendar: pd.DataFrame) -> np.ndarray:
-    """The weekday (0 = Monday) whose shopping rhythm each hour's date follows.
+def rhythm_day(weekday: np.ndarray, is_holiday: np.ndarray, is_workday: np.ndarray) -> np.ndarray:
+    """The weekday (0 = Monday) whose shopping rhythm each date follows.
 
     A day off shops like a Saturday (a holiday on a Friday has no Friday-afternoon peak), and a
     调休 workday on a weekend like a Monday; other days follow their own weekday. The model and
     the censoring imputation read rhythms by this day, not by the bare weekday.
     """
-    days = calendar_features(hours, calendar)
-    return _rhythm(hours.dt.dayofweek.to_numpy(), days["is_holiday"].to_numpy(), days["is_workday"].to_numpy())
-
-
-def _rhythm(weekday: np.ndarray, is_holiday: np.ndarray, is_workday: np.ndarray) -> np.ndarray:
     off = (is_holiday == 1) | ((is_workday == 0) & (weekday < 5))
     makeup = (is_workday == 1) & (weekday >= 5)
     return np.where(off, 5, np.where(makeup, 0, weekday)).astype(int)
@@ -172,7 +167,7 @@ def add_features(frame: pd.DataFrame, ref: Reference, tz: str) -> pd.DataFrame:
     """The frame with every exogenous column (static and hourly) the model reads."""
     out = frame.reset_index(drop=True)
     out = out.join(calendar_features(out["ds"], ref.calendar))
-    out["rhythm_day"] = _rhythm(out["ds"].dt.dayofweek.to_numpy(), out["is_holiday"].to_numpy(), out["is_workday"].to_numpy())
+    out["rhythm_day"] = rhythm_day(out["ds"].dt.dayofweek.to_numpy(), out["is_holiday"].to_numpy(), out["is_workday"].to_numpy())
     out["rhythm_hour"] = out["rhythm_day"] * 24 + out["ds"].dt.hour
     out = out.join(promotion_features(out, ref.promotions, tz))
     statics = static_features(out, ref).drop(columns=["community_id", "sku"])

@@ -105,8 +105,9 @@ def model_version() -> str:
     import lightgbm
     import mlforecast
 
-    spec = repr((LAGS, TRAIN_HOURS, sorted(LGBM_PARAMS.items()), TWEEDIE_POWER, QUANTILES, STATIC_FEATURES, DYNAMIC_FEATURES,
-                 lightgbm.__version__, mlforecast.__version__))
+    transforms = {lag: [repr(t) for t in ts] for lag, ts in sorted(_lag_transforms().items())}
+    spec = repr((LAGS, transforms, TRAIN_HOURS, sorted(LGBM_PARAMS.items()), TWEEDIE_POWER, QUANTILES, STATIC_FEATURES,
+                 DYNAMIC_FEATURES, DERIVED_FEATURES, MOMENTUM_FLOOR, lightgbm.__version__, mlforecast.__version__))
     return "mlforecast-lgbm-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
 
 
@@ -116,6 +117,9 @@ def new_forecaster() -> Any:
     return MLForecast(models=regressors(), freq="h", lags=list(LAGS), lag_transforms=_lag_transforms(),
                       date_features=["hour", "dayofweek"], num_threads=1)
 
+
+#: Features the model derives itself (:func:`featurize`): the weekly rhythm and the momentum.
+DERIVED_FEATURES = ("rhythm_profile", "momentum")
 
 #: Units per hour added to both weeks of the momentum ratio, so a series selling nothing has
 #: a momentum of 1, not a division by zero.
@@ -127,7 +131,7 @@ CENSORED_WEIGHT = 1.0
 
 def training_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """What mlforecast reads: id, time, target (imputed), sample weight, features."""
-    columns = ["unique_id", "ds", "y", "weight", *STATIC_FEATURES, *DYNAMIC_FEATURES, "rhythm_profile"]
+    columns = ["unique_id", "ds", "y", "weight", *STATIC_FEATURES, *DYNAMIC_FEATURES, DERIVED_FEATURES[0]]
     out = frame.assign(weight=np.where(frame["censored"], CENSORED_WEIGHT, 1.0))
     return out[columns]
 

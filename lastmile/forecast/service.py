@@ -45,9 +45,10 @@ class Prepared:
 
 def demand_history(hours: pd.DataFrame, ref: features.Reference, tz: str) -> pd.DataFrame:
     """The hourly sales (:func:`~lastmile.forecast.frame.complete_hours`) as the demand the
-    model learns from: sold-out hours imputed by the day's rhythm, every feature added."""
-    imputed = frames.impute_censored(hours, day_type=features.rhythm_day(hours["ds"], ref.calendar))
-    return features.add_features(imputed, ref, tz)
+    model learns from: every feature added (none reads the sales), then sold-out hours imputed
+    by the rhythm of their day (the ``rhythm_day`` feature)."""
+    featured = features.add_features(hours, ref, tz)
+    return frames.impute_censored(featured, day_type=featured["rhythm_day"].to_numpy())
 
 
 def prepare(cfg: Settings, warehouse: Any) -> Prepared:
